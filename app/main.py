@@ -1,0 +1,53 @@
+"""The ``m3`` command: one front door over each package's CLI (CLI = API: each subcommand is a thin
+argparse layer over one Python function)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+__all__ = ["main", "build_parser"]
+
+# Each module defines ``add_parsers(subparsers)`` registering its commands with ``func=``.
+COMMAND_MODULES = (
+    "data.cli",  # m3 data info|synth|deid
+    "experts.cli",  # m3 experts list|run|train
+    "vlm.cli",  # m3 train|eval|compress|export|chat|serve-lm
+    "app.cli",  # m3 serve|demo
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="m3", description="On-prem medical vision-language assistant.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (never logs PHI)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        if importlib.util.find_spec(name) is None:
+            continue
+        importlib.import_module(name).add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the CLI's last line of defence: one clear line, no traceback spam
+        known = ("IngestError", "ExpertError", "ToolCallError", "ModelLoadError", "ConfigError")
+        if type(exc).__name__ in known:
+            print(f"m3: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

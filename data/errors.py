@@ -1,0 +1,18 @@
+"""Errors raised by ingest. Messages name the file (relative to the upload) and the problem, never PHI."""
+
+from __future__ import annotations
+
+__all__ = ["IngestError"]
+
+
+class IngestError(Exception):
+    """A file or upload that could not be loaded.
+
+    ``path`` is the file name relative to the upload (never a patient identifier); ``reason`` says what
+    was expected, what was found and what to do.
+    """
+
+    def __init__(self, reason: str, path: str | None = None) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}" if path else reason)

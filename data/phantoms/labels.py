@@ -1,0 +1,33 @@
+"""Label maps and finding names shared by the phantom generators, the experts and the VLM data.
+
+One place, so a mask value means the same structure everywhere.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CT_LABELS", "CT_ORGANS", "CT_LESIONS", "MRI_LABELS", "CXR_FINDINGS", "MRI_SEQUENCES"]
+
+# ct_segmentation: value -> name
+CT_LABELS: dict[int, str] = {
+    1: "liver",
+    2: "spleen",
+    3: "left kidney",
+    4: "right kidney",
+    5: "left lung",
+    6: "right lung",
+    7: "heart",
+    8: "aorta",
+    9: "spine",
+    10: "liver tumor",
+    11: "lung nodule",
+    12: "kidney cyst",
+}
+CT_ORGANS = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+CT_LESIONS = [10, 11, 12]
+
+# mri_brain_tumor (BraTS roles; BraTS itself numbers enhancing tumour 4)
+MRI_LABELS: dict[int, str] = {1: "necrotic core", 2: "edema", 3: "enhancing tumor"}
+MRI_SEQUENCES = ("T1", "T1c", "T2", "FLAIR")
+
+# cxr_classification, multi-label
+CXR_FINDINGS = ("cardiomegaly", "pleural effusion", "nodule", "pneumothorax", "consolidation")

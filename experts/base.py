@@ -1,0 +1,135 @@
+"""The expert interface the agent and the app call: ``Expert``, ``ExpertResult``, ``ExpertError``.
+
+An expert is a model with a model card (``description``, read by the VLM as a tool definition), the
+modalities it accepts, a JSON schema for its arguments, and ``run(volumes, **args) -> ExpertResult``.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from data.study import Volume
+
+__all__ = ["Expert", "ExpertResult", "ExpertError", "Measurement", "Finding"]
+
+
+class ExpertError(Exception):
+    """An expert could not run on this input. The message says what to change; the agent shows it
+    to the model as a tool error (so the model can retry or explain) and the app shows it to the user."""
+
+
+@dataclass
+class Measurement:
+    """A number with its unit, e.g. ``Measurement("liver", "volume", 1523.4, "mL")``."""
+
+    structure: str
+    quantity: str  # volume | diameter | count | ratio | probability ...
+    value: float
+    unit: str
+
+    def text(self) -> str:
+        v = f"{self.value:.0f}" if self.unit in ("count", "") else f"{self.value:.1f}"
+        return f"{self.structure} {self.quantity}: {v} {self.unit}".strip()
+
+
+@dataclass
+class Finding:
+    """A labelled finding: present or not, with a probability when the expert gives one."""
+
+    label: str
+    present: bool
+    probability: float | None = None
+    threshold: float | None = None
+
+
+@dataclass
+class ExpertResult:
+    """What an expert returns.
+
+    findings: per-label yes/no (+ probability); measurements: numbers with units;
+    label_volume: integer mask on the input's grid (``Volume``) or None; label_names: value → name;
+    summary: one short paragraph for people and the VLM; seconds: wall time of ``run``.
+    """
+
+    expert: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    measurements: list[Measurement] = field(default_factory=list)
+    label_volume: Volume | None = None
+    label_names: dict[int, str] = field(default_factory=dict)
+    summary: str = ""
+    seconds: float = 0.0
+    version: str = ""
+    overlay_renderer: Callable[..., Any] | None = None  # (volume, result, slice_index=None) -> RGB array
+
+    def to_json(self) -> dict[str, Any]:
+        """Structured findings for the tool message and the audit log (no arrays, no PHI)."""
+        return {
+            "expert": self.expert,
+            "arguments": self.arguments,
+            "findings": [asdict(f) for f in self.findings],
+            "measurements": [asdict(m) for m in self.measurements],
+            "labels": {str(k): v for k, v in self.label_names.items()},
+            "summary": self.summary,
+            "seconds": round(self.seconds, 3),
+            "version": self.version,
+        }
+
+    def to_json_text(self) -> str:
+        return json.dumps(self.to_json(), ensure_ascii=False)
+
+    def render_overlay(self, volume: Volume, slice_index: int | None = None, **kwargs: Any) -> np.ndarray:
+        """An RGB ``(H, W, 3)`` uint8 picture: the slice, the coloured mask and a legend."""
+        if self.overlay_renderer is None:
+            raise ExpertError(f"expert {self.expert!r} returned no mask, so there is no overlay to draw.")
+        return self.overlay_renderer(volume, self, slice_index=slice_index, **kwargs)
+
+
+class Expert(ABC):
+    """Base class of every expert. Subclasses set the class attributes and implement ``_run``."""
+
+    name: str = ""
+    description: str = ""  # model-card text the VLM reads as the tool's description
+    modalities: tuple[str, ...] = ()
+    parameters: Mapping[str, Any] = {"type": "object", "properties": {}}  # JSON schema of the arguments
+    version: str = ""
+
+    def tool_schema(self) -> dict[str, Any]:
+        """The tool definition given to ``apply_chat_template(..., tools=[...])``."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": dict(self.parameters)},
+        }
+
+    def validate_arguments(self, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Arguments checked against ``parameters``; raises ``ExpertError`` naming the bad field."""
+        import jsonschema
+
+        args = dict(arguments or {})
+        try:
+            jsonschema.validate(args, dict(self.parameters))
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "arguments"
+            raise ExpertError(f"{self.name}: invalid {where}: {exc.message}.") from None
+        return args
+
+    def run(self, volumes: Volume | Mapping[str, Volume], **arguments: Any) -> ExpertResult:
+        """Validate ``arguments`` and run on ``volumes`` (one volume, or a dict by sequence name)."""
+        import time
+
+        args = self.validate_arguments(arguments)
+        t0 = time.perf_counter()
+        result = self._run(volumes, **args)
+        result.seconds = time.perf_counter() - t0
+        result.arguments = args
+        result.expert = self.name
+        result.version = result.version or self.version
+        return result
+
+    @abstractmethod
+    def _run(self, volumes: Volume | Mapping[str, Volume], **arguments: Any) -> ExpertResult: ...
