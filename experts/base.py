@@ -15,7 +15,7 @@ import numpy as np
 
 from data.study import Volume
 
-__all__ = ["Expert", "ExpertResult", "ExpertError", "Measurement", "Finding"]
+__all__ = ["Expert", "ExpertResult", "ExpertError", "Measurement", "Finding", "tool_message"]
 
 
 class ExpertError(Exception):
@@ -133,3 +133,17 @@ class Expert(ABC):
 
     @abstractmethod
     def _run(self, volumes: Volume | Mapping[str, Volume], **arguments: Any) -> ExpertResult: ...
+
+
+def tool_message(result: ExpertResult) -> str:
+    """The one text form of an expert result given to the VLM as a ``tool`` message, in training data
+    and at inference alike (compact JSON: small models have short contexts)."""
+    body: dict[str, Any] = {"expert": result.expert}
+    if result.findings:
+        body["findings"] = {
+            f.label: ("yes" if f.present else "no") + (f" ({f.probability:.2f})" if f.probability is not None else "")
+            for f in result.findings
+        }
+    if result.measurements:
+        body["measurements"] = [m.text() for m in result.measurements]
+    return json.dumps(body, ensure_ascii=False)
