@@ -33,8 +33,9 @@ class Measurement:
     unit: str
 
     def text(self) -> str:
-        v = f"{self.value:.0f}" if self.unit in ("count", "") else f"{self.value:.1f}"
-        return f"{self.structure} {self.quantity}: {v} {self.unit}".strip()
+        if self.unit in ("count", ""):
+            return f"{self.structure} {self.quantity}: {self.value:.0f}"
+        return f"{self.structure} {self.quantity}: {self.value:.1f} {self.unit}"
 
 
 @dataclass
