@@ -1,0 +1,184 @@
+"""The chat panel: runs the agent on a question and turns its events into Gradio chat messages.
+
+Tokens stream into the assistant's bubble; each expert call becomes a collapsible step (Gradio's
+"thought" messages: title = expert, log = arguments, body = findings, duration = seconds). Expert
+results are kept in the session (the same call is not run twice on a series) and shown in the viewer.
+Every finished answer is written to the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from app.audit import AuditLog, AuditRecord, tool_call_records
+from app.session import SessionState
+from data.study import Series, Study, Volume
+from experts.base import ExpertResult
+
+__all__ = ["ChatEngine", "SessionRegistry", "expert_inputs", "result_message", "NO_MODEL_MESSAGE"]
+
+NO_MODEL_MESSAGE = "No language model configured: experts and viewer only."
+
+
+def expert_inputs(expert: Any, study: Study | None, series: Series) -> Volume | dict[str, Volume]:
+    """What ``expert`` (an ``Expert``) is given when run from its button: the series on screen when the
+    expert reads that modality and one volume; otherwise the study's volumes it takes, chosen as the
+    agent chooses them (``vlm.agent.volumes_for``: e.g. every MR sequence, by name)."""
+    from vlm.agent import volumes_for
+    from vlm.conversation import Conversation
+
+    if series.modality in expert.modalities and not getattr(expert, "sequences", None):
+        return series.volume
+    volumes = Conversation.from_study(study, images=[]).volumes if study is not None else {"image": series.volume}
+    return volumes_for(expert, volumes)
+
+
+class SessionRegistry:
+    """The expert registry seen by one session's agent: same experts, but results are kept in the session,
+    so asking twice about a series runs an expert once. Results are never shared between sessions."""
+
+    def __init__(self, registry: Any, state: SessionState) -> None:
+        self._registry = registry
+        self._state = state
+
+    def __getattr__(self, name: str) -> Any:  # names(), get(), tool_schemas(), ... of the shared registry
+        return getattr(self._registry, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._registry
+
+    def run(self, name: str, volumes: Volume | Mapping[str, Volume], **arguments: Any) -> ExpertResult:
+        cached = self._state.cached_result(name, arguments, volumes)
+        if cached is not None:
+            return cached
+        result = self._registry.run(name, volumes, **arguments)
+        self._state.add_result(result, volumes)
+        return result
+
+
+class ChatEngine:
+    """Shared by all sessions: the chat backend (or None: chat disabled), the expert registry, the audit
+    log. ``stream`` is the only per-session entry point."""
+
+    def __init__(self, backend: Any, registry: Any, audit: AuditLog, *, max_rounds: int = 3) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.audit = audit
+        self.max_rounds = max_rounds
+
+    @property
+    def enabled(self) -> bool:
+        return self.backend is not None
+
+    def stream(self, state: SessionState, question: str, user: str, view_image: np.ndarray | None = None) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+        """Yield ``(chat history, overlay changed)`` as the answer to ``question`` streams in.
+
+        view_image: the slice on screen ``(H, W, 3)`` uint8; the model sees it with the question when it
+        differs from the last picture it was given."""
+        history = state.history + [{"role": "user", "content": question}]
+        if not self.enabled:
+            yield history + [_assistant(NO_MODEL_MESSAGE + " Use the expert buttons to measure.")], False
+            return
+        if state.series is None:
+            yield history + [_assistant("Load a study first (upload one or open an example).")], False
+            return
+        from vlm.agent import Agent
+
+        _attach_view(state, view_image)
+        agent = Agent(self.backend, SessionRegistry(self.registry, state), max_rounds=self.max_rounds)
+        answer = ""
+        steps: dict[int, int] = {}  # id(tool_call) → index of its step message in history
+        history = history + [_assistant("")]
+        t0 = time.perf_counter()
+        for event in agent.stream_turn(state.conversation, question):
+            changed = False
+            if event.kind == "token":
+                answer += event.text
+                history[-1] = _assistant(answer)
+            elif event.kind == "tool_call" and event.tool_call is not None:
+                call = event.tool_call
+                step = _step(call.name, call.arguments, "pending")
+                history.insert(len(history) - 1, step)
+                steps[id(call)] = len(history) - 2
+            elif event.kind == "tool_result" and event.tool_call is not None:
+                call = event.tool_call
+                message = result_message(call.name, call.arguments, call.result, call.error, call.seconds)
+                where = steps.get(id(call))
+                if where is None:
+                    history.insert(len(history) - 1, message)
+                else:
+                    history[where] = message
+                changed = call.result is not None and call.result.label_volume is not None
+            elif event.kind == "error":
+                history[-1] = _assistant((answer + "\n\n" if answer else "") + f"⚠️ {event.text}")
+            elif event.kind == "done" and event.turn is not None:
+                turn = event.turn
+                answer = turn.answer or answer
+                text = answer + ("\n\n⚠️ " + "; ".join(turn.flags) if turn.flags else "")
+                history[-1] = _assistant(text)
+                self._audit(state, user, question, turn, time.perf_counter() - t0)
+            yield list(history), changed
+
+    def _audit(self, state: SessionState, user: str, question: str, turn: Any, seconds: float) -> None:
+        info = self.backend.info
+        self.audit.write(
+            AuditRecord(
+                user=user,
+                session=state.id,
+                study_uid=state.study.uid if state.study else "",
+                series_uid=state.series.uid if state.series else "",
+                question=question,
+                answer=turn.answer,
+                model=info.name,
+                model_version=info.version,
+                expert_versions={c.result.expert: c.result.version for c in turn.tool_calls if c.result is not None},
+                tool_calls=tool_call_records(turn.tool_calls),
+                flags=list(turn.flags),
+                seconds=seconds,
+            )
+        )
+
+
+def result_message(name: str, arguments: Mapping[str, Any], result: ExpertResult | None, error: str | None, seconds: float) -> dict[str, Any]:
+    """A finished expert step as a collapsed chat "thought": findings and measurements, or the error."""
+    if result is not None:
+        lines = [f"- {m.text()}" for m in result.measurements]
+        lines += [
+            f"- {f.label}: {'yes' if f.present else 'no'}" + (f" ({f.probability:.2f})" if f.probability is not None else "")
+            for f in result.findings
+        ]
+        body = (result.summary + "\n" if result.summary else "") + "\n".join(lines)
+    else:
+        body = f"⚠️ {error or 'no result'}"
+    message = _step(name, arguments, "done")
+    message["content"] = body.strip() or "no findings"
+    message["metadata"]["duration"] = round(float(seconds or 0.0), 2)
+    return message
+
+
+def _step(name: str, arguments: Mapping[str, Any], status: str) -> dict[str, Any]:
+    args = json.dumps(dict(arguments or {}), ensure_ascii=False) if arguments else "default arguments"
+    return {
+        "role": "assistant",
+        "content": "running…" if status == "pending" else "",
+        "metadata": {"title": f"🔧 {name}", "log": args, "status": status},
+    }
+
+
+def _assistant(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": text}
+
+
+def _attach_view(state: SessionState, view_image: np.ndarray | None) -> None:
+    """Start the conversation on the study if needed; add the slice on screen when it is a new picture."""
+    from vlm.conversation import Conversation
+
+    if state.conversation is None:
+        state.conversation = Conversation.from_study(state.study, images=[] if view_image is not None else None)
+    images = state.conversation.images
+    if view_image is not None and not (images and images[-1].shape == view_image.shape and np.array_equal(images[-1], view_image)):
+        images.append(view_image)

@@ -1,0 +1,70 @@
+"""``m3 serve``, ``m3 demo``, ``m3 hash-password`` (and ``m3 health`` from ``app.health``): thin argparse
+layers over ``app.server.serve`` and ``app.auth.hash_password``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import sys
+from pathlib import Path
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the web app (login required unless bound to localhost)")
+    _common(p)
+    p.add_argument("--model", type=Path, help="VLM checkpoint folder (default: models.model_dir, else the embedded bundle)")
+    p.add_argument("--config", help="config file (TOML; default $M3_CONFIG)")
+    p.set_defaults(func=_serve)
+
+    d = sub.add_parser("demo", help="run the web app on the embedded default model, on this machine only")
+    _common(d)
+    d.set_defaults(func=_demo, config=None, model=None)
+
+    h = sub.add_parser("hash-password", help="print a salted scrypt hash for a users file or $M3_USERS")
+    h.add_argument("--user", default="", help="also print the 'user:hash' form for $M3_USERS")
+    h.set_defaults(func=_hash_password)
+
+    from app.health import add_parsers as add_health
+
+    add_health(sub)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default from config: 7860)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from app.config import load_config
+    from app.server import serve
+
+    config = load_config(args.config)
+    if args.host:
+        config.server = dataclasses.replace(config.server, host=args.host)
+    if args.port:
+        config.server = dataclasses.replace(config.server, port=args.port)
+    if args.model:
+        config.models = dataclasses.replace(config.models, model_dir=args.model)
+    config.validate()
+    print(f"m3: serving on http://{config.server.host}:{config.server.port}{config.server.root_path}", file=sys.stderr)
+    serve(config)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return _serve(args)
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    from app.auth import hash_password
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if sys.stdin.isatty() and getpass.getpass("again: ") != password:
+        print("m3: error: the passwords differ; nothing was printed.", file=sys.stderr)
+        return 1
+    encoded = hash_password(password)
+    print(f"{args.user}:{encoded}" if args.user else encoded)
+    return 0

@@ -1,0 +1,258 @@
+"""The app's settings: one TOML file plus environment variables, read into one ``AppConfig``.
+
+Precedence, lowest first: the defaults below → the config file (``--config`` or ``$M3_CONFIG``) →
+environment variables ``M3_<SECTION>_<FIELD>`` (``M3_SERVER_PORT=8080``, ``M3_PACS_WRITEBACK_ENABLED=1``)
+→ command-line flags the caller applies with ``dataclasses.replace``. A container sets everything with
+``-e`` flags or one mounted file; both are checked here, before anything starts. Secrets (the PACS
+password) come only from the environment, never from the file, so the file can be shared read-only.
+
+Example file (every key optional)::
+
+    [server]
+    host = "0.0.0.0"
+    port = 7860
+    [models]
+    model_dir = "/models/vlm"
+    experts_dir = "/models/experts"
+    [auth]
+    users_file = "/etc/m3/users.toml"
+    [pacs]
+    url = "http://pacs.example.org:8042/dicom-web"
+    writeback_enabled = true
+    [limits]
+    max_upload_mb = 1024
+    [audit]
+    log_path = "/var/lib/m3/audit.jsonl"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlparse
+
+__all__ = [
+    "AppConfig",
+    "ServerConfig",
+    "ModelsConfig",
+    "AuthConfig",
+    "PacsConfig",
+    "LimitsConfig",
+    "AuditConfig",
+    "ConfigError",
+    "load_config",
+    "env_variable_names",
+    "CONFIG_ENV",
+    "ENV_PREFIX",
+]
+
+CONFIG_ENV = "M3_CONFIG"  # path of the one config file
+ENV_PREFIX = "M3_"
+SECRET_ENV = {"pacs.password": "M3_PACS_PASSWORD"}  # settings read only from the environment
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names the setting, its source and what to change."""
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"  # anything but loopback requires [auth] to be configured
+    port: int = 7860
+    root_path: str = ""  # URL prefix when behind a reverse proxy, e.g. "/m3"
+
+
+@dataclass
+class ModelsConfig:
+    model_dir: Path | None = None  # VLM checkpoint folder; None = the embedded default bundle
+    experts_dir: Path | None = None  # expert weights folder; None = the embedded default bundle
+
+
+@dataclass
+class AuthConfig:
+    users_file: Path | None = None  # users and password hashes (read by app.auth)
+    trusted_header: str = ""  # user name header set by the hospital's reverse proxy, e.g. "X-Remote-User"
+
+    @property
+    def configured(self) -> bool:
+        """True when some login mechanism is set (required to bind beyond localhost)."""
+        return self.users_file is not None or bool(self.trusted_header)
+
+
+@dataclass
+class PacsConfig:
+    url: str = ""  # DICOMweb root, e.g. http://pacs:8042/dicom-web; empty = no PACS
+    writeback_enabled: bool = False  # STOW of SR/SEG back to the PACS; off until an admin turns it on
+    username: str = ""  # HTTP basic auth user; the password only from $M3_PACS_PASSWORD
+    password: str = field(default="", repr=False)
+    timeout_s: float = 30.0  # per HTTP request
+    retries: int = 3  # extra attempts for GET requests (idempotent) and refused connections
+    backoff_s: float = 0.5  # first retry delay; doubles each attempt
+    outbox_dir: Path = Path("var/outbox")  # STOW batches wait here until the PACS has them
+    ca_bundle: Path | None = None  # TLS trust store for an https PACS with a hospital CA
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+
+@dataclass
+class LimitsConfig:
+    max_upload_mb: int = 2048
+    max_files: int = 5000
+    concurrency: int = 1  # simultaneous model calls per model (Gradio queue)
+
+
+@dataclass
+class AuditConfig:
+    log_path: Path = Path("var/audit.jsonl")  # JSON lines, one per answer, never PHI
+
+
+@dataclass
+class AppConfig:
+    """Everything the app needs to start. Sections mirror the config file's tables."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    pacs: PacsConfig = field(default_factory=PacsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    source: str = "defaults"  # where the settings came from (file path and/or "env"), for the banner
+
+    def validate(self) -> "AppConfig":
+        """Raise ``ConfigError`` for settings that cannot work; returns ``self``."""
+        if not 0 < self.server.port < 65536:
+            raise ConfigError(f"server.port must be 1-65535, got {self.server.port} (from {self.source}).")
+        if self.pacs.url:
+            parsed = urlparse(self.pacs.url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ConfigError(
+                    f"pacs.url must be an http(s) DICOMweb root like http://pacs:8042/dicom-web, got "
+                    f"{self.pacs.url!r} (from {self.source}); fix it or leave it empty to run without a PACS."
+                )
+        if self.pacs.writeback_enabled and not self.pacs.url:
+            raise ConfigError("pacs.writeback_enabled is true but pacs.url is empty; set the PACS URL or turn write-back off.")
+        if self.pacs.retries < 0 or self.pacs.backoff_s < 0 or self.pacs.timeout_s <= 0:
+            raise ConfigError(
+                "pacs.retries and pacs.backoff_s must be >= 0 and pacs.timeout_s > 0, got "
+                f"{self.pacs.retries}, {self.pacs.backoff_s}, {self.pacs.timeout_s}."
+            )
+        for name in ("max_upload_mb", "max_files", "concurrency"):
+            if getattr(self.limits, name) < 1:
+                raise ConfigError(f"limits.{name} must be >= 1, got {getattr(self.limits, name)}.")
+        for path, what in ((self.models.model_dir, "models.model_dir"), (self.models.experts_dir, "models.experts_dir")):
+            if path is not None and not path.is_dir():
+                raise ConfigError(f"{what} must be an existing folder, got {path}; mount it or unset it to use the embedded bundle.")
+        return self
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AppConfig:
+    """Read defaults → file → environment into a validated ``AppConfig``.
+
+    path: the TOML file; ``None`` = ``$M3_CONFIG`` if set, else no file. env: defaults to ``os.environ``.
+    Raises ``ConfigError`` for a missing file, unknown keys, wrong types or impossible values.
+    """
+    env = os.environ if env is None else env
+    path = path if path is not None else env.get(CONFIG_ENV) or None
+    config = AppConfig()
+    sources: list[str] = []
+    if path is not None:
+        _apply(config, _read_toml(Path(path)), origin=str(path))
+        sources.append(str(path))
+    used_env = _apply_env(config, env)
+    if used_env:
+        sources.append("env")
+    config.source = " + ".join(sources) or "defaults"
+    return config.validate()
+
+
+def env_variable_names() -> dict[str, str]:
+    """``"section.field" → "M3_SECTION_FIELD"`` for every setting (the table in docs/deploy.md)."""
+    names = {}
+    for section in dataclasses.fields(AppConfig):
+        if section.name == "source":
+            continue
+        for f in dataclasses.fields(section.default_factory()):
+            key = f"{section.name}.{f.name}"
+            names[key] = SECRET_ENV.get(key, f"{ENV_PREFIX}{section.name}_{f.name}".upper())
+    return names
+
+
+# --- private helpers ---------------------------------------------------------------------------
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        raise ConfigError(f"reading {path} needs Python >= 3.11 (tomllib); use environment variables instead.") from None
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; mount it there or unset ${CONFIG_ENV}.")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}.") from None
+
+
+def _apply(config: AppConfig, data: Mapping[str, Any], origin: str) -> None:
+    sections = {f.name for f in dataclasses.fields(config)} - {"source"}
+    for name, values in data.items():
+        if name not in sections or not isinstance(values, Mapping):
+            raise ConfigError(f"{origin}: unknown section [{name}]; expected one of {sorted(sections)}.")
+        section = getattr(config, name)
+        known = {f.name for f in dataclasses.fields(section)}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{origin}: unknown setting {name}.{key}; expected one of {sorted(known)}.")
+            if f"{name}.{key}" in SECRET_ENV:
+                raise ConfigError(
+                    f"{origin}: {name}.{key} must not be in the config file; set ${SECRET_ENV[name + '.' + key]} instead."
+                )
+            setattr(section, key, _coerce(section, key, value, f"{origin}: {name}.{key}"))
+
+
+def _apply_env(config: AppConfig, env: Mapping[str, str]) -> bool:
+    used = False
+    for key, var in env_variable_names().items():
+        if var in env:
+            section, name = key.split(".")
+            setattr(getattr(config, section), name, _coerce(getattr(config, section), name, env[var], f"${var}"))
+            used = True
+    return used
+
+
+def _coerce(section: Any, name: str, value: Any, where: str) -> Any:
+    """``value`` (from TOML or an env string) converted to the field's declared type."""
+    hint = typing.get_type_hints(type(section))[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    target = args[0] if args else hint
+    if optional and value in ("", None):
+        return None
+    try:
+        if target is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE | _FALSE:
+                return text in _TRUE
+            raise ValueError
+        if target is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if target is float:
+            return float(value)
+        if target is Path:
+            return Path(str(value)).expanduser()
+        return str(value)
+    except (TypeError, ValueError):
+        expected = {bool: "true/false", int: "an integer", float: "a number", Path: "a path", str: "text"}[target]
+        raise ConfigError(f"{where} must be {expected}, got {value!r}.") from None

@@ -1,0 +1,274 @@
+"""The clinician's web app (Gradio Blocks on FastAPI) and how it is served.
+
+``build_app(config)`` loads the language model (``--model`` / config, else the embedded default bundle,
+else none: chat disabled, experts and viewer still work), lays out the page, mounts it with login on a
+FastAPI app that also answers ``/healthz``; ``serve`` runs it with uvicorn. Refuses a non-loopback bind
+without authentication; never creates a share link; Gradio analytics and Hugging Face telemetry are off
+and nothing is fetched from the internet.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before gradio is imported anywhere: no analytics, no hub calls, no version checks.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import logging  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gradio as gr  # noqa: E402
+
+from app.audit import AuditLog  # noqa: E402
+from app.auth import PasswordAuth, TrustedHeaderAuth, load_users, require_auth_for_host  # noqa: E402
+from app.chat import NO_MODEL_MESSAGE, ChatEngine  # noqa: E402
+from app.config import AppConfig, ConfigError  # noqa: E402
+from app.events import EXAMPLES, AppEvents, UploadLimits  # noqa: E402
+from app.session import close_session, live_sessions, new_session  # noqa: E402
+from app.viewer import PLANES  # noqa: E402
+
+__all__ = ["ServeOptions", "ModelStatus", "load_backend", "build_blocks", "build_app", "serve", "RunningServer", "embedded_model_dir"]
+
+log = logging.getLogger(__name__)
+ASSETS = Path(__file__).parent / "assets"
+DEFAULT_INTENDED_USE = "Decision support and research on de-identified studies. Not a medical device; every output must be checked by a clinician."
+
+
+@dataclass
+class ServeOptions:
+    """Serving settings beyond ``AppConfig``: per-session state lifetime, agent rounds, expert concurrency."""
+
+    session_ttl_s: float = 4 * 3600.0  # a session's study is dropped this long after its last change
+    max_rounds: int = 3  # tool-call rounds per answer
+    expert_concurrency: int = 2  # simultaneous direct expert runs (the experts share the CPU/GPU)
+    ingest_concurrency: int = 4
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")  # who may set the trusted user header
+
+
+@dataclass
+class ModelStatus:
+    """The loaded chat model (``backend``) or why there is none (``problem``), for the banner."""
+
+    backend: Any = None
+    source: str = ""  # folder it came from
+    problem: str = ""
+
+    @property
+    def banner(self) -> str:
+        if self.backend is None:
+            why = f" ({self.problem})" if self.problem else ""
+            return f"### ⚠️ {NO_MODEL_MESSAGE}{why}"
+        info = self.backend.info
+        version = f" `{info.version}`" if info.version else ""
+        return f"**Model:** {info.name}{version} · **Intended use:** {_intended_use(info.model_card)}"
+
+
+@dataclass
+class RunningServer:
+    """A server started with ``serve(..., block=False)``: its ``url``; ``close()`` stops it."""
+
+    url: str
+    server: Any
+    thread: threading.Thread
+    blocks: Any = field(repr=False, default=None)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def embedded_model_dir() -> Path | None:
+    """The default VLM shipped as package data (``vlm/weights/default``), if this build carries one."""
+    import vlm
+
+    folder = Path(vlm.__file__).parent / "weights" / "default"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def load_backend(config: AppConfig) -> ModelStatus:
+    """The chat backend from ``config.models.model_dir``, else the embedded bundle, else none."""
+    folder = config.models.model_dir or embedded_model_dir()
+    if folder is None:
+        return ModelStatus(problem="no model folder configured and no embedded default model in this build")
+    try:
+        from vlm.backends.hf_vlm import HFVLMBackend
+
+        return ModelStatus(backend=HFVLMBackend.from_pretrained(folder), source=str(folder))
+    except (OSError, ValueError, ImportError) as exc:  # ModelLoadError is a ValueError
+        if config.models.model_dir is not None:  # an explicitly configured model must load
+            raise ConfigError(f"models.model_dir {folder} could not be loaded: {exc}") from exc
+        log.warning("embedded model not loaded: %s", exc)
+        return ModelStatus(problem=f"the embedded model could not be loaded: {exc}")
+
+
+def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str], options: ServeOptions, concurrency: int) -> gr.Blocks:
+    """The page: banner; study panel (upload, examples, series); viewer; chat; report."""
+    with gr.Blocks(title="m3 — imaging assistant", delete_cache=(900, 3600)) as blocks:
+        state = gr.State(new_session, time_to_live=options.session_ttl_s, delete_callback=close_session)
+        gr.Markdown(status.banner, elem_id="m3-banner")
+        if status.backend is not None and status.backend.info.model_card:
+            with gr.Accordion("Model card", open=False):
+                gr.Markdown(status.backend.info.model_card)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=280):
+                gr.Markdown("#### Study")
+                upload = gr.File(label="DICOM files, a .zip, NIfTI or an image", file_count="multiple", elem_id="m3-upload")
+                folder = gr.UploadButton("Upload a folder", file_count="directory", size="sm")
+                with gr.Row():
+                    example_buttons = [gr.Button(label, size="sm", elem_classes="m3-example") for label in EXAMPLES]
+                study_status = gr.Markdown("Upload a study or open an example.", elem_id="m3-study-status")
+                table = gr.Dataframe(headers=["series", "modality", "description", "shape", "spacing mm", "files"],
+                                     interactive=False, wrap=True, elem_id="m3-series-table")
+                series = gr.Dropdown(label="Series", choices=[], elem_id="m3-series")
+            with gr.Column(scale=5, min_width=360):
+                image = gr.Image(label="Viewer", type="numpy", interactive=False, height=520, elem_id="m3-viewer",
+                                 buttons=["download", "fullscreen"])
+                caption = gr.Markdown(elem_id="m3-caption")
+                slider = gr.Slider(1, 2, value=1, step=1, label="Slice", interactive=False, elem_id="m3-slice")
+                with gr.Row():
+                    plane = gr.Radio(list(PLANES), value="axial", label="Plane", elem_id="m3-plane")
+                    preset = gr.Dropdown(label="Window", choices=[], elem_id="m3-preset")
+                with gr.Row():
+                    centre = gr.Number(label="Centre", elem_id="m3-centre")
+                    width = gr.Number(label="Width", elem_id="m3-width")
+                with gr.Row():
+                    shown = gr.Dropdown(label="Overlay", choices=[], elem_id="m3-overlay")
+                    opacity = gr.Slider(0.0, 1.0, value=0.45, step=0.05, label="Overlay opacity", elem_id="m3-opacity")
+                legend = gr.HTML(elem_id="m3-legend")
+            with gr.Column(scale=5, min_width=360):
+                chatbot = gr.Chatbot(label="Assistant", height=520, elem_id="m3-chat", group_consecutive_messages=False)
+                question = gr.Textbox(placeholder=("Ask about this series…" if status.backend else NO_MODEL_MESSAGE),
+                                      show_label=False, interactive=status.backend is not None, elem_id="m3-question")
+                ask = gr.Button("Ask", variant="primary", interactive=status.backend is not None, elem_id="m3-ask")
+                gr.Markdown("Run an expert directly:")
+                with gr.Row():
+                    expert_buttons = [gr.Button(name, size="sm", elem_classes="m3-expert") for name in expert_names]
+        with gr.Accordion("Report", open=True, elem_id="m3-report"):
+            draft = gr.Button("Draft report", elem_id="m3-draft")
+            findings = gr.Textbox(label="Findings", lines=6, elem_id="m3-findings")
+            impression = gr.Textbox(label="Impression", lines=3, elem_id="m3-impression")
+            export = gr.Button("Export (Markdown, PDF, DICOM SR, DICOM SEG)", elem_id="m3-export")
+            report_status = gr.Markdown(elem_id="m3-report-status")
+            downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="m3-downloads")
+
+        viewer = [image, caption, legend, slider, shown]
+        window = [preset, centre, width]
+        study_out = [state, table, series, study_status, *viewer, chatbot, *window]
+        ingest = dict(concurrency_limit=options.ingest_concurrency, concurrency_id="ingest")
+        upload.upload(events.upload, [upload, state], study_out, api_name="upload", **ingest)
+        folder.upload(events.upload, [folder, state], study_out, api_name="upload_folder", **ingest)
+        for button in example_buttons:
+            button.click(events.example, [button, state], study_out, api_name=False, **ingest)
+        series.input(events.select_series, [series, state], [state, *viewer, chatbot, *window], api_name="select_series")
+        fast = dict(trigger_mode="always_last", concurrency_limit=None)
+        plane.input(events.set_plane, [plane, state], [state, *viewer], api_name="plane", **fast)
+        slider.input(events.set_slice, [slider, state], [state, *viewer], api_name="slice", **fast)
+        preset.input(events.set_preset, [preset, state], [state, *viewer, *window], api_name="preset", **fast)
+        for box in (centre, width):
+            box.submit(events.set_window, [centre, width, state], [state, *viewer], api_name=False, **fast)
+        opacity.input(events.set_overlay, [opacity, shown, state], [state, *viewer], api_name="overlay", **fast)
+        shown.input(events.set_overlay, [opacity, shown, state], [state, *viewer], api_name=False, **fast)
+        model = dict(concurrency_limit=concurrency, concurrency_id="model")
+        ask_inputs, ask_outputs = [question, state], [state, chatbot, question, *viewer]
+        question.submit(events.ask, ask_inputs, ask_outputs, api_name=False, **model)
+        ask.click(events.ask, ask_inputs, ask_outputs, api_name="ask", **model)
+        for button in expert_buttons:
+            button.click(events.run_expert, [button, state], [state, chatbot, *viewer], api_name=False,
+                         concurrency_limit=options.expert_concurrency, concurrency_id="experts")
+        draft.click(events.draft_report, [state], [state, findings, impression, report_status], api_name="draft_report", **model)
+        export.click(events.export_report, [findings, impression, state], [state, downloads, report_status], api_name="export_report")
+    return blocks
+
+
+def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, options: ServeOptions | None = None) -> tuple[Any, gr.Blocks, ModelStatus]:
+    """(FastAPI app with the page at ``/`` and ``/healthz``, the Blocks, the model status).
+
+    backend: a ``ChatBackend`` to use instead of loading one (tests, an OpenAI-compatible server);
+    registry: an expert registry (default ``experts.registry.default_registry()``).
+    Raises ``ConfigError`` for a non-loopback bind without authentication or a bad model folder.
+    """
+    from fastapi import FastAPI
+
+    from app.health import mount_health
+
+    options = options or ServeOptions()
+    users = load_users(config.auth.users_file)
+    header = config.auth.trusted_header
+    require_auth_for_host(config.server.host, bool(users) or bool(header))
+    status = ModelStatus(backend=backend, source="given") if backend is not None else load_backend(config)
+    if registry is None:
+        from experts.registry import default_registry
+
+        registry = default_registry()
+    audit = AuditLog(config.audit.log_path)
+    engine = ChatEngine(status.backend, registry, audit, max_rounds=options.max_rounds)
+    events = AppEvents(engine, audit, UploadLimits(config.limits.max_files, config.limits.max_upload_mb))
+    blocks = build_blocks(events, status, registry.names(), options, config.limits.concurrency)
+    blocks.queue(default_concurrency_limit=8, max_size=256)
+
+    api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    mount_health(api, config, {"sessions": lambda: (True, f"{live_sessions()} live"),
+                               "chat_model": lambda: (True, status.backend.info.name if status.backend else "none (chat disabled)")})
+    auth: dict[str, Any] = {}
+    if header:
+        auth["auth_dependency"] = TrustedHeaderAuth(header, options.trusted_proxies)
+    elif users:
+        auth["auth"] = PasswordAuth(users)
+        auth["auth_message"] = "Sign in with your hospital account."
+    gr.mount_gradio_app(
+        api, blocks, path=config.server.root_path or "/", server_name=config.server.host, server_port=config.server.port,
+        footer_links=[], run_history=False, mcp_server=False, ssr_mode=False, show_error=True,
+        max_file_size=f"{config.limits.max_upload_mb}mb", css_paths=[ASSETS / "m3.css"], theme=gr.themes.Default(),
+        **auth,
+    )
+    return api, blocks, status
+
+
+def serve(config: AppConfig, *, backend: Any = None, registry: Any = None, options: ServeOptions | None = None,
+          block: bool = True) -> RunningServer | None:
+    """Run the app with uvicorn on ``config.server.host:port``. ``block=False`` starts it in a thread and
+    returns once it accepts connections (tests, benchmarks)."""
+    import uvicorn
+
+    api, blocks, status = build_app(config, backend=backend, registry=registry, options=options)
+    log.info("m3 app on http://%s:%d (model: %s)", config.server.host, config.server.port,
+             status.backend.info.name if status.backend else "none")
+    server = uvicorn.Server(uvicorn.Config(api, host=config.server.host, port=config.server.port, log_level="warning",
+                                           root_path=config.server.root_path or ""))
+    if block:
+        server.run()
+        return None
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # not the main thread
+    thread = threading.Thread(target=server.run, name="m3-app", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ConfigError(f"the app did not start on {config.server.host}:{config.server.port}; is the port in use?")
+        time.sleep(0.05)
+    return RunningServer(f"http://{config.server.host}:{config.server.port}", server, thread, blocks)
+
+
+def _intended_use(card: str) -> str:
+    """The first paragraph under an "Intended use" heading of a model card, else the default statement."""
+    lines = card.splitlines()
+    for i, line in enumerate(lines):
+        if line.lstrip("#").strip().lower().startswith("intended use"):
+            body = []
+            for text in lines[i + 1:]:
+                if text.startswith("#"):
+                    break
+                if text.strip() or body:
+                    body.append(text.strip())
+                if body and not text.strip():
+                    break
+            if body:
+                return " ".join(b for b in body if b)
+    return DEFAULT_INTENDED_USE

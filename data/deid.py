@@ -1,0 +1,479 @@
+"""De-identification: DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile.
+
+Options applied on top of the Basic Profile (and recorded in the dataset and the manifest):
+
+- *Retain Longitudinal Temporal Information with Modified Dates*: every DA / DT value is shifted by a
+  whole number of days, the same for every study of one patient within a process (times are kept);
+- *Clean Descriptors*: Series / Study Description, Protocol Name and Contrast/Bolus Agent are kept
+  after removing any token of the patient's identity and long digit runs.
+
+Private tags are dropped; UIDs are replaced by ``2.25.<int>`` UIDs from an HMAC with a secret key drawn
+per process, so one original UID maps to the same new UID every time in this process and to an
+unrelated one in the next. Burned-in annotation cannot be removed from pixels: it is flagged.
+
+What was changed goes to a :class:`Manifest` (attribute keywords and actions, never values). What is
+needed to write results back to the hospital (original identity, the UID map, the date shift) is kept
+in a :class:`ReidentificationKey` in a private in-process keyring, looked up by the de-identified
+Study Instance UID with :func:`reidentification_key`; it is never logged, printed or pickled.
+
+The attribute table is the PS3.15 Annex E table as shipped by ``dicom-anonymizer``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import hmac
+import re
+import secrets
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+__all__ = [
+    "DeidOptions",
+    "Manifest",
+    "ReidentificationKey",
+    "deidentify",
+    "remap_uid",
+    "reidentification_key",
+    "forget_key",
+    "redact",
+    "clean_descriptor",
+    "pseudonymise_uids",
+    "note_derived_uid",
+    "PROFILE_NAME",
+]
+
+PROFILE_NAME = "DICOM PS3.15 E.1 Basic Application Level Confidentiality Profile"
+_OPTION_NAMES = {
+    "dates": "Retain Longitudinal Temporal Information with Modified Dates Option",
+    "descriptors": "Clean Descriptors Option",
+}
+# PS3.16 CID 7050 codes for the profile and options (DeidentificationMethodCodeSequence).
+_METHOD_CODES = {"basic": ("113100", "Basic Application Confidentiality Profile"),
+                 "dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+                 "descriptors": ("113105", "Clean Descriptors Option")}
+_PROCESS_SECRET = secrets.token_bytes(32)  # new every process: UID maps and date shifts are unlinkable across runs
+_CLEANED = {0x0008103E, 0x00081030, 0x00181030, 0x00180010}  # SeriesDescription, StudyDescription, ProtocolName, ContrastBolusAgent
+_IDENTITY_KEPT = (  # attributes a write-back restores (stored in the ReidentificationKey, never elsewhere)
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDsSequence",
+    "AccessionNumber", "StudyID", "ReferringPhysicianName", "StudyDate", "StudyTime", "StudyDescription",
+    "InstitutionName",
+)
+_KEYRING_SIZE = 256
+
+
+@dataclass
+class DeidOptions:
+    """Which profile options apply (all on by default)."""
+
+    shift_dates: bool = True  # Retain Longitudinal Temporal Information with Modified Dates
+    clean_descriptors: bool = True  # keep scrubbed descriptions instead of removing them
+    max_shift_days: int = 3650  # dates move back by 1 .. max_shift_days days
+
+
+@dataclass
+class Manifest:
+    """What de-identification changed: attribute keywords and the actions taken (never values).
+
+    Actions: ``X`` removed, ``Z`` emptied, ``D`` replaced by a dummy, ``U`` UID remapped, ``S`` date
+    shifted, ``C`` descriptor cleaned, ``P`` private tag removed.
+    """
+
+    actions: set = field(default_factory=set)  # {(keyword, action)}
+    datasets: int = 0
+    burned_in_annotation: bool = False
+    options: tuple[str, ...] = ()
+
+    def record(self, keyword: str, action: str) -> None:
+        self.actions.add((keyword, action))
+
+    def merge(self, other: "Manifest") -> None:
+        self.actions |= other.actions
+        self.datasets += other.datasets
+        self.burned_in_annotation |= other.burned_in_annotation
+        self.options = self.options or other.options
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: profile, options, ``{keyword: actions}`` and attributes per action."""
+        by_keyword: dict[str, str] = {}
+        for keyword, action in sorted(self.actions):
+            by_keyword[keyword] = "".join(sorted(set(by_keyword.get(keyword, "")) | {action}))
+        totals = Counter(action for _, action in self.actions)
+        return {
+            "profile": PROFILE_NAME,
+            "options": list(self.options),
+            "datasets": self.datasets,
+            "attributes": by_keyword,
+            "counts": dict(sorted(totals.items())),
+            "burned_in_annotation": self.burned_in_annotation,
+        }
+
+
+class ReidentificationKey:
+    """Original identity of one study, for writing results back to the hospital's PACS.
+
+    Holds the original patient/study attributes, the de-identified → original UID map and the date
+    shift. ``repr`` shows counts only; pickling is refused so it cannot be written anywhere by accident.
+    """
+
+    __slots__ = ("study_uid", "_uids", "_identity", "_shift_days", "_lock")
+
+    def __init__(self, study_uid: str, shift_days: int) -> None:
+        self.study_uid = study_uid  # de-identified
+        self._uids: dict[str, str] = {}
+        self._identity: dict[str, DataElement] = {}
+        self._shift_days = shift_days
+        self._lock = threading.Lock()
+
+    def original_uid(self, deid_uid: str) -> str:
+        """The original UID behind a de-identified one (``KeyError`` if this study never had it)."""
+        return self._uids[deid_uid]
+
+    def reidentify(self, dataset: Dataset) -> Dataset:
+        """A copy of ``dataset`` (e.g. a derived SEG or SR) with original UIDs, identity and dates restored."""
+        out = copy.deepcopy(dataset)
+
+        def restore(ds: Dataset, elem: DataElement) -> None:
+            if elem.VR == "UI" and elem.value:
+                values = elem.value if elem.VM > 1 else [elem.value]
+                mapped = [self._uids.get(str(v), str(v)) for v in values]
+                elem.value = mapped if elem.VM > 1 else mapped[0]
+            elif elem.VR in ("DA", "DT") and elem.value and self._shift_days:
+                shifted = [_shift_date(str(v), -self._shift_days) for v in (elem.value if elem.VM > 1 else [elem.value])]
+                elem.value = [v for v in shifted if v] if elem.VM > 1 else (shifted[0] or "")
+
+        out.walk(restore)
+        if getattr(out, "file_meta", None) is not None and "MediaStorageSOPInstanceUID" in out.file_meta:
+            uid = str(out.file_meta.MediaStorageSOPInstanceUID)
+            out.file_meta.MediaStorageSOPInstanceUID = self._uids.get(uid, uid)
+        for keyword, elem in self._identity.items():
+            out[elem.tag] = copy.deepcopy(elem)
+        for keyword in ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+                        "LongitudinalTemporalInformationModified"):
+            if keyword in out:
+                del out[keyword]
+        return out
+
+    def _note_uid(self, deid_uid: str, original: str) -> None:
+        with self._lock:
+            self._uids[deid_uid] = original
+
+    def _note_identity(self, ds: Dataset) -> None:
+        with self._lock:
+            for keyword in _IDENTITY_KEPT:
+                if keyword not in self._identity and keyword in ds:
+                    self._identity[keyword] = copy.deepcopy(ds[keyword])
+
+    def __repr__(self) -> str:
+        return f"ReidentificationKey(study=…{self.study_uid[-8:]}, uids={len(self._uids)}, identity=<redacted>)"
+
+    def __reduce__(self):
+        raise TypeError("a ReidentificationKey stays in the ingest process: it cannot be pickled or copied out.")
+
+
+def remap_uid(uid: str, secret: bytes | None = None) -> str:
+    """The de-identified ``2.25.<int>`` UID for ``uid`` (HMAC-SHA256 with the process secret, 128 bits)."""
+    digest = hmac.new(secret or _PROCESS_SECRET, b"uid:" + str(uid).strip().encode(), hashlib.sha256).digest()
+    return "2.25." + str(int.from_bytes(digest[:16], "big"))
+
+
+def reidentification_key(study_uid: str) -> ReidentificationKey:
+    """The key for a de-identified Study Instance UID that was de-identified in this process."""
+    with _KEYRING_LOCK:
+        if study_uid not in _KEYRING:
+            raise KeyError(f"no re-identification key for study …{study_uid[-8:]}: it was not ingested in this process "
+                           "(keys live in memory only); ingest the study again to write results back.")
+        _KEYRING.move_to_end(study_uid)
+        return _KEYRING[study_uid]
+
+
+def forget_key(study_uid: str) -> None:
+    """Drop a study's re-identification key (e.g. when its session closes)."""
+    with _KEYRING_LOCK:
+        _KEYRING.pop(study_uid, None)
+
+
+def pseudonymise_uids(uids: list[str], original_study_uid: str, secret: bytes | None = None) -> list[str]:
+    """Remap many UIDs of one study at once, recording each in that study's re-identification key."""
+    new = [remap_uid(u, secret) for u in uids]
+    key = _key_for(remap_uid(original_study_uid, secret), 0) if original_study_uid else None
+    if key is not None:
+        with key._lock:
+            key._uids.update(zip(new, uids))
+    return new
+
+
+def note_derived_uid(deid_uid: str, original_uid: str, original_study_uid: str, secret: bytes | None = None) -> None:
+    """Record that a UID made by ingest (e.g. a split series) stands for ``original_uid`` at write-back."""
+    if original_study_uid:
+        _key_for(remap_uid(original_study_uid, secret), 0)._note_uid(deid_uid, original_uid)
+
+
+def clean_descriptor(text: str, dataset: Dataset) -> str:
+    """A free-text descriptor (e.g. Study Description) with identity words and long digit runs removed."""
+    return _clean(text, _identity_tokens(dataset))
+
+
+def redact(text: str, dataset: Dataset | None) -> str:
+    """``text`` (e.g. a library's error message) with any identity word of ``dataset`` replaced."""
+    if dataset is None:
+        return text
+    for word in _identity_tokens(dataset):
+        text = re.sub(re.escape(word), "[redacted]", text, flags=re.IGNORECASE)
+    return text
+
+
+def deidentify(
+    dataset: Dataset,
+    *,
+    options: DeidOptions | None = None,
+    manifest: Manifest | None = None,
+    in_place: bool = False,
+    secret: bytes | None = None,
+) -> Dataset:
+    """De-identify a pydicom ``Dataset`` with the Basic Profile (plus :class:`DeidOptions`).
+
+    Returns the de-identified dataset (a copy unless ``in_place``). ``manifest`` (if given) gets the
+    actions taken. The original identity and the UID map go to the in-process re-identification key of
+    the de-identified study (see :func:`reidentification_key`).
+    """
+    options = options or DeidOptions()
+    ds = dataset if in_place else copy.deepcopy(dataset)
+    manifest = manifest if manifest is not None else Manifest()
+    secret = secret or _PROCESS_SECRET
+    patient_id = str(ds.get("PatientID", "") or "")
+    shift = _shift_days(patient_id, secret, options.max_shift_days) if options.shift_dates else 0
+    study_uid = str(ds.get("StudyInstanceUID", "") or "")
+    key = _key_for(remap_uid(study_uid, secret) if study_uid else "", shift)
+    if key is not None:
+        key._note_identity(ds)
+    tokens = _identity_tokens(ds)
+    run = _Run(options, manifest, secret, shift, key, tokens)
+
+    if getattr(ds, "file_meta", None) is not None:
+        meta = ds.file_meta
+        if "MediaStorageSOPInstanceUID" in meta:
+            meta.MediaStorageSOPInstanceUID = run.uid(str(meta.MediaStorageSOPInstanceUID))
+            manifest.record("MediaStorageSOPInstanceUID", "U")
+        if "SourceApplicationEntityTitle" in meta:
+            del meta.SourceApplicationEntityTitle
+            manifest.record("SourceApplicationEntityTitle", "X")
+    run.dataset(ds)
+
+    burned = str(ds.get("BurnedInAnnotation", "") or "").upper() == "YES"
+    manifest.burned_in_annotation |= burned
+    manifest.datasets += 1
+    manifest.options = tuple(_OPTION_NAMES[k] for k, on in (("dates", options.shift_dates),
+                                                            ("descriptors", options.clean_descriptors)) if on)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "; ".join((PROFILE_NAME, *manifest.options))[:64]
+    codes = [_METHOD_CODES["basic"]] + [_METHOD_CODES[k] for k, on in (("dates", options.shift_dates),
+                                                                       ("descriptors", options.clean_descriptors)) if on]
+    ds.DeidentificationMethodCodeSequence = Sequence([_code_item(value, meaning) for value, meaning in codes])
+    if options.shift_dates:
+        ds.LongitudinalTemporalInformationModified = "MODIFIED"
+    return ds
+
+
+# ---------------------------------------------------------------------------------------------------
+_KEYRING: "OrderedDict[str, ReidentificationKey]" = OrderedDict()
+_KEYRING_LOCK = threading.Lock()
+_DATE_VRS = ("DA", "DT")
+
+
+class _Run:
+    """One dataset's de-identification pass (state shared by the recursive walk)."""
+
+    def __init__(self, options, manifest, secret, shift, key, tokens):
+        self.options, self.manifest, self.secret, self.shift = options, manifest, secret, shift
+        self.key, self.tokens = key, tokens
+        self.exact, self.masked = _table()
+
+    def uid(self, original: str) -> str:
+        new = remap_uid(original, self.secret)
+        if self.key is not None:
+            self.key._note_uid(new, original)
+        return new
+
+    def dataset(self, ds: Dataset) -> None:
+        for tag in list(ds.keys()):
+            elem = ds[tag]
+            keyword = elem.keyword or f"({tag.group:04X},{tag.element:04X})"
+            if tag.is_private:
+                del ds[tag]
+                self.manifest.record("private", "P")
+                continue
+            action = self.exact.get(int(tag)) or _masked_action(self.masked, int(tag))
+            if action is None:
+                if elem.VR == "PN" and elem.value:  # safety net: a person name the table does not list
+                    action = "Z"
+                elif elem.VR in _DATE_VRS and elem.value:  # safety net: every date moves together
+                    action = "D"
+                elif elem.VR == "SQ":
+                    for item in elem.value:
+                        self.dataset(item)
+                    continue
+                else:
+                    continue
+            self.apply(ds, elem, action, keyword)
+
+    def apply(self, ds: Dataset, elem: DataElement, action: str, keyword: str) -> None:
+        vr = elem.VR
+        if int(elem.tag) in _CLEANED and self.options.clean_descriptors and vr != "SQ":
+            if elem.value:
+                elem.value = _clean(str(elem.value), self.tokens)
+                self.manifest.record(keyword, "C")
+            return
+        if vr in _DATE_VRS and ("D" in action or "X" in action or "Z" in action) and self.options.shift_dates \
+                and int(elem.tag) != 0x00100030:  # the birth date is never kept
+            if elem.value:
+                values = list(elem.value) if elem.VM > 1 else [elem.value]
+                shifted = [_shift_date(str(v), self.shift) for v in values]
+                if all(shifted):
+                    elem.value = shifted if elem.VM > 1 else shifted[0]
+                    self.manifest.record(keyword, "S")
+                    return
+                del ds[elem.tag]  # not a parseable date: remove rather than keep it unshifted
+                self.manifest.record(keyword, "X")
+            return
+        if action == "U" or ("U" in action and vr == "UI"):
+            if elem.value:
+                values = list(elem.value) if elem.VM > 1 else [elem.value]
+                new = [self.uid(str(v)) for v in values]
+                elem.value = new if elem.VM > 1 else new[0]
+                self.manifest.record(keyword, "U")
+            return
+        if vr == "SQ" and (action in ("D", "XZU") or action == "U"):
+            for item in elem.value:  # keep the structure, de-identify what is inside
+                self.dataset(item)
+            return
+        if int(elem.tag) == 0x00100020:  # Patient ID: a stable pseudonym keeps one patient's studies together
+            elem.value = "ANON" + hmac.new(self.secret, b"pid:" + str(elem.value).encode(), hashlib.sha256).hexdigest()[:12].upper()
+            self.manifest.record(keyword, "D")
+            return
+        if action == "Z" or (action in ("ZD", "XZ") and vr not in _DATE_VRS):
+            elem.value = Sequence() if vr == "SQ" else ("" if vr not in _BINARY_VRS else b"")
+            self.manifest.record(keyword, "Z")
+            return
+        if action == "D" and vr not in _BINARY_VRS and vr != "SQ":
+            elem.value = _dummy(vr)
+            self.manifest.record(keyword, "D")
+            return
+        del ds[elem.tag]
+        self.manifest.record(keyword, "X")
+
+
+_BINARY_VRS = ("OB", "OW", "OD", "OF", "OL", "OV", "UN")
+
+
+@lru_cache(maxsize=1)
+def _table() -> tuple[dict[int, str], list[tuple[int, int, int, int, str]]]:
+    """The Annex E table as ``{tag: action}`` plus masked repeating-group rules."""
+    from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+
+    db = dicom_anonymization_database_selector("dicomfields_2026c")
+    names = {"D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "ZD", "X_Z_TAGS": "XZ",
+             "X_D_TAGS": "XD", "X_Z_D_TAGS": "XZD", "X_Z_U_STAR_TAGS": "XZU"}
+    exact: dict[int, str] = {}
+    masked: list[tuple[int, int, int, int, str]] = []
+    for name, action in names.items():
+        for entry in db[name]:
+            if len(entry) == 2:
+                exact[(entry[0] << 16) | entry[1]] = action
+            else:
+                masked.append((*entry, action))
+    return exact, masked
+
+
+def _masked_action(masked, tag: int) -> str | None:
+    group, element = tag >> 16, tag & 0xFFFF
+    for g, e, gm, em, action in masked:
+        if group & gm == g & gm and element & em == e & em:
+            return action
+    return None
+
+
+def _key_for(deid_study_uid: str, shift: int) -> ReidentificationKey | None:
+    if not deid_study_uid:
+        return None
+    with _KEYRING_LOCK:
+        key = _KEYRING.get(deid_study_uid)
+        if key is None:
+            key = _KEYRING[deid_study_uid] = ReidentificationKey(deid_study_uid, shift)
+            while len(_KEYRING) > _KEYRING_SIZE:
+                _KEYRING.popitem(last=False)
+        return key
+
+
+def _shift_days(patient_id: str, secret: bytes, max_days: int) -> int:
+    digest = hmac.new(secret, b"date-shift:" + patient_id.encode(), hashlib.sha256).digest()
+    return -(1 + int.from_bytes(digest[:8], "big") % max(1, max_days))
+
+
+def _shift_date(value: str, days: int) -> str | None:
+    """Shift a DA (``YYYYMMDD``) or the date part of a DT value by ``days``; ``None`` if not a date."""
+    value = value.strip()
+    if len(value) < 8 or not value[:8].isdigit():
+        return None
+    try:
+        day = dt.date(int(value[:4]), int(value[4:6]), int(value[6:8])) + dt.timedelta(days=days)
+    except ValueError:
+        return None
+    return day.strftime("%Y%m%d") + value[8:]
+
+
+def _dummy(vr: str) -> Any:
+    if vr in ("DS", "IS", "FL", "FD", "SL", "SS", "UL", "US", "SV", "UV"):
+        return 0
+    if vr == "TM":
+        return "000000"
+    if vr == "DA":
+        return "19000101"
+    if vr == "DT":
+        return "19000101000000"
+    if vr == "PN":
+        return "ANONYMOUS"
+    if vr == "UI":
+        return "2.25.0"
+    if vr in ("AE", "CS", "SH"):
+        return "ANONYMIZED"[: 16 if vr != "CS" else 10]
+    return "ANONYMIZED"
+
+
+def _code_item(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+    return item
+
+
+def _identity_tokens(ds: Dataset) -> list[str]:
+    """Words of the patient's identity (names, IDs, institution, birth date) to scrub from descriptors."""
+    words: set[str] = set()
+    for elem in ds:
+        if elem.tag.is_private:
+            continue
+        if elem.VR == "PN" or elem.keyword in ("PatientID", "OtherPatientIDs", "AccessionNumber", "InstitutionName",
+                                               "InstitutionAddress", "PatientBirthDate", "StationName",
+                                               "IssuerOfPatientID", "PatientAddress"):
+            values = elem.value if elem.VM > 1 else [elem.value]
+            for v in values:
+                words.update(w for w in re.split(r"[\^\s,=/]+", str(v)) if len(w) >= 3)
+    return sorted(words, key=len, reverse=True)
+
+
+def _clean(text: str, tokens: list[str]) -> str:
+    """Hand-written Clean Descriptors step: drop identity words and digit runs of 6+ (dates, IDs)."""
+    for word in tokens:
+        text = re.sub(re.escape(word), " ", text, flags=re.IGNORECASE)
+    text = re.sub(r"\d[\d./-]{5,}", " ", text)
+    return re.sub(r"\s+", " ", text).strip()

@@ -1,0 +1,267 @@
+"""Load an upload — a folder, files or a ``.zip`` of DICOM, NIfTI, NRRD/MHA, PNG/JPEG — into studies.
+
+``load_studies`` returns every study in the upload; ``load_study`` returns the one study of an upload
+and raises :class:`IngestError` when there are several (the app then offers ``load_studies``). NIfTI,
+NRRD/MHA and image files join the upload's DICOM study when there is exactly one, and otherwise form
+a study of their own. A bad file becomes one ``IngestError`` in ``Study.errors`` and never stops the
+rest; problems with the whole upload (missing path, too large, zip bomb) raise ``IngestError``.
+
+With ``deidentify=True`` (the default) the returned objects carry only de-identified values (see
+:mod:`data.deid`): the first header of each series is de-identified in full for the series' metadata
+and the manifest, every other header contributes its attribute list to the manifest and its SOP
+Instance UID (remapped); the original headers are dropped when loading ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Union
+
+from tqdm.auto import tqdm
+
+from data.archive import ArchiveLimits, extract_zip
+from data.deid import Manifest, clean_descriptor, reidentification_key, remap_uid
+from data.errors import IngestError
+from data.study import Series, SkippedObject, Study
+
+__all__ = ["IngestLimits", "load_study", "load_studies", "collect_upload", "reidentification_key"]
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+_SKIP_SUFFIXES = {
+    ".txt": "text file", ".json": "JSON file", ".xml": "XML file", ".csv": "table", ".md": "text file",
+    ".html": "web page", ".htm": "web page", ".pdf": "PDF document", ".log": "log file", ".ini": "settings file",
+    ".dump": "text dump", ".icc": "colour profile", ".gz": "compressed file (only .nii.gz and .zip are opened)",
+    ".raw": "raw data file of a .mhd/.nhdr header", ".zraw": "raw data file of a .mhd header",
+    ".hdr": "Analyze / NIfTI-pair header: convert the pair to .nii", ".img": "Analyze / NIfTI-pair data: convert to .nii",
+    ".py": "script", ".m": "script", ".sh": "script", ".exe": "program", ".db": "database file",
+}
+
+
+@dataclass
+class IngestLimits:
+    """Limits on one upload (sizes in bytes). Exceeding one raises :class:`IngestError`."""
+
+    max_upload_bytes: int = 8 * 2**30  # files as uploaded (a .zip counts compressed)
+    max_files: int = 50_000
+    archive: ArchiveLimits = field(default_factory=ArchiveLimits)
+    max_image_pixels: int = 2**28  # PNG / JPEG width × height
+    max_voxels: int = 2**31  # per NIfTI / ITK file
+    max_volumes_per_file: int = 64  # 4D NIfTI
+    workers: int = 8  # threads reading and decoding pixel data
+
+
+@dataclass
+class _Upload:
+    files: list[tuple[Path, str, str]] = field(default_factory=list)  # (path, name in upload, kind)
+    errors: list[IngestError] = field(default_factory=list)
+    skipped: list[SkippedObject] = field(default_factory=list)
+
+
+def load_study(path_or_paths: PathLike | Iterable[PathLike], *, deidentify: bool = True, progress: bool = False,
+               limits: IngestLimits | None = None) -> Study:
+    """Load one study; ``IngestError`` if the upload holds no image or several studies.
+
+    Returns a :class:`Study` whose series carry ``(I, J, K)`` volumes (``i`` = column, ``j`` = row,
+    ``k`` = slice) with voxel → RAS mm affines; skipped objects and per-file errors are on the study.
+    """
+    studies = load_studies(path_or_paths, deidentify=deidentify, progress=progress, limits=limits)
+    if len(studies) > 1:
+        listing = ", ".join(f"…{s.uid[-8:]} ({len(s.series)} series)" for s in studies)
+        raise IngestError(f"the upload holds {len(studies)} studies ({listing}); expected one: upload one study "
+                          "at a time or load them with load_studies().")
+    study = studies[0]
+    if not study.series:
+        problems = [str(e) for e in study.errors[:3]] + [f"{s.name}: {s.reason}" for s in study.skipped[:3]]
+        raise IngestError(f"no image series could be loaded ({len(study.errors)} errors, {len(study.skipped)} "
+                          f"skipped): " + " | ".join(problems))
+    return study
+
+
+def load_studies(path_or_paths: PathLike | Iterable[PathLike], *, deidentify: bool = True, progress: bool = False,
+                 limits: IngestLimits | None = None) -> list[Study]:
+    """Load every study of an upload (an empty-series study carries the errors when nothing loads)."""
+    from data.dicom import DicomFile, NonImage, is_dicom, read_dicom_header
+    from data.dicom_series import assemble_series
+
+    limits = limits or IngestLimits()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="m3-ingest-") as tmp, _quiet_pydicom():
+        upload = collect_upload(path_or_paths, Path(tmp), limits)
+        errors, skipped = list(upload.errors), list(upload.skipped)
+        dicom: list[DicomFile] = []
+        skipped_by_study: dict[str, list[SkippedObject]] = {}
+        other: list[Series] = []
+        candidates = [(p, n) for p, n, kind in upload.files if kind == "dicom"]
+        for path, name in tqdm(candidates, desc="Reading headers", unit="file", disable=not progress, delay=0.5,
+                               leave=False):
+            try:
+                result = read_dicom_header(path, name, force=not is_dicom(path))
+            except IngestError as exc:
+                errors.append(exc)
+                continue
+            except Exception as exc:  # one bad file never stops the upload: record it and go on
+                errors.append(IngestError(f"unexpected {type(exc).__name__} while reading the header.", name))
+                continue
+            if isinstance(result, NonImage):
+                skipped_by_study.setdefault(result.study_uid, []).append(result.skipped)
+            else:
+                dicom.append(result)
+        for path, name, kind in upload.files:
+            if kind != "dicom":
+                try:
+                    other.extend(_load_other(path, name, kind, limits))
+                except IngestError as exc:
+                    errors.append(exc)
+                except Exception as exc:
+                    errors.append(IngestError(f"unexpected {type(exc).__name__} while loading the file.", name))
+        studies: list[Study] = []
+        by_study: dict[str, list[DicomFile]] = {}
+        for f in dicom:
+            by_study.setdefault(f.study_uid, []).append(f)
+        with ThreadPoolExecutor(max_workers=max(1, limits.workers)) as pool:
+            for study_uid, files in by_study.items():
+                manifest = Manifest()
+                try:
+                    series, study_errors = assemble_series(files, deidentify_on=deidentify, manifest=manifest,
+                                                           pool=pool, progress=progress)
+                except Exception as exc:  # a study that cannot be assembled is reported, the others still load
+                    series, study_errors = [], [IngestError(f"unexpected {type(exc).__name__} while assembling "
+                                                            f"{len(files)} files into series.", files[0].name)]
+                uid = remap_uid(study_uid) if deidentify else study_uid
+                description = str(files[0].ds.get("StudyDescription", "") or "")
+                studies.append(Study(uid=uid, series=series, errors=study_errors,
+                                     skipped=skipped_by_study.pop(study_uid, []),
+                                     deid_manifest=manifest.as_dict() if deidentify else {},
+                                     description=clean_descriptor(description, files[0].ds) if deidentify else description))
+    for rest in skipped_by_study.values():
+        skipped.extend(rest)
+    if other:
+        if len(studies) == 1:
+            target = studies[0]
+        else:
+            target = Study(uid=remap_uid("upload:" + "|".join(sorted(s.uid for s in other))), description="files")
+            studies.append(target)
+        for s in other:
+            s.volume.study_uid = target.uid
+        target.series.extend(other)
+    from data.display import default_window
+
+    for study in studies:
+        for s in study.series:
+            if s.volume.window is None:
+                s.volume.window = default_window(s.volume)
+    if not studies:
+        studies.append(Study(uid=remap_uid("upload:" + "|".join(n for _, n, _ in upload.files)), description="empty"))
+    studies[0].errors[:0] = errors
+    studies[0].skipped[:0] = skipped
+    for study in studies:
+        for e in study.errors:
+            log.warning("ingest error: %s", e)
+    log.info("ingest: %d series in %d studies from %d files (%d skipped, %d errors) in %.2f s",
+             sum(len(s.series) for s in studies), len(studies), len(upload.files),
+             sum(len(s.skipped) for s in studies), sum(len(s.errors) for s in studies), time.perf_counter() - started)
+    return studies
+
+
+def collect_upload(path_or_paths: PathLike | Iterable[PathLike], workdir: Path, limits: IngestLimits) -> _Upload:
+    """List an upload's files with their kind; ``.zip`` archives are safely extracted into ``workdir``."""
+    paths = [path_or_paths] if isinstance(path_or_paths, (str, os.PathLike)) else list(path_or_paths)
+    if not paths:
+        raise IngestError("nothing to load: give a folder, one or more files, or a .zip archive.")
+    listed: list[tuple[Path, str]] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise IngestError("no such file or folder; check the path.", p.name)
+        if p.is_dir():
+            listed.extend((f, f"{p.name}/{f.relative_to(p).as_posix()}") for f in sorted(p.rglob("*")) if f.is_file())
+        else:
+            listed.append((p, p.name))
+    if len(listed) > limits.max_files:
+        raise IngestError(f"upload has {len(listed)} files, the limit is {limits.max_files}; split it.")
+    total = sum(os.path.getsize(f) for f, _ in listed)
+    if total > limits.max_upload_bytes:
+        raise IngestError(f"upload is {total / 2**30:.1f} GiB, the limit is {limits.max_upload_bytes / 2**30:.1f} "
+                          "GiB; split it or raise IngestLimits.max_upload_bytes.")
+    upload = _Upload()
+    for n_zip, (path, name) in enumerate(listed):
+        kind = _kind(path, name)
+        if kind == "zip":
+            extracted = extract_zip(path, workdir / f"zip{n_zip}", name, limits.archive)
+            upload.errors.extend(extracted.errors)
+            upload.skipped.extend(extracted.skipped)
+            for inner, inner_name in extracted.files:
+                inner_kind = _kind(inner, inner_name)
+                if inner_kind.startswith("skip:") or inner_kind == "zip":
+                    upload.skipped.append(SkippedObject(inner_name, inner_kind[5:] or "nested archive"))
+                else:
+                    upload.files.append((inner, inner_name, inner_kind))
+        elif kind.startswith("skip:"):
+            upload.skipped.append(SkippedObject(name, kind[5:]))
+        else:
+            upload.files.append((path, name, kind))
+    if len(upload.files) > limits.max_files:
+        raise IngestError(f"upload has {len(upload.files)} files after extraction, the limit is {limits.max_files}.")
+    return upload
+
+
+# ---------------------------------------------------------------------------------------------------
+def _kind(path: Path, name: str) -> str:
+    """``dicom`` | ``nifti`` | ``itk`` | ``image`` | ``zip`` | ``skip:<reason>``."""
+    from data.dicom import is_dicom
+    from data.images import IMAGE_SUFFIXES
+    from data.nifti import ITK_SUFFIXES, NIFTI_SUFFIXES
+
+    lower = name.lower()
+    parts = lower.split("/")
+    if any(p.startswith(".") or p == "__macosx" for p in parts):
+        return "skip:hidden or system file."
+    if lower.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if lower.endswith(ITK_SUFFIXES):
+        return "itk"
+    if lower.endswith(IMAGE_SUFFIXES):
+        return "image"
+    if lower.endswith(".zip"):
+        return "zip"
+    suffix = os.path.splitext(lower)[1]
+    if suffix in _SKIP_SUFFIXES and not is_dicom(path):
+        return f"skip:{_SKIP_SUFFIXES[suffix]}: not a medical image file."
+    return "dicom"
+
+
+def _load_other(path: Path, name: str, kind: str, limits: IngestLimits) -> list[Series]:
+    if kind == "nifti":
+        from data.nifti import load_nifti
+
+        return load_nifti(path, name, max_volumes=limits.max_volumes_per_file, max_voxels=limits.max_voxels)
+    if kind == "itk":
+        from data.nifti import load_itk
+
+        return load_itk(path, name, max_voxels=limits.max_voxels)
+    from data.images import load_image
+
+    return load_image(path, name, max_pixels=limits.max_image_pixels)
+
+
+@contextmanager
+def _quiet_pydicom():
+    """pydicom's value-validation warnings quote header values (PHI): silence them while ingesting."""
+    from pydicom import config
+
+    previous = config.settings.reading_validation_mode
+    config.settings.reading_validation_mode = config.IGNORE
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+            yield
+    finally:
+        config.settings.reading_validation_mode = previous

@@ -1,0 +1,152 @@
+"""What the model sees of a phantom case: the rendered picture(s) and the facts visible in them.
+
+Questions and captions must be answerable from the picture, so a CT view describes the one axial slice
+it shows (organs and lesions cut by that slice, counted as 2D components), an MRI view the slice through
+the tumour on all four sequences, a radiograph view the whole image. Pictures are windowed with the
+volume's own window exactly as the app shows a slice (``[column, row]`` array → ``(rows, cols)`` uint8),
+so training and inference see the same pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from data.phantoms import PhantomCase
+from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, MRI_LABELS, MRI_SEQUENCES
+from data.study import Volume
+
+__all__ = ["CaseView", "make_view", "window_slice", "size_category"]
+
+_MIN_VISIBLE_PX = 4  # a structure cut by fewer pixels is not asked about (too ambiguous to see)
+
+
+@dataclass
+class CaseView:
+    """Pictures of one case plus the facts they show.
+
+    images: ``{name: (rows, cols) uint8}`` in display order; facts: visible findings (see ``make_view``);
+    slice_index: the axial slice shown (None for a radiograph).
+    """
+
+    kind: str
+    seed: int
+    images: dict[str, np.ndarray]
+    facts: dict
+    truth: dict
+    slice_index: int | None = None
+    ambiguous: set[str] = field(default_factory=set)  # findings barely cut by the slice: never asked
+
+
+def window_slice(volume: Volume, k: int) -> np.ndarray:
+    """Slice ``k`` as ``(rows, cols)`` uint8 using the volume's window (1st–99th percentile if none)."""
+    plane = volume.array[:, :, k].T.astype(np.float32)
+    if volume.window is not None:
+        c, w = volume.window
+        lo, hi = c - w / 2, c + w / 2
+    else:
+        lo, hi = np.percentile(plane, [1, 99])
+    return (np.clip((plane - lo) / max(float(hi - lo), 1e-6), 0, 1) * 255).round().astype(np.uint8)
+
+
+def size_category(diameter_mm: float) -> str:
+    """small (< 10 mm), medium (10–30 mm) or large (> 30 mm)."""
+    return "small" if diameter_mm < 10.0 else ("medium" if diameter_mm <= 30.0 else "large")
+
+
+def make_view(case: PhantomCase, rng: np.random.Generator) -> CaseView:
+    """Choose the picture(s) of ``case`` and list what they show."""
+    if case.kind == "ct":
+        return _ct_view(case, rng)
+    if case.kind == "mri":
+        return _mri_view(case, rng)
+    return _cxr_view(case)
+
+
+def _ct_view(case: PhantomCase, rng: np.random.Generator) -> CaseView:
+    vol, lab = case.volume, case.labels
+    lesions = case.truth["lesions"]
+    area = np.stack([(lab == v).sum(axis=(0, 1)) for v in range(13)])  # (13, K) pixels per label per slice
+    body_k = np.flatnonzero(area[1:10].sum(0) > 0)
+    lo, hi = (int(body_k[0]), int(body_k[-1])) if len(body_k) else (0, vol.shape[2] - 1)
+    if lesions and rng.random() < 0.75:
+        k = int(np.clip(lesions[int(rng.integers(len(lesions)))]["centre_voxel"][2], 0, vol.shape[2] - 1))
+    else:
+        k = int(rng.integers(lo + (hi - lo) // 6, max(lo + (hi - lo) * 5 // 6, lo + 1) + 1))
+    k = min(k, vol.shape[2] - 1)
+    sl = lab[:, :, k]
+    px_mm2 = abs(vol.spacing[0] * vol.spacing[1])
+    organs = [CT_LABELS[v] for v in CT_ORGANS if area[v, k] >= 20]
+    ambiguous: set[str] = set()
+    found: list[dict] = []
+    for v in CT_LESIONS:
+        comps, n = ndimage.label(sl == v, structure=np.ones((3, 3)))
+        for c in range(1, n + 1):
+            m = comps == c
+            if m.sum() < _MIN_VISIBLE_PX:
+                ambiguous.add(CT_LABELS[v])
+                continue
+            ij = np.argwhere(m).mean(0)
+            organ = _organ_around(sl, m)
+            diam = 2.0 * np.sqrt(m.sum() * px_mm2 / np.pi)  # equivalent-circle in-plane diameter
+            found.append({"type": CT_LABELS[v], "organ": organ, "side": _side(organ), "diameter_mm": round(float(diam), 1),
+                          "size": size_category(diam), "area_px": int(m.sum()), "centre_px": [int(ij[0]), int(ij[1])]})
+    chest = area[5, k] + area[6, k] + area[7, k]
+    belly = area[1, k] + area[2, k] + area[3, k] + area[4, k]
+    facts = {
+        "modality": "CT", "phase": case.truth["phase"], "region": "chest" if chest > belly else "abdomen",
+        "organs": organs, "lesions": found,
+        "lesion_counts": {CT_LABELS[v]: sum(1 for f in found if f["type"] == CT_LABELS[v]) for v in CT_LESIONS},
+        "organ_area_px": {CT_LABELS[v]: int(area[v, k]) for v in CT_ORGANS},
+    }
+    return CaseView("ct", case.seed, {"CT": window_slice(vol, k)}, facts, case.truth, k, ambiguous)
+
+
+def _organ_around(sl: np.ndarray, lesion: np.ndarray) -> str:
+    rim = sl[ndimage.binary_dilation(lesion, iterations=2) & ~lesion]
+    rim = rim[(rim > 0) & (rim < 10)]
+    return CT_LABELS[int(np.bincount(rim).argmax())] if len(rim) else "unknown"
+
+
+def _side(organ: str) -> str | None:
+    return "left" if organ.startswith("left") else ("right" if organ.startswith("right") or organ == "liver" else None)
+
+
+def _mri_view(case: PhantomCase, rng: np.random.Generator) -> CaseView:
+    lab = case.labels
+    per_slice = np.stack([(lab == v).sum(axis=(0, 1)) for v in (1, 2, 3)])  # (3, K)
+    if case.truth["tumor_present"] and rng.random() < 0.85:
+        ks = np.flatnonzero(per_slice.sum(0) > 0)
+        k = int(ks[len(ks) // 2 + int(rng.integers(-len(ks) // 4, len(ks) // 4 + 1))])
+    else:
+        K = lab.shape[2]
+        k = int(rng.integers(K // 3, 2 * K // 3 + 1))
+    t1c = case.volumes["T1c"]
+    px_mm2 = abs(t1c.spacing[0] * t1c.spacing[1])
+    sl = lab[:, :, k]
+    whole = sl > 0
+    ambiguous = {"tumor"} if 0 < whole.sum() < 10 else set()
+    visible = bool(whole.sum() >= 10)
+    sub = {MRI_LABELS[v]: int((sl == v).sum()) for v in (1, 2, 3)}
+    diam = 2.0 * np.sqrt(whole.sum() * px_mm2 / np.pi)
+    side = None
+    if visible:
+        x = (t1c.affine @ np.r_[np.argwhere(whole).mean(0), k, 1.0])[0]
+        side = "left" if x < 0 else "right"
+    facts = {
+        "modality": "MRI", "region": "brain", "sequences": list(MRI_SEQUENCES), "tumor_visible": visible,
+        "subregion_px": sub, "enhancing": visible and sub["enhancing tumor"] >= 4, "necrosis": visible and sub["necrotic core"] >= 4,
+        "edema": visible and sub["edema"] >= 4, "hemisphere": side, "lobe": case.truth["lobe"] if visible else None,
+        "diameter_mm": round(float(diam), 1), "size": size_category(diam) if visible else None,
+    }
+    images = {seq: window_slice(case.volumes[seq], k) for seq in MRI_SEQUENCES}
+    return CaseView("mri", case.seed, images, facts, case.truth, k, ambiguous)
+
+
+def _cxr_view(case: PhantomCase) -> CaseView:
+    t = case.truth
+    facts = {"modality": "X-ray", "region": "chest", "view": t["view"], "findings": dict(t["findings"]),
+             "laterality": dict(t["laterality"]), "ctr": t["ctr"], "details": t["details"]}
+    return CaseView("cxr", case.seed, {"DX": window_slice(case.volume, 0)}, facts, t, None, set())

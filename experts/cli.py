@@ -1,0 +1,86 @@
+"""``m3 experts list | run | train`` — a thin argparse layer over ``experts.registry``, ``experts.outputs``
+and ``experts.train``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["add_parsers", "cmd_list", "cmd_run", "cmd_train"]
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("experts", help="expert models: list, run on a study, train")
+    sub = p.add_subparsers(dest="experts_command", metavar="ACTION")
+
+    ls = sub.add_parser("list", help="the registered experts and their model cards")
+    ls.add_argument("--json", action="store_true", help="print the tool definitions as JSON")
+    ls.set_defaults(func=cmd_list)
+
+    run = sub.add_parser("run", help="run an expert on a study; write DICOM SEG, overlay PNG, findings JSON")
+    run.add_argument("name", help="expert name (see `m3 experts list`)")
+    run.add_argument("study", help="study folder, DICOM file, NIfTI file or zip")
+    run.add_argument("--targets", nargs="+", help="ct_segmentation targets, e.g. organs 'liver tumor'")
+    run.add_argument("--series", help="series index or UID suffix to use (default: chosen by modality)")
+    run.add_argument("--out", default=None, help="output folder (default: ./expert_<name>)")
+    run.set_defaults(func=cmd_run)
+
+    tr = sub.add_parser("train", help="train a built-in expert on phantom studies generated in memory")
+    tr.add_argument("name", help="ct_segmentation | mri_brain_tumor | cxr_classification")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--steps", type=int)
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--n-train", type=int, help="number of training phantoms")
+    tr.add_argument("--n-val", type=int, help="number of validation phantoms")
+    tr.add_argument("--n-test", type=int, help="number of held-out phantoms for the model card")
+    tr.add_argument("--val-every", type=int)
+    tr.add_argument("--run-dir", default="runs/experts", help="checkpoints and curves (resumed when present)")
+    tr.add_argument("--weights-root", default=None, help="where to write <name>/ (default: the embedded bundle)")
+    tr.add_argument("--threads", type=int, default=2)
+    tr.add_argument("--no-resume", action="store_true")
+    tr.add_argument("--no-bf16", action="store_true", help="train the forward pass in float32")
+    tr.set_defaults(func=cmd_train)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from experts.registry import default_registry
+
+    reg = default_registry()
+    if args.json:
+        print(json.dumps(reg.tool_schemas(), indent=2))
+        return 0
+    for name in reg.names():
+        expert = reg.get(name)
+        print(f"{name}  [{', '.join(expert.modalities)}]  {expert.version}")
+        print(f"    {expert.description}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from experts.outputs import run_on_study
+
+    arguments = {}
+    if args.targets:
+        arguments["targets"] = args.targets[0] if len(args.targets) == 1 else args.targets
+    written = run_on_study(args.name, args.study, arguments, out_dir=args.out, series=args.series)
+    print(written["summary"])
+    for key in ("findings", "overlay", "seg", "mask"):
+        if written.get(key):
+            print(f"  {key}: {written[key]}")
+    for note in written.get("notes", []):
+        print(f"  note: {note}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from experts.train import TrainConfig, train_expert
+
+    cfg = TrainConfig(
+        name=args.name, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_train=args.n_train,
+        n_val=args.n_val, n_test=args.n_test, val_every=args.val_every, run_dir=args.run_dir,
+        weights_root=args.weights_root, threads=args.threads, resume=not args.no_resume, bf16=not args.no_bf16,
+    )
+    metrics = train_expert(cfg)
+    print(json.dumps(metrics, indent=2))
+    return 0

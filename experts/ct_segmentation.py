@@ -1,0 +1,183 @@
+"""``ct_segmentation`` (the VISTA3D role): organs and lesions on a CT volume, with volumes, lesion
+counts and the largest lesion diameter.
+
+A small MONAI 3D ``UNet`` works on a coarse RAS grid (``spacing_mm``); the input is reoriented and
+resampled to it with MONAI transforms, segmented with ``sliding_window_inference``, and the class
+scores are resampled back onto the input's own grid before the argmax, so the mask lines up with the
+series the user sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS
+from data.study import Volume
+from experts.base import Expert, ExpertError, ExpertResult, Finding, Measurement
+from experts.measurements import drop_small_components, lesion_stats, structure_volume_ml
+from experts.model_files import load_expert_files
+from experts.overlay import render_overlay
+from experts.preprocess import check_volume, labels_to_input_grid, pick_device, to_model_grid
+
+__all__ = ["CTSegConfig", "CTSegmentationExpert", "build_ct_network", "ct_targets", "TARGET_CHOICES"]
+
+NAME = "ct_segmentation"
+TARGET_CHOICES: list[str] = ["everything", "organs", "lesions", *[CT_LABELS[v] for v in CT_LESIONS], *[CT_LABELS[v] for v in CT_ORGANS]]
+_BY_NAME = {n: v for v, n in CT_LABELS.items()}
+
+
+@dataclass
+class CTSegConfig:
+    """Network and grid of the CT expert (saved as ``network`` in ``config.json``)."""
+
+    spacing_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)  # model grid
+    hu_min: float = -1000.0  # intensity window scaled to 0..1 (clipped)
+    hu_max: float = 1000.0
+    roi_size: tuple[int, int, int] = (96, 96, 96)  # sliding-window patch (model voxels)
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 1
+    overlap: float = 0.25
+    sw_batch_size: int = 1
+    min_lesion_ml: float = 0.03  # smaller components are resampling specks, not lesions
+    num_classes: int = len(CT_LABELS) + 1
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CTSegConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_ct_network(cfg: CTSegConfig) -> torch.nn.Module:
+    """The MONAI 3D UNet: ``(B, 1, X, Y, Z)`` scaled HU → ``(B, num_classes, X, Y, Z)`` logits."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=3, in_channels=1, out_channels=cfg.num_classes, channels=cfg.channels,
+                strides=cfg.strides, num_res_units=cfg.num_res_units, norm="instance")
+
+
+def ct_targets(targets: str | list[str]) -> list[int]:
+    """Label values selected by the ``targets`` argument (a choice or a list of choices)."""
+    chosen: list[int] = []
+    for t in [targets] if isinstance(targets, str) else list(targets):
+        if t == "everything":
+            values = list(CT_LABELS)
+        elif t == "organs":
+            values = list(CT_ORGANS)
+        elif t == "lesions":
+            values = list(CT_LESIONS)
+        else:
+            values = [_BY_NAME[t]]
+        chosen += [v for v in values if v not in chosen]
+    return sorted(chosen)
+
+
+class CTSegmentationExpert(Expert):
+    name = NAME
+    modalities = ("CT",)
+    description = (
+        "CT segmentation of 9 organs (liver, spleen, left/right kidney, left/right lung, heart, aorta, spine) and "
+        "3 lesion types (liver tumor, lung nodule, kidney cyst) on a 3D CT series. Returns the mask, the volume of "
+        "each structure in mL, and for lesions the count and the largest diameter in mm. Argument `targets`: "
+        "'everything', 'organs', 'lesions', a lesion type or one structure name. Trained on synthetic phantoms: "
+        "a demonstration, not for clinical use."
+    )
+    parameters = {
+        "type": "object",
+        "properties": {
+            "targets": {
+                "description": "what to segment: everything, organs, lesions, a lesion type or a structure",
+                "anyOf": [
+                    {"type": "string", "enum": TARGET_CHOICES},
+                    {"type": "array", "items": {"type": "string", "enum": TARGET_CHOICES}, "minItems": 1},
+                ],
+                "default": "everything",
+            }
+        },
+        "additionalProperties": False,
+    }
+
+    def __init__(self, weights_root: str | None = None, device: str | torch.device | None = None) -> None:
+        files, state = load_expert_files(NAME, weights_root)
+        self.config = CTSegConfig.from_dict(files["network"])
+        self.card = files
+        self.version = str(files.get("version", ""))
+        self.device = torch.device(device) if device is not None else pick_device()
+        self.network = build_ct_network(self.config)
+        self.network.load_state_dict(state)
+        self.network.to(self.device).eval()
+
+    def scores(self, volume: Volume):
+        """Class logits ``(C, X, Y, Z)`` on the model grid, a ``MetaTensor`` carrying its affine."""
+        from monai.inferers import sliding_window_inference
+        from monai.transforms import ScaleIntensityRange
+
+        cfg = self.config
+        img = to_model_grid(volume, cfg.spacing_mm)
+        img = ScaleIntensityRange(cfg.hu_min, cfg.hu_max, 0.0, 1.0, clip=True)(img)
+        with torch.inference_mode():
+            logits = sliding_window_inference(
+                img[None].to(self.device), cfg.roi_size, cfg.sw_batch_size, self.network,
+                overlap=cfg.overlap, mode="gaussian", device=torch.device("cpu"),
+            )
+        out = logits[0]
+        out.affine = img.affine
+        return out
+
+    def segment(self, volume: Volume) -> np.ndarray:
+        """All labels (``CT_LABELS`` values) as an ``int16`` array on ``volume``'s grid."""
+        return labels_to_input_grid(self.scores(volume), volume)
+
+    def _run(self, volumes: Volume | Mapping[str, Volume], targets: str | list[str] = "everything") -> ExpertResult:
+        volume = _single_ct(volumes)
+        check_volume(volume, NAME, self.modalities, two_d=False, min_extent_mm=64.0)
+        wanted = ct_targets(targets)
+        labels = self.segment(volume)
+        labels[~np.isin(labels, wanted)] = 0
+        min_voxels = max(1, int(round(self.config.min_lesion_ml / volume.voxel_volume_ml)))
+        findings: list[Finding] = []
+        measurements: list[Measurement] = []
+        parts: list[str] = []
+        for value in wanted:
+            name = CT_LABELS[value]
+            if value in CT_LESIONS:
+                drop_small_components(labels, value, min_voxels)
+                stats = lesion_stats(labels, value, volume)
+                findings.append(Finding(name, stats.count > 0))
+                measurements.append(Measurement(name, "count", float(stats.count), "count"))
+                if stats.count:
+                    measurements.append(Measurement(name, "volume", stats.total_volume_ml, "mL"))
+                    measurements.append(Measurement(name, "largest diameter", stats.largest_diameter_mm, "mm"))
+                    parts.append(f"{stats.count} {name}{'s' if stats.count > 1 else ''} (largest {stats.largest_diameter_mm:.0f} mm)")
+                else:
+                    parts.append(f"no {name}")
+            else:
+                ml = structure_volume_ml(labels, value, volume)
+                measurements.append(Measurement(name, "volume", ml, "mL"))
+                parts.append(f"{name} {ml:.0f} mL" if ml > 0 else f"{name} not found")
+        return ExpertResult(
+            expert=NAME,
+            findings=findings,
+            measurements=measurements,
+            label_volume=volume.like(labels.astype(np.int16), modality="SEG", description="ct_segmentation mask", window=None),
+            label_names={v: CT_LABELS[v] for v in wanted},
+            summary="CT segmentation: " + "; ".join(parts) + ".",
+            overlay_renderer=render_overlay,
+        )
+
+
+def _single_ct(volumes: Volume | Mapping[str, Volume]) -> Volume:
+    if isinstance(volumes, Volume):
+        return volumes
+    if "CT" in volumes:
+        return volumes["CT"]
+    if len(volumes) == 1:
+        return next(iter(volumes.values()))
+    raise ExpertError(f"{NAME}: expects one CT volume, got {len(volumes)} volumes ({', '.join(volumes)}); pass the CT series.")

@@ -1,0 +1,134 @@
+"""Input checks and grid changes shared by the experts (MONAI transforms under the hood).
+
+Every expert moves its input onto the model's grid (RAS orientation, model spacing) with MONAI's
+``Orientation`` + ``Spacing``, runs, and brings the label map back onto the input's own grid, so the
+mask it returns lines up voxel for voxel with the volume the user gave.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from data.study import Volume
+from experts.base import ExpertError
+
+__all__ = ["check_volume", "to_model_grid", "labels_to_input_grid", "pick_device", "same_grid"]
+
+# refuse inputs whose float32 copy alone would exceed this many voxels (~2 GB): a CT of 1024×1024×512
+MAX_VOXELS = 512 * 1024 * 1024
+
+
+def pick_device() -> torch.device:
+    """CUDA when available, otherwise CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_volume(
+    volume: Volume,
+    expert: str,
+    modalities: Sequence[str],
+    *,
+    min_extent_mm: float = 0.0,
+    min_voxels: int = 8,
+    max_voxels: int = MAX_VOXELS,
+    two_d: bool | None = None,
+    role: str = "input",
+) -> None:
+    """Raise ``ExpertError`` when ``volume`` cannot go through ``expert``: wrong modality, NaN/inf
+    voxels, a colour image, too few voxels or too small a field of view (``min_extent_mm`` along every
+    in-plane axis), too many voxels for memory, or 2D where 3D is needed (``two_d=False``) and back."""
+    if not isinstance(volume, Volume):
+        raise ExpertError(f"{expert}: the {role} must be a Volume, got {type(volume).__name__}.")
+    if modalities and volume.modality not in modalities:
+        raise ExpertError(
+            f"{expert}: the {role} must be a {' or '.join(modalities)} image, got modality {volume.modality!r}; "
+            f"choose a {'/'.join(modalities)} series."
+        )
+    if volume.array.ndim == 4:
+        raise ExpertError(f"{expert}: the {role} must be greyscale, got a colour image with {volume.array.shape[3]} channels.")
+    n = int(np.prod(volume.shape))
+    if n > max_voxels:
+        raise ExpertError(
+            f"{expert}: the {role} has {n / 1e6:.0f} million voxels ({'x'.join(map(str, volume.shape))}), "
+            f"more than the {max_voxels / 1e6:.0f} million this server handles; crop or downsample it first."
+        )
+    if two_d is True and not volume.is_2d:
+        raise ExpertError(f"{expert}: expects a single 2D image, got a 3D volume of {volume.shape[2]} slices; pick one radiograph.")
+    if two_d is False and min(volume.shape) < 2:
+        raise ExpertError(f"{expert}: expects a 3D volume, got a 2D image of shape {volume.shape}; choose a 3D series.")
+    if n < min_voxels or (two_d is False and min(volume.shape) < 8):
+        raise ExpertError(f"{expert}: the {role} of shape {volume.shape} is too small; it needs at least 8 voxels along each axis.")
+    extent = np.asarray(volume.shape[:2], dtype=float) * np.asarray(volume.spacing[:2])
+    if min_extent_mm and extent.min() < min_extent_mm:
+        raise ExpertError(
+            f"{expert}: the {role} covers only {extent.min():.0f} mm in-plane, less than the {min_extent_mm:.0f} mm "
+            "this model needs; use a series covering the whole region."
+        )
+    if not np.isfinite(volume.array).all():
+        bad = int((~np.isfinite(volume.array)).sum())
+        raise ExpertError(f"{expert}: the {role} has {bad} NaN or infinite voxels; re-export the series or check the rescale tags.")
+
+
+def same_grid(a: Volume, b: Volume, tol_mm: float = 1e-3) -> bool:
+    """Whether two volumes share shape and affine (to ``tol_mm``)."""
+    return a.shape == b.shape and bool(np.allclose(a.affine, b.affine, atol=tol_mm))
+
+
+def to_model_grid(volume: Volume, spacing_mm: Sequence[float], *, mode: str = "bilinear"):
+    """``volume`` as a ``(1, X, Y, Z)`` float32 MONAI ``MetaTensor`` in RAS orientation at ``spacing_mm``.
+
+    Steps already satisfied (RAS axes, same spacing) are skipped, so a volume on the model grid is
+    passed through without resampling."""
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation, Spacing
+
+    img = MetaTensor(torch.as_tensor(np.ascontiguousarray(volume.array, dtype=np.float32))[None], affine=torch.as_tensor(volume.affine))
+    if not _is_ras(volume.affine):
+        img = Orientation(axcodes="RAS")(img)
+    if not np.allclose(np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0), spacing_mm, rtol=1e-3):
+        img = Spacing(pixdim=tuple(spacing_mm), mode=mode, padding_mode="border")(img)
+    return img
+
+
+def labels_to_input_grid(scores, volume: Volume, *, channels: Sequence[int] | None = None) -> np.ndarray:
+    """Argmax of the ``(C, X, Y, Z)`` model-grid ``scores`` (a ``MetaTensor`` with its affine) on the
+    grid of ``volume``, as an ``int16`` array of ``volume.shape``.
+
+    Each channel is resampled linearly on its own and a running maximum kept (memory: two float arrays
+    of the output size, not C of them); only ``channels`` (default: those winning somewhere on the
+    model grid, plus background) are resampled, since the others cannot win after smooth resampling.
+    """
+    from monai.transforms import SpatialResample
+
+    src_affine = torch.as_tensor(np.asarray(scores.affine), dtype=torch.float64)
+    dst_affine = torch.as_tensor(volume.affine, dtype=torch.float64)
+    coarse = torch.argmax(scores, dim=0)
+    if bool(torch.allclose(src_affine, dst_affine, atol=1e-4)) and tuple(coarse.shape) == volume.shape:
+        return coarse.cpu().numpy().astype(np.int16)
+    if channels is None:
+        channels = sorted({0, *torch.unique(coarse).tolist()})
+    resample = SpatialResample(mode="bilinear", padding_mode="border", dtype=torch.float32)
+    best = None
+    labels = np.zeros(volume.shape, dtype=np.int16)
+    for c in channels:
+        ch = scores[c : c + 1].float()
+        out = resample(ch, dst_affine=dst_affine, spatial_size=volume.shape)  # (1, I, J, K)
+        out = np.asarray(out.detach().cpu()[0])
+        if best is None:
+            best = out
+            labels[:] = c
+        else:
+            win = out > best
+            labels[win] = c
+            np.maximum(best, out, out=best)
+    return labels
+
+
+def _is_ras(affine: np.ndarray) -> bool:
+    """Axes already ordered and signed as R, A, S (diagonal-dominant, positive)."""
+    rot = np.asarray(affine)[:3, :3]
+    dominant = np.argmax(np.abs(rot), axis=0)
+    return bool(np.array_equal(dominant, [0, 1, 2]) and (rot[dominant, [0, 1, 2]] > 0).all())

@@ -1,0 +1,99 @@
+"""Browser fixtures: the app served on a free localhost port, and Debian's Chromium driven by Playwright.
+
+Chromium is the system package (``scripts/system_deps.sh`` installs it); Playwright's own browser
+download is never used. The chat model is the scripted test backend from ``tests/app`` (it is not a
+language model: it emits a tool call for a measurement question and then quotes the tool's numbers),
+so these tests check the app's mechanics in a real browser.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-dev-shm-usage"]
+USER, PASSWORD = "dr.test", "e2e password 42"
+
+
+def _scripted_module():
+    spec = importlib.util.spec_from_file_location("m3_scripted_backend_e2e", ROOT / "tests" / "app" / "scripted_backend.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        pytest.fail(f"{CHROMIUM} is missing: run `bash scripts/system_deps.sh` (apt-get install chromium) first.")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def phantom_zip(tmp_path_factory) -> Path:
+    """A phantom abdominal CT as a zip of DICOM files, with a fake patient identity in the headers."""
+    from data.phantoms import DICOM_DIRNAME, generate, write_study
+
+    root = tmp_path_factory.mktemp("e2e-study")
+    study = write_study(generate("ct", 7, shape=(96, 96, 40)), root / "study", patient={"PatientName": "Doe^Jane"})
+    archive = root / "phantom_ct.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted((study / DICOM_DIRNAME).rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(study))
+    return archive
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """The real app (real ingest, real expert registry) with the scripted chat backend, login required."""
+    from app.auth import hash_password
+    from app.config import AppConfig
+    from app.server import serve
+
+    tmp = tmp_path_factory.mktemp("e2e-app")
+    cfg = AppConfig()
+    cfg.server.port = _free_port()
+    cfg.audit.log_path = tmp / "audit.jsonl"
+    cfg.auth.users_file = tmp / "users.toml"
+    cfg.auth.users_file.write_text(f'[users]\n"{USER}" = "{hash_password(PASSWORD)}"\n')
+    backend = _scripted_module().ScriptedBackend(delay_s=0.02)
+    server = serve(cfg, backend=backend, block=False)
+    yield server, cfg
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def credentials() -> tuple[str, str]:
+    return USER, PASSWORD
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()

@@ -1,0 +1,192 @@
+"""The agent loop with a scripted backend and small fake experts in the real registry class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data.study import Volume
+from experts.base import Expert, ExpertError, ExpertResult, Finding, Measurement, tool_message
+from experts.registry import ExpertRegistry
+from vlm.agent import Agent
+from vlm.backends.base import BackendInfo, ChatBackend
+from vlm.conversation import Conversation
+from vlm.tools import format_tool_call
+
+TARGETS = ["everything", "liver", "liver tumor"]
+
+
+class FakeCT(Expert):
+    name = "ct_segmentation"
+    description = "CT organ segmentation with volumes in mL."
+    modalities = ("CT",)
+    parameters = {"type": "object", "properties": {"targets": {"anyOf": [{"type": "string", "enum": TARGETS}]}},
+                  "additionalProperties": False}
+
+    def _run(self, volumes, **args):
+        mask = np.zeros(volumes.shape, np.uint8)
+        mask[2:5, 2:5, :] = 1
+        return ExpertResult(expert=self.name, measurements=[Measurement("liver", "volume", 1523.4, "mL")],
+                            label_volume=volumes.like(mask), label_names={1: "liver"}, summary="Liver 1523.4 mL.",
+                            overlay_renderer=lambda vol, res, slice_index=None: np.full((8, 8, 3), 200, np.uint8))
+
+
+class FakeCXR(Expert):
+    name = "cxr_classification"
+    description = "Chest radiograph findings."
+    modalities = ("DX", "CR")
+
+    def _run(self, volumes, **args):
+        return ExpertResult(expert=self.name, findings=[Finding("pleural effusion", True, 0.87)], summary="Effusion likely.")
+
+
+class FakeBrain(Expert):
+    name = "mri_brain_tumor"
+    description = "Brain tumour segmentation from T1, T1c, T2, FLAIR."
+    modalities = ("MR",)
+    sequences = ("T1", "T1c", "T2", "FLAIR")
+    seen: list = []
+
+    def _run(self, volumes, **args):
+        if not isinstance(volumes, dict):
+            raise ExpertError("mri_brain_tumor needs the four sequences.")
+        FakeBrain.seen = sorted(volumes)
+        raise RuntimeError("CUDA out of memory")  # an expert bug: must become a tool error
+
+
+class ScriptedBackend:
+    """Replies from a script, in small pieces; records what it was given."""
+
+    def __init__(self, replies, takes_images=True):
+        self.replies = list(replies)
+        self.calls = []
+        self.info = BackendInfo(name="scripted", takes_images=takes_images)
+
+    def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None):
+        self.calls.append({"messages": messages, "images": list(images or []), "tools": tools, "cache_key": cache_key,
+                           "stop": list(config.stop) if config else []})
+        reply = self.replies.pop(0) if self.replies else "No more replies."
+        for i in range(0, len(reply), 7):
+            yield reply[i:i + 7]
+
+
+def _vol(modality, sequence="", shape=(8, 8, 4)):
+    return Volume(np.zeros(shape, np.float32), np.eye(4), modality=modality, sequence=sequence)
+
+
+@pytest.fixture()
+def registry():
+    reg = ExpertRegistry()
+    for cls in (FakeCT, FakeCXR, FakeBrain):
+        reg.register(cls.name, cls)
+    return reg
+
+
+def _ct_conversation():
+    return Conversation(volumes={"CT": _vol("CT")}, images=[np.zeros((16, 16), np.uint8)])
+
+
+def test_several_tool_rounds_then_a_grounded_answer(registry):
+    backend = ScriptedBackend([
+        "Let me measure. " + format_tool_call("ct_segmentation", {"targets": "liver"}),
+        format_tool_call("cxr_classification", {}),
+        "The liver volume is 1523.4 mL.",
+    ])
+    assert isinstance(backend, ChatBackend)
+    conv = _ct_conversation()
+    turn = Agent(backend, registry, max_rounds=3).run_turn(conv, "What is the liver volume?")
+    assert turn.answer == "Let me measure. The liver volume is 1523.4 mL."
+    assert turn.rounds == 3 and turn.flags == []
+    ct, cxr = turn.tool_calls
+    assert ct.result.measurements[0].value == 1523.4 and ct.arguments == {"targets": "liver"}
+    assert cxr.result is None and "needs a DX/CR volume" in cxr.error
+    assert len(turn.overlays) == 1 and turn.overlays[0].shape == (8, 8, 3)
+    # what the model saw: tools every round, the slice first, then the overlay with the tool message
+    second = backend.calls[1]
+    assert [t["function"]["name"] for t in second["tools"]] == ["ct_segmentation", "cxr_classification", "mri_brain_tumor"]
+    assert second["messages"][-1] == {"role": "tool", "name": "ct_segmentation", "content": "<image>\n" + tool_message(ct.result)}
+    assert len(second["images"]) == 2 and second["images"][1].shape == (8, 8, 3)
+    assert '"error"' in backend.calls[2]["messages"][-1]["content"]
+    assert "</tool_call>" in second["stop"] and all(c["cache_key"] == conv.cache_id for c in backend.calls)
+    assert conv.messages[-1] == {"role": "assistant", "content": "Let me measure. The liver volume is 1523.4 mL."}
+
+
+def test_follow_up_keeps_history_and_shows_the_image_once(registry):
+    backend = ScriptedBackend([format_tool_call("ct_segmentation", {}), "Liver 1523.4 mL.", "It is 1523.4 mL, as measured."])
+    agent = Agent(backend, registry, max_rounds=2)
+    conv = _ct_conversation()
+    agent.run_turn(conv, "Liver volume?")
+    turn = agent.run_turn(conv, "Repeat the number.")
+    assert turn.flags == [] and turn.tool_calls == []  # the earlier result grounds the number
+    last = backend.calls[-1]
+    assert sum(m["content"].count("<image>") for m in last["messages"]) == 2 == len(last["images"])
+    assert last["messages"][-1] == {"role": "user", "content": "Repeat the number."}
+
+
+def test_malformed_call_and_unknown_expert_go_back_as_tool_errors(registry):
+    backend = ScriptedBackend([
+        '<tool_call>{"name": "ct_segmentation", "arguments": {targets}}</tool_call>',
+        format_tool_call("pet_uptake", {}),
+        format_tool_call("ct_segmentation", {"targets": "pancreas"}),
+        "I could not run the expert.",
+    ])
+    turn = Agent(backend, registry, max_rounds=3).run_turn(_ct_conversation(), "Liver volume?")
+    errors = [c.error for c in turn.tool_calls]
+    assert "JSON" in errors[0] and "unknown expert 'pet_uptake'" in errors[1] and "invalid targets" in errors[2]
+    assert turn.answer == "I could not run the expert." and turn.rounds == 4
+    assert all('"error"' in m["content"] for m in backend.calls[-1]["messages"] if m["role"] == "tool")
+
+
+def test_round_limit_is_hard(registry):
+    backend = ScriptedBackend([format_tool_call("ct_segmentation", {})] * 5)
+    turn = Agent(backend, registry, max_rounds=2).run_turn(_ct_conversation(), "Liver volume?")
+    assert len(backend.calls) == 3 and len(turn.tool_calls) == 2
+    assert "tool round limit reached (2)" in turn.flags
+    assert turn.answer.startswith("I stopped after 2 expert calls") and "1523.4" in turn.answer
+
+
+def test_ungrounded_number_is_flagged_and_noted(registry):
+    backend = ScriptedBackend(["The liver is about 1710 mL."])
+    turn = Agent(backend, registry).run_turn(_ct_conversation(), "Liver volume?")
+    assert turn.flags == ["ungrounded number: 1710"]
+    assert "1710 does not appear in any expert result" in turn.answer
+
+
+def test_modality_mismatch_replies_without_asking_the_model(registry):
+    backend = ScriptedBackend(["The liver volume is 1500 mL."])
+    conv = Conversation(volumes={"DX": _vol("DX", shape=(16, 16, 1))}, images=[np.zeros((16, 16), np.uint8)])
+    turn = Agent(backend, registry).run_turn(conv, "What is the liver volume?")
+    assert backend.calls == [] and turn.flags == ["modality mismatch"]
+    assert "ct_segmentation" in turn.answer and "radiograph" in turn.answer and "1500" not in turn.answer
+
+
+def test_streamed_events_hide_call_text(registry):
+    backend = ScriptedBackend(["Checking. " + format_tool_call("ct_segmentation", {}), "Liver 1523.4 mL."])
+    events = list(Agent(backend, registry).stream_turn(_ct_conversation(), "Liver volume?"))
+    kinds = [e.kind for e in events]
+    assert kinds.index("tool_call") < kinds.index("tool_result") < kinds.index("done") == len(kinds) - 1
+    streamed = "".join(e.text for e in events if e.kind == "token")
+    assert streamed == "Checking. Liver 1523.4 mL." and "tool_call" not in streamed
+    assert events[-1].turn.answer == "Checking. Liver 1523.4 mL."
+
+
+def test_legacy_trigger_runs_expert_and_mr_sequences_go_together(registry):
+    backend = ScriptedBackend(["<VISTA3D(hepatic tumor)>", "Done.", "<BRATS()>", "The expert failed."])
+    agent = Agent(backend, registry)
+    turn = agent.run_turn(_ct_conversation(), "Any liver tumor?")
+    assert turn.tool_calls[0].arguments == {"targets": "liver tumor"} and turn.tool_calls[0].error is None
+    mr = Conversation(volumes={s: _vol("MR", s) for s in ("T1", "T1c", "T2", "FLAIR")}, images=[np.zeros((8, 8), np.uint8)])
+    turn = agent.run_turn(mr, "Segment the brain tumor.")
+    assert FakeBrain.seen == ["FLAIR", "T1", "T1c", "T2"]
+    assert "failed internally (RuntimeError)" in turn.tool_calls[0].error and turn.answer == "The expert failed."
+
+
+def test_backend_failure_ends_the_turn_cleanly(registry):
+    class Broken(ScriptedBackend):
+        def stream_chat(self, *a, **k):
+            yield "Partial "
+            raise RuntimeError("device lost")
+
+    events = list(Agent(Broken([]), registry).stream_turn(_ct_conversation(), "Hello"))
+    assert [e.kind for e in events][-2:] == ["error", "done"]
+    assert events[-1].turn.answer == "Partial" and "backend error: RuntimeError" in events[-1].turn.flags

@@ -1,0 +1,216 @@
+"""The agent loop: the VLM answers, calling experts through the registry when it needs numbers.
+
+A turn: (modality check) → generate → parse tool calls → validate → run the expert on the right
+volumes → append a ``tool`` message (``experts.base.tool_message``: the same text as in training data;
+plus the overlay as an image when the model takes images) → generate again, at most ``max_rounds``
+tool rounds. A malformed call or an expert error goes back to the model as a tool error. Numbers in
+the final answer must appear in the conversation's tool results, else the turn is flagged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from data.study import Volume
+from experts.base import Expert, ExpertError, tool_message
+from vlm.backends.base import ChatBackend, GenerationConfig
+from vlm.conversation import AgentEvent, AgentTurn, Conversation, ToolCall
+from vlm.safety import modality_mismatch, ungrounded_numbers
+from vlm.tools import ToolCallError, ToolCallFilter, legacy_arguments, parse_tool_calls, tool_error_message
+
+__all__ = ["Agent", "AGENT_SYSTEM_PROMPT", "run_agent_turn"]
+
+log = logging.getLogger(__name__)
+
+AGENT_SYSTEM_PROMPT = (
+    "You are m3, a medical imaging assistant for clinicians. Look at the images and answer briefly. "
+    "When a question needs a measurement, a segmentation or a finding probability, call the matching "
+    "expert and answer from its result; quote its numbers with their units and never invent a number. "
+    "Output is for research and decision support, not a diagnosis."
+)
+_IMAGE = "<image>"
+
+
+class Agent:
+    """Drives a ``ChatBackend`` and an expert registry through tool-calling turns.
+
+    registry: ``experts.registry.ExpertRegistry`` (``names``, ``get``, ``run``, ``tool_schemas``).
+    max_rounds: most expert-calling rounds per turn (so at most ``max_rounds + 1`` generations).
+    """
+
+    def __init__(self, backend: ChatBackend, registry: Any, max_rounds: int = 3, *, system_prompt: str = AGENT_SYSTEM_PROMPT,
+                 generation: GenerationConfig | None = None, experts: list[str] | None = None) -> None:
+        if max_rounds < 0:
+            raise ValueError(f"max_rounds must be >= 0, got {max_rounds}.")
+        self.backend = backend
+        self.registry = registry
+        self.max_rounds = max_rounds
+        self.system_prompt = system_prompt
+        self.generation = generation or GenerationConfig()
+        self.expert_names = list(experts) if experts is not None else list(registry.names())
+
+    def run_turn(self, conversation: Conversation, question: str) -> AgentTurn:
+        """Run a whole turn and return it (the streamed events are consumed here)."""
+        turn = None
+        for event in self.stream_turn(conversation, question):
+            if event.kind == "done":
+                turn = event.turn
+        assert turn is not None  # stream_turn always ends with a done event
+        return turn
+
+    def stream_turn(self, conversation: Conversation, question: str) -> Iterator[AgentEvent]:
+        """Events as they happen: answer text (``token``), ``tool_call``, ``tool_result``, ``error``,
+        and finally ``done`` with the ``AgentTurn``."""
+        t0 = time.perf_counter()
+        turn = AgentTurn(question=question, answer="")
+        experts = {n: self.registry.get(n) for n in self.expert_names}
+        self._add_user_message(conversation, question)
+        refusal = modality_mismatch(question, conversation.modalities, {n: e.modalities for n, e in experts.items()})
+        if refusal is not None:
+            turn.flags.append("modality mismatch")
+            yield from self._finish(conversation, turn, refusal, t0, stream_answer=True)
+            return
+        tools = [e.tool_schema() for e in experts.values()]
+        config = GenerationConfig(self.generation.max_new_tokens, self.generation.temperature, self.generation.top_p,
+                                  list(dict.fromkeys(self.generation.stop + ["</tool_call>", ")>"])))
+        visible_parts: list[str] = []
+        while True:
+            turn.rounds += 1
+            text, shown = "", []
+            filt = ToolCallFilter()
+            try:
+                for piece in self.backend.stream_chat(conversation.chat_messages(), conversation.message_images(), tools,
+                                                      config, conversation.cache_id):
+                    text += piece
+                    vis = filt.feed(piece)
+                    if vis:
+                        shown.append(vis)
+                        yield AgentEvent("token", text=vis)
+            except Exception as exc:  # any backend failure ends the turn with a clear message, never a crash
+                log.exception("chat backend failed")
+                turn.flags.append(f"backend error: {type(exc).__name__}")
+                yield AgentEvent("error", text=f"The language model failed: {exc}")
+                visible_parts.append("".join(shown))
+                yield from self._finish(conversation, turn, " ".join(p for p in visible_parts if p).strip()
+                                        or "The model could not answer this question.", t0, stream_answer=False, record=False)
+                return
+            visible, calls = parse_tool_calls(text)
+            if not calls:
+                tail = filt.flush()
+                if tail:
+                    yield AgentEvent("token", text=tail)
+                visible_parts.append(text.strip())
+                break
+            visible_parts.append(visible)
+            if turn.rounds > self.max_rounds:
+                turn.flags.append(f"tool round limit reached ({self.max_rounds})")
+                note = (f"I stopped after {self.max_rounds} expert calls for one question. "
+                        + " ".join(c.result.summary for c in turn.tool_calls if c.result is not None and c.result.summary))
+                yield AgentEvent("token", text=note)
+                visible_parts.append(note)
+                break
+            end = text.rfind(calls[-1].raw) + len(calls[-1].raw)
+            conversation.messages.append({"role": "assistant", "content": text[:end]})
+            for call in calls:
+                yield AgentEvent("tool_call", text=call.raw, tool_call=call)
+                self._run_call(conversation, call, experts, turn)
+                turn.tool_calls.append(call)
+                yield AgentEvent("tool_result", text=call.error or (call.result.summary if call.result else ""), tool_call=call)
+        answer = " ".join(p for p in visible_parts if p).strip()
+        yield from self._finish(conversation, turn, answer, t0, stream_answer=False)
+
+    # ---- steps -------------------------------------------------------------------------------------
+    def _add_user_message(self, conversation: Conversation, question: str) -> None:
+        if not conversation.messages and self.system_prompt:
+            conversation.messages.append({"role": "system", "content": self.system_prompt})
+        new_images = conversation.images[conversation.images_shown:]
+        conversation.images_shown = len(conversation.images)
+        content = (_IMAGE + "\n") * len(new_images) + question
+        conversation.messages.append({"role": "user", "content": content, "images": list(new_images)})
+
+    def _run_call(self, conversation: Conversation, call: ToolCall, experts: Mapping[str, Expert], turn: AgentTurn) -> None:
+        """Run one call; sets ``call.result`` or ``call.error`` and appends the tool message."""
+        t0 = time.perf_counter()
+        images: list[np.ndarray] = []
+        if call.error is None:
+            try:
+                expert = experts.get(call.name)
+                if expert is None:
+                    raise ToolCallError(f"unknown expert {call.name!r}; available experts: {', '.join(experts) or 'none'}.")
+                call.arguments = legacy_arguments(call.arguments, expert.parameters)
+                volumes = volumes_for(expert, conversation.volumes)
+                call.result = self.registry.run(call.name, volumes, **call.arguments)
+            except (ToolCallError, ExpertError) as exc:
+                call.error = str(exc)
+            except Exception as exc:  # an expert bug must not end the chat: the model sees it as a tool error
+                log.exception("expert %s failed", call.name)
+                call.error = f"{call.name} failed internally ({type(exc).__name__}); try another question or expert."
+        call.seconds = time.perf_counter() - t0
+        if call.result is not None:
+            content = tool_message(call.result)
+            overlay = self._overlay(call, conversation)
+            if overlay is not None:
+                turn.overlays.append(overlay)
+                if getattr(self.backend.info, "takes_images", False):
+                    images = [overlay]
+                    content = _IMAGE + "\n" + content
+        else:
+            content = tool_error_message(call.name, call.error or "")
+        conversation.messages.append({"role": "tool", "name": call.name or "unknown", "content": content, "images": images})
+        conversation.tool_calls.append(call)
+
+    def _overlay(self, call: ToolCall, conversation: Conversation) -> np.ndarray | None:
+        result = call.result
+        if result is None or result.label_volume is None or result.overlay_renderer is None:
+            return None
+        grid = result.label_volume.shape
+        base = next((v for v in conversation.volumes.values() if v.shape == grid), None)
+        if base is None:
+            return None
+        try:
+            return np.asarray(result.render_overlay(base), dtype=np.uint8)
+        except ExpertError as exc:
+            log.warning("no overlay for %s: %s", call.name, exc)
+            return None
+
+    def _finish(self, conversation: Conversation, turn: AgentTurn, answer: str, t0: float, *, stream_answer: bool,
+                record: bool = True) -> Iterator[AgentEvent]:
+        if stream_answer:
+            yield AgentEvent("token", text=answer)
+        if record:
+            conversation.messages.append({"role": "assistant", "content": answer})
+        sources = [tool_message(c.result) for c in conversation.tool_calls if c.result is not None]
+        sources += [c.result.to_json_text() for c in conversation.tool_calls if c.result is not None]
+        missing = ungrounded_numbers(answer, sources, turn.question)
+        if missing:
+            turn.flags.extend(f"ungrounded number: {n}" for n in missing)
+            note = (f"\n\n(Note: {', '.join(missing)} {'does' if len(missing) == 1 else 'do'} not appear in any expert "
+                    "result of this conversation; verify before use.)")
+            yield AgentEvent("token", text=note)
+            answer += note
+        turn.answer = answer
+        turn.seconds = time.perf_counter() - t0
+        conversation.turns.append(turn)
+        yield AgentEvent("done", text=answer, turn=turn)
+
+
+def volumes_for(expert: Expert, volumes: Mapping[str, Volume]) -> Volume | dict[str, Volume]:
+    """The study's volumes an expert takes: the one volume of its modality, or a dict by sequence name
+    when several match (the MR sequences); raises ``ToolCallError`` when the study has none."""
+    wanted = set(expert.modalities)
+    match = {name: v for name, v in volumes.items() if not wanted or v.modality in wanted}
+    if not match:
+        have = ", ".join(dict.fromkeys(v.modality for v in volumes.values())) or "no images"
+        raise ToolCallError(f"{expert.name} needs a {'/'.join(expert.modalities)} volume; this study has {have}.")
+    if len(match) == 1 and not getattr(expert, "sequences", None):
+        return next(iter(match.values()))
+    return {(v.sequence or name): v for name, v in match.items()}
+
+
+def run_agent_turn(backend: ChatBackend, registry: Any, conversation: Conversation, question: str, max_rounds: int = 3) -> AgentTurn:
+    """One turn with a default ``Agent`` (the function behind ``m3 chat``)."""
+    return Agent(backend, registry, max_rounds).run_turn(conversation, question)
