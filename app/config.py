@@ -52,7 +52,7 @@ __all__ = [
 
 CONFIG_ENV = "M3_CONFIG"  # path of the one config file
 ENV_PREFIX = "M3_"
-SECRET_ENV = {"pacs.password": "M3_PACS_PASSWORD"}  # settings read only from the environment
+SECRET_ENV = {"pacs.password": "M3_PACS_PASSWORD", "models.lm_api_key": "M3_LM_API_KEY"}  # environment only
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -72,6 +72,9 @@ class ServerConfig:
 class ModelsConfig:
     model_dir: Path | None = None  # VLM checkpoint folder; None = the embedded default bundle
     experts_dir: Path | None = None  # expert weights folder; None = the embedded default bundle
+    lm_url: str = ""  # remote OpenAI-compatible LM (vLLM, `m3 serve-lm`), e.g. http://gpu-node:8000/v1; empty = in process
+    lm_model: str = ""  # the served model name at lm_url
+    lm_api_key: str = field(default="", repr=False)  # only from $M3_LM_API_KEY
 
 
 @dataclass
@@ -137,6 +140,11 @@ class AppConfig:
                     f"pacs.url must be an http(s) DICOMweb root like http://pacs:8042/dicom-web, got "
                     f"{self.pacs.url!r} (from {self.source}); fix it or leave it empty to run without a PACS."
                 )
+        if self.models.lm_url and (urlparse(self.models.lm_url).scheme not in ("http", "https") or not self.models.lm_model):
+            raise ConfigError(
+                f"models.lm_url must be an http(s) API root like http://gpu-node:8000/v1 with models.lm_model naming the "
+                f"served model, got {self.models.lm_url!r} / {self.models.lm_model!r} (from {self.source})."
+            )
         if self.pacs.writeback_enabled and not self.pacs.url:
             raise ConfigError("pacs.writeback_enabled is true but pacs.url is empty; set the PACS URL or turn write-back off.")
         if self.pacs.retries < 0 or self.pacs.backoff_s < 0 or self.pacs.timeout_s <= 0:

@@ -211,11 +211,15 @@ class AppEvents:
         if vol is not None:  # the slice the clinician is looking at, without overlay, for the model
             plane = state.view.plane if not vol.is_2d else "axial"
             on_screen = render_view(vol, plane, state.view.slices.get(plane), state.view.window, None).image
+        any_change = False
         for history, changed in self.engine.stream(state, question, _user(request), on_screen):
             if changed:
                 state.view.slices.pop(state.view.plane, None)
+                any_change = True
             state.history = history
             yield (state, history, "", *(self._viewer_outputs(state) if changed else (gr.skip(),) * 5))
+        if any_change:  # the final value carries the viewer too (API clients see only the last one)
+            yield (state, state.history, "", *self._viewer_outputs(state))
 
     # -- report -------------------------------------------------------------------------------------
     def draft_report(self, state: SessionState, progress=gr.Progress()) -> tuple:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
 
@@ -42,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # the CLI's last line of defence: one clear line, no traceback spam
-        known = ("IngestError", "ExpertError", "ToolCallError", "ModelLoadError", "ConfigError")
+        known = ("IngestError", "ExpertError", "ToolCallError", "ModelLoadError", "ConfigError", "PacsError",
+             "RemoteBackendError", "ServeError", "LaunchError", "ManifestError", "TrainError")
         if type(exc).__name__ in known:
             print(f"m3: error: {exc}", file=sys.stderr)
             return 1

@@ -28,7 +28,6 @@ __all__ = [
     "write_pdf",
     "write_sr",
     "write_seg",
-    "reference_datasets",
     "REPORT_PROMPT",
 ]
 
@@ -183,31 +182,6 @@ def write_pdf(report: Report, path: str | Path, images: Iterable[np.ndarray] = (
     return path
 
 
-def reference_datasets(volume: Any) -> list[Any]:
-    """Minimal pydicom datasets standing for the de-identified source images of ``volume`` (study,
-    series, SOP class and instance UIDs from ingest; patient attributes empty), as evidence for the SR.
-    Raises ``ReportError`` for a series that did not come from DICOM."""
-    from pydicom.dataset import Dataset
-    from pydicom.uid import UID
-
-    uids = list(volume.meta.get("sop_instance_uids") or [])
-    sop_class = _sop_class_uid(str(volume.meta.get("sop_class", "")))
-    if not uids or not sop_class or not volume.study_uid or not volume.series_uid:
-        raise ReportError("DICOM SR and SEG need a DICOM source series; this one came from NIfTI or an image, so "
-                          "only Markdown and PDF were written.")
-    out = []
-    for uid in uids:
-        ds = Dataset()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = volume.study_uid, volume.series_uid
-        ds.SOPInstanceUID, ds.SOPClassUID = UID(uid), UID(sop_class)
-        ds.Modality = volume.modality
-        for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                        "StudyDate", "StudyTime", "ReferringPhysicianName"):
-            setattr(ds, keyword, "")
-        out.append(ds)
-    return out
-
-
 def write_sr(report: Report, path: str | Path, volume: Any, segmentations: Iterable[str | Path] = ()) -> Path:
     """The report as a DICOM Comprehensive SR (highdicom): Findings and Impression as TEXT items and every
     expert measurement as a NUM item (UCUM units) naming its structure, in the de-identified study;
@@ -217,7 +191,7 @@ def write_sr(report: Report, path: str | Path, volume: Any, segmentations: Itera
     from highdicom.sr import CodedConcept, ComprehensiveSR, ContainerContentItem, NumContentItem, TextContentItem
 
     contains = hd.sr.RelationshipTypeValues.CONTAINS
-    evidence = reference_datasets(volume) + [pydicom.dcmread(str(p), stop_before_pixels=True) for p in segmentations]
+    evidence = _source_datasets(volume) + [pydicom.dcmread(str(p), stop_before_pixels=True) for p in segmentations]
     root = ContainerContentItem(name=CodedConcept("18748-4", "LN", "Diagnostic imaging report"))
     items = [TextContentItem(CodedConcept("121071", "DCM", "Finding"), report.findings.strip() or "-", contains),
              TextContentItem(CodedConcept("121073", "DCM", "Impression"), report.impression.strip() or "-", contains)]
@@ -243,14 +217,21 @@ def write_sr(report: Report, path: str | Path, volume: Any, segmentations: Itera
 
 def write_seg(results: Iterable[ExpertResult], volume: Any, folder: str | Path) -> list[Path]:
     """One DICOM SEG (``experts.dicom_seg``) per result whose mask lies on ``volume``'s grid."""
-    from experts.dicom_seg import write_segmentation
+    from experts.base import ExpertError
+    from experts.dicom_seg import dicom_seg
 
-    reference_datasets(volume)  # raises for non-DICOM sources, with the message the user sees
+    _source_datasets(volume)  # raises for non-DICOM sources, with the message the user sees
     out = []
     for n, result in enumerate(results, start=1):
-        if result.label_volume is None or result.label_volume.shape != volume.shape:
+        if result.label_volume is None or result.label_volume.shape != volume.shape or not np.any(result.label_volume.array):
             continue
-        out.append(write_segmentation(result, volume, Path(folder) / f"{result.expert}_seg_{n}.dcm"))
+        try:
+            seg = dicom_seg(result, volume)
+        except ExpertError as exc:
+            raise ReportError(f"the {result.expert} mask could not be written as DICOM SEG: {exc}") from None
+        path = Path(folder) / f"{result.expert}_seg_{n}.dcm"
+        seg.save_as(str(path))
+        out.append(path)
     return out
 
 
@@ -281,13 +262,16 @@ def _unicode_font(pdf: Any) -> str:
     return "DejaVu"
 
 
-def _sop_class_uid(name: str) -> str:
-    """SOP Class UID from its name as ingest records it (e.g. "CT Image Storage"), via pydicom's table."""
-    from pydicom._uid_dict import UID_dictionary
+def _source_datasets(volume: Any) -> list[Any]:
+    """The de-identified source images of ``volume`` as reference datasets (``experts.dicom_seg``)."""
+    from experts.base import ExpertError
+    from experts.dicom_seg import reference_datasets
 
-    if name.replace(".", "").isdigit():
-        return name
-    return next((uid for uid, entry in UID_dictionary.items() if entry[0] == name), "")
+    try:
+        return reference_datasets(volume)
+    except ExpertError:
+        raise ReportError("DICOM SR and SEG need a DICOM source series; this one came from NIfTI or an image, so "
+                          "only Markdown and PDF were written.") from None
 
 
 def _num_codes(quantity: str, unit: str) -> tuple[Any, Any]:

@@ -35,9 +35,9 @@ from vlm.compress.oneshot import METHODS, OneShotConfig, prune_oneshot  # noqa: 
 from vlm.compress.targets import apply_masks, sparsity_of  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-FULL = dict(lm=TinyLMConfig(), calib_reports=1500, maskllm_steps=400, maskllm_lr=2e-3, ft_steps=120, site_reports=300)
-QUICK = dict(lm=TinyLMConfig(layers=2, hidden=128, intermediate=352, heads=4, vocab=512, seq_len=64, train_reports=800,
-                             steps=120, batch_size=8), calib_reports=200, maskllm_steps=20, maskllm_lr=2e-3, ft_steps=15, site_reports=120)
+FULL = dict(lm=TinyLMConfig(), calib_reports=800, maskllm_steps=300, maskllm_lr=2e-3, ft_steps=100, site_reports=300)
+QUICK = dict(lm=TinyLMConfig(layers=2, hidden=64, intermediate=176, heads=2, vocab=384, seq_len=48, train_reports=500,
+                             steps=60, batch_size=8), calib_reports=100, maskllm_steps=10, maskllm_lr=2e-3, ft_steps=10, site_reports=60)
 
 
 def main(argv: list[str] | None = None) -> int:

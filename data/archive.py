@@ -113,7 +113,7 @@ def _unsafe(info: zipfile.ZipInfo, dest: Path) -> str | None:
 
 
 def _copy_limited(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int, name: str) -> int:
-    """Inflate one entry, counting real bytes: the header's sizes may lie."""
+    """Inflate one entry, counting real bytes (zipfile also stops at the declared size and checks the CRC)."""
     written = 0
     with zf.open(info) as src, open(target, "wb") as dst:
         while chunk := src.read(_CHUNK):

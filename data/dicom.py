@@ -25,7 +25,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from data.deid import redact
 from data.errors import IngestError
@@ -120,15 +120,19 @@ def read_dicom_header(path: Path, name: str, *, force: bool = False) -> DicomFil
     raw = _RawHeader(ds)
     sop_class = raw.text(0x00080016)
     class_name = _class_name(sop_class)
-    pixel_kind, value_offset, value_length = _pixel_element(head, pixel_tag_at, ds)
+    if getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) == DeflatedExplicitVRLittleEndian:
+        # the dataset was inflated in memory: file offsets mean nothing, pydicom decodes the pixels
+        pixel_kind, value_offset, value_length = ("PixelData" if "Rows" in ds else None), None, None
+    else:
+        pixel_kind, value_offset, value_length = _pixel_element(head, pixel_tag_at, ds)
     if _is_non_image(class_name):
         study_uid = raw.text(0x0020000D)
         return NonImage(SkippedObject(name, f"{class_name}: not an image series (non-image object), listed and "
                                             "skipped."), study_uid)
     if pixel_kind is None:
         if "Rows" not in ds:
-            return NonImage(SkippedObject(name, f"{class_name}: no pixel data and no image size (non-image object)."),
-                            raw.text(0x0020000D))
+            return NonImage(SkippedObject(name, f"{class_name}: header only (no Pixel Data and no image size); "
+                                                "nothing to display."), raw.text(0x0020000D))
         raise IngestError(f"{class_name} file has an image size but no Pixel Data (7FE0,0010); the file is "
                           "incomplete: export it again from the source.", name)
     try:
@@ -233,6 +237,9 @@ def _pixel_element(head: bytes, tag_at: int, ds: Dataset) -> tuple[str | None, i
 
 def _describe(ds, path, name, sop_class, pixel_kind, value_offset, value_length, size) -> DicomFile:
     raw = _RawHeader(ds)
+    if "Rows" not in ds or "Columns" not in ds:
+        raise IngestError("Pixel Data present but Rows / Columns missing: the image size is unknown; export the "
+                          "file again from the source.", name)
     rows, cols = raw.us(0x00280010), raw.us(0x00280011)
     frames = int(raw.number(0x00280008) or 1)
     samples = raw.us(0x00280002, 1)

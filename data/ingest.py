@@ -32,7 +32,7 @@ from data.deid import Manifest, clean_descriptor, reidentification_key, remap_ui
 from data.errors import IngestError
 from data.study import Series, SkippedObject, Study
 
-__all__ = ["IngestLimits", "load_study", "load_studies", "collect_upload", "reidentification_key"]
+__all__ = ["IngestLimits", "load_study", "load_studies", "write_deidentified", "collect_upload", "reidentification_key"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -170,6 +170,52 @@ def load_studies(path_or_paths: PathLike | Iterable[PathLike], *, deidentify: bo
              sum(len(s.series) for s in studies), len(studies), len(upload.files),
              sum(len(s.skipped) for s in studies), sum(len(s.errors) for s in studies), time.perf_counter() - started)
     return studies
+
+
+def write_deidentified(path_or_paths: PathLike | Iterable[PathLike], out_dir: PathLike, *,
+                       limits: IngestLimits | None = None) -> dict:
+    """De-identify every DICOM file of an upload into ``out_dir/<study>/<series>/<instance>.dcm``.
+
+    Names on disk are de-identified UIDs. Returns (and writes as ``deid_manifest.json``) a summary:
+    files written, skipped objects, errors and the manifest (attribute keywords and actions, no values).
+    """
+    import json
+
+    import pydicom
+
+    from data.deid import deidentify
+    from data.dicom import is_dicom
+
+    limits = limits or IngestLimits()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest, written = Manifest(), 0
+    with tempfile.TemporaryDirectory(prefix="m3-deid-") as tmp, _quiet_pydicom():
+        upload = collect_upload(path_or_paths, Path(tmp), limits)
+        errors, skipped = list(upload.errors), list(upload.skipped)
+        for path, name, kind in upload.files:
+            if kind != "dicom":
+                skipped.append(SkippedObject(name, "not DICOM: only DICOM files are de-identified and written."))
+                continue
+            try:
+                ds = pydicom.dcmread(path, force=not is_dicom(path))
+                if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+                    raise IngestError("not a DICOM instance (no SOP Instance / Study Instance UID).", name)
+                clean = deidentify(ds, manifest=manifest, in_place=True)
+                target = out / str(clean.StudyInstanceUID) / str(clean.get("SeriesInstanceUID", "series")) \
+                    / f"{clean.SOPInstanceUID}.dcm"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                clean.save_as(target, enforce_file_format=True)
+                written += 1
+            except IngestError as exc:
+                errors.append(exc)
+            except Exception as exc:  # one bad file never stops the rest
+                errors.append(IngestError(f"could not be de-identified and written ({type(exc).__name__}).", name))
+    summary = {"written": written, "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
+               "errors": [str(e) for e in errors], "manifest": manifest.as_dict()}
+    (out / "deid_manifest.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("de-identified %d files (%d skipped, %d errors)", written, len(skipped), len(errors))
+    return summary
 
 
 def collect_upload(path_or_paths: PathLike | Iterable[PathLike], workdir: Path, limits: IngestLimits) -> _Upload:

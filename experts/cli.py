@@ -37,7 +37,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--val-every", type=int)
     tr.add_argument("--run-dir", default="runs/experts", help="checkpoints and curves (resumed when present)")
     tr.add_argument("--weights-root", default=None, help="where to write <name>/ (default: the embedded bundle)")
-    tr.add_argument("--threads", type=int, default=2)
+    tr.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
     tr.add_argument("--no-resume", action="store_true")
     tr.add_argument("--no-bf16", action="store_true", help="train the forward pass in float32")
     tr.set_defaults(func=cmd_train)

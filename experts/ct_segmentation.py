@@ -38,7 +38,7 @@ class CTSegConfig:
     hu_min: float = -1000.0  # intensity window scaled to 0..1 (clipped)
     hu_max: float = 1000.0
     roi_size: tuple[int, int, int] = (96, 96, 96)  # sliding-window patch (model voxels)
-    channels: tuple[int, ...] = (16, 32, 64, 128)
+    channels: tuple[int, ...] = (8, 16, 32, 64)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 1
     overlap: float = 0.25

@@ -34,7 +34,7 @@ class BrainTumorConfig:
 
     spacing_mm: tuple[float, float, float] = (2.5, 2.5, 2.5)
     roi_size: tuple[int, int, int] = (96, 96, 96)
-    channels: tuple[int, ...] = (16, 32, 64, 128)
+    channels: tuple[int, ...] = (8, 16, 32, 64)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 1
     overlap: float = 0.25

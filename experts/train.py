@@ -42,7 +42,7 @@ class TrainConfig:
     val_every: int | None = None
     run_dir: str = "runs/experts"
     weights_root: str | None = None  # default: the embedded bundle, experts/weights/
-    threads: int = 2
+    threads: int = 1  # one thread trains fastest on a busy shared CPU (no OpenMP barrier stalls)
     bf16: bool = True  # bfloat16 autocast for the forward pass (CPU)
     resume: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)

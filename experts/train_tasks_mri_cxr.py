@@ -24,7 +24,7 @@ class BrainTumorTask:
         from experts.mri_brain_tumor import BrainTumorConfig
 
         self.net_cfg = BrainTumorConfig()
-        self.recipe = Recipe(steps=500, batch_size=2, lr=3e-3, n_train=32, n_val=3, n_test=10, val_every=125, patch=(64, 64, 64))
+        self.recipe = Recipe(steps=400, batch_size=2, lr=4e-3, n_train=24, n_val=3, n_test=10, val_every=100, patch=(48, 48, 48))
         self.seed = 0
 
     def build_model(self) -> torch.nn.Module:

@@ -59,7 +59,8 @@ class Agent:
         for event in self.stream_turn(conversation, question):
             if event.kind == "done":
                 turn = event.turn
-        assert turn is not None  # stream_turn always ends with a done event
+        if turn is None:
+            raise RuntimeError("the agent turn ended without a done event.")
         return turn
 
     def stream_turn(self, conversation: Conversation, question: str) -> Iterator[AgentEvent]:
@@ -67,7 +68,7 @@ class Agent:
         and finally ``done`` with the ``AgentTurn``."""
         t0 = time.perf_counter()
         turn = AgentTurn(question=question, answer="")
-        experts = {n: self.registry.get(n) for n in self.expert_names}
+        experts, unavailable = self._load_experts()
         self._add_user_message(conversation, question)
         refusal = modality_mismatch(question, conversation.modalities, {n: e.modalities for n, e in experts.items()})
         if refusal is not None:
@@ -117,13 +118,25 @@ class Agent:
             conversation.messages.append({"role": "assistant", "content": text[:end]})
             for call in calls:
                 yield AgentEvent("tool_call", text=call.raw, tool_call=call)
-                self._run_call(conversation, call, experts, turn)
+                self._run_call(conversation, call, experts, unavailable, turn)
                 turn.tool_calls.append(call)
                 yield AgentEvent("tool_result", text=call.error or (call.result.summary if call.result else ""), tool_call=call)
         answer = " ".join(p for p in visible_parts if p).strip()
         yield from self._finish(conversation, turn, answer, t0, stream_answer=False)
 
     # ---- steps -------------------------------------------------------------------------------------
+    def _load_experts(self) -> tuple[dict[str, Expert], dict[str, str]]:
+        """Experts that load (the registry caches them), and the load error of those that do not: a
+        missing model must not stop the chat, only that expert's calls."""
+        experts, unavailable = {}, {}
+        for name in self.expert_names:
+            try:
+                experts[name] = self.registry.get(name)
+            except ExpertError as exc:
+                log.warning("expert %s unavailable: %s", name, exc)
+                unavailable[name] = str(exc)
+        return experts, unavailable
+
     def _add_user_message(self, conversation: Conversation, question: str) -> None:
         if not conversation.messages and self.system_prompt:
             conversation.messages.append({"role": "system", "content": self.system_prompt})
@@ -132,13 +145,16 @@ class Agent:
         content = (_IMAGE + "\n") * len(new_images) + question
         conversation.messages.append({"role": "user", "content": content, "images": list(new_images)})
 
-    def _run_call(self, conversation: Conversation, call: ToolCall, experts: Mapping[str, Expert], turn: AgentTurn) -> None:
+    def _run_call(self, conversation: Conversation, call: ToolCall, experts: Mapping[str, Expert], unavailable: Mapping[str, str],
+                  turn: AgentTurn) -> None:
         """Run one call; sets ``call.result`` or ``call.error`` and appends the tool message."""
         t0 = time.perf_counter()
         images: list[np.ndarray] = []
         if call.error is None:
             try:
                 expert = experts.get(call.name)
+                if call.name in unavailable:
+                    raise ToolCallError(f"{call.name} is unavailable: {unavailable[call.name]}")
                 if expert is None:
                     raise ToolCallError(f"unknown expert {call.name!r}; available experts: {', '.join(experts) or 'none'}.")
                 call.arguments = legacy_arguments(call.arguments, expert.parameters)

@@ -28,15 +28,15 @@ CACHE = Path(__file__).resolve().parents[2] / "cache" / "compress_lm"
 @dataclass
 class TinyLMConfig:
     layers: int = 4
-    hidden: int = 256
-    intermediate: int = 704
-    heads: int = 8
-    vocab: int = 1024
-    seq_len: int = 128
-    train_reports: int = 6000
-    steps: int = 900
+    hidden: int = 128
+    intermediate: int = 352
+    heads: int = 4
+    vocab: int = 768
+    seq_len: int = 64
+    train_reports: int = 4000
+    steps: int = 400
     batch_size: int = 16
-    lr: float = 2e-3
+    lr: float = 3e-3
     seed: int = 0
 
     def key(self) -> str:

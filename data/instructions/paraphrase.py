@@ -13,15 +13,15 @@ import re
 
 import numpy as np
 
-__all__ = ["phrase", "paraphrase", "expand", "SYNONYMS"]
+__all__ = ["phrase", "paraphrase", "expand", "fix_articles", "plural", "SYNONYMS"]
 
 # Synonyms applied to whole words or phrases (case-insensitive on the first letter).
 SYNONYMS: dict[str, tuple[str, ...]] = {
     "liver tumor": ("liver tumor", "liver tumour", "liver lesion", "hepatic tumor", "hepatic mass", "liver mass"),
     "lung nodule": ("lung nodule", "pulmonary nodule", "nodule in the lung", "lung lesion"),
     "kidney cyst": ("kidney cyst", "renal cyst", "cyst in the kidney", "cystic renal lesion"),
-    "pleural effusion": ("pleural effusion", "effusion", "fluid in the pleural space"),
-    "pneumothorax": ("pneumothorax", "collapsed lung", "air in the pleural space"),
+    "pleural effusion": ("pleural effusion", "effusion", "pleural fluid collection"),
+    "pneumothorax": ("pneumothorax", "collapsed lung", "pleural air collection"),
     "consolidation": ("consolidation", "airspace opacity", "consolidated lung"),
     "cardiomegaly": ("cardiomegaly", "an enlarged heart", "enlargement of the heart"),
     "nodule": ("nodule", "pulmonary nodule", "nodular opacity"),
@@ -44,7 +44,7 @@ def expand(template: str, rng: np.random.Generator) -> str:
     while True:
         m = _GROUP.search(text)
         if m is None:
-            return re.sub(r"\s+([?.,!])", r"\1", re.sub(r"\s+", " ", text)).strip()
+            return re.sub(r"\s+([?.,!:])", r"\1", re.sub(r"\s+", " ", text)).strip()
         options = m.group(1).split("|")
         text = text[: m.start()] + options[int(rng.integers(len(options)))] + text[m.end():]
 
@@ -53,11 +53,27 @@ def phrase(template: str, rng: np.random.Generator, *, polite: bool = True, **sl
     """One phrasing of ``template`` with ``<slot>`` values filled, synonyms and politeness applied."""
     text = expand(template, rng)
     for key, value in slots.items():
+        text = text.replace(f"<{key}>s", plural(_synonym(str(value), rng)))
         text = text.replace(f"<{key}>", _synonym(str(value), rng))
     missing = _SLOT.findall(text)
     if missing:
         raise ValueError(f"template slots must all be filled, got no value for {missing} in {template!r}.")
+    text = fix_articles(text)
     return paraphrase(text, rng) if polite else _capitalise(text)
+
+
+def fix_articles(text: str) -> str:
+    """'a an enlarged heart' → 'an enlarged heart', 'a MRI' → 'an MRI', 'an CT' → 'a CT'."""
+    text = re.sub(r"\b(?:[Aa]n?|any) (an? |the )", r"\1", text)
+
+    def article(m: re.Match) -> str:
+        word = m.group(2)
+        vowel = word[0].lower() in "aeiou" or word.split("-")[0] in ("MRI", "MR", "X", "X-ray", "FLAIR") or word.startswith("X-")
+        vowel = vowel and not word.startswith(("one", "uni", "use", "CT"))
+        art = "an" if vowel else "a"
+        return (art.capitalize() if m.group(1)[0].isupper() else art) + " " + word
+
+    return re.sub(r"\b([Aa]n?) ([\w-]+)", article, text)
 
 
 def paraphrase(text: str, rng: np.random.Generator) -> str:
@@ -76,6 +92,18 @@ def paraphrase(text: str, rng: np.random.Generator) -> str:
         keep_case = text.split(" ", 1)[0] in ("I", "I'd", "I'm", "I've")
         text = prefix + (text if keep_case else text[0].lower() + text[1:])
     return _capitalise(text + suffix)
+
+
+def plural(noun_phrase: str) -> str:
+    """'liver mass' → 'liver masses', 'nodule in the lung' → 'nodules in the lung', 'an enlarged heart' →
+    'enlarged hearts'."""
+    head, sep, tail = noun_phrase.partition(" in the ")
+    words = head.split(" ")
+    if words[0] in ("a", "an"):
+        words = words[1:]
+    last = words[-1]
+    words[-1] = last + ("es" if last.endswith(("s", "x", "sh", "ch")) else "s")
+    return " ".join(words) + (sep + tail if sep else "")
 
 
 def _synonym(value: str, rng: np.random.Generator) -> str:

@@ -81,6 +81,8 @@ def generate(kind: str, seed: int, **options) -> PhantomCase:
 def write_study(case: PhantomCase, out_dir: str | Path, *, patient: dict | None = None, photometric: str = "MONOCHROME2") -> Path:
     """Write ``case`` as a study folder (layout in the module docstring); returns the folder.
 
+    The case's volumes get the written Study / Series UIDs (``study_uid``, ``series_uid``).
+
     patient: DICOM keyword → value overriding the fake identity drawn from the case's seed.
     photometric: for radiographs, "MONOCHROME1" stores inverted pixels (readers must invert back).
     """

@@ -68,6 +68,8 @@ def generate_ct(seed: int, options: CTOptions | None = None) -> tuple[Volume, np
     shape = tuple(int(s) for s in o.shape)
     if len(shape) != 3 or min(shape) < 8:
         raise ValueError(f"CT shape must be (I, J, K) with every size >= 8, got {o.shape}.")
+    if not 0 <= o.max_lesions <= 6 or not 0.0 <= o.lesion_rate <= 1.0:
+        raise ValueError(f"max_lesions must be 0..6 and lesion_rate 0..1, got {o.max_lesions} and {o.lesion_rate}.")
     phase = o.phase or str(rng.choice(PHASES))
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}.")
@@ -83,8 +85,8 @@ def generate_ct(seed: int, options: CTOptions | None = None) -> tuple[Volume, np
     grid = Grid(shape, axial_affine(shape, spacing, (0.0, rng.uniform(-10, 10), centre_z)))
 
     tissue = np.zeros(shape, dtype=np.uint8)
-    anatomy = _draw_anatomy(tissue, grid, rng)
-    lesions = _draw_lesions(tissue, grid, rng, o, anatomy)
+    _draw_anatomy(tissue, grid, rng)
+    lesions = _draw_lesions(tissue, grid, rng, o)
 
     p = PHASES.index(phase)
     lut = np.zeros(256, dtype=np.float32)
@@ -134,8 +136,8 @@ def generate_ct(seed: int, options: CTOptions | None = None) -> tuple[Volume, np
     return volume, labels, truth
 
 
-def _draw_anatomy(t: np.ndarray, grid: Grid, rng: np.random.Generator) -> dict:
-    """Paint body wall and organs into the tissue map; return the body frame used by the lesions."""
+def _draw_anatomy(t: np.ndarray, grid: Grid, rng: np.random.Generator) -> None:
+    """Paint body wall and organs into the tissue map (codes above)."""
     u = rng.uniform
     s = u(0.85, 1.15)
     a, b = 160.0 * s * u(0.9, 1.1), 115.0 * s * u(0.9, 1.1)  # body semi-axes, lateral and AP (mm)
@@ -145,15 +147,13 @@ def _draw_anatomy(t: np.ndarray, grid: Grid, rng: np.random.Generator) -> dict:
     x, y, z = grid.coords(full)
 
     # Body wall: fat outside the muscle ring outside the cavity, constant along z (broadcast 2D masks).
-    e_out = (x / a) ** 2 + (y / b) ** 2
     e_cav = (x / ai) ** 2 + (y / bi) ** 2
-    body2d = e_out[..., 0] <= 1
-    t[body2d] = _FAT
+    t[((x / a) ** 2 + (y / b) ** 2)[..., 0] <= 1] = _FAT
     t[((x / (ai + 14)) ** 2 + (y / (bi + 14)) ** 2)[..., 0] <= 1] = _MUSCLE
     t[(e_cav[..., 0] <= 1)] = _VISCERAL
 
     # Ribs: bands along z inside the muscle ring, above the costal margin, not at the sternum.
-    zr, zl = u(5.0, 25.0), 0.0
+    zr = u(5.0, 25.0)  # right dome top (mm); the left dome sits lower
     zl = zr - u(0.0, 18.0)
     ring = (e_cav > 1.0) & ((x / (ai + 9)) ** 2 + (y / (bi + 9)) ** 2 <= 1.0) & (np.abs(x) > 0.22 * ai)
     period, phase0 = u(26.0, 32.0), u(0.0, 30.0)
@@ -195,17 +195,16 @@ def _draw_anatomy(t: np.ndarray, grid: Grid, rng: np.random.Generator) -> dict:
     for code, side, zt, yaw in ((_LKID, -1.0, zl - u(95, 120), 25.0), (_RKID, 1.0, zr - u(110, 135), -25.0)):
         kid = Superquadric((side * 0.52 * ai, y_spine + 22.0, zt), (28.0 * s * u(0.85, 1.15), 22.0 * s * u(0.85, 1.15), 52.0 * s * u(0.85, 1.15)), 2.0, yaw + u(-8, 8), 0.05, Superquadric.random_phases(rng))
         paint(t, grid, kid, code, only_in=(_VISCERAL, _LIVER, _SPLEEN))
-    return {"scale": s}
 
 
-def _draw_lesions(t: np.ndarray, grid: Grid, rng: np.random.Generator, o: CTOptions, anatomy: dict) -> list[dict]:
+def _draw_lesions(t: np.ndarray, grid: Grid, rng: np.random.Generator, o: CTOptions) -> list[dict]:
     """Place 0..max_lesions of each lesion type inside its organ, never touching each other."""
     lesions: list[dict] = []
     placed: list[tuple[np.ndarray, float]] = []  # (centre mm, reach mm)
     tumor_kind = str(rng.choice(list(_TUMOR_HU)))
     for code in (_TUMOR, _NODULE, _CYST):
         n = 0
-        if rng.random() < o.lesion_rate:
+        if rng.random() < o.lesion_rate and o.max_lesions > 0:
             n = int(rng.choice(np.arange(1, o.max_lesions + 1), p=_count_weights(o.max_lesions)))
         for _ in range(n):
             organs = _LESION_ORGANS[code]

@@ -119,8 +119,10 @@ def generate_cxr(seed: int, options: CXROptions | None = None) -> tuple[Volume, 
     ctr = heart_px / thorax_px
     findings = {f: f in present for f in CXR_FINDINGS}
     findings["cardiomegaly"] = bool(ctr > 0.5)
-    aff = np.array([[-ps, 0, 0, 0], [0, 0, -1.0, 0], [0, -ps, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
-    aff[:3, 3] = -aff[:3, :3] @ np.array([(ncol - 1) / 2, (nrow - 1) / 2, 0.0])
+    # A projection has no 3D position. Use the grid data.load_study assigns a radiograph without
+    # ImageOrientationPatient (pixel spacing on the diagonal, columns towards the patient's left), so a
+    # generated case and the same case read back from DICOM carry the same affine.
+    aff = np.diag([-ps, -ps, 1.0, 1.0])
     volume = Volume(
         array=array[:, :, None], affine=aff, modality="DX", body_part="CHEST",
         window=(2048.0, 4096.0), description="CHEST PA",

@@ -1,10 +1,14 @@
-"""A scripted ``ChatBackend`` for the app's tests, e2e browser tests and the load benchmark.
+"""Stand-ins for the app's tests, e2e browser tests and the load benchmark: a scripted ``ChatBackend``
+and a threshold expert.
 
 It is not a language model: it follows a fixed script so the app's mechanics can be tested honestly
 without trained weights — a measurement question makes it emit a ``<tool_call>`` for the matching
 expert; once the tool's result is in the conversation it answers by quoting that result's numbers; a
 report prompt gets a Findings / Impression draft quoting the results given. Everything else about a
-turn (parsing the call, running the real expert, streaming, overlays, audit) is the app's real code.
+turn (parsing the call, running the expert, streaming, overlays, audit) is the app's real code.
+
+``ThresholdExpert`` is a test expert (voxels above a HU threshold, their volume in mL) used where the
+trained experts' weights are not available; it is not a segmentation model either.
 """
 
 from __future__ import annotations
@@ -14,15 +18,19 @@ import re
 import time
 from typing import Any, Iterator
 
+import numpy as np
+
+from experts.base import Expert, ExpertResult, Measurement
 from vlm.backends.base import BackendInfo, GenerationConfig
 
-__all__ = ["ScriptedBackend", "TOPICS"]
+__all__ = ["ScriptedBackend", "ThresholdExpert", "TOPICS", "registry_for_tests"]
 
 # question keyword → expert name
 TOPICS = {
     "ct_segmentation": ("liver", "spleen", "kidney", "organ", "volume", "lesion", "measure"),
     "mri_brain_tumor": ("tumor", "tumour", "brain", "edema", "enhancing"),
     "cxr_classification": ("chest", "cardiomegaly", "effusion", "pneumothorax", "x-ray"),
+    "threshold_volume": ("dense",),
 }
 
 
@@ -75,3 +83,38 @@ def _facts(body: dict[str, Any]) -> str:
 
 def _quote(body: dict[str, Any]) -> str:
     return f"According to {_facts(body)}."
+
+
+class ThresholdExpert(Expert):
+    """Test expert: voxels above ``min_hu`` form label 1 ("dense tissue"); reports its volume in mL."""
+
+    name = "threshold_volume"
+    description = "Test expert: volume of voxels denser than min_hu."
+    modalities = ("CT",)
+    parameters = {"type": "object", "properties": {"min_hu": {"type": "number"}}, "additionalProperties": False}
+    version = "test-1"
+
+    def _run(self, volume, min_hu: float = 100.0, **_):
+        from experts.overlay import render_overlay
+
+        mask = (np.asarray(volume.array) > min_hu).astype(np.uint8)
+        ml = float(mask.sum()) * volume.voxel_volume_ml
+        return ExpertResult(expert=self.name, measurements=[Measurement("dense tissue", "volume", round(ml, 1), "mL")],
+                            label_volume=volume.like(mask), label_names={1: "dense tissue"},
+                            summary=f"dense tissue {ml:.1f} mL", overlay_renderer=render_overlay)
+
+
+def registry_for_tests():
+    """(registry, question, expert name, measured structure): the built-in experts when their weights load
+    (asking for the liver volume), else a registry with only ``ThresholdExpert`` (asking for dense tissue)."""
+    from experts.base import ExpertError
+    from experts.registry import ExpertRegistry, default_registry
+
+    registry = default_registry()
+    try:
+        registry.get("ct_segmentation")
+        return registry, "What is the liver volume?", "ct_segmentation", "liver"
+    except ExpertError:
+        reg = ExpertRegistry()
+        reg.register("threshold_volume", ThresholdExpert)
+        return reg, "What is the dense tissue volume?", "threshold_volume", "dense tissue"

@@ -50,10 +50,10 @@ def test_upload_view_ask_audit_and_export(served, ct_zip):
     chat, question, image, caption, legend, slider, overlay = client.predict("What is the dense tissue volume?", api_name="/ask")
     steps = [m for m in chat if (m.get("metadata") or {}).get("title")]
     assert steps and "threshold_volume" in steps[0]["metadata"]["title"] and steps[0]["metadata"]["status"] == "done"
-    answer = chat[-1]["content"]
-    volume = steps[0]["content"].split("dense tissue volume: ")[1].split(" mL")[0]
+    answer = _text(chat[-1])
+    volume = _text(steps[0]).split("dense tissue volume: ")[1].split(" mL")[0]
     assert volume in str(answer) and "According to threshold_volume" in str(answer)
-    assert "dense tissue" in legend and overlay == "threshold_volume"
+    assert "dense tissue" in legend and overlay["value"] == "threshold_volume"
     entry = [e for e in _audit(cfg) if e["event"] == "answer"][-1]
     assert entry["user"] == "alice" and entry["study_uid"] and entry["tool_calls"][0]["name"] == "threshold_volume"
     assert entry["model"] == "scripted-test-backend" and volume in entry["answer"]
@@ -69,14 +69,14 @@ def test_two_sessions_never_see_each_others_study(served, ct_zip):
     server, _ = served
     a, b = _client(server.url, "alice"), _client(server.url, "bob")
     _upload(a, ct_zip)
-    image, caption, legend, slider, overlay = b.predict(5, api_name="/slice")[1:]
+    image, caption, legend, slider, overlay = b.predict(2, api_name="/slice")
     assert image is None and caption == "No study loaded."
     chat = b.predict("What is the dense tissue volume?", api_name="/ask")[0]
-    assert "Load a study first" in chat[-1]["content"]
+    assert "Load a study first" in _text(chat[-1])
     # a second session of the same user is separate too
     a2 = _client(server.url, "alice")
-    assert a2.predict(5, api_name="/slice")[2] == "No study loaded."
-    assert "axial" in a.predict(5, api_name="/slice")[2]
+    assert a2.predict(2, api_name="/slice")[1] == "No study loaded."
+    assert "axial 5/24" in a.predict(5, api_name="/slice")[1]
 
 
 def test_too_many_files_are_refused_with_a_clear_message(served, tmp_path):
@@ -88,6 +88,12 @@ def test_too_many_files_are_refused_with_a_clear_message(served, tmp_path):
         files.append(handle_file(str(f)))
     status = _client(server.url).predict(files, api_name="/upload")[2]
     assert "51 files is more than the limit of 50" in status
+
+
+def _text(message) -> str:
+    """A chat message's text (Gradio 6 sends content as a list of typed parts)."""
+    content = message["content"]
+    return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content if isinstance(p, dict))
 
 
 def _audit(cfg):

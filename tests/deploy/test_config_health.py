@@ -97,3 +97,13 @@ def test_check_command_exit_codes(tmp_path):
     result = subprocess.run([sys.executable, "-m", "app.health", "--url", "http://127.0.0.1:1/healthz", "--timeout", "2"],
                             cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 1 and "unhealthy" in result.stderr
+
+
+def test_remote_lm_settings_need_a_model_name_and_keep_the_key_out_of_files(tmp_path):
+    config = load_config(write(tmp_path, '[models]\nlm_url = "http://gpu-node:8000/v1"\nlm_model = "m3-8b"\n'),
+                         env={"M3_LM_API_KEY": "k"})
+    assert (config.models.lm_url, config.models.lm_model, config.models.lm_api_key) == ("http://gpu-node:8000/v1", "m3-8b", "k")
+    with pytest.raises(ConfigError, match="lm_model naming the served model"):
+        load_config(write(tmp_path, '[models]\nlm_url = "http://gpu-node:8000/v1"\n'), env={})
+    with pytest.raises(ConfigError, match="M3_LM_API_KEY"):
+        load_config(write(tmp_path, '[models]\nlm_api_key = "k"\n'), env={})

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_INDEX = "file:///opt/pypi/simple"  # this machine's wheel index, passed like `--build-arg TORCH_INDEX_URL=...`

@@ -3,7 +3,8 @@
 Chromium is the system package (``scripts/system_deps.sh`` installs it); Playwright's own browser
 download is never used. The chat model is the scripted test backend from ``tests/app`` (it is not a
 language model: it emits a tool call for a measurement question and then quotes the tool's numbers),
-so these tests check the app's mechanics in a real browser.
+so these tests check the app's mechanics in a real browser. The expert is the trained CT segmentation
+when its weights are in the tree, else a threshold test expert (``tests/app/scripted_backend.py``).
 """
 
 from __future__ import annotations
@@ -66,8 +67,15 @@ def phantom_zip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def app_server(tmp_path_factory):
-    """The real app (real ingest, real expert registry) with the scripted chat backend, login required."""
+def scenario():
+    """(registry, question, expert, structure): the trained CT expert when its weights are present
+    (liver volume), else the threshold test expert (dense tissue volume)."""
+    return _scripted_module().registry_for_tests()
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory, scenario):
+    """The real app (real ingest, experts, report export) with the scripted chat backend, login required."""
     from app.auth import hash_password
     from app.config import AppConfig
     from app.server import serve
@@ -79,7 +87,7 @@ def app_server(tmp_path_factory):
     cfg.auth.users_file = tmp / "users.toml"
     cfg.auth.users_file.write_text(f'[users]\n"{USER}" = "{hash_password(PASSWORD)}"\n')
     backend = _scripted_module().ScriptedBackend(delay_s=0.02)
-    server = serve(cfg, backend=backend, block=False)
+    server = serve(cfg, backend=backend, registry=scenario[0], block=False)
     yield server, cfg
     server.close()
 

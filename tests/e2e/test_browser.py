@@ -22,9 +22,10 @@ def _login(page, url, user, password):
     page.get_by_role("button", name=re.compile("login", re.I)).click()
 
 
-def test_clinician_session(browser, app_server, credentials, phantom_zip, artifacts):
+def test_clinician_session(browser, app_server, credentials, scenario, phantom_zip, artifacts):
     server, cfg = app_server
     user, password = credentials
+    _, question, expert, structure = scenario
     context = browser.new_context(viewport={"width": 1600, "height": 1100})
     page = context.new_page()
     outside: list[str] = []
@@ -48,38 +49,39 @@ def test_clinician_session(browser, app_server, credentials, phantom_zip, artifa
     caption.filter(has_text="axial 8/40").wait_for(timeout=TIMEOUT_MS)
     page.screenshot(path=str(artifacts / "02_scrolled.png"), full_page=True)
 
-    page.locator("#m3-question textarea").fill("What is the liver volume?")
+    page.locator("#m3-question textarea").fill(question)
     page.locator("#m3-ask").click()
     chat = page.locator("#m3-chat")
-    chat.get_by_text(re.compile("According to ct_segmentation")).wait_for(timeout=TIMEOUT_MS)
+    chat.get_by_text(re.compile(f"According to {expert}")).wait_for(timeout=TIMEOUT_MS)
     text = chat.inner_text()
-    assert "ct_segmentation" in text
-    liver_ml = re.search(r"liver volume: ([\d.]+) mL", text).group(1)
-    assert text.count(liver_ml) >= 2  # in the expert step and quoted in the answer
+    assert expert in text
+    volume_ml = re.search(rf"{structure} volume: ([\d.]+) mL", text).group(1)
+    assert "🔧 " + expert in text  # the expert call is shown as its own step
     legend = page.locator("#m3-legend")
-    legend.get_by_text("liver").first.wait_for(timeout=TIMEOUT_MS)
+    legend.get_by_text(structure).first.wait_for(timeout=TIMEOUT_MS)
+    assert volume_ml in legend.inner_text()  # the answer quotes the expert's number, shown by the overlay legend
     page.screenshot(path=str(artifacts / "03_answer_with_overlay.png"), full_page=True)
 
     page.locator("#m3-draft").click()
     findings = page.locator("#m3-findings textarea")
     page.wait_for_function("el => el.value.length > 0", arg=findings.element_handle(), timeout=TIMEOUT_MS)
-    assert liver_ml in findings.input_value()
+    assert volume_ml in findings.input_value()
     findings.fill(findings.input_value() + "\nReviewed by the reading clinician.")
     page.locator("#m3-export").click()
     downloads = page.locator("#m3-downloads")
     downloads.get_by_text("report.pdf").wait_for(timeout=TIMEOUT_MS)
     names = downloads.inner_text()
-    for name in ("report.md", "report_sr.dcm", "ct_segmentation_seg_1.dcm"):
+    for name in ("report.md", "report_sr.dcm", f"{expert}_seg_1.dcm"):
         assert name in names
     link = downloads.locator("a", has_text="report.md").first.get_attribute("href")
     md = context.request.get(link if link.startswith("http") else server.url + link)
-    assert md.status == 200 and "Reviewed by the reading clinician." in md.text() and liver_ml in md.text()
+    assert md.status == 200 and "Reviewed by the reading clinician." in md.text() and volume_ml in md.text()
     page.locator("#m3-report").scroll_into_view_if_needed()
     page.screenshot(path=str(artifacts / "04_report_exported.png"), full_page=True)
 
     assert outside == [], f"requests left localhost: {outside[:5]}"
     audit = cfg.audit.log_path.read_text()
-    assert "What is the liver volume?" in audit and "Doe" not in audit
+    assert question in audit and "Doe" not in audit
     context.close()
 
 

@@ -183,9 +183,11 @@ def test_writeback_disabled_is_refused_and_sends_nothing(archive, pacs_config, t
     study = archive[2]
     client = PacsClient(dataclasses.replace(pacs_config, writeback_enabled=False))
     source = deidentified_copy(client.retrieve(study.study_uid, tmp_path / "pulled").glob("*.dcm"))
+    web = DICOMwebClient(pacs_config.url)
+    before = len(web.search_for_instances(study.study_uid))
     with pytest.raises(WritebackDisabledError, match="writeback_enabled = true"):
         client.store([make_sr(source)])
-    assert len(DICOMwebClient(pacs_config.url).search_for_series(study.study_uid)) == 1
+    assert len(web.search_for_instances(study.study_uid)) == before
     assert client.pending_batches() == []
 
 
@@ -247,3 +249,35 @@ def test_4xx_on_stow_keeps_the_batch(archive, pacs_config, tmp_path):
     finally:
         server.shutdown()
     assert len(client.pending_batches()) == 1
+
+
+def test_load_ingests_deidentified_and_the_seg_of_its_volume_goes_home(archive, pacs_config, tmp_path):
+    """The app's path: PacsClient.load → de-identified Study; a SEG made from the Volume alone
+    (experts.dicom_seg) is re-identified at store time and lands in the original study."""
+    from experts.base import ExpertResult
+    from experts.dicom_seg import dicom_seg
+
+    study = archive[2]
+    client = PacsClient(pacs_config)
+    work = tmp_path / "work"
+    work.mkdir()
+    loaded = client.load(study.study_uid, workdir=work)
+    assert list(work.iterdir()) == []  # the original files are gone
+    assert loaded.uid != study.study_uid and len(loaded.series) == 1
+    volume = loaded.series[0].volume
+    assert volume.shape == (32, 32, 6) and volume.modality == "CT"
+    assert study.patient_id not in repr(loaded) and study.study_uid not in repr(loaded)
+    mask = np.zeros(volume.shape, dtype=np.uint8)
+    mask[8:20, 10:22, 2:5] = 1
+    seg = dicom_seg(ExpertResult(expert="ct_segmentation", label_volume=volume.like(mask), label_names={1: "liver"}, version="1"), volume)
+    assert seg.StudyInstanceUID == loaded.uid
+
+    client.store([seg])
+
+    web = DICOMwebClient(pacs_config.url)
+    [seg_series] = [s for s in web.search_for_series(study.study_uid) if s["00080060"]["Value"][0] == "SEG"]
+    [back] = web.retrieve_series(study.study_uid, seg_series["0020000E"]["Value"][0])
+    assert back.PatientID == study.patient_id and back.AccessionNumber == study.accession
+    referenced = back.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == study.series_uid
+    assert {str(i.ReferencedSOPInstanceUID) for i in referenced.ReferencedInstanceSequence} <= {str(d.SOPInstanceUID) for d in study.datasets}

@@ -112,3 +112,22 @@ def test_full_size_ct_series_writes_in_seconds(tmp_path):
     out = write_study(case, tmp_path / "big")
     assert time.perf_counter() - t0 < 30.0
     assert len(list((out / DICOM_DIRNAME / "CT").glob("*.dcm"))) == 300
+
+
+@pytest.mark.parametrize("kind,options,photometric", [("ct", {"shape": (48, 40, 12)}, "MONOCHROME2"), ("mri", {"shape": (40, 40, 10)}, "MONOCHROME2"),
+                                                      ("cxr", {"shape": (96, 96)}, "MONOCHROME1")])
+def test_ingest_reads_back_the_phantom_exactly_without_its_identity(tmp_path, kind, options, photometric):
+    from data import load_study
+
+    case = generate(kind, 6, **options)
+    out = write_study(case, tmp_path / kind, photometric=photometric)
+    study = load_study(out / DICOM_DIRNAME)
+    assert len(study.series) == len(case.volumes) and not study.errors
+    patient = json.loads((out / "patient.json").read_text())
+    for series in study.series:
+        vol = series.volume
+        ref = case.volumes[vol.sequence] if kind == "mri" else case.volume
+        np.testing.assert_array_equal(np.asarray(vol.array, dtype=np.int32), ref.array.astype(np.int32))
+        np.testing.assert_allclose(vol.affine, ref.affine, atol=1e-3)
+        text = json.dumps([series.description, vol.description, vol.meta, study.description], default=str)
+        assert patient["PatientID"] not in text and patient["PatientName"].split("^")[0] not in text

@@ -350,3 +350,48 @@ def _resize_labels(lab: np.ndarray, size: int) -> np.ndarray:
 
 def _words(text: str) -> list[str]:
     return text.replace(",", " ").split()
+
+
+def load_or_build_targets(config) -> tuple[PhantomImages, dict[str, TeacherTargets]]:
+    """The cached images and teacher targets of a :class:`~vlm.train.vision.VisionStageConfig`
+    (``<data_dir>/targets.pt``), built on first use. Expert teachers whose weights are missing are
+    left out with a warning naming the command that trains them."""
+    import logging
+    import os
+    from pathlib import Path
+
+    from experts.base import ExpertError
+    from experts.registry import default_registry
+
+    log = logging.getLogger(__name__)
+    folder = Path(config.data_dir or Path(config.output_dir) / "data")
+    cache = folder / "targets.pt"
+    if cache.is_file():
+        blob = torch.load(cache, map_location="cpu", weights_only=False)
+        return blob["data"], {n: t for n, t in blob["targets"].items() if n in config.teachers}
+    folder.mkdir(parents=True, exist_ok=True)
+    experts = {}
+    for teacher, expert_name in (("seg", "ct_segmentation"), ("cxr", "cxr_classification")):
+        if teacher not in config.teachers:
+            continue
+        try:
+            experts[teacher] = default_registry().get(expert_name)
+        except ExpertError as exc:
+            log.warning("teacher %r left out: %s (train it with `m3 experts train %s`)", teacher, exc, expert_name)
+    grid = 224 // 16
+    data, seg = build_phantom_images(config.n_ct_cases, config.n_cxr_cases, config.held_out_fraction, config.seed,
+                                     slices_per_ct=config.slices_per_ct, seg_expert=experts.get("seg"))
+    targets: dict[str, TeacherTargets] = {}
+    if seg is not None:
+        targets["seg"] = seg
+    if "cxr" in experts:
+        targets["cxr"] = cxr_targets(experts["cxr"], data, grid)
+    extra = {}
+    if "clip" in config.teachers:
+        model, losses = train_contrastive_teacher(data, config.clip_steps, seed=config.seed)
+        targets["clip"] = contrastive_targets(model, data, grid)
+        extra = {"clip_state": model.state_dict(), "clip_vocab": list(model.vocab), "clip_losses": losses}
+    tmp = cache.with_suffix(".tmp")
+    torch.save({"data": data, "targets": targets, **extra}, tmp)
+    os.replace(tmp, cache)
+    return data, targets

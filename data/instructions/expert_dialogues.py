@@ -1,0 +1,286 @@
+"""Expert conversations for the ``medical-ift`` stage: when to call which expert, with which arguments,
+the tool result, an answer grounded in its numbers, follow-ups answered from the same result, and
+questions that need no expert.
+
+The tool turn is exactly ``experts.base.tool_message(result)`` for an ``ExpertResult`` built from the
+phantom's ground truth in the same shape the expert itself returns (same findings, measurement names,
+order and units), so training and inference share one template. Calls are written as
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (compact JSON, as the agent parses them).
+The one import from ``experts`` is its contract module ``experts.base`` (dataclasses and the message
+template, no models).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from data.instructions.paraphrase import phrase
+from data.instructions.views import CaseView
+from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CXR_FINDINGS, MRI_LABELS
+
+__all__ = ["Dialogue", "expert_dialogue", "tool_result_from_truth", "format_tool_call", "ct_target_values", "CT_TARGETS"]
+
+CT_TARGETS = ["everything", "organs", "lesions", *[CT_LABELS[v] for v in CT_LESIONS], *[CT_LABELS[v] for v in CT_ORGANS]]
+_BY_NAME = {n: v for v, n in CT_LABELS.items()}
+
+
+@dataclass
+class Dialogue:
+    """Turns ``[{"from": human|gpt|tool, "value": str}]`` plus what the evaluation checks.
+
+    tool_calls: the expected calls ``{"name", "arguments"}`` in order; grounded_values: the number strings
+    (with units) the answers must quote; task: "expert" or "no-expert"; results: the ``ExpertResult`` behind
+    each tool turn (not written to JSON).
+    """
+
+    turns: list[dict]
+    tool_calls: list[dict] = field(default_factory=list)
+    grounded_values: list[str] = field(default_factory=list)
+    task: str = "expert"
+    results: list = field(default_factory=list)
+
+
+def format_tool_call(name: str, arguments: dict) -> str:
+    """The canonical text of a call (the agent's parser reads exactly this)."""
+    return "<tool_call>" + json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False) + "</tool_call>"
+
+
+def ct_target_values(targets: str | list[str]) -> list[int]:
+    """Label values selected by ``ct_segmentation``'s ``targets`` argument (same rules as the expert)."""
+    chosen: list[int] = []
+    for t in [targets] if isinstance(targets, str) else list(targets):
+        if t == "everything":
+            values = list(CT_LABELS)
+        elif t == "organs":
+            values = list(CT_ORGANS)
+        elif t == "lesions":
+            values = list(CT_LESIONS)
+        elif t in _BY_NAME:
+            values = [_BY_NAME[t]]
+        else:
+            raise ValueError(f"targets must be among {CT_TARGETS}, got {t!r}.")
+        chosen += [v for v in values if v not in chosen]
+    return sorted(chosen)
+
+
+def tool_result_from_truth(kind: str, truth: dict, arguments: dict, rng: np.random.Generator):
+    """The ``ExpertResult`` the expert would return if it were perfect on this case."""
+    from experts.base import ExpertResult, Finding, Measurement
+
+    if kind == "ct":
+        findings, measurements = [], []
+        for value in ct_target_values(arguments.get("targets", "everything")):
+            name = CT_LABELS[value]
+            if value in CT_LESIONS:
+                count = int(truth["lesion_counts"][name])
+                findings.append(Finding(name, count > 0))
+                measurements.append(Measurement(name, "count", float(count), "count"))
+                if count:
+                    diam = max(les["max_diameter_mm"] for les in truth["lesions"] if les["type"] == name)
+                    measurements.append(Measurement(name, "volume", float(truth["lesion_volumes_ml"][name]), "mL"))
+                    measurements.append(Measurement(name, "largest diameter", float(diam), "mm"))
+            else:
+                measurements.append(Measurement(name, "volume", float(truth["organ_volumes_ml"][name]), "mL"))
+        return ExpertResult(expert="ct_segmentation", arguments=dict(arguments), findings=findings, measurements=measurements)
+    if kind == "mri":
+        sub = truth["subregion_volumes_ml"]
+        wt, tc = float(truth["whole_tumor_ml"]), float(truth["tumor_core_ml"])
+        measurements = [Measurement(MRI_LABELS[v], "volume", float(sub[MRI_LABELS[v]]), "mL") for v in MRI_LABELS]
+        measurements += [Measurement("whole tumor", "volume", wt, "mL"), Measurement("tumor core", "volume", tc, "mL")]
+        findings = [Finding("tumor", wt > 0), Finding("enhancing tumor", sub["enhancing tumor"] > 0), Finding("necrosis", sub["necrotic core"] > 0)]
+        if wt > 0:
+            measurements.append(Measurement("whole tumor", "largest diameter", float(truth["max_diameter_mm"]), "mm"))
+            findings.append(Finding(f"{truth['hemisphere']} hemisphere", True))
+        return ExpertResult(expert="mri_brain_tumor", arguments={}, findings=findings, measurements=measurements)
+    findings = []
+    for f in CXR_FINDINGS:
+        on = bool(truth["findings"][f])
+        p = float(rng.uniform(0.62, 0.99) if on else rng.uniform(0.01, 0.38))
+        findings.append(Finding(f, on, round(p, 4), 0.5))
+    return ExpertResult(expert="cxr_classification", arguments={}, findings=findings)
+
+
+def expert_dialogue(view: CaseView, rng: np.random.Generator) -> Dialogue:
+    """One conversation about ``view``: an expert call with grounded answer and follow-ups (most cases),
+    or a question answered without an expert (about one in five)."""
+    if rng.random() < 0.2:
+        return _no_expert(view, rng)
+    return {"ct": _ct, "mri": _mri, "cxr": _cxr}[view.kind](view, rng)
+
+
+def _val(m) -> str:
+    """A measurement's number and unit exactly as ``Measurement.text`` prints it."""
+    return f"{m.value:.0f}" if m.unit in ("count", "") else f"{m.value:.1f} {m.unit}"
+
+
+def _call_turns(result, name: str, arguments: dict) -> list[dict]:
+    from experts.base import tool_message
+
+    return [{"from": "gpt", "value": format_tool_call(name, arguments)}, {"from": "tool", "value": tool_message(result)}]
+
+
+def _m(result, structure: str, quantity: str):
+    return next((m for m in result.measurements if m.structure == structure and m.quantity == quantity), None)
+
+
+def _ct_lesion_answer(result, name: str, used: list[str]) -> str:
+    count = _m(result, name, "count")
+    used.append(_val(count))
+    if count.value == 0:
+        return f"The segmentation found no {name} (count {_val(count)})."
+    vol, diam = _m(result, name, "volume"), _m(result, name, "largest diameter")
+    used += [_val(vol), _val(diam)]
+    plural = "s" if count.value > 1 else ""
+    return (f"The segmentation found {_val(count)} {name}{plural}; total volume {_val(vol)}, "
+            f"largest diameter {_val(diam)}.")
+
+
+def _ct_organ_answer(result, organ: str, used: list[str]) -> str:
+    m = _m(result, organ, "volume")
+    used.append(_val(m))
+    if m.value == 0:
+        return f"The {organ} is not in the scanned range, so its volume is {_val(m)}."
+    return f"The {organ} volume is {_val(m)}."
+
+
+def _ct(view: CaseView, rng) -> Dialogue:
+    truth = view.truth
+    present = [o for o in (CT_LABELS[v] for v in CT_ORGANS) if truth["organ_volumes_ml"][o] > 0]
+    lesion = CT_LABELS[int(rng.choice(CT_LESIONS))]
+    organ = present[int(rng.integers(len(present)))] if present else "liver"
+    mode = rng.choice(["organ", "lesion", "everything", "lesions", "organs"], p=[0.25, 0.3, 0.2, 0.15, 0.1])
+    used: list[str] = []
+    if mode == "organ":
+        args = {"targets": organ}
+        q = phrase("{What is|Measure|Can you measure|Tell me} the volume of the <o>{ in mL|}?", rng, o=organ)
+    elif mode == "lesion":
+        args = {"targets": lesion}
+        q = phrase("How many <x>s {does the patient have|are there in the whole scan|are in this study}{ and how big is the largest|}?", rng, x=lesion) \
+            if rng.random() < 0.7 else phrase("{Count|Find and measure} the <x>s {in this scan|in the whole study}.", rng, polite=False, x=lesion)
+    elif mode == "lesions":
+        args = {"targets": "lesions"}
+        q = phrase("{Find all lesions|Check the scan for lesions|Look for lesions} and {measure them|give their sizes}.", rng, polite=False)
+    elif mode == "organs":
+        args = {"targets": "organs"}
+        q = phrase("{Measure|Give me} the {volumes of all organs|organ volumes}{ in this CT|}.", rng, polite=False)
+    else:
+        args = {"targets": "everything"}
+        q = phrase("{Please |}{segment everything|run a full segmentation|give me a complete quantitative analysis} {on this CT|of this scan|}.", rng, polite=False)
+    result = tool_result_from_truth("ct", truth, args, rng)
+    turns = [{"from": "human", "value": q}] + _call_turns(result, "ct_segmentation", args)
+    if mode == "organ":
+        answer = _ct_organ_answer(result, organ, used)
+    elif mode == "lesion":
+        answer = _ct_lesion_answer(result, lesion, used)
+    else:
+        parts = []
+        if mode in ("everything", "organs"):
+            vols = [f"{o} {_val(_m(result, o, 'volume'))}" for o in present]
+            used += [_val(_m(result, o, "volume")) for o in present]
+            parts.append("Organ volumes: " + "; ".join(vols) + ".")
+        if mode in ("everything", "lesions"):
+            parts += [_ct_lesion_answer(result, CT_LABELS[v], used) for v in CT_LESIONS]
+        answer = " ".join(parts)
+    turns.append({"from": "gpt", "value": answer})
+    # A follow-up answered from the same result (no second call).
+    if mode in ("everything", "lesions"):
+        other = CT_LABELS[int(rng.choice(CT_LESIONS))]
+        turns += [{"from": "human", "value": phrase("{And|What about} the <x>s?", rng, polite=False, x=other)},
+                  {"from": "gpt", "value": _ct_lesion_answer(result, other, used)}]
+    if mode in ("everything", "organs") and present:
+        o2 = present[int(rng.integers(len(present)))]
+        turns += [{"from": "human", "value": phrase("How {large|big} is the <o>{ again|}?", rng, polite=False, o=o2)},
+                  {"from": "gpt", "value": _ct_organ_answer(result, o2, used)}]
+    return Dialogue(turns, [{"name": "ct_segmentation", "arguments": args}], used, results=[result])
+
+
+def _mri(view: CaseView, rng) -> Dialogue:
+    truth = view.truth
+    args: dict = {}
+    result = tool_result_from_truth("mri", truth, args, rng)
+    q = phrase("{What is the tumor volume|Segment the brain tumor|Measure the tumor and its sub-regions|How large is the tumor in mL}?", rng)
+    turns = [{"from": "human", "value": q}] + _call_turns(result, "mri_brain_tumor", args)
+    used: list[str] = []
+    wt = _m(result, "whole tumor", "volume")
+    used.append(_val(wt))
+    if wt.value == 0:
+        turns.append({"from": "gpt", "value": f"No brain tumor was found (whole tumor volume {_val(wt)})."})
+        return Dialogue(turns, [{"name": "mri_brain_tumor", "arguments": args}], used, results=[result])
+    sub = {n: _m(result, n, "volume") for n in MRI_LABELS.values()}
+    used += [_val(m) for m in sub.values()]
+    diam = _m(result, "whole tumor", "largest diameter")
+    used.append(_val(diam))
+    turns.append({"from": "gpt", "value": (
+        f"There is a tumor in the {truth['hemisphere']} hemisphere: whole tumor volume {_val(wt)} "
+        f"(edema {_val(sub['edema'])}, enhancing tumor {_val(sub['enhancing tumor'])}, necrotic core {_val(sub['necrotic core'])}), "
+        f"largest diameter {_val(diam)}.")})
+    follow = rng.choice(["core", "enhancing", "side"])
+    if follow == "core":
+        tc = _m(result, "tumor core", "volume")
+        used.append(_val(tc))
+        turns += [{"from": "human", "value": phrase("{And|What is} the tumor core volume?", rng, polite=False)},
+                  {"from": "gpt", "value": f"The tumor core (enhancing tumor plus necrotic core) is {_val(tc)}."}]
+    elif follow == "enhancing":
+        enh = sub["enhancing tumor"]
+        yes = enh.value > 0
+        turns += [{"from": "human", "value": phrase("Does it enhance{ after contrast|}?", rng, polite=False)},
+                  {"from": "gpt", "value": f"Yes, the enhancing part measures {_val(enh)}." if yes else f"No, the enhancing volume is {_val(enh)}."}]
+    else:
+        turns += [{"from": "human", "value": phrase("Which {side|hemisphere} is it on?", rng, polite=False)},
+                  {"from": "gpt", "value": f"The {truth['hemisphere']} hemisphere."}]
+    return Dialogue(turns, [{"name": "mri_brain_tumor", "arguments": args}], used, results=[result])
+
+
+def _cxr(view: CaseView, rng) -> Dialogue:
+    args: dict = {}
+    result = tool_result_from_truth("cxr", view.truth, args, rng)
+    by = {f.label: f for f in result.findings}
+    used: list[str] = []
+
+    def say(f) -> str:
+        used.append(f"{f.probability:.2f}")
+        return f"{'Yes' if f.present else 'No'}: {f.label} {'is' if f.present else 'is not'} present (probability {f.probability:.2f})."
+
+    if rng.random() < 0.5:
+        first = CXR_FINDINGS[int(rng.integers(len(CXR_FINDINGS)))]
+        q = phrase("{Does this patient have|Is there|Do you see} {a|any} <x>{ on this radiograph|}?", rng, x=first)
+        answer = say(by[first])
+    else:
+        first = None
+        q = phrase("{Classify|Analyse|Check} this chest {X-ray|radiograph} for {abnormalities|findings}.", rng, polite=False)
+        yes = [f for f in result.findings if f.present]
+        for f in yes:
+            used.append(f"{f.probability:.2f}")
+        answer = ("Findings: " + "; ".join(f"{f.label} ({f.probability:.2f})" for f in yes) + ".") if yes else \
+            "The classifier finds no abnormality: every finding is below its threshold."
+    turns = [{"from": "human", "value": q}] + _call_turns(result, "cxr_classification", args) + [{"from": "gpt", "value": answer}]
+    others = [f for f in CXR_FINDINGS if f != first]
+    second = others[int(rng.integers(len(others)))]
+    turns += [{"from": "human", "value": phrase("{And|What about} <x>?", rng, polite=False, x=second)}, {"from": "gpt", "value": say(by[second])}]
+    return Dialogue(turns, [{"name": "cxr_classification", "arguments": args}], used, results=[result])
+
+
+def _no_expert(view: CaseView, rng) -> Dialogue:
+    """Questions answered from the picture or general knowledge: no tool call."""
+    f = view.facts
+    options = [
+        (phrase("What {imaging |}modality is this?", rng), f"This is {'an' if f['modality'] in ('MRI', 'X-ray') else 'a'} {f['modality']} image."),
+        (phrase("{Which|What} body region is shown?", rng), f"The {f['region']}."),
+    ]
+    if view.kind == "ct":
+        options.append((phrase("What does HU stand for{ on CT|}?", rng),
+                        "Hounsfield units: CT attenuation relative to water (0 HU) and air (-1000 HU)."))
+        options.append((phrase("Which contrast phase is this?", rng), f"It looks like the {f['phase']} phase."))
+    elif view.kind == "mri":
+        options.append((phrase("What is FLAIR {used for|good at}?", rng),
+                        "FLAIR suppresses the CSF signal, so edema and other T2-bright lesions next to the ventricles stand out."))
+    else:
+        options.append((phrase("Can you measure the heart volume{ on this radiograph|}?", rng),
+                        "Not from a single radiograph: volumes need a CT. On this image the heart size is judged by the cardiothoracic ratio."))
+        options.append((phrase("What is the cardiothoracic ratio{ used for|}?", rng),
+                        "It is the widest heart diameter divided by the widest inner chest diameter; above 0.5 on a PA film suggests cardiomegaly."))
+    q, a = options[int(rng.integers(len(options)))]
+    return Dialogue([{"from": "human", "value": q}, {"from": "gpt", "value": a}], [], [], "no-expert")

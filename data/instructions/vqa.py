@@ -1,0 +1,172 @@
+"""Visual questions about a phantom view, for the ``ift`` stage: closed (yes/no, choice) and open.
+
+Categories: presence, location, laterality, count, size, modality, region, comparison, plus phase (CT),
+sequence (MRI) and heart size (radiograph). Each question is phrased from several templates through
+``paraphrase.phrase``; answers are short canonical strings (exact-match scorable). Yes and no answers
+are balanced per case by asking about present and absent findings alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from data.instructions.paraphrase import phrase
+from data.instructions.views import CaseView
+from data.phantoms.labels import CXR_FINDINGS
+
+__all__ = ["QA", "vqa_items", "CATEGORIES"]
+
+CATEGORIES = ("presence", "location", "laterality", "count", "size", "modality", "region", "comparison", "phase", "sequence", "heart size")
+
+
+@dataclass
+class QA:
+    """One question with its canonical answer. answer_type: "closed" (yes/no or a choice) or "open"."""
+
+    question: str
+    answer: str
+    answer_type: str
+    category: str
+
+
+def vqa_items(view: CaseView, rng: np.random.Generator, n: int = 4) -> list[QA]:
+    """Up to ``n`` questions about ``view``, at most one per category, categories in random order."""
+    makers = {"ct": _ct, "mri": _mri, "cxr": _cxr}[view.kind]
+    candidates = makers(view, rng)
+    by_cat: dict[str, list[QA]] = {}
+    for qa in candidates:
+        by_cat.setdefault(qa.category, []).append(qa)
+    cats = list(by_cat)
+    rng.shuffle(cats)
+    return [by_cat[c][int(rng.integers(len(by_cat[c])))] for c in cats[:n]]
+
+
+def _yn(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+_PRESENCE = ("{Is there|Do you see|Can you see|Does this image show} {a|any} <x> {in this image|here|}?",
+             "Is there {any |}evidence of {a|} <x> {in this image|}?",
+             "{Does the patient have|Is there} {a|any} <x>?", "<x>: {present or absent|yes or no}?")
+_MODALITY_Q = ("What {imaging |}modality {is this|was used|is shown}?", "{Which|What} kind of {scan|image} is this?",
+               "How was this image {acquired|taken}?")
+
+
+def _modality(view: CaseView, rng) -> list[QA]:
+    name = view.facts["modality"]
+    other = {"CT": "MRI", "MRI": "CT", "X-ray": "CT"}[name]
+    a, b = (name, other) if rng.random() < 0.5 else (other, name)
+    return [QA(phrase(_MODALITY_Q[int(rng.integers(len(_MODALITY_Q)))], rng), name, "open", "modality"),
+            QA(phrase(f"Is this {{image|scan}} {{a|an}} {a} or {{a|an}} {b}?", rng, polite=False), name, "closed", "modality")]
+
+
+def _region(view: CaseView, rng) -> list[QA]:
+    region = view.facts["region"]
+    q = phrase("{Which|What} {part of the body|body region|anatomical region} {is shown|is imaged|does this image show}?", rng)
+    return [QA(q, region, "open", "region")]
+
+
+def _ct(view: CaseView, rng) -> list[QA]:
+    f = view.facts
+    out = _modality(view, rng) + _region(view, rng)
+    kinds = ["liver tumor", "lung nodule", "kidney cyst"]
+    present = [k for k in kinds if f["lesion_counts"][k] > 0]
+    absent = [k for k in kinds if f["lesion_counts"][k] == 0 and k not in view.ambiguous]
+    pool = present if present and (rng.random() < 0.5 or not absent) else absent
+    if pool:
+        k = pool[int(rng.integers(len(pool)))]
+        out.append(QA(phrase(_PRESENCE[int(rng.integers(len(_PRESENCE)))], rng, x=k), _yn(k in present), "closed", "presence"))
+    organ_pool = list(f["organ_area_px"])
+    organ = organ_pool[int(rng.integers(len(organ_pool)))]
+    if organ in f["organs"] or f["organ_area_px"][organ] == 0:
+        out.append(QA(phrase("{Is|Can you see} the <o> {visible|shown|included} {in this slice|in this image|here}?", rng, o=organ),
+                      _yn(organ in f["organs"]), "closed", "presence"))
+    for k in present:
+        items = [les for les in f["lesions"] if les["type"] == k]
+        organs = sorted({les["organ"] for les in items})
+        if len(organs) == 1:
+            out.append(QA(phrase("{Where|In which organ} is the <x> {located|seen|}?", rng, x=k), organs[0], "open", "location"))
+            if items[0]["side"] and k != "liver tumor":
+                out.append(QA(phrase("Is the <x> on the left or {the |}right{ side|}?", rng, x=k), items[0]["side"], "closed", "laterality"))
+        if k not in view.ambiguous:
+            out.append(QA(phrase("How many <x>s {are there|can you see|are visible} {in this image|in this slice|}?", rng, x=k),
+                          str(len(items)), "open", "count"))
+        if len(items) == 1:
+            out.append(QA(phrase("Is the <x> small, medium or large?", rng, x=k), items[0]["size"], "closed", "size"))
+    if not f["lesions"] and not view.ambiguous:
+        out.append(QA(phrase("How many {focal |}lesions {are there|can you see} {in this image|in this slice|}?", rng), "0", "open", "count"))
+    lesions = f["lesions"]
+    if len(lesions) >= 2:
+        a, b = (lesions[i] for i in rng.choice(len(lesions), 2, replace=False))
+        if (a["type"], a["organ"]) != (b["type"], b["organ"]) and abs(a["diameter_mm"] - b["diameter_mm"]) > 4.0:
+            bigger = a if a["diameter_mm"] > b["diameter_mm"] else b
+            name = lambda les: f"the {les['type']} in the {les['organ']}"  # noqa: E731
+            out.append(QA(phrase(f"Which is larger, {name(a)} or {name(b)}?", rng, polite=False), name(bigger)[4:], "closed", "comparison"))
+    big = [o for o in ("liver", "spleen", "heart") if f["organ_area_px"][o] >= 20]
+    if len(big) >= 2:
+        a, b = (big[i] for i in rng.choice(len(big), 2, replace=False))
+        if abs(f["organ_area_px"][a] - f["organ_area_px"][b]) > 0.3 * max(f["organ_area_px"][a], f["organ_area_px"][b]):
+            larger = a if f["organ_area_px"][a] > f["organ_area_px"][b] else b
+            out.append(QA(phrase(f"Which {{appears|looks}} larger in this slice, the {a} or the {b}?", rng, polite=False), larger, "closed", "comparison"))
+    out.append(QA(phrase("{Was {intravenous |}contrast given|Was this scan acquired with {intravenous |}contrast|Is this a contrast-enhanced scan}?", rng),
+                  _yn(f["phase"] != "non-contrast"), "closed", "phase"))
+    out.append(QA(phrase("{Which|What} contrast phase is this: non-contrast, arterial or portal venous?", rng), f["phase"], "closed", "phase"))
+    return out
+
+
+def _mri(view: CaseView, rng) -> list[QA]:
+    f = view.facts
+    out = _modality(view, rng) + _region(view, rng)
+    if "tumor" not in view.ambiguous:
+        out.append(QA(phrase(_PRESENCE[int(rng.integers(len(_PRESENCE)))], rng, x="tumor"), _yn(f["tumor_visible"]), "closed", "presence"))
+    if f["tumor_visible"]:
+        out.append(QA(phrase("{Which hemisphere|Which side of the brain} {is the <x> in|contains the <x>}?", rng, x="tumor"), f["hemisphere"], "closed", "laterality"))
+        out.append(QA(phrase("Is the <x> in the left or {the |}right hemisphere?", rng, x="tumor"), f["hemisphere"], "closed", "laterality"))
+        out.append(QA(phrase("{In which lobe|Which lobe} is the <x> {located|}?", rng, x="tumor"), f["lobe"], "open", "location"))
+        out.append(QA(phrase("{Does the <x> enhance|Is there enhancement} {after contrast|on T1c|on the post-contrast image}?", rng, x="tumor"), _yn(f["enhancing"]), "closed", "presence"))
+        out.append(QA(phrase("{Is there|Do you see} {a necrotic core|central necrosis|necrosis} {in the <x>|}?", rng, x="tumor"), _yn(f["necrosis"]), "closed", "presence"))
+        out.append(QA(phrase("{Is there|Do you see} {surrounding|peritumoral|} <x>?", rng, x="edema"), _yn(f["edema"]), "closed", "presence"))
+        out.append(QA(phrase("Is the <x> small, medium or large?", rng, x="tumor"), f["size"], "closed", "size"))
+        px = f["subregion_px"]
+        if px["edema"] and (px["enhancing tumor"] + px["necrotic core"]) and abs(px["edema"] - px["enhancing tumor"] - px["necrotic core"]) > 20:
+            core_bigger = px["enhancing tumor"] + px["necrotic core"] > px["edema"]
+            out.append(QA(phrase("{Which is larger|What covers more area} {in this slice|}: the tumor core or the <x>?", rng, x="edema"),
+                          "tumor core" if core_bigger else "edema", "closed", "comparison"))
+    out.append(QA(phrase("{Which|What} sequence {shows|displays} {the edema|fluid-sensitive signal with dark CSF} {best|most clearly}?", rng), "FLAIR", "open", "sequence"))
+    out.append(QA(phrase("{How many|What number of} {sequences|MRI sequences} are shown?", rng), "4", "open", "sequence"))
+    out.append(QA(phrase("{Which|What} sequence {is acquired after contrast|is the post-contrast one}?", rng), "T1c", "open", "sequence"))
+    return out
+
+
+def _cxr(view: CaseView, rng) -> list[QA]:
+    f = view.facts
+    on, lat = f["findings"], f["laterality"]
+    out = _modality(view, rng) + _region(view, rng)
+    present = [k for k in CXR_FINDINGS if on[k]]
+    absent = [k for k in CXR_FINDINGS if not on[k]]
+    for flag, pool in ((True, present), (False, absent)):
+        if pool:
+            k = pool[int(rng.integers(len(pool)))]
+            out.append(QA(phrase(_PRESENCE[int(rng.integers(len(_PRESENCE)))], rng, x=k), _yn(flag), "closed", "presence"))
+    sided = [k for k in present if lat[k]]
+    if sided:
+        k = sided[int(rng.integers(len(sided)))]
+        out.append(QA(phrase("{Which side|On which side} is the <x>{ located|}: left, right or {bilateral|both}?", rng, x=k),
+                      lat[k], "closed", "laterality"))
+        out.append(QA(phrase("Where is the <x>?", rng, x=k), lat[k] if k in ("pleural effusion", "pneumothorax") else f"{lat[k]} {f['details'][k]['zone']} zone",
+                      "open", "location"))
+    out.append(QA(phrase("{How many|What number of} {abnormalities|abnormal findings} {are there|do you see}?", rng), str(len(present)), "open", "count"))
+    out.append(QA(phrase("{Is the heart enlarged|Is there cardiomegaly|Is the cardiothoracic ratio above 0.5}?", rng), _yn(on["cardiomegaly"]), "closed", "heart size"))
+    out.append(QA(phrase("{Which|What} {abnormalities|findings} {are present|do you see}?", rng),
+                  ", ".join(present) if present else "none", "open", "presence"))
+    if on["nodule"]:
+        out.append(QA(phrase("Is the <x> small, medium or large?", rng, x="nodule"),
+                      "small" if f["details"]["nodule"]["diameter_mm"] < 10 else ("medium" if f["details"]["nodule"]["diameter_mm"] <= 30 else "large"),
+                      "closed", "size"))
+    if on["pleural effusion"] and on["pneumothorax"] and lat["pleural effusion"] != "bilateral":
+        same = lat["pleural effusion"] == lat["pneumothorax"]
+        out.append(QA(phrase("Are the {pleural effusion|effusion} and the pneumothorax on the same side?", rng), _yn(same), "closed", "comparison"))
+    out.append(QA(phrase("{What|Which} {projection|view} is this radiograph?", rng), f["view"], "open", "modality"))
+    return out

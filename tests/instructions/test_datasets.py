@@ -1,0 +1,181 @@
+"""Training data from phantoms: valid LLaVA records, answers true to the picture, tool turns equal to
+``tool_message`` of results built from ground truth, held-out splits, many phrasings."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.instructions import build_datasets, expert_dialogue, make_view, tool_result_from_truth
+from data.instructions.expert_dialogues import CT_TARGETS, format_tool_call
+from data.phantoms import generate
+from data.phantoms.labels import CT_LABELS
+from experts.base import tool_message
+
+COUNTS = {"ct": 14, "mri": 5, "cxr": 14}
+SMALL_MRI = {"mri": {"shape": (64, 64, 32)}}
+CT_VALUE = {v: k for k, v in CT_LABELS.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _case(kind: str, seed: int):
+    return generate(kind, seed)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("instr")
+    paths = build_datasets(COUNTS, out, seed=0, split="train", phantom_options=SMALL_MRI)
+    data = {stage: json.loads(p.read_text()) for stage, p in paths.items()}
+    return out, data
+
+
+def test_records_are_valid_llava(built):
+    out, data = built
+    ids = [r["id"] for recs in data.values() for r in recs]
+    assert len(ids) == len(set(ids))
+    assert len(data["align"]) == sum(COUNTS.values()) == len(data["medical-ift"])
+    assert len(data["ift"]) >= 3 * sum(COUNTS.values())
+    for recs in data.values():
+        for r in recs:
+            images = r["images"] if "images" in r else [r["image"]]
+            assert len(images) == (4 if r["meta"]["kind"] == "mri" else 1)
+            for rel in images:
+                with Image.open(out / rel) as im:
+                    assert im.mode == "L" and min(im.size) >= 64
+            conv = r["conversations"]
+            assert conv[0]["from"] == "human" and conv[0]["value"].count("<image>") == len(images)
+            assert sum(t["value"].count("<image>") for t in conv) == len(images)
+            assert conv[-1]["from"] == "gpt" and all(t["from"] in ("human", "gpt", "tool") for t in conv)
+            for a, b in zip(conv, conv[1:]):
+                assert a["from"] != b["from"]
+                if b["from"] == "tool":
+                    assert a["from"] == "gpt" and a["value"].startswith("<tool_call>")
+
+
+def test_same_seed_same_files_and_splits_are_disjoint(built, tmp_path):
+    _, data = built
+    again = build_datasets({"ct": 3, "cxr": 3}, tmp_path / "a", seed=0, stages=("ift",), split="train")
+    again2 = build_datasets({"ct": 3, "cxr": 3}, tmp_path / "b", seed=0, stages=("ift",), split="train")
+    assert again["ift"].read_text() == again2["ift"].read_text()
+    first = json.loads(again["ift"].read_text())
+    assert [r["id"] for r in first] == [r["id"] for r in data["ift"] if r["meta"]["kind"] in ("ct", "cxr") and (r["meta"]["seed"] - 100_000) % 3000 < 3]
+    test = build_datasets({"ct": 3, "cxr": 3}, tmp_path / "c", seed=0, stages=("align",), split="test")
+    train_seeds = {r["meta"]["seed"] for r in data["align"]}
+    test_seeds = {r["meta"]["seed"] for r in json.loads(test["align"].read_text())}
+    assert train_seeds.isdisjoint(test_seeds) and len(test_seeds) == 6
+
+
+def test_ct_answers_are_true_to_the_slice(built):
+    _, data = built
+    checked = 0
+    for r in data["ift"]:
+        m = r["meta"]
+        if m["kind"] != "ct" or m["category"] not in ("presence", "count"):
+            continue
+        q = r["conversations"][0]["value"].lower()
+        labels = _case("ct", m["seed"]).labels[:, :, m["slice_index"]]
+        lesion = next((t for t in ("liver", "lung", "kidney", "renal", "hepatic", "pulmonary") if t in q), None)
+        if m["category"] == "presence" and lesion and ("tumo" in q or "nodul" in q or "cyst" in q or "mass" in q or "lesion" in q) and "visible" not in q and "included" not in q and "shown" not in q:
+            value = {"liver": 10, "hepatic": 10, "lung": 11, "pulmonary": 11, "kidney": 12, "renal": 12}[lesion]
+            assert (m["answer"] == "yes") == bool((labels == value).sum() >= 4), q
+            checked += 1
+        if m["category"] == "count" and m["answer"] == "0":
+            assert not np.isin(labels, [10, 11, 12]).any()
+            checked += 1
+    assert checked >= 4
+
+
+def test_vqa_covers_categories_balances_yes_no_and_varies_phrasing(built):
+    _, data = built
+    metas = [r["meta"] for r in data["ift"]]
+    cats = Counter(m["category"] for m in metas)
+    assert {"presence", "location", "laterality", "count", "size", "modality", "region", "comparison"} <= set(cats)
+    yn = [m["answer"] for m in metas if m["answer"] in ("yes", "no")]
+    assert 0.3 <= yn.count("yes") / len(yn) <= 0.7
+    assert {m["answer_type"] for m in metas} == {"closed", "open"}
+    presence = [r["conversations"][0]["value"] for r in data["ift"] if r["meta"]["category"] == "presence"]
+    assert len(set(presence)) >= 0.8 * len(presence)
+    for recs in data.values():
+        for r in recs:
+            for t in r["conversations"]:
+                if t["from"] == "human":
+                    assert not re.search(r"[{}|]|<(?!image>)\w+>|\b(a an|an a|a a)\b|\s[?.,]", t["value"]), t["value"]
+
+
+def test_captions_name_the_findings_in_the_picture(built):
+    _, data = built
+    for r in data["align"]:
+        text = r["conversations"][1]["value"]
+        assert "Findings:" in text and "Impression:" in text
+        m = r["meta"]
+        if m["kind"] == "ct":
+            labels = _case("ct", m["seed"]).labels[:, :, m["slice_index"]]
+            for name in ("liver tumor", "lung nodule", "kidney cyst"):
+                if name in m["findings"]:
+                    assert (labels == CT_VALUE[name]).any()
+        if m["kind"] == "cxr":
+            truth = _case("cxr", m["seed"]).truth
+            assert set(m["findings"]) == set(truth["labels"])
+            assert ("enlarged" in text) == truth["findings"]["cardiomegaly"]
+
+
+@pytest.mark.parametrize("kind", ["ct", "mri", "cxr"])
+def test_tool_turn_is_tool_message_of_ground_truth_and_answer_quotes_it(kind):
+    opts = SMALL_MRI.get(kind, {})
+    seen = 0
+    for seed in range(12):
+        case = generate(kind, seed, **opts)
+        rng = np.random.default_rng(seed)
+        d = expert_dialogue(make_view(case, rng), rng)
+        tools = [i for i, t in enumerate(d.turns) if t["from"] == "tool"]
+        if d.task == "no-expert":
+            assert not tools and not any("<tool_call>" in t["value"] for t in d.turns)
+            continue
+        assert len(tools) == 1 == len(d.results)  # follow-ups never call again
+        i = tools[0]
+        assert d.turns[i]["value"] == tool_message(d.results[0])
+        call = d.tool_calls[0]
+        assert d.turns[i - 1]["value"] == format_tool_call(call["name"], call["arguments"])
+        answers = " ".join(t["value"] for t in d.turns[i + 1:] if t["from"] == "gpt")
+        for value in d.grounded_values:
+            assert value in answers and value.split(" ")[0] in d.turns[i]["value"]
+        body = json.loads(d.turns[i]["value"])
+        truth = case.truth
+        if kind == "ct":
+            targets = call["arguments"]["targets"]
+            assert targets in CT_TARGETS
+            for line in body.get("measurements", []):
+                name, rest = line.split(" volume: ") if " volume: " in line else (None, None)
+                if name in truth["organ_volumes_ml"]:
+                    assert float(rest.split()[0]) == pytest.approx(truth["organ_volumes_ml"][name], abs=0.05)
+                if " count: " in line:
+                    lesion, n = line.split(" count: ")
+                    assert int(n) == truth["lesion_counts"][lesion]
+        elif kind == "mri":
+            assert call == {"name": "mri_brain_tumor", "arguments": {}}
+            assert f"whole tumor volume: {truth['whole_tumor_ml']:.1f} mL" in body["measurements"]
+        else:
+            assert call == {"name": "cxr_classification", "arguments": {}}
+            assert {k: v.startswith("yes") for k, v in body["findings"].items()} == truth["findings"]
+        seen += 1
+    assert seen >= 6
+
+
+def test_training_templates_match_the_expert_and_agent_contracts():
+    from experts.ct_segmentation import TARGET_CHOICES
+    from vlm.tools import format_tool_call as agent_format
+
+    assert CT_TARGETS == TARGET_CHOICES
+    args = {"targets": "liver tumor"}
+    assert format_tool_call("ct_segmentation", args) == agent_format("ct_segmentation", args)
+    case = generate("ct", 2)
+    result = tool_result_from_truth("ct", case.truth, {"targets": "everything"}, np.random.default_rng(0))
+    assert [m.structure for m in result.measurements if m.quantity == "volume" and m.structure in case.truth["organ_volumes_ml"]] == \
+        [CT_LABELS[v] for v in range(1, 10)]

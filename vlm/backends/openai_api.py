@@ -1,0 +1,194 @@
+"""A remote language model behind an OpenAI-compatible chat API (vLLM's server, ``m3 serve-lm``).
+
+The agent keeps the expert loop, the studies and all PHI handling local; only the de-identified
+conversation (text and the pictures it shows: slices, overlays) goes to the endpoint. Images travel
+as PNG ``data:`` URLs in ``image_url`` content parts, in the order of the ``<image>`` placeholders.
+Answers stream back as server-sent events; tool calls the server parses itself (vLLM with a tool
+parser) come back as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` text, so the agent's
+one parser handles both.
+
+    backend = OpenAIChatBackend("http://gpu-node:8000/v1", model="m3-8b", api_key=os.environ["M3_LM_API_KEY"])
+    for piece in backend.stream_chat(messages, images=[slice_rgb]): ...
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any, Iterator
+
+import numpy as np
+import requests
+
+from vlm.backends.base import BackendInfo, GenerationConfig
+
+__all__ = ["OpenAIChatBackend", "RemoteBackendError", "image_data_url", "to_openai_messages", "IMAGE_PLACEHOLDER"]
+
+IMAGE_PLACEHOLDER = "<image>"
+_MESSAGE_KEYS = ("role", "content", "name", "tool_call_id", "tool_calls")
+
+
+class RemoteBackendError(RuntimeError):
+    """The remote LM server could not answer; the message says which server and what to check."""
+
+
+class OpenAIChatBackend:
+    """``ChatBackend`` over ``POST {base_url}/chat/completions`` with ``stream: true``.
+
+    base_url: the API root including ``/v1``; model: the served model name; api_key: sent as a bearer
+    token when given; timeout_s: connect and between-chunk read timeout (seconds).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        takes_images: bool = True,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.timeout_s = timeout_s
+        self.session = session or requests.Session()
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.info = BackendInfo(name=model, version=f"remote {self.base_url}", takes_images=takes_images)
+
+    def list_models(self) -> list[str]:
+        """The model names the server offers (``GET /models``): a cheap reachability check."""
+        response = self._request("GET", "/models")
+        return [m["id"] for m in response.json().get("data", [])]
+
+    def stream_chat(
+        self,
+        messages: list[dict[str, Any]],
+        images: list[np.ndarray] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        config: GenerationConfig | None = None,
+        cache_key: str | None = None,  # the server keeps its own prefix cache (vLLM: automatic prefix caching)
+    ) -> Iterator[str]:
+        """Yield the answer's text as the server streams it."""
+        config = config or GenerationConfig()
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": to_openai_messages(messages, images or []),
+            "stream": True,
+            "max_tokens": config.max_new_tokens,
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+        }
+        if config.stop:
+            payload["stop"] = list(config.stop)
+        if tools:
+            payload["tools"] = tools
+        response = self._request("POST", "/chat/completions", json=payload, stream=True, headers={"Accept": "text/event-stream"})
+        calls: dict[int, dict[str, str]] = {}
+        try:
+            for event in _sse_events(response):
+                if "error" in event:
+                    raise RemoteBackendError(f"the LM server at {self.base_url} stopped with an error: {_error_text(event)}")
+                for choice in event.get("choices", [])[:1]:
+                    delta = choice.get("delta") or {}
+                    if delta.get("content"):
+                        yield delta["content"]
+                    for call in delta.get("tool_calls") or []:
+                        slot = calls.setdefault(int(call.get("index", 0)), {"name": "", "arguments": ""})
+                        fn = call.get("function") or {}
+                        slot["name"] += fn.get("name") or ""
+                        slot["arguments"] += fn.get("arguments") or ""
+        except requests.RequestException as exc:
+            raise RemoteBackendError(f"the LM server at {self.base_url} broke off the answer ({type(exc).__name__}); try again.") from None
+        finally:
+            response.close()
+        for index in sorted(calls):
+            yield _tool_call_text(calls[index])
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            response = self.session.request(method, self.base_url + path, timeout=(min(10.0, self.timeout_s), self.timeout_s), **kwargs)
+        except requests.RequestException as exc:
+            raise RemoteBackendError(
+                f"the LM server at {self.base_url} is unreachable ({type(exc).__name__}); check that it runs and the URL "
+                "ends with /v1."
+            ) from None
+        if response.status_code >= 400:
+            try:
+                detail = _error_text(response.json())
+            except ValueError:
+                detail = response.text[:200]
+            hint = " (check the API key)" if response.status_code in (401, 403) else ""
+            raise RemoteBackendError(f"the LM server at {self.base_url} answered {response.status_code}{hint}: {detail}")
+        return response
+
+
+def to_openai_messages(messages: list[dict[str, Any]], images: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Agent messages (text with ``<image>`` placeholders) → OpenAI messages with ``image_url`` parts.
+
+    The i-th placeholder across all messages takes ``images[i]``; a count mismatch is an error.
+    Keys other than role / content / name / tool_call_id / tool_calls are dropped (no arrays leave).
+    """
+    out, used = [], 0
+    for message in messages:
+        clean = {k: v for k, v in message.items() if k in _MESSAGE_KEYS}
+        text = message.get("content")
+        if isinstance(text, str) and IMAGE_PLACEHOLDER in text:
+            parts: list[dict[str, Any]] = []
+            for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+                if i > 0:
+                    if used >= len(images):
+                        raise RemoteBackendError(f"the messages hold more <image> placeholders than the {len(images)} images given.")
+                    parts.append({"type": "image_url", "image_url": {"url": image_data_url(images[used])}})
+                    used += 1
+                    chunk = chunk[1:] if chunk.startswith("\n") else chunk  # "<image>\n" is one unit; servers re-add the break
+                if chunk:
+                    parts.append({"type": "text", "text": chunk})
+            clean["content"] = parts
+        out.append(clean)
+    if used != len(images):
+        raise RemoteBackendError(f"{len(images)} images were given but the messages hold {used} <image> placeholders; they must match.")
+    return out
+
+
+def image_data_url(image: np.ndarray) -> str:
+    """A lossless PNG ``data:`` URL of an ``(H, W)`` or ``(H, W, 3)`` uint8 picture."""
+    from PIL import Image
+
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise RemoteBackendError(f"images must be (H, W) or (H, W, 3) uint8 arrays, got {array.dtype} {array.shape}.")
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _sse_events(response: requests.Response) -> Iterator[dict[str, Any]]:
+    """JSON payloads of a server-sent-event stream's ``data:`` lines until ``[DONE]`` (hand-written:
+    the SSE framing is four lines of code and no SSE client library is a dependency)."""
+    for line in response.iter_lines(decode_unicode=True):
+        if not line or not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+def _tool_call_text(call: dict[str, str]) -> str:
+    try:
+        arguments = json.loads(call["arguments"] or "{}")
+    except json.JSONDecodeError:
+        arguments = call["arguments"]  # the agent's parser reports the malformed call to the model
+    return "<tool_call>" + json.dumps({"name": call["name"], "arguments": arguments}) + "</tool_call>"
+
+
+def _error_text(body: Any) -> str:
+    if isinstance(body, dict):
+        error = body.get("error", body.get("detail", body))
+        if isinstance(error, dict):
+            return str(error.get("message", error))
+        return str(error)
+    return str(body)

@@ -1,0 +1,200 @@
+"""``m3 compress maskllm|oneshot|mft|depth`` and ``m3 export``: thin argparse layers over vlm.compress / vlm.export.
+
+Every compress command reads a model folder (VILA layout with ``llm/``, or a bare Hugging Face causal
+LM folder) and text samples (``--data``: .txt lines, .jsonl or .json records), and writes a new model
+folder of the same layout, with the options in ``compress.json`` next to the LM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from vlm.compress.calibration import iterate_batches, load_texts, mean_loss, pack_tokens
+from vlm.compress.depth import DepthConfig, angular_importance, load_pruned_lm, prune_depth, save_pruned_lm
+from vlm.compress.errors import CompressError
+from vlm.compress.maskllm import MaskLLMConfig, train_maskllm
+from vlm.compress.masks_io import MASKS_FILENAME, load_masks, save_masks
+from vlm.compress.mft import FinetuneConfig, finetune
+from vlm.compress.oneshot import METHODS, OneShotConfig, prune_oneshot
+from vlm.compress.targets import apply_masks
+
+__all__ = ["add_parsers"]
+
+log = logging.getLogger(__name__)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register ``compress`` (with maskllm, oneshot, mft, depth) and ``export`` on the ``m3`` parser."""
+    compress = sub.add_parser("compress", help="make the model smaller or adapt it to a site")
+    methods = compress.add_subparsers(dest="compress_method", metavar="METHOD", required=True)
+
+    p = _common(methods.add_parser("maskllm", help="learn 2:4 masks end to end (MaskLLM)"))
+    p.add_argument("--steps", type=int, default=MaskLLMConfig.steps)
+    p.add_argument("--lr", type=float, default=MaskLLMConfig.lr)
+    p.add_argument("--batch-size", type=int, default=MaskLLMConfig.batch_size)
+    p.add_argument("--reg-lambda", type=float, default=MaskLLMConfig.reg_lambda)
+    p.add_argument("--prior", choices=[*METHODS, "none"], default="sparsegpt", help="one-shot mask used as the prior")
+    p.add_argument("--prior-masks", help="a saved mask file used as the prior instead (mask transfer)")
+    p.set_defaults(func=_cmd_maskllm)
+
+    p = _common(methods.add_parser("oneshot", help="one-shot 2:4 pruning: magnitude, Wanda or SparseGPT"))
+    p.add_argument("--method", choices=METHODS, default="sparsegpt")
+    p.add_argument("--damp", type=float, default=OneShotConfig.damp)
+    p.set_defaults(func=_cmd_oneshot)
+
+    p = _common(methods.add_parser("mft", help="site adaptation by minifinetuning (or standard fine-tuning)"))
+    p.add_argument("--method", choices=["mft", "standard"], default="mft")
+    p.add_argument("--steps", type=int, default=FinetuneConfig.steps)
+    p.add_argument("--lr", type=float, default=FinetuneConfig.lr)
+    p.add_argument("--tau", type=float, default=FinetuneConfig.tau)
+    p.add_argument("--temperature", type=float, default=FinetuneConfig.temperature)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=_cmd_mft)
+
+    p = _common(methods.add_parser("depth", help="remove blocks or attention sublayers, with optional recovery"))
+    p.add_argument("--blocks", type=_int_list, default=[], help="block indices to remove, e.g. 2,3")
+    p.add_argument("--attention", type=_int_list, default=[], help="attention sublayers to remove")
+    p.add_argument("--auto-blocks", type=int, default=0, help="remove the N blocks of lowest angular importance")
+    p.add_argument("--auto-attention", type=int, default=0, help="remove the N attention sublayers of lowest angular importance")
+    p.add_argument("--recovery", choices=["none", "bias", "lowrank"], default="lowrank")
+    p.add_argument("--rank", type=int, default=DepthConfig.rank)
+    p.set_defaults(func=_cmd_depth)
+
+    p = sub.add_parser("export", help="write an on-prem build folder (weights, masks, model card, manifest)")
+    p.add_argument("--model", required=True, help="VILA-layout model folder")
+    p.add_argument("--out", required=True, help="new, empty build folder")
+    p.add_argument("--masks", help="2:4 mask file to apply (from m3 compress maskllm|oneshot)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="bfloat16")
+    p.add_argument("--int8", action="store_true", help="int8 weight-only LM weights (needs torchao)")
+    p.add_argument("--model-card", help="Markdown with the compression table (default: benchmarks/results/compress.md)")
+    p.add_argument("--experts", help="folder of expert bundles to ship")
+    p.add_argument("--no-measure", action="store_true", help="skip the peak-memory measurement")
+    p.set_defaults(func=_cmd_export)
+
+
+def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--model", required=True, help="model folder (VILA layout with llm/, or a causal LM folder)")
+    p.add_argument("--data", required=True, help="text samples: .txt (one per line), .jsonl or .json")
+    p.add_argument("--out", required=True, help="output model folder")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration / training block")
+    p.add_argument("--max-samples", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    return p
+
+
+def _load(args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import AutoTokenizer
+
+    root = Path(args.model)
+    llm_dir = root / "llm" if (root / "llm" / "config.json").is_file() else root
+    if not (llm_dir / "config.json").is_file():
+        raise CompressError(f"{root} holds neither llm/config.json nor config.json; point --model at a model folder.")
+    lm = load_pruned_lm(llm_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    ids = pack_tokens(tokenizer, load_texts(args.data)[: args.max_samples], args.seq_len)
+    return root, llm_dir, lm, tokenizer, ids
+
+
+def _save(args, root: Path, llm_dir: Path, lm, tokenizer, record: dict) -> Path:
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise CompressError(f"Output folder {out} is not empty; choose a new folder.")
+    out_llm = out
+    if llm_dir != root:  # VILA layout: everything but the LM is copied unchanged
+        shutil.copytree(root, out, ignore=shutil.ignore_patterns("llm"), dirs_exist_ok=True)
+        out_llm = out / "llm"
+    save_pruned_lm(lm, out_llm, tokenizer)
+    for item in llm_dir.iterdir():
+        if item.is_file() and not (out_llm / item.name).exists() and item.suffix != ".safetensors" and item.name != MASKS_FILENAME:
+            shutil.copy2(item, out_llm / item.name)
+    (out_llm / "compress.json").write_text(json.dumps(record, indent=2, default=str))
+    return out_llm
+
+
+def _cmd_maskllm(args) -> int:
+    root, llm_dir, lm, tok, ids = _load(args)
+    config = MaskLLMConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, reg_lambda=args.reg_lambda)
+    if args.prior_masks:
+        prior = load_masks(args.prior_masks)
+    elif args.prior != "none":
+        prior = prune_oneshot(lm, ids, OneShotConfig(method=args.prior), inplace=False)
+    else:
+        prior = None
+    before = mean_loss(lm, ids)
+    result = train_maskllm(lm, iterate_batches(ids, config.batch_size), config, prior=prior)
+    apply_masks(lm, result.masks)
+    record = {"method": "maskllm", "config": asdict(config), "prior": args.prior_masks or args.prior, "loss_dense": before,
+              "loss_masked": mean_loss(lm, ids), "changed_from_prior": result.changed_from_prior, "losses": result.losses}
+    out_llm = _save(args, root, llm_dir, lm, tok, record)
+    path = save_masks(result.masks, out_llm / MASKS_FILENAME, method="maskllm")
+    print(f"masks: {path}  calibration loss dense {before:.4f} → 2:4 {record['loss_masked']:.4f} nats/token")
+    return 0
+
+
+def _cmd_oneshot(args) -> int:
+    root, llm_dir, lm, tok, ids = _load(args)
+    config = OneShotConfig(method=args.method, damp=args.damp)
+    before = mean_loss(lm, ids)
+    masks = prune_oneshot(lm, ids, config)
+    record = {"method": args.method, "config": asdict(config), "loss_dense": before, "loss_masked": mean_loss(lm, ids)}
+    out_llm = _save(args, root, llm_dir, lm, tok, record)
+    path = save_masks(masks, out_llm / MASKS_FILENAME, method=args.method)
+    print(f"masks: {path}  calibration loss dense {before:.4f} → 2:4 {record['loss_masked']:.4f} nats/token")
+    return 0
+
+
+def _cmd_mft(args) -> int:
+    root, llm_dir, lm, tok, ids = _load(args)
+    config = FinetuneConfig(method=args.method, steps=args.steps, lr=args.lr, tau=args.tau, temperature=args.temperature)
+    before = mean_loss(lm, ids)
+    result = finetune(lm, iterate_batches(ids, args.batch_size), config)
+    record = {"method": args.method, "config": asdict(config), "site_loss_before": before, "site_loss_after": mean_loss(lm, ids),
+              "losses": result.losses}
+    out_llm = _save(args, root, llm_dir, lm, tok, record)
+    print(f"{args.method}: site loss {before:.4f} → {record['site_loss_after']:.4f} nats/token; saved {out_llm}")
+    return 0
+
+
+def _cmd_depth(args) -> int:
+    root, llm_dir, lm, tok, ids = _load(args)
+    importance = angular_importance(lm, ids[:64])
+    blocks, attention = list(args.blocks), list(args.attention)
+    blocks += [i for i in sorted(range(len(importance["block"])), key=importance["block"].__getitem__) if i not in blocks][: args.auto_blocks]
+    free = [i for i in sorted(range(len(importance["attention"])), key=importance["attention"].__getitem__) if i not in blocks + attention]
+    attention += free[: args.auto_attention]
+    if not blocks and not attention:
+        raise CompressError("Nothing to remove: pass --blocks / --attention indices or --auto-blocks / --auto-attention N.")
+    config = DepthConfig(blocks=sorted(blocks), attention=sorted(attention), recovery=args.recovery, rank=args.rank)
+    before = mean_loss(lm, ids)
+    prune_depth(lm, config, ids[:64])
+    record = {"method": "depth", "config": asdict(config), "importance": importance, "loss_before": before, "loss_after": mean_loss(lm, ids)}
+    out_llm = _save(args, root, llm_dir, lm, tok, record)
+    print(f"depth: removed blocks {config.blocks}, attention {config.attention} ({args.recovery}); "
+          f"loss {before:.4f} → {record['loss_after']:.4f} nats/token; saved {out_llm}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from vlm.export import ExportConfig, export_build
+
+    config = ExportConfig(masks=args.masks, dtype=args.dtype, int8=args.int8, model_card=args.model_card,
+                          experts_dir=args.experts, measure_memory=not args.no_measure)
+    out = export_build(args.model, args.out, config)
+    print(f"build written to {out} (manifest: {out / 'manifest.json'})")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices like 2,3, got {text!r}") from exc
