@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from data.study import Volume
+from data.tool_text import Finding, Measurement, ToolResult, format_tool_result
 
 __all__ = ["Expert", "ExpertResult", "ExpertError", "Measurement", "Finding", "tool_message"]
 
@@ -24,32 +25,7 @@ class ExpertError(Exception):
 
 
 @dataclass
-class Measurement:
-    """A number with its unit, e.g. ``Measurement("liver", "volume", 1523.4, "mL")``."""
-
-    structure: str
-    quantity: str  # volume | diameter | count | ratio | probability ...
-    value: float
-    unit: str
-
-    def text(self) -> str:
-        if self.unit in ("count", ""):
-            return f"{self.structure} {self.quantity}: {self.value:.0f}"
-        return f"{self.structure} {self.quantity}: {self.value:.1f} {self.unit}"
-
-
-@dataclass
-class Finding:
-    """A labelled finding: present or not, with a probability when the expert gives one."""
-
-    label: str
-    present: bool
-    probability: float | None = None
-    threshold: float | None = None
-
-
-@dataclass
-class ExpertResult:
+class ExpertResult(ToolResult):
     """What an expert returns.
 
     findings: per-label yes/no (+ probability); measurements: numbers with units;
@@ -57,10 +33,6 @@ class ExpertResult:
     summary: one short paragraph for people and the VLM; seconds: wall time of ``run``.
     """
 
-    expert: str
-    arguments: dict[str, Any] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
-    measurements: list[Measurement] = field(default_factory=list)
     label_volume: Volume | None = None
     label_names: dict[int, str] = field(default_factory=dict)
     summary: str = ""
@@ -136,15 +108,8 @@ class Expert(ABC):
     def _run(self, volumes: Volume | Mapping[str, Volume], **arguments: Any) -> ExpertResult: ...
 
 
+
 def tool_message(result: ExpertResult) -> str:
     """The one text form of an expert result given to the VLM as a ``tool`` message, in training data
-    and at inference alike (compact JSON: small models have short contexts)."""
-    body: dict[str, Any] = {"expert": result.expert}
-    if result.findings:
-        body["findings"] = {
-            f.label: ("yes" if f.present else "no") + (f" ({f.probability:.2f})" if f.probability is not None else "")
-            for f in result.findings
-        }
-    if result.measurements:
-        body["measurements"] = [m.text() for m in result.measurements]
-    return json.dumps(body, ensure_ascii=False)
+    and at inference alike (``data.tool_text.format_tool_result``)."""
+    return format_tool_result(result)

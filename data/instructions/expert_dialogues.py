@@ -2,23 +2,22 @@
 the tool result, an answer grounded in its numbers, follow-ups answered from the same result, and
 questions that need no expert.
 
-The tool turn is exactly ``experts.base.tool_message(result)`` for an ``ExpertResult`` built from the
+The tool turn is exactly ``data.tool_text.format_tool_result(result)`` (what ``experts.base.tool_message``
+returns at inference) for a ``ToolResult`` built from the
 phantom's ground truth in the same shape the expert itself returns (same findings, measurement names,
 order and units), so training and inference share one template. Calls are written as
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (compact JSON, as the agent parses them).
-The one import from ``experts`` is its contract module ``experts.base`` (dataclasses and the message
-template, no models).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from data.instructions.paraphrase import phrase
 from data.instructions.views import CaseView
+from data.tool_text import Finding, Measurement, ToolResult, format_tool_call, format_tool_result
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CXR_FINDINGS, MRI_LABELS
 
 __all__ = ["Dialogue", "expert_dialogue", "tool_result_from_truth", "format_tool_call", "ct_target_values", "CT_TARGETS"]
@@ -32,7 +31,7 @@ class Dialogue:
     """Turns ``[{"from": human|gpt|tool, "value": str}]`` plus what the evaluation checks.
 
     tool_calls: the expected calls ``{"name", "arguments"}`` in order; grounded_values: the number strings
-    (with units) the answers must quote; task: "expert" or "no-expert"; results: the ``ExpertResult`` behind
+    (with units) the answers must quote; task: "expert" or "no-expert"; results: the ``ToolResult`` behind
     each tool turn (not written to JSON).
     """
 
@@ -41,11 +40,6 @@ class Dialogue:
     grounded_values: list[str] = field(default_factory=list)
     task: str = "expert"
     results: list = field(default_factory=list)
-
-
-def format_tool_call(name: str, arguments: dict) -> str:
-    """The canonical text of a call (the agent's parser reads exactly this)."""
-    return "<tool_call>" + json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False) + "</tool_call>"
 
 
 def ct_target_values(targets: str | list[str]) -> list[int]:
@@ -67,9 +61,7 @@ def ct_target_values(targets: str | list[str]) -> list[int]:
 
 
 def tool_result_from_truth(kind: str, truth: dict, arguments: dict, rng: np.random.Generator):
-    """The ``ExpertResult`` the expert would return if it were perfect on this case."""
-    from experts.base import ExpertResult, Finding, Measurement
-
+    """The ``ToolResult`` the expert would return if it were perfect on this case."""
     if kind == "ct":
         findings, measurements = [], []
         for value in ct_target_values(arguments.get("targets", "everything")):
@@ -84,7 +76,7 @@ def tool_result_from_truth(kind: str, truth: dict, arguments: dict, rng: np.rand
                     measurements.append(Measurement(name, "largest diameter", float(diam), "mm"))
             else:
                 measurements.append(Measurement(name, "volume", float(truth["organ_volumes_ml"][name]), "mL"))
-        return ExpertResult(expert="ct_segmentation", arguments=dict(arguments), findings=findings, measurements=measurements)
+        return ToolResult(expert="ct_segmentation", arguments=dict(arguments), findings=findings, measurements=measurements)
     if kind == "mri":
         sub = truth["subregion_volumes_ml"]
         wt, tc = float(truth["whole_tumor_ml"]), float(truth["tumor_core_ml"])
@@ -94,13 +86,13 @@ def tool_result_from_truth(kind: str, truth: dict, arguments: dict, rng: np.rand
         if wt > 0:
             measurements.append(Measurement("whole tumor", "largest diameter", float(truth["max_diameter_mm"]), "mm"))
             findings.append(Finding(f"{truth['hemisphere']} hemisphere", True))
-        return ExpertResult(expert="mri_brain_tumor", arguments={}, findings=findings, measurements=measurements)
+        return ToolResult(expert="mri_brain_tumor", arguments={}, findings=findings, measurements=measurements)
     findings = []
     for f in CXR_FINDINGS:
         on = bool(truth["findings"][f])
         p = float(rng.uniform(0.62, 0.99) if on else rng.uniform(0.01, 0.38))
         findings.append(Finding(f, on, round(p, 4), 0.5))
-    return ExpertResult(expert="cxr_classification", arguments={}, findings=findings)
+    return ToolResult(expert="cxr_classification", arguments={}, findings=findings)
 
 
 def expert_dialogue(view: CaseView, rng: np.random.Generator) -> Dialogue:
@@ -117,9 +109,7 @@ def _val(m) -> str:
 
 
 def _call_turns(result, name: str, arguments: dict) -> list[dict]:
-    from experts.base import tool_message
-
-    return [{"from": "gpt", "value": format_tool_call(name, arguments)}, {"from": "tool", "value": tool_message(result)}]
+    return [{"from": "gpt", "value": format_tool_call(name, arguments)}, {"from": "tool", "value": format_tool_result(result)}]
 
 
 def _m(result, structure: str, quantity: str):
