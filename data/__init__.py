@@ -3,14 +3,14 @@
 from data.errors import IngestError
 from data.study import Series, SkippedObject, Study, Volume
 
-__all__ = ["IngestError", "Series", "SkippedObject", "Study", "Volume", "load_study", "deidentify"]
+__all__ = ["IngestError", "Series", "SkippedObject", "Study", "Volume", "load_study", "load_studies", "deidentify"]
 
 
 def __getattr__(name):  # ingest pulls in pydicom/SimpleITK; import it on first use
-    if name == "load_study":
-        from data.ingest import load_study
+    if name in ("load_study", "load_studies"):
+        import data.ingest
 
-        return load_study
+        return getattr(data.ingest, name)
     if name == "deidentify":
         from data.deid import deidentify
 

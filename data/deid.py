@@ -16,27 +16,36 @@ needed to write results back to the hospital (original identity, the UID map, th
 in a :class:`ReidentificationKey` in a private in-process keyring, looked up by the de-identified
 Study Instance UID with :func:`reidentification_key`; it is never logged, printed or pickled.
 
-The attribute table is the PS3.15 Annex E table as shipped by ``dicom-anonymizer``.
+The attribute table is the PS3.15 Annex E table as shipped by ``dicom-anonymizer``; pseudonyms and the
+way back live in :mod:`data.reidentify`.
 """
 
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import hashlib
 import hmac
 import re
-import secrets
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+
+from data.reidentify import (
+    _PROCESS_SECRET,
+    ReidentificationKey,
+    forget_key,
+    key_for,
+    note_derived_uid,
+    pseudonymise_uids,
+    reidentification_key,
+    remap_uid,
+    shift_date,
+)
 
 __all__ = [
     "DeidOptions",
@@ -62,14 +71,7 @@ _OPTION_NAMES = {
 _METHOD_CODES = {"basic": ("113100", "Basic Application Confidentiality Profile"),
                  "dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
                  "descriptors": ("113105", "Clean Descriptors Option")}
-_PROCESS_SECRET = secrets.token_bytes(32)  # new every process: UID maps and date shifts are unlinkable across runs
 _CLEANED = {0x0008103E, 0x00081030, 0x00181030, 0x00180010}  # SeriesDescription, StudyDescription, ProtocolName, ContrastBolusAgent
-_IDENTITY_KEPT = (  # attributes a write-back restores (stored in the ReidentificationKey, never elsewhere)
-    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "OtherPatientIDsSequence",
-    "AccessionNumber", "StudyID", "ReferringPhysicianName", "StudyDate", "StudyTime", "StudyDescription",
-    "InstitutionName",
-)
-_KEYRING_SIZE = 256
 
 
 @dataclass
@@ -119,106 +121,6 @@ class Manifest:
         }
 
 
-class ReidentificationKey:
-    """Original identity of one study, for writing results back to the hospital's PACS.
-
-    Holds the original patient/study attributes, the de-identified → original UID map and the date
-    shift. ``repr`` shows counts only; pickling is refused so it cannot be written anywhere by accident.
-    """
-
-    __slots__ = ("study_uid", "_uids", "_identity", "_shift_days", "_lock")
-
-    def __init__(self, study_uid: str, shift_days: int) -> None:
-        self.study_uid = study_uid  # de-identified
-        self._uids: dict[str, str] = {}
-        self._identity: dict[str, DataElement] = {}
-        self._shift_days = shift_days
-        self._lock = threading.Lock()
-
-    def original_uid(self, deid_uid: str) -> str:
-        """The original UID behind a de-identified one (``KeyError`` if this study never had it)."""
-        return self._uids[deid_uid]
-
-    def reidentify(self, dataset: Dataset) -> Dataset:
-        """A copy of ``dataset`` (e.g. a derived SEG or SR) with original UIDs, identity and dates restored."""
-        out = copy.deepcopy(dataset)
-
-        def restore(ds: Dataset, elem: DataElement) -> None:
-            if elem.VR == "UI" and elem.value:
-                values = elem.value if elem.VM > 1 else [elem.value]
-                mapped = [self._uids.get(str(v), str(v)) for v in values]
-                elem.value = mapped if elem.VM > 1 else mapped[0]
-            elif elem.VR in ("DA", "DT") and elem.value and self._shift_days:
-                shifted = [_shift_date(str(v), -self._shift_days) for v in (elem.value if elem.VM > 1 else [elem.value])]
-                elem.value = [v for v in shifted if v] if elem.VM > 1 else (shifted[0] or "")
-
-        out.walk(restore)
-        if getattr(out, "file_meta", None) is not None and "MediaStorageSOPInstanceUID" in out.file_meta:
-            uid = str(out.file_meta.MediaStorageSOPInstanceUID)
-            out.file_meta.MediaStorageSOPInstanceUID = self._uids.get(uid, uid)
-        for keyword, elem in self._identity.items():
-            out[elem.tag] = copy.deepcopy(elem)
-        for keyword in ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
-                        "LongitudinalTemporalInformationModified"):
-            if keyword in out:
-                del out[keyword]
-        return out
-
-    def _note_uid(self, deid_uid: str, original: str) -> None:
-        with self._lock:
-            self._uids[deid_uid] = original
-
-    def _note_identity(self, ds: Dataset) -> None:
-        with self._lock:
-            for keyword in _IDENTITY_KEPT:
-                if keyword not in self._identity and keyword in ds:
-                    self._identity[keyword] = copy.deepcopy(ds[keyword])
-
-    def __repr__(self) -> str:
-        return f"ReidentificationKey(study=…{self.study_uid[-8:]}, uids={len(self._uids)}, identity=<redacted>)"
-
-    def __reduce__(self):
-        raise TypeError("a ReidentificationKey stays in the ingest process: it cannot be pickled or copied out.")
-
-
-def remap_uid(uid: str, secret: bytes | None = None) -> str:
-    """The de-identified ``2.25.<int>`` UID for ``uid`` (HMAC-SHA256 with the process secret, 128 bits)."""
-    digest = hmac.new(secret or _PROCESS_SECRET, b"uid:" + str(uid).strip().encode(), hashlib.sha256).digest()
-    return "2.25." + str(int.from_bytes(digest[:16], "big"))
-
-
-def reidentification_key(study_uid: str) -> ReidentificationKey:
-    """The key for a de-identified Study Instance UID that was de-identified in this process."""
-    with _KEYRING_LOCK:
-        if study_uid not in _KEYRING:
-            raise KeyError(f"no re-identification key for study …{study_uid[-8:]}: it was not ingested in this process "
-                           "(keys live in memory only); ingest the study again to write results back.")
-        _KEYRING.move_to_end(study_uid)
-        return _KEYRING[study_uid]
-
-
-def forget_key(study_uid: str) -> None:
-    """Drop a study's re-identification key (e.g. when its session closes)."""
-    with _KEYRING_LOCK:
-        _KEYRING.pop(study_uid, None)
-
-
-def pseudonymise_uids(uids: list[str], original_study_uid: str, secret: bytes | None = None) -> list[str]:
-    """Remap many UIDs of one study at once, recording each in that study's re-identification key."""
-    new = [remap_uid(u, secret) for u in uids]
-    key = _key_for(remap_uid(original_study_uid, secret), 0) if original_study_uid else None
-    if key is not None:
-        with key._lock:
-            key._uids.update(zip(new, uids))
-    return new
-
-
-def note_derived_uid(deid_uid: str, original_uid: str, original_study_uid: str, secret: bytes | None = None) -> None:
-    """Record that a UID made by ingest (e.g. a split series) stands for ``original_uid`` at write-back."""
-    if original_study_uid:
-        _key_for(remap_uid(original_study_uid, secret), 0)._note_uid(deid_uid, original_uid)
-
-
 def clean_descriptor(text: str, dataset: Dataset) -> str:
     """A free-text descriptor (e.g. Study Description) with identity words and long digit runs removed."""
     return _clean(text, _identity_tokens(dataset))
@@ -254,9 +156,9 @@ def deidentify(
     patient_id = str(ds.get("PatientID", "") or "")
     shift = _shift_days(patient_id, secret, options.max_shift_days) if options.shift_dates else 0
     study_uid = str(ds.get("StudyInstanceUID", "") or "")
-    key = _key_for(remap_uid(study_uid, secret) if study_uid else "", shift)
+    key = key_for(remap_uid(study_uid, secret) if study_uid else "", shift)
     if key is not None:
-        key._note_identity(ds)
+        key.record_identity(ds)
     tokens = _identity_tokens(ds)
     run = _Run(options, manifest, secret, shift, key, tokens)
 
@@ -286,8 +188,6 @@ def deidentify(
 
 
 # ---------------------------------------------------------------------------------------------------
-_KEYRING: "OrderedDict[str, ReidentificationKey]" = OrderedDict()
-_KEYRING_LOCK = threading.Lock()
 _DATE_VRS = ("DA", "DT")
 
 
@@ -302,7 +202,7 @@ class _Run:
     def uid(self, original: str) -> str:
         new = remap_uid(original, self.secret)
         if self.key is not None:
-            self.key._note_uid(new, original)
+            self.key.record_uid(new, original)
         return new
 
     def dataset(self, ds: Dataset) -> None:
@@ -338,7 +238,7 @@ class _Run:
                 and int(elem.tag) != 0x00100030:  # the birth date is never kept
             if elem.value:
                 values = list(elem.value) if elem.VM > 1 else [elem.value]
-                shifted = [_shift_date(str(v), self.shift) for v in values]
+                shifted = [shift_date(str(v), self.shift) for v in values]
                 if all(shifted):
                     elem.value = shifted if elem.VM > 1 else shifted[0]
                     self.manifest.record(keyword, "S")
@@ -403,33 +303,9 @@ def _masked_action(masked, tag: int) -> str | None:
     return None
 
 
-def _key_for(deid_study_uid: str, shift: int) -> ReidentificationKey | None:
-    if not deid_study_uid:
-        return None
-    with _KEYRING_LOCK:
-        key = _KEYRING.get(deid_study_uid)
-        if key is None:
-            key = _KEYRING[deid_study_uid] = ReidentificationKey(deid_study_uid, shift)
-            while len(_KEYRING) > _KEYRING_SIZE:
-                _KEYRING.popitem(last=False)
-        return key
-
-
 def _shift_days(patient_id: str, secret: bytes, max_days: int) -> int:
     digest = hmac.new(secret, b"date-shift:" + patient_id.encode(), hashlib.sha256).digest()
     return -(1 + int.from_bytes(digest[:8], "big") % max(1, max_days))
-
-
-def _shift_date(value: str, days: int) -> str | None:
-    """Shift a DA (``YYYYMMDD``) or the date part of a DT value by ``days``; ``None`` if not a date."""
-    value = value.strip()
-    if len(value) < 8 or not value[:8].isdigit():
-        return None
-    try:
-        day = dt.date(int(value[:4]), int(value[4:6]), int(value[6:8])) + dt.timedelta(days=days)
-    except ValueError:
-        return None
-    return day.strftime("%Y%m%d") + value[8:]
 
 
 def _dummy(vr: str) -> Any:

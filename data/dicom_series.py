@@ -9,12 +9,9 @@ The affine maps ``(i=column, j=row, k=slice)`` to RAS mm (DICOM's LPS with x and
 
 from __future__ import annotations
 
-import copy
 import math
 import re
-from collections import Counter
 from concurrent.futures import Executor, as_completed
-from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -24,25 +21,13 @@ from tqdm.auto import tqdm
 
 from data.deid import Manifest, deidentify, note_derived_uid, pseudonymise_uids, remap_uid
 from data.dicom import DicomFile, apply_rescale, decode_frames, frame_geometry, read_native_into
+from data.dicom_geometry import LPS_TO_RAS, Frame, frame_affine, order_frames
 from data.errors import IngestError
 from data.study import Series, Volume
 
 __all__ = ["assemble_series", "mr_sequence", "LPS_TO_RAS"]
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_NEEDS_GEOMETRY = {"CT", "MR", "PT", "NM"}  # modalities whose images must carry position and spacing
 _MAYBE_BURNED_IN = {"US", "SC", "XC", "ES", "OT", "SM", "GM"}
-
-
-@dataclass(slots=True)
-class _Frame:
-    file: DicomFile
-    index: int  # frame number within its file
-    position: np.ndarray | None
-    orientation: np.ndarray | None
-    pixel_spacing: tuple[float, float] | None
-    slope: float
-    intercept: float
 
 
 def assemble_series(files: list[DicomFile], *, deidentify_on: bool, manifest: Manifest, pool: Executor,
@@ -53,7 +38,13 @@ def assemble_series(files: list[DicomFile], *, deidentify_on: bool, manifest: Ma
         by_uid.setdefault(f.series_uid, []).append(f)
     series, errors = [], []
     for uid, group in by_uid.items():
-        built, errs = _one_series(uid, group, deidentify_on, manifest, pool, progress)
+        try:
+            built, errs = _one_series(uid, group, deidentify_on, manifest, pool, progress)
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # one broken series is reported; the study's other series still load
+            built, errs = [], [IngestError(f"unexpected {type(exc).__name__} while building a series of "
+                                           f"{len(group)} files from this one on.", group[0].name)]
         series.extend(built)
         errors.extend(errs)
     return series, errors
@@ -80,7 +71,7 @@ def _one_series(uid, group, deid_on, manifest, pool, progress) -> tuple[list[Ser
     if deid_on:
         _record_other_headers(group, manifest)
     frames = [fr for f in group for fr in _frames(f)]
-    parts: dict[tuple, list[_Frame]] = {}
+    parts: dict[tuple, list[Frame]] = {}
     for fr in frames:
         f = fr.file
         key = (f.rows, f.cols, f.samples, f.photometric in ("RGB", "PALETTE COLOR") or f.samples == 3,
@@ -88,9 +79,9 @@ def _one_series(uid, group, deid_on, manifest, pool, progress) -> tuple[list[Ser
                None if fr.pixel_spacing is None else tuple(np.round(fr.pixel_spacing, 3)),
                f.name if f.frames > 1 else None)
         parts.setdefault(key, []).append(fr)
-    stacks: list[tuple[list[_Frame], list[str]]] = []
+    stacks: list[tuple[list[Frame], list[str]]] = []
     for part in sorted(parts.values(), key=len, reverse=True):
-        for stack, warns in _order(part):
+        for stack, warns in order_frames(part):
             stacks.append((stack, warns))
     split_note = [f"series split into {len(stacks)} volumes: its images differ in size, orientation, spacing or "
                   "repeat slice positions."] if len(stacks) > 1 else []
@@ -120,55 +111,20 @@ def _one_series(uid, group, deid_on, manifest, pool, progress) -> tuple[list[Ser
         )
         warnings = split_note + warns + geo_warnings + _burned_in_warning(header, modality)
         n_files = len({fr.file.name for fr in stack})
-        number = header.get("SeriesNumber")
         out.append(Series(uid=series_uid, modality=modality, description=description, volume=volume,
-                          number=int(number) if number not in (None, "") else None, n_files=n_files,
+                          number=meta["series_number"], n_files=n_files,
                           warnings=warnings, source_format="dicom"))
     return out, errors
 
 
-def _frames(f: DicomFile) -> list[_Frame]:
+def _frames(f: DicomFile) -> list[Frame]:
     if f.frames == 1 and "SharedFunctionalGroupsSequence" not in f.ds:
-        return [_Frame(f, 0, f.position, f.orientation, f.pixel_spacing, f.slope, f.intercept)]
-    return [_Frame(f, i, g["position"], g["orientation"], g["pixel_spacing"], g["slope"], g["intercept"])
+        return [Frame(f, 0, f.position, f.orientation, f.pixel_spacing, f.slope, f.intercept)]
+    return [Frame(f, i, g["position"], g["orientation"], g["pixel_spacing"], g["slope"], g["intercept"])
             for i, g in enumerate(frame_geometry(f))]
 
 
-def _order(part: list[_Frame]) -> list[tuple[list[_Frame], list[str]]]:
-    """Order by position along the normal; split repeated positions into volumes."""
-    placed = part[0].orientation is not None and all(fr.position is not None for fr in part)
-    if not placed or len(part) == 1:
-        part = sorted(part, key=lambda fr: (fr.file.order, fr.file.name, fr.index))
-        warns = [] if len(part) == 1 else [f"{len(part)} images have no slice position: ordered by instance / frame "
-                                           "number; slice spacing is not known."]
-        return [(part, warns)]
-    normal = np.cross(part[0].orientation[:3], part[0].orientation[3:])
-    dist = [round(float(fr.position @ normal), 2) for fr in part]
-    order = sorted(range(len(part)), key=lambda i: (dist[i], part[i].file.order, part[i].file.name, part[i].index))
-    counts = Counter(dist)
-    repeats = set(counts.values())
-    if repeats == {1}:
-        return [([part[i] for i in order], [])]
-    if len(repeats) == 1:  # every position holds m images: m volumes (time points, echoes, repeats)
-        m = repeats.pop()
-        groups: list[list[_Frame]] = [[] for _ in range(m)]
-        seen: Counter = Counter()
-        for i in sorted(range(len(part)), key=lambda i: (part[i].file.order, part[i].file.name, part[i].index, dist[i])):
-            groups[seen[dist[i]]].append(part[i])
-            seen[dist[i]] += 1
-        warn = f"{m} images at every slice position (time points, echoes or repeats): split into {m} volumes."
-        return [(sorted(g, key=lambda fr: float(fr.position @ normal)), [warn]) for g in groups]
-    kept, dropped, seen_d = [], 0, set()
-    for i in order:
-        if dist[i] in seen_d:
-            dropped += 1
-            continue
-        seen_d.add(dist[i])
-        kept.append(part[i])
-    return [(kept, [f"{dropped} images repeat a slice position already loaded and were dropped."])]
-
-
-def _volume(stack: list[_Frame], pool: Executor, progress: bool):
+def _volume(stack: list[Frame], pool: Executor, progress: bool):
     """Pixels ``(I, J, K[, 3])`` after the modality LUT, RAS affine, geometry warnings, meta, per-file errors."""
     first = stack[0].file
     files = list(dict.fromkeys(fr.file for fr in stack))
@@ -184,7 +140,7 @@ def _volume(stack: list[_Frame], pool: Executor, progress: bool):
         stack, pixels, errors = result
     if not stack:
         return None, None, [], {}, errors
-    affine, warnings, meta = _geometry(stack)
+    affine, warnings, meta = frame_affine(stack)
     if errors:
         warnings.append(f"{len(errors)} file(s) of this series could not be read; their slices are missing.")
     if grey and first.photometric == "MONOCHROME1":
@@ -196,7 +152,7 @@ def _volume(stack: list[_Frame], pool: Executor, progress: bool):
     return array, affine, warnings, meta, errors
 
 
-def _read_fast(stack: list[_Frame], pool: Executor, progress: bool):
+def _read_fast(stack: list[Frame], pool: Executor, progress: bool):
     """Native single-frame files: each slice read, bit-corrected and rescaled in a worker (in cache)."""
     first = stack[0].file
     stored = first.stored_dtype
@@ -233,7 +189,7 @@ def _read_fast(stack: list[_Frame], pool: Executor, progress: bool):
     return stack, out, errors
 
 
-def _read_slice(fr: _Frame, dst: np.ndarray, shift: int) -> bool:
+def _read_slice(fr: Frame, dst: np.ndarray, shift: int) -> bool:
     """One slice into ``dst``: Bits Stored correction as pydicom does, then slope/intercept; ``False`` if the
     rescaled values do not fit ``dst``'s integer type."""
     f = fr.file
@@ -256,7 +212,7 @@ def _read_slice(fr: _Frame, dst: np.ndarray, shift: int) -> bool:
     return True
 
 
-def _decode(stack: list[_Frame], files: list[DicomFile], pool: Executor, progress: bool):
+def _decode(stack: list[Frame], files: list[DicomFile], pool: Executor, progress: bool):
     """pydicom decoding, one file per worker; frames in ``stack`` order."""
     decoded, errors = {}, []
     futures = {pool.submit(decode_frames, f): f for f in files}
@@ -284,69 +240,7 @@ def _stored_range(f: DicomFile) -> tuple[int, int]:
     return 0, (1 << f.bits_stored) - 1
 
 
-def _geometry(stack: list[_Frame]) -> tuple[np.ndarray, list[str], dict]:
-    first, f0 = stack[0], stack[0].file
-    modality, warnings, meta = f0.modality, [], {}
-    orientation = first.orientation
-    meta["orientation_assumed"] = orientation is None
-    if orientation is None:
-        orientation = np.array([1.0, 0, 0, 0, 1.0, 0])
-        if modality in _NEEDS_GEOMETRY:
-            warnings.append("no Image Orientation (Patient): an axial orientation is assumed.")
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    normal = np.cross(row_dir, col_dir)
-    spacing = first.pixel_spacing
-    meta["spacing_source"] = f0.spacing_source if spacing is not None else "assumed"
-    if spacing is None:
-        spacing = (1.0, 1.0)
-        if modality in _NEEDS_GEOMETRY:
-            warnings.append("no Pixel Spacing: 1 mm pixels are assumed; measurements are not in mm.")
-    thickness = _positive(f0.ds.get("SpacingBetweenSlices")) or _positive(f0.ds.get("SliceThickness")) or 1.0
-    positions = [fr.position for fr in stack]
-    placed = all(p is not None for p in positions)
-    origin = positions[0] if placed else np.zeros(3)
-    step = normal * thickness
-    if placed and len(stack) > 1:
-        step, spacing_warnings = _slice_step(np.asarray(positions), normal)
-        warnings.extend(spacing_warnings)
-    affine = np.eye(4)
-    affine[:3, 0] = row_dir * spacing[1]  # i runs along a row: column spacing
-    affine[:3, 1] = col_dir * spacing[0]  # j runs down a column: row spacing
-    affine[:3, 2] = step
-    affine[:3, 3] = origin
-    meta["slice_thickness_mm"] = _positive(f0.ds.get("SliceThickness"))
-    return LPS_TO_RAS @ affine, warnings, meta
-
-
-def _slice_step(positions: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Median step vector between consecutive slices, with warnings for gaps, unevenness and tilt."""
-    diffs = np.diff(positions, axis=0)  # (K-1, 3)
-    dist = diffs @ normal
-    median = float(np.median(dist))
-    step = np.median(diffs, axis=0)
-    warnings = []
-    tolerance = max(0.01 * median, 0.01)
-    off = np.abs(dist - median) > tolerance
-    if np.any(off):
-        gaps = np.nonzero(dist > 1.5 * median)[0]
-        for k in gaps[:5]:
-            missing = int(round(dist[k] / median)) - 1
-            warnings.append(f"gap between slices {k} and {k + 1}: {dist[k]:.2f} mm instead of {median:.2f} mm "
-                            f"(about {missing} slice(s) missing); geometry uses the median spacing.")
-        if len(gaps) > 5:
-            warnings.append(f"{len(gaps) - 5} more gaps between slices.")
-        if np.any(off & (dist <= 1.5 * median)):
-            warnings.append(f"uneven slice spacing: steps from {dist.min():.3f} to {dist.max():.3f} mm "
-                            f"(median {median:.3f} mm); geometry uses the median spacing.")
-    cos = abs(float(step @ normal)) / max(float(np.linalg.norm(step)), 1e-9)
-    tilt = math.degrees(math.acos(min(1.0, cos)))
-    if tilt > 0.5:
-        warnings.append(f"slices are sheared by {tilt:.1f}° (gantry tilt): the affine carries the shear; "
-                        "resample before measuring along the slice axis.")
-    return step, warnings
-
-
-def _invert(pixels: np.ndarray, f: DicomFile, fr: _Frame) -> tuple[np.ndarray, list[float]]:
+def _invert(pixels: np.ndarray, f: DicomFile, fr: Frame) -> tuple[np.ndarray, list[float]]:
     """MONOCHROME1 → MONOCHROME2: ``lo + hi - v`` over the modality-LUT output range of Bits Stored."""
     smin, smax = _stored_range(f)
     if f.ds.get("ModalityLUTSequence"):
@@ -371,7 +265,9 @@ def _record_other_headers(group: list[DicomFile], manifest: Manifest) -> None:
             extra[tag] = f.ds[tag]
             seen.add(tag)
     if len(extra):
-        deidentify(extra, manifest=manifest)
+        partial = Manifest()
+        deidentify(extra, manifest=partial)
+        manifest.actions |= partial.actions
     manifest.datasets += len(group) - 1
 
 
@@ -433,14 +329,6 @@ def _series_uid(uid: str, part: int, deid_on: bool, study_uid: str) -> str:
     if deid_on:
         note_derived_uid(derived, uid, study_uid)
     return derived
-
-
-def _positive(value) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if v > 0 and math.isfinite(v) else None
 
 
 def _as_ingest_error(exc: BaseException, f: DicomFile) -> IngestError:
