@@ -43,7 +43,7 @@ QUICK = dict(lm=TinyLMConfig(layers=2, hidden=64, intermediate=176, heads=2, voc
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small LM and few steps (< 1 minute)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids stalls on a shared CPU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
