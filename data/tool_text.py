@@ -11,7 +11,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["Measurement", "Finding", "ToolResult", "format_tool_result", "format_tool_call", "TOOL_CALL_OPEN", "TOOL_CALL_CLOSE"]
+__all__ = [
+    "Measurement",
+    "Finding",
+    "ToolResult",
+    "format_tool_result",
+    "format_tool_error",
+    "format_tool_call",
+    "TOOL_CALL_OPEN",
+    "TOOL_CALL_CLOSE",
+]
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -63,6 +72,11 @@ def format_tool_result(result: ToolResult) -> str:
     if result.measurements:
         body["measurements"] = [m.text() for m in result.measurements]
     return json.dumps(body, ensure_ascii=False)
+
+
+def format_tool_error(name: str, error: str) -> str:
+    """The ``tool`` message text of a call that failed (bad arguments, an expert error)."""
+    return json.dumps({"expert": name or "unknown", "error": error}, ensure_ascii=False)
 
 
 def format_tool_call(name: str, arguments: Mapping[str, Any]) -> str:

@@ -12,6 +12,9 @@ import json
 import re
 from typing import Any, Mapping, Sequence
 
+from data.tool_text import TOOL_CALL_OPEN as _OPEN
+from data.tool_text import format_tool_call
+from data.tool_text import format_tool_error as tool_error_message
 from vlm.conversation import ToolCall
 
 __all__ = [
@@ -34,8 +37,6 @@ LEGACY_SYNONYMS: dict[str, tuple[str, ...]] = {
     "everything": ("all", "everything"),
     "organs": ("organs", "all"),
 }
-_OPEN = "<tool_call>"
-_CLOSE = "</tool_call>"
 _JSON_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _LEGACY_CALL = re.compile(r"<(" + "|".join(LEGACY_TRIGGERS) + r")\((.*?)\)>", re.DOTALL)
 _OPENERS = (_OPEN,) + tuple(f"<{t}(" for t in LEGACY_TRIGGERS)
@@ -60,16 +61,6 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
     spans.sort(key=lambda s: s[0])
     first = spans[0][0] if spans else len(text)
     return text[:first].rstrip(), [c for _, c in spans]
-
-
-def format_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
-    """The canonical text of a call, as the chat template renders it."""
-    return _OPEN + json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False) + _CLOSE
-
-
-def tool_error_message(name: str, error: str) -> str:
-    """The text of a failed call given back to the model as a ``tool`` message."""
-    return json.dumps({"expert": name or "unknown", "error": error}, ensure_ascii=False)
 
 
 def legacy_arguments(arguments: dict[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from vlm.projector import build_projector
 from vlm.tokenizer import TokenizerConfig, train_tokenizer
 from vlm.vision_tower import VisionTower
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # a shared machine: more threads only wait on each other
 
 CORPUS = [
     "The liver volume is 1523.4 mL and the spleen volume is 180.2 mL.",

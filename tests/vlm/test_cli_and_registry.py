@@ -6,7 +6,6 @@ import argparse
 import io
 
 import numpy as np
-import pytest
 
 from data.study import Series, Study, Volume
 from vlm.agent import Agent

@@ -49,7 +49,7 @@ def evaluate_stage(config, encoder: RadioEncoder, data, targets: dict, probes_on
             "student": segmentation_probe(enc["features"][tr], seg_lab[tr], enc["features"][te], seg_lab[te], CT_ORGANS)["mean_dice"],
             **{f"teacher:{n}": segmentation_probe(targets[n].features[tr].float(), seg_lab[tr], targets[n].features[te].float(), seg_lab[te], CT_ORGANS)["mean_dice"]
                for n in names if bool(targets[n].mask[ct].all())},
-            "metric": "mean Dice over 9 organs, linear 1x1 probe on the 14x14 grid (224 px input), held-out CT slices",
+            "metric": "mean Dice over 9 organs, linear 1x1 probe on the patch grid, held-out CT slices",
         }
     if cxr.any():
         tr, te = cxr & train, cxr & test
@@ -189,7 +189,7 @@ def _model_card(config, metrics: dict, enc_dir: Path) -> str:
         lines += ["", f"## FeatSharp upsampler (×2, {fs['steps']} steps, multi-view consistency)", "",
                   f"Organ segmentation linear probe, mean Dice on held-out CT slices, features on a {fs['grid'][0]}×{fs['grid'][1]} grid:", "",
                   "| features | mean Dice |", "|---|---|",
-                  f"| encoder 14×14 | {fs['low_res']:.3f} |", f"| bilinear ×2 | {fs['bilinear']:.3f} |", f"| FeatSharp ×2 | {fs['featsharp']:.3f} |"]
+                  f"| encoder patch grid | {fs['low_res']:.3f} |", f"| bilinear ×2 | {fs['bilinear']:.3f} |", f"| FeatSharp ×2 | {fs['featsharp']:.3f} |"]
     lines += ["", "Reproduce: `python -m vlm.train.vision` with the config in this run's `config.json` "
               "(`m3 train vision` once the training CLI is wired).", ""]
     return "\n".join(lines)

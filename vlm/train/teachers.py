@@ -88,7 +88,7 @@ class TeacherTargets:
 
 def build_phantom_images(
     n_ct_cases: int, n_cxr_cases: int, held_out_fraction: float, seed: int, image_size: int = 224,
-    label_size: int = 112, slices_per_ct: int = 8, seg_expert=None,
+    label_size: int = 112, slices_per_ct: int = 8, seg_expert=None, patch_size: int = 16,
 ) -> tuple[PhantomImages, TeacherTargets | None]:
     """CT axial slices (with the seg teacher's targets when ``seg_expert`` is given) and CXR images.
 
@@ -97,7 +97,7 @@ def build_phantom_images(
     """
     imgs, kinds, segs, finds, caps, held, case = [], [], [], [], [], [], []
     s_sum, s_feat = [], []
-    grid = image_size // 16
+    grid = image_size // patch_size
     n_ct_held = int(round(n_ct_cases * held_out_fraction))
     for i in tqdm(range(n_ct_cases), desc="CT phantoms", leave=False):
         ph = generate("ct", seed + i, shape=(CT_CROP, CT_CROP, 72), spacing=(3.0, 3.0, 3.0))  # on the expert grid
@@ -354,44 +354,70 @@ def _words(text: str) -> list[str]:
 
 def load_or_build_targets(config) -> tuple[PhantomImages, dict[str, TeacherTargets]]:
     """The cached images and teacher targets of a :class:`~vlm.train.vision.VisionStageConfig`
-    (``<data_dir>/targets.pt``), built on first use. Expert teachers whose weights are missing are
-    left out with a warning naming the command that trains them."""
+    (``<data_dir>/targets.pt``), built on first use; a requested teacher missing from the cache is
+    added when it becomes available (phantoms are seeded, so the same images are rebuilt). Expert
+    teachers whose weights are missing are left out with a warning naming the command that trains them."""
     import logging
     import os
     from pathlib import Path
 
-    from experts.base import ExpertError
-    from experts.registry import default_registry
-
     log = logging.getLogger(__name__)
     folder = Path(config.data_dir or Path(config.output_dir) / "data")
     cache = folder / "targets.pt"
-    if cache.is_file():
-        blob = torch.load(cache, map_location="cpu", weights_only=False)
-        return blob["data"], {n: t for n, t in blob["targets"].items() if n in config.teachers}
-    folder.mkdir(parents=True, exist_ok=True)
-    experts = {}
-    for teacher, expert_name in (("seg", "ct_segmentation"), ("cxr", "cxr_classification")):
-        if teacher not in config.teachers:
-            continue
-        try:
-            experts[teacher] = default_registry().get(expert_name)
-        except ExpertError as exc:
-            log.warning("teacher %r left out: %s (train it with `m3 experts train %s`)", teacher, exc, expert_name)
-    grid = 224 // 16
-    data, seg = build_phantom_images(config.n_ct_cases, config.n_cxr_cases, config.held_out_fraction, config.seed,
-                                     slices_per_ct=config.slices_per_ct, seg_expert=experts.get("seg"))
-    targets: dict[str, TeacherTargets] = {}
-    if seg is not None:
-        targets["seg"] = seg
+    blob = torch.load(cache, map_location="cpu", weights_only=False) if cache.is_file() else {}
+    targets: dict[str, TeacherTargets] = blob.get("targets", {})
+    wanted = [t for t in config.teachers if t not in targets]
+    experts = _expert_teachers([t for t in wanted if t in ("seg", "cxr")], log)
+    grid = config.image_size // config.patch_size
+    build = dict(held_out_fraction=config.held_out_fraction, seed=config.seed, image_size=config.image_size,
+                 label_size=min(112, config.image_size), slices_per_ct=config.slices_per_ct, patch_size=config.patch_size)
+    changed = False
+    if "data" in blob:
+        data = blob["data"]
+        if "seg" in experts:  # same seeds → same slices; only the seg targets are new
+            _, seg = build_phantom_images(config.n_ct_cases, 0, seg_expert=experts["seg"], **build)
+            targets["seg"] = _pad_to(seg, len(data.kinds))
+            changed = True
+    else:
+        data, seg = build_phantom_images(config.n_ct_cases, config.n_cxr_cases, seg_expert=experts.get("seg"), **build)
+        if seg is not None:
+            targets["seg"] = seg
+        changed = True
     if "cxr" in experts:
         targets["cxr"] = cxr_targets(experts["cxr"], data, grid)
-    extra = {}
-    if "clip" in config.teachers:
+        changed = True
+    if "clip" in wanted:
         model, losses = train_contrastive_teacher(data, config.clip_steps, seed=config.seed)
         targets["clip"] = contrastive_targets(model, data, grid)
-        extra = {"clip_state": model.state_dict(), "clip_vocab": list(model.vocab), "clip_losses": losses}
-    tmp = cache.with_suffix(".tmp")
-    torch.save({"data": data, "targets": targets, **extra}, tmp)
-    os.replace(tmp, cache)
-    return data, targets
+        blob.update({"clip_state": model.state_dict(), "clip_vocab": list(model.vocab), "clip_losses": losses})
+        changed = True
+    if changed:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        torch.save({**blob, "data": data, "targets": targets}, tmp)
+        os.replace(tmp, cache)
+    return data, {n: targets[n] for n in config.teachers if n in targets}
+
+
+def _expert_teachers(names: list[str], log) -> dict:
+    from experts.base import ExpertError
+    from experts.registry import default_registry
+
+    out = {}
+    for teacher in names:
+        expert_name = {"seg": "ct_segmentation", "cxr": "cxr_classification"}[teacher]
+        try:
+            out[teacher] = default_registry().get(expert_name)
+        except ExpertError as exc:
+            log.warning("teacher %r left out: %s", teacher, exc)
+    return out
+
+
+def _pad_to(t: TeacherTargets, n: int) -> TeacherTargets:
+    """Targets computed on the first ``len(t.mask)`` images, extended with uncovered rows to ``n``."""
+    k = len(t.mask)
+    summ = torch.zeros(n, t.summary.shape[1], dtype=t.summary.dtype)
+    feat = torch.zeros(n, *t.features.shape[1:], dtype=t.features.dtype)
+    mask = torch.zeros(n, dtype=torch.bool)
+    summ[:k], feat[:k], mask[:k] = t.summary, t.features, t.mask
+    return TeacherTargets(t.name, summ, feat, mask)

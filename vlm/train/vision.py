@@ -46,6 +46,7 @@ class VisionStageConfig:
     slices_per_ct: int = 12
     held_out_fraction: float = 0.2
     clip_steps: int = 300
+    image_size: int = 224  # phantom images and cached teacher targets (grid = image_size / patch_size)
     hidden_size: int = 192
     depth: int = 6
     num_heads: int = 3
@@ -63,7 +64,7 @@ class VisionStageConfig:
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
     checkpoint_every: int = 100
-    threads: int = 2
+    threads: int = 1  # one thread: on a shared CPU, more threads spin-wait on each other
     seed: int = 0
     save_encoder_to: str = ""  # also write the final encoder folder here (e.g. vlm/encoder/weights)
     evaluate: bool = True
@@ -77,6 +78,8 @@ class VisionStageConfig:
             raise ValueError(f"feature_loss must be 'mse' or 'cos_smoothl1', got {self.feature_loss!r}.")
         if not 0 <= self.mosaic <= 1:
             raise ValueError(f"mosaic must be a probability in [0, 1], got {self.mosaic}.")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size must be a multiple of patch_size {self.patch_size}, got {self.image_size}.")
         for r in self.resolutions:
             if r % (2 * self.patch_size):
                 raise ValueError(f"every resolution must be a multiple of 2 × patch_size = {2 * self.patch_size}, got {r}.")
@@ -165,6 +168,7 @@ def train_student(config: VisionStageConfig, data, targets: dict[str, TeacherTar
     warm = max(1, int(config.warmup_fraction * config.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, config.steps) / config.steps)))
     model, opt, sched = accelerator.prepare(model, opt, sched)
+    out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     step, history = 0, []
     if ckpt.is_file():

@@ -1,0 +1,169 @@
+"""``m3 train all``: data → tokenizer and fresh model → (vision) → align → ift → medical-ift → export →
+evaluation → model card, each step skipped when an earlier run already finished it.
+
+The exported model stores its weights in the recipe's ``weights_dtype`` (float16 for ``tiny``: half
+the bytes, the same answers within rounding), and is what the evaluation measures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from vlm.train.build import TrainError, build_data, build_model, build_tokenizer
+from vlm.train.recipes import Recipe
+
+__all__ = ["prepare", "previous_model", "stage_final", "run_all", "export_model", "DEFAULT_MODEL_DIR"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "weights" / "default"
+_PREVIOUS = {"ift": "align", "medical-ift": "ift"}
+
+
+def prepare(recipe: Recipe, out: str | Path, *, progress: bool = True) -> Path:
+    """Build the recipe's data (``<out>/data``) and its freshly assembled model (``<out>/init``: trained
+    tokenizer, tower, projector, LM from config); returns the model folder."""
+    out = Path(out)
+    build_data(recipe, out / "data", progress=progress)
+    init = out / "init"
+    if (init / "config.json").is_file():
+        return init
+    if recipe.vision_stage:
+        _maybe_vision_stage(recipe, out)
+    tmp = out / "init.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = build_tokenizer(recipe, out / "data")
+    model = build_model(recipe, tokenizer)
+    model.save_pretrained(tmp)
+    recipe.save(tmp)
+    os.replace(tmp, init)
+    return init
+
+
+def stage_final(out: str | Path, stage: str) -> Path | None:
+    """The finished model of ``stage`` in run folder ``out`` (None when it has not finished)."""
+    from vlm.train.stages import STAGE_PHASES
+
+    phase_dir = Path(out) / stage / STAGE_PHASES[stage][-1]
+    final = phase_dir / "final"
+    return final if (phase_dir / "done.json").is_file() and (final / "config.json").is_file() else None
+
+
+def previous_model(out: str | Path, stage: str) -> Path:
+    """The model ``stage`` starts from: the previous stage's result in ``out``."""
+    prev = _PREVIOUS[stage]
+    found = stage_final(out, prev)
+    if found is None:
+        raise TrainError(f"`m3 train {stage}` starts from the {prev} result in {out}, which is not there; "
+                         f"run `m3 train {prev}` with the same --out first, or pass --init MODEL_DIR.")
+    return found
+
+
+def run_all(recipe: Recipe, out: str | Path, *, resume: bool = False, install_to: str | Path | None = None,
+            evaluate: bool = True, experts: str = "auto", progress: bool = True, command: str = "") -> Path:
+    """The whole recipe; returns the exported model folder (``<out>/final``, copied to ``install_to``)."""
+    from vlm.train.align import run_align
+    from vlm.train.ift import run_ift
+    from vlm.train.medical_ift import run_medical_ift
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = _Clock(out / "pipeline.json")
+    init = prepare(recipe, out, progress=progress)
+    clock.mark("data+init")
+    model = run_align(recipe, out, init=init, resume=resume, progress=progress)
+    clock.mark("align")
+    model = run_ift(recipe, out, init=model, resume=resume, progress=progress)
+    clock.mark("ift")
+    model = run_medical_ift(recipe, out, init=model, resume=resume, progress=progress)
+    clock.mark("medical-ift")
+    final = export_model(model, out / "final", recipe)
+    clock.mark("export")
+    if evaluate:
+        from vlm.eval.harness import evaluate_model, write_model_card
+
+        report = evaluate_model(final, out / "data", out / "eval", experts=experts, limit=recipe.eval_limit, progress=progress)
+        clock.mark("eval")
+        write_model_card(final, recipe, report, training=clock.summary(), command=command or f"m3 train all --recipe {recipe.name} --out {out}")
+    if install_to:
+        install(final, install_to)
+    return final
+
+
+def export_model(src: str | Path, dst: str | Path, recipe: Recipe) -> Path:
+    """Copy a trained model to ``dst`` (atomically) with its weights cast to ``recipe.model.weights_dtype``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    dtype = getattr(torch, recipe.model.weights_dtype)
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    for f in tmp.rglob("*.safetensors"):
+        state = load_file(str(f))
+        save_file({k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}, str(f), metadata={"format": "pt"})
+    recipe.save(tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+    return dst
+
+
+def install(src: str | Path, dst: str | Path) -> Path:
+    """Replace the model folder ``dst`` (e.g. the embedded default) by ``src``, atomically."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    old = dst.with_name(dst.name + ".old")
+    if dst.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(tmp, dst)
+    shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
+def _maybe_vision_stage(recipe: Recipe, out: Path) -> None:
+    """Stage 1 when the recipe asks for it and no trained encoder is at ``encoder_path``."""
+    from vlm.train.vision import VisionStageConfig, run_vision_stage
+
+    path = Path(recipe.model.encoder_path)
+    if not path.is_absolute():
+        path = Path(__file__).resolve().parents[2] / path
+    if (path / "model.safetensors").is_file():
+        return
+    m = recipe.model
+    cfg = VisionStageConfig(output_dir=str(out / "vision"), hidden_size=m.vision_hidden, depth=m.vision_depth, num_heads=m.vision_heads,
+                            patch_size=m.patch_size, threads=recipe.threads or 2)
+    enc = run_vision_stage(cfg)
+    recipe.model.encoder_path = str(enc)
+
+
+class _Clock:
+    """Wall time of each pipeline step, kept in ``pipeline.json`` (a resumed run adds to it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"seconds": {}}
+        self.t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.data["seconds"][name] = round(self.data["seconds"].get(name, 0.0) + now - self.t, 1)
+        self.t = now
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+    def summary(self) -> dict[str, Any]:
+        secs = self.data["seconds"]
+        return {"seconds": secs, "total_minutes": round(sum(secs.values()) / 60, 1)}

@@ -1,0 +1,146 @@
+"""Training recipes: one dataclass per recipe (``micro``, ``tiny``, ``base``), each in its own file.
+
+A ``Recipe`` says what data to build, which model to assemble, and how each stage trains. It is saved
+as ``recipe.json`` next to every checkpoint, so a checkpoint always says how it was made.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Recipe", "DataSpec", "ModelSpec", "StageSpec", "LoraSpec", "RECIPES", "get_recipe", "recipe_from_dict", "RecipeError"]
+
+RECIPES = ("micro", "tiny", "base")
+
+
+class RecipeError(ValueError):
+    """A recipe name or field the pipeline cannot use."""
+
+
+@dataclass
+class DataSpec:
+    """Phantom cases per kind for each split; ``questions_per_case`` VQA records per case (ift)."""
+
+    train_cases: dict[str, int] = field(default_factory=lambda: {"ct": 8, "mri": 8, "cxr": 8})
+    test_cases: dict[str, int] = field(default_factory=lambda: {"ct": 3, "mri": 3, "cxr": 3})
+    questions_per_case: int = 4
+    seed: int = 0
+    phantom_options: dict[str, dict] = field(default_factory=dict)
+    overlay_stand_in: bool = True  # tool turns of mask experts carry a picture, as the agent's overlay does
+
+
+@dataclass
+class ModelSpec:
+    """The VLM to assemble: RADIO-style tower + projector + a Llama-architecture LM from config.
+
+    image_size: tower input side in px (a multiple of 2 × patch_size keeps the 2×2 merge exact);
+    encoder_path: a trained ``vlm.encoder`` folder to start the tower from ("" or missing: fresh);
+    projector_options: e.g. ``{"budget": 16}`` for ``token_merge``.
+    """
+
+    image_size: int = 64
+    patch_size: int = 16
+    vision_hidden: int = 64
+    vision_depth: int = 2
+    vision_heads: int = 2
+    encoder_path: str = "vlm/encoder/weights"
+    projector_type: str = "mlp_downsample"
+    projector_options: dict[str, Any] = field(default_factory=dict)
+    llm_hidden: int = 64
+    llm_layers: int = 2
+    llm_heads: int = 2
+    llm_kv_heads: int = 2
+    llm_intermediate: int = 128
+    vocab_size: int = 1024
+    max_length: int = 384  # tokens per training sample (longer samples are cut)
+    weights_dtype: str = "float16"  # dtype of the written checkpoint (training runs in float32)
+
+
+@dataclass
+class LoraSpec:
+    """peft LoRA on the LM's attention and MLP projections (merged into the weights at stage end)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class StageSpec:
+    """How one stage (or one phase of a stage) trains.
+
+    train: parts that learn, among "projector", "llm", "tower"; lora: LoRA on the LM instead of full
+    fine-tuning (only when "llm" is in ``train``); mix: data file stem → sampling weight
+    (``align``, ``ift``, ``medical-ift``); steps of ``batch_size`` samples.
+    """
+
+    steps: int = 20
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_fraction: float = 0.05
+    train: tuple[str, ...] = ("projector", "llm")
+    lora: LoraSpec | None = None
+    mix: dict[str, float] = field(default_factory=lambda: {"align": 1.0})
+    checkpoint_every: int = 10
+    log_every: int = 5
+    grad_clip: float = 1.0
+
+
+@dataclass
+class Recipe:
+    """A whole training run. ``stages`` keys: ``align_projector``, ``align``, ``ift``, ``medical-ift``."""
+
+    name: str = "custom"
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    stages: dict[str, StageSpec] = field(default_factory=dict)
+    vision_stage: bool = False  # run stage 1 (`m3 train vision`) when no trained encoder exists
+    mixed_precision: str = "bf16"  # accelerate mixed precision: "no" | "bf16" | "fp16"
+    threads: int = 2
+    seed: int = 0
+    eval_limit: int = 0  # examples per eval task after training (0: all of the test split)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=list) + "\n"
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``recipe.json`` into ``folder``."""
+        path = Path(folder) / "recipe.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+        return path
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name`` (a module of this package defining ``RECIPE``)."""
+    if name not in RECIPES:
+        raise RecipeError(f"recipe must be one of {RECIPES}, got {name!r}; add vlm/train/recipes/{name}.py to define a new one.")
+    return importlib.import_module(f"vlm.train.recipes.{name}").RECIPE()
+
+
+def recipe_from_dict(data: dict[str, Any]) -> Recipe:
+    """Rebuild a ``Recipe`` from its JSON form (``recipe.json``)."""
+    return _build(Recipe, data)
+
+
+def _build(cls: Any, data: dict[str, Any]) -> Any:
+    nested = {"data": DataSpec, "model": ModelSpec, "lora": LoraSpec}
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        if f.name == "stages":
+            value = {k: _build(StageSpec, v) for k, v in value.items()}
+        elif f.name in nested and value is not None:
+            value = _build(nested[f.name], value)
+        elif f.name in ("train", "target_modules"):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

@@ -1,0 +1,28 @@
+"""``micro``: seconds-long smoke recipe for the default test suite (every stage runs and learns a little;
+the model is far too small to be useful)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vlm.train.recipes import DataSpec, LoraSpec, ModelSpec, Recipe, StageSpec
+
+__all__ = ["RECIPE"]
+
+
+@dataclass
+class RECIPE(Recipe):
+    name: str = "micro"
+    data: DataSpec = field(default_factory=lambda: DataSpec(
+        train_cases={"ct": 3, "mri": 3, "cxr": 3}, test_cases={"ct": 1, "mri": 1, "cxr": 1}, questions_per_case=3))
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(
+        image_size=64, vision_hidden=32, vision_depth=1, vision_heads=2, llm_hidden=64, llm_layers=2, llm_heads=2,
+        llm_kv_heads=2, llm_intermediate=128, vocab_size=700, max_length=320, encoder_path=""))
+    stages: dict[str, StageSpec] = field(default_factory=lambda: {
+        "align_projector": StageSpec(steps=8, batch_size=4, lr=3e-3, train=("projector",), mix={"align": 1.0}, checkpoint_every=4),
+        "align": StageSpec(steps=10, batch_size=4, lr=3e-3, train=("projector", "llm", "tower"), mix={"align": 1.0}, checkpoint_every=5),
+        "ift": StageSpec(steps=10, batch_size=4, lr=3e-3, train=("projector", "llm"), mix={"ift": 0.8, "align": 0.2}, checkpoint_every=5),
+        "medical-ift": StageSpec(steps=10, batch_size=4, lr=3e-3, train=("projector", "llm"), lora=LoraSpec(r=8, alpha=16),
+                                 mix={"medical-ift": 0.7, "ift": 0.2, "align": 0.1}, checkpoint_every=5),
+    })
+    mixed_precision: str = "no"

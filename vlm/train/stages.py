@@ -1,0 +1,308 @@
+"""The training loop every VLM stage shares, over ``accelerate``, with atomic checkpoints and resume.
+
+A stage is one or more *phases* (``align`` = ``align_projector`` then ``align``). A phase starts from a
+model folder (VILA layout), trains the parts its ``StageSpec`` names (full or LoRA), and writes::
+
+    <stage>/<phase>/checkpoints/step_000100/   accelerate state (model, optimizer, scheduler, RNG, step,
+                                               loss history) + recipe.json; written to a temporary
+                                               folder first, then renamed (os.replace)
+    <stage>/<phase>/final/                     the trained model (VILA layout) + recipe.json
+    <stage>/<phase>/metrics.json               steps, losses, speed
+    <stage>/loss.png, <stage>/metrics.json     the stage's curves and numbers
+
+Batches are drawn by step number (a seeded mixture of the data files), so a resumed phase sees exactly
+the batches an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vlm.train.build import TrainError, data_files, expert_tool_schemas
+from vlm.train.dataset import IGNORE_INDEX, ConversationDataset, PixelCache, collate
+from vlm.train.recipes import Recipe, StageSpec
+
+__all__ = ["train_phase", "run_stage", "lm_loss", "STAGE_PHASES", "STAGE_ORDER", "latest_checkpoint", "TrainError"]
+
+log = logging.getLogger(__name__)
+
+STAGE_ORDER = ("align", "ift", "medical-ift")
+STAGE_PHASES = {"align": ("align_projector", "align"), "ift": ("ift",), "medical-ift": ("medical-ift",)}
+_PHASE_CODE = {"align_projector": 11, "align": 12, "ift": 13, "medical-ift": 14}
+_DONE = "done.json"
+
+
+def run_stage(stage: str, recipe: Recipe, out: str | Path, init: str | Path, *, resume: bool = False,
+              overrides: dict[str, Any] | None = None, progress: bool = True) -> Path:
+    """Train every phase of ``stage`` starting from the model folder ``init``; returns the final model
+    folder. ``overrides``: StageSpec fields applied to each phase (e.g. ``{"steps": 50}``)."""
+    if stage not in STAGE_PHASES:
+        raise TrainError(f"stage must be one of {tuple(STAGE_PHASES)}, got {stage!r}.")
+    out = Path(out)
+    stage_dir = out / stage
+    model_dir = Path(init)
+    results = []
+    for phase in STAGE_PHASES[stage]:
+        spec = recipe.stages.get(phase)
+        if spec is None:
+            raise TrainError(f"recipe {recipe.name!r} must define stage {phase!r} in its `stages`; it does not.")
+        if overrides:
+            spec = StageSpec(**{**asdict(spec), **{k: v for k, v in overrides.items() if v is not None}})
+        model_dir, metrics = train_phase(phase, spec, recipe, out / "data", model_dir, stage_dir / phase, resume=resume, progress=progress)
+        results.append(metrics)
+    _stage_report(stage, stage_dir, results)
+    return model_dir
+
+
+def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Path, init: str | Path, phase_dir: str | Path, *,
+                resume: bool = False, progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Train one phase; returns ``(final model folder, metrics)``. A finished phase is not re-run."""
+    from accelerate import Accelerator
+    from transformers import get_cosine_schedule_with_warmup
+
+    from vlm.agent import AGENT_SYSTEM_PROMPT
+    from vlm.model import load_model
+
+    phase_dir = Path(phase_dir)
+    final = phase_dir / "final"
+    if (phase_dir / _DONE).is_file() and (final / "config.json").is_file():
+        log.info("%s: already trained (%s); skipping", phase, final)
+        return final, json.loads((phase_dir / "metrics.json").read_text())
+    ckpt = latest_checkpoint(phase_dir)
+    if ckpt is not None and not resume:
+        raise TrainError(f"{phase_dir} already holds checkpoint {ckpt.name} of an earlier run; pass --resume to continue it "
+                         "or choose another --out folder.")
+    if recipe.threads > 0:
+        torch.set_num_threads(recipe.threads)
+    on_gpu = torch.cuda.is_available()
+    mp = recipe.mixed_precision if (on_gpu or recipe.mixed_precision != "fp16") else "no"
+    accelerator = Accelerator(cpu=not on_gpu, mixed_precision=mp)
+
+    model = load_model(init)
+    tools = expert_tool_schemas()
+    files = data_files(data_dir)
+    datasets = {}
+    for name in spec.mix:
+        if f"{name}_train" not in files:
+            raise TrainError(f"{phase} needs {name}_train.json in {data_dir}; build the data first (m3 train all, or m3 data instructions).")
+        datasets[name] = _dataset(files[f"{name}_train"], model, tools, AGENT_SYSTEM_PROMPT, recipe)
+    trainable = _set_trainable(model, spec)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, int(spec.warmup_fraction * spec.steps)), spec.steps)
+    state = _TrainState()
+    accelerator.register_for_checkpointing(state)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt))
+        log.info("%s: resumed from %s (step %d)", phase, ckpt.name, state.step)
+    pixels = PixelCache(accelerator.unwrap_model(model).vision_tower)
+    pad_id = accelerator.unwrap_model(model).tokenizer.pad_token_id or 0
+    model.train()
+    bar = None
+    if progress and accelerator.is_main_process:
+        from tqdm import tqdm
+
+        bar = tqdm(total=spec.steps, initial=state.step, desc=phase, unit="step")
+    t_start = time.perf_counter()
+    steps_here = 0
+    for step in range(state.step + 1, spec.steps + 1):
+        items = _batch_items(step, spec, datasets, recipe.seed, _PHASE_CODE.get(phase, 0))
+        items = items[accelerator.process_index::accelerator.num_processes]
+        batch = collate([datasets[src][i] for src, i in items], pixels, pad_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        loss = lm_loss(model, batch)
+        accelerator.backward(loss)
+        if spec.grad_clip:
+            accelerator.clip_grad_norm_(params, spec.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step = step
+        state.history.append([step, float(loss.detach()), float(scheduler.get_last_lr()[0])])
+        steps_here += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{state.history[-1][1]:.3f}")
+        if step % spec.checkpoint_every == 0 and step < spec.steps:
+            _save_checkpoint(accelerator, phase_dir, step, recipe, spec)
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t_start
+    accelerator.wait_for_everyone()
+    trained = accelerator.unwrap_model(model)
+    if spec.lora is not None and "llm" in spec.train:
+        trained.llm = trained.llm.merge_and_unload()
+    metrics = _phase_metrics(phase, spec, state.history, seconds, steps_here, trainable)
+    if accelerator.is_main_process:
+        _save_final(trained, final, recipe, spec)
+        (phase_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        _atomic_write(phase_dir / _DONE, json.dumps({"steps": state.step}) + "\n")
+        shutil.rmtree(phase_dir / "checkpoints", ignore_errors=True)
+    return final, metrics
+
+
+def lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy on the labelled positions only (logits are computed only where some
+    sample of the batch has a label: the LM head over the prompt would be wasted work)."""
+    labels = batch["labels"]
+    targets = labels[:, 1:]  # (B, L-1): token p+1 predicted at position p
+    keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # (K,)
+    out = model(input_ids=batch["input_ids"], pixel_values=batch.get("pixel_values"), attention_mask=batch["attention_mask"],
+                logits_to_keep=keep)
+    logits = out.logits  # (B, K, V)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def latest_checkpoint(phase_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a phase (temporary folders are ignored)."""
+    folder = Path(phase_dir) / "checkpoints"
+    done = sorted(p for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp") and (p / "recipe.json").is_file())
+    return done[-1] if done else None
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+class _TrainState:
+    """Step and loss history, saved with every checkpoint (``register_for_checkpointing``)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.history: list[list[float]] = []  # [step, loss, lr]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "history": self.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.history = [list(h) for h in state["history"]]
+
+
+_DATASETS: dict[tuple, ConversationDataset] = {}
+
+
+def _dataset(path: Path, model: Any, tools: list[dict], system_prompt: str, recipe: Recipe) -> ConversationDataset:
+    key = (str(path), path.stat().st_mtime, len(model.tokenizer), model.tokens_per_image, recipe.model.max_length, recipe.data.overlay_stand_in)
+    if key not in _DATASETS:
+        _DATASETS[key] = ConversationDataset(path, model.tokenizer, system_prompt=system_prompt, tools=tools,
+                                             image_token_index=model.image_token_index, tokens_per_image=model.tokens_per_image,
+                                             max_length=recipe.model.max_length, overlay_stand_in=recipe.data.overlay_stand_in)
+    return _DATASETS[key]
+
+
+def _set_trainable(model: Any, spec: StageSpec) -> dict[str, int]:
+    """Freeze everything, then unfreeze the parts ``spec.train`` names (LoRA adapters for the LM when
+    ``spec.lora``); returns trainable parameter counts by part."""
+    parts = {"projector": model.mm_projector, "llm": model.llm, "tower": model.vision_tower}
+    unknown = set(spec.train) - set(parts)
+    if unknown:
+        raise TrainError(f"stage `train` parts must be among {sorted(parts)}, got {sorted(unknown)}.")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if "llm" in spec.train and spec.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+                          target_modules=list(spec.lora.target_modules), task_type="CAUSAL_LM")
+        model.llm = get_peft_model(model.llm, lcfg)
+        parts["llm"] = model.llm
+    for name in spec.train:
+        if name == "llm" and spec.lora is not None:
+            continue  # peft already marked its adapters trainable
+        for p in parts[name].parameters():
+            p.requires_grad_(True)
+    return {name: sum(p.numel() for p in mod.parameters() if p.requires_grad) for name, mod in parts.items()}
+
+
+def _batch_items(step: int, spec: StageSpec, datasets: dict[str, ConversationDataset], seed: int, code: int) -> list[tuple[str, int]]:
+    """The batch of ``step``: a seeded draw from the mixture (depends on the step only, so resume is exact)."""
+    rng = np.random.default_rng([seed, code, step])
+    names = list(spec.mix)
+    weights = np.asarray([spec.mix[n] for n in names], dtype=float)
+    picks = rng.choice(len(names), size=spec.batch_size, p=weights / weights.sum())
+    return [(names[k], int(rng.integers(len(datasets[names[k]])))) for k in picks]
+
+
+def _save_checkpoint(accelerator: Any, phase_dir: Path, step: int, recipe: Recipe, spec: StageSpec) -> None:
+    folder = phase_dir / "checkpoints"
+    final = folder / f"step_{step:06d}"
+    tmp = folder / f"step_{step:06d}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=False)
+    if accelerator.is_main_process:
+        recipe.save(tmp)
+        (tmp / "stage.json").write_text(json.dumps(asdict(spec), indent=2, default=list) + "\n")
+        os.replace(tmp, final)
+        for old in sorted(p for p in folder.glob("step_*") if p.is_dir() and p != final and not p.name.endswith(".tmp"))[:-1]:
+            shutil.rmtree(old, ignore_errors=True)  # keep the newest two
+
+
+def _save_final(model: Any, final: Path, recipe: Recipe, spec: StageSpec) -> None:
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    recipe.save(tmp)
+    (tmp / "stage.json").write_text(json.dumps(asdict(spec), indent=2, default=list) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _phase_metrics(phase: str, spec: StageSpec, history: list[list[float]], seconds: float, steps_here: int, trainable: dict[str, int]) -> dict[str, Any]:
+    losses = [h[1] for h in history]
+    k = max(1, len(losses) // 10)
+    return {
+        "phase": phase, "steps": len(history), "batch_size": spec.batch_size, "lr": spec.lr,
+        "train": list(spec.train), "lora": asdict(spec.lora) if spec.lora else None, "mix": spec.mix,
+        "trainable_parameters": trainable,
+        "loss_first": float(np.mean(losses[:k])) if losses else None, "loss_last": float(np.mean(losses[-k:])) if losses else None,
+        "seconds_this_run": round(seconds, 1), "samples_per_second": round(steps_here * spec.batch_size / seconds, 2) if seconds > 0 else None,
+        "history": history,
+    }
+
+
+def _stage_report(stage: str, stage_dir: Path, results: list[dict[str, Any]]) -> None:
+    """``metrics.json`` and ``loss.png`` of a stage (its phases one after the other)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"stage": stage, "phases": [{k: v for k, v in r.items() if k != "history"} for r in results]}
+    _atomic_write(stage_dir / "metrics.json", json.dumps(summary, indent=2) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    offset = 0
+    for r in results:
+        h = np.asarray(r["history"], dtype=float)
+        if len(h):
+            ax.plot(h[:, 0] + offset, h[:, 1], lw=0.8, label=r["phase"])
+            offset += int(h[-1, 0])
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (cross-entropy, nats/token)")
+    ax.set_title(f"m3 train {stage}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(stage_dir / "loss.png", dpi=100)
+    plt.close(fig)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
