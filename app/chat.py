@@ -22,6 +22,7 @@ from experts.base import ExpertResult
 __all__ = ["ChatEngine", "SessionRegistry", "expert_inputs", "result_message", "NO_MODEL_MESSAGE"]
 
 NO_MODEL_MESSAGE = "No language model configured: experts and viewer only."
+STREAM_INTERVAL_S = 0.05  # least time between two streamed updates of the answer
 
 
 def expert_inputs(expert: Any, study: Study | None, series: Series) -> Volume | dict[str, Volume]:
@@ -93,12 +94,15 @@ class ChatEngine:
         answer = ""
         steps: dict[int, int] = {}  # id(tool_call) → index of its step message in history
         history = history + [_assistant("")]
-        t0 = time.perf_counter()
+        t0 = last_yield = time.perf_counter()
         for event in agent.stream_turn(state.conversation, question):
             changed = False
             if event.kind == "token":
                 answer += event.text
                 history[-1] = _assistant(answer)
+                if time.perf_counter() - last_yield < STREAM_INTERVAL_S:
+                    continue  # coalesce tokens: the page gets at most ~20 updates a second
+                last_yield = time.perf_counter()
             elif event.kind == "tool_call" and event.tool_call is not None:
                 call = event.tool_call
                 step = _step(call.name, call.arguments, "pending")
@@ -114,11 +118,11 @@ class ChatEngine:
                     history[where] = message
                 changed = call.result is not None and call.result.label_volume is not None
             elif event.kind == "error":
-                history[-1] = _assistant((answer + "\n\n" if answer else "") + f"⚠️ {event.text}")
+                history[-1] = _assistant((answer + "\n\n" if answer else "") + f"Warning: {event.text}")
             elif event.kind == "done" and event.turn is not None:
                 turn = event.turn
                 answer = turn.answer or answer
-                text = answer + ("\n\n⚠️ " + "; ".join(turn.flags) if turn.flags else "")
+                text = answer + ("\n\nWarning: " + "; ".join(turn.flags) if turn.flags else "")
                 history[-1] = _assistant(text)
                 self._audit(state, user, question, turn, time.perf_counter() - t0)
             yield list(history), changed
@@ -153,7 +157,7 @@ def result_message(name: str, arguments: Mapping[str, Any], result: ExpertResult
         ]
         body = (result.summary + "\n" if result.summary else "") + "\n".join(lines)
     else:
-        body = f"⚠️ {error or 'no result'}"
+        body = f"Error: {error or 'no result'}"
     message = _step(name, arguments, "done")
     message["content"] = body.strip() or "no findings"
     message["metadata"]["duration"] = round(float(seconds or 0.0), 2)
@@ -165,7 +169,7 @@ def _step(name: str, arguments: Mapping[str, Any], status: str) -> dict[str, Any
     return {
         "role": "assistant",
         "content": "running…" if status == "pending" else "",
-        "metadata": {"title": f"🔧 {name}", "log": args, "status": status},
+        "metadata": {"title": f"Expert: {name}", "log": args, "status": status},
     }
 
 

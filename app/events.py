@@ -51,7 +51,9 @@ class AppEvents:
     # -- study --------------------------------------------------------------------------------------
     def upload(self, files: Any, state: SessionState, request: gr.Request, progress=gr.Progress(track_tqdm=True)) -> tuple:
         """Check the upload against the limits, ingest and de-identify it, show the first series. The raw
-        uploaded files (which may carry PHI) are deleted once read."""
+        uploaded files (which may carry PHI) stay only in Gradio's upload cache, which the app empties of
+        files older than 15 minutes (``delete_cache`` in ``app.server``): the cache is shared by content
+        hash, so deleting a file at once would break another session uploading the same file."""
         paths = [Path(f if isinstance(f, str) else getattr(f, "name", f)) for f in _as_list(files)]
         if not paths:
             return self._study_outputs(state, "Choose DICOM files, a folder, a .zip, a NIfTI file or an image to upload.")
@@ -65,10 +67,7 @@ class AppEvents:
                    "Upload fewer series, or ask the administrator to raise limits.max_upload_mb.")
             return self._study_outputs(state, msg)
         progress(0.05, desc=f"Reading and de-identifying {len(paths)} file(s)")
-        try:
-            return self._ingest(paths, state, request, progress)
-        finally:
-            _delete_uploads(paths)
+        return self._ingest(paths, state, request, progress)
 
     def example(self, label: str, state: SessionState, request: gr.Request, progress=gr.Progress(track_tqdm=True)) -> tuple:
         """Generate the example phantom study ``label`` as DICOM files and open it like an upload."""
@@ -163,7 +162,7 @@ class AppEvents:
         slider = gr.update(minimum=1, maximum=max(view.count, 2), value=view.index + 1, step=1, interactive=view.count > 1)
         labels = [_result_label(k) for k in state.series_keys() if state.results[k].label_volume is not None]
         overlay = gr.update(choices=labels, value=_result_label(state.active_result) if state.active_result else None)
-        return (view.image, view.caption, view.legend, slider, overlay)
+        return (_picture_file(state, view.image), view.caption, view.legend, slider, overlay)
 
     def _window_outputs(self, state: SessionState) -> tuple:
         """(preset dropdown, centre, width)."""
@@ -208,7 +207,8 @@ class AppEvents:
             return
         vol = state.volume
         on_screen = None
-        if vol is not None:  # the slice the clinician is looking at, without overlay, for the model
+        takes_images = self.engine.backend is not None and getattr(self.engine.backend.info, "takes_images", False)
+        if vol is not None and takes_images:  # the slice the clinician is looking at, without overlay, for the model
             plane = state.view.plane if not vol.is_2d else "axial"
             on_screen = render_view(vol, plane, state.view.slices.get(plane), state.view.window, None).image
         any_change = False
@@ -279,15 +279,18 @@ def _as_list(files: Any) -> list[Any]:
     return list(files) if isinstance(files, (list, tuple)) else [files]
 
 
-def _delete_uploads(paths: list[Path]) -> None:
-    """Remove uploaded files from Gradio's upload cache (only there: never a file elsewhere)."""
-    from gradio.utils import get_upload_folder
+def _picture_file(state: SessionState, image: np.ndarray, keep: int = 4) -> str:
+    """``image`` as a lossless PNG in the session's folder (the last ``keep`` are kept). Gradio copies a
+    file into its cache atomically; handing it an array instead makes it rewrite a shared cache file in
+    place, which a concurrent session showing the same picture can read half-written."""
+    from PIL import Image
 
-    cache = Path(get_upload_folder()).resolve()
-    for p in paths:
-        resolved = p.resolve()
-        if cache in resolved.parents and resolved.is_file():
-            resolved.unlink()
+    state.picture_count += 1
+    path = state.workdir / f"view-{state.picture_count:06d}.png"
+    Image.fromarray(image).save(path, format="PNG", compress_level=1)
+    stale = state.workdir / f"view-{state.picture_count - keep:06d}.png"
+    stale.unlink(missing_ok=True)
+    return str(path)
 
 
 def _user(request: gr.Request | None) -> str:

@@ -64,7 +64,7 @@ class ModelStatus:
     def banner(self) -> str:
         if self.backend is None:
             why = f" ({self.problem})" if self.problem else ""
-            return f"### ⚠️ {NO_MODEL_MESSAGE}{why}"
+            return f"### {NO_MODEL_MESSAGE}{why}"
         info = self.backend.info
         version = f" `{info.version}`" if info.version else ""
         return f"**Model:** {info.name}{version} · **Intended use:** {_intended_use(info.model_card)}"
@@ -110,14 +110,15 @@ def load_backend(config: AppConfig) -> ModelStatus:
 
 def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str], options: ServeOptions, concurrency: int) -> gr.Blocks:
     """The page: banner; study panel (upload, examples, series); viewer; chat; report."""
-    with gr.Blocks(title="m3 — imaging assistant", delete_cache=(900, 3600)) as blocks:
+    # delete_cache: every 5 min, remove cached uploads and pictures older than 15 min (raw uploads may hold PHI)
+    with gr.Blocks(title="m3 — imaging assistant", delete_cache=(300, 900)) as blocks:
         state = gr.State(new_session, time_to_live=options.session_ttl_s, delete_callback=close_session)
         gr.Markdown(status.banner, elem_id="m3-banner")
         if status.backend is not None and status.backend.info.model_card:
             with gr.Accordion("Model card", open=False):
                 gr.Markdown(status.backend.info.model_card)
         with gr.Row(equal_height=False):
-            with gr.Column(scale=3, min_width=280):
+            with gr.Column(scale=4, min_width=300):
                 gr.Markdown("#### Study")
                 upload = gr.File(label="DICOM files, a .zip, NIfTI or an image", file_count="multiple", elem_id="m3-upload")
                 folder = gr.UploadButton("Upload a folder", file_count="directory", size="sm")
@@ -125,10 +126,10 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
                     example_buttons = [gr.Button(label, size="sm", elem_classes="m3-example") for label in EXAMPLES]
                 study_status = gr.Markdown("Upload a study or open an example.", elem_id="m3-study-status")
                 table = gr.Dataframe(headers=["series", "modality", "description", "shape", "spacing mm", "files"],
-                                     interactive=False, wrap=True, elem_id="m3-series-table")
+                                     interactive=False, wrap=True, max_height=260, elem_id="m3-series-table")
                 series = gr.Dropdown(label="Series", choices=[], elem_id="m3-series")
             with gr.Column(scale=5, min_width=360):
-                image = gr.Image(label="Viewer", type="numpy", interactive=False, height=520, elem_id="m3-viewer",
+                image = gr.Image(label="Viewer", type="filepath", format="png", interactive=False, height=520, elem_id="m3-viewer",
                                  buttons=["download", "fullscreen"])
                 caption = gr.Markdown(elem_id="m3-caption")
                 slider = gr.Slider(1, 2, value=1, step=1, label="Slice", interactive=False, elem_id="m3-slice")
@@ -136,8 +137,8 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
                     plane = gr.Radio(list(PLANES), value="axial", label="Plane", elem_id="m3-plane")
                     preset = gr.Dropdown(label="Window", choices=[], elem_id="m3-preset")
                 with gr.Row():
-                    centre = gr.Number(label="Centre", elem_id="m3-centre")
-                    width = gr.Number(label="Width", elem_id="m3-width")
+                    centre = gr.Number(value=None, label="Window centre", elem_id="m3-centre")
+                    width = gr.Number(value=None, label="Window width", elem_id="m3-width")
                 with gr.Row():
                     shown = gr.Dropdown(label="Overlay", choices=[], elem_id="m3-overlay")
                     opacity = gr.Slider(0.0, 1.0, value=0.45, step=0.05, label="Overlay opacity", elem_id="m3-opacity")
@@ -241,7 +242,7 @@ def serve(config: AppConfig, *, backend: Any = None, registry: Any = None, optio
     log.info("m3 app on http://%s:%d (model: %s)", config.server.host, config.server.port,
              status.backend.info.name if status.backend else "none")
     server = uvicorn.Server(uvicorn.Config(api, host=config.server.host, port=config.server.port, log_level="warning",
-                                           root_path=config.server.root_path or ""))
+                                           root_path=config.server.root_path or "", timeout_graceful_shutdown=3))
     if block:
         server.run()
         return None

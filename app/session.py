@@ -58,6 +58,7 @@ class SessionState:
     conversation: Any = None  # vlm.agent.Conversation, created with the first question on a series
     report: dict[str, str] = field(default_factory=dict)  # findings / impression (editable draft)
     created: float = field(default_factory=time.time)
+    picture_count: int = 0  # viewer pictures written to the workdir
     _workdir: Path | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

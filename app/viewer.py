@@ -87,7 +87,8 @@ def render_view(
                 sel = mask == value
                 rgb[sel] = (1.0 - opacity) * rgb[sel] + opacity * np.asarray(label_colour(value), np.float32)
     picture = np.clip(rgb, 0, 255).astype(np.uint8)
-    caption = f"{plane} {index + 1}/{count} · window C {centre:g} / W {width:g}"
+    where = "image" if volume.is_2d else f"{plane} {index + 1}/{count}"
+    caption = f"{where} · window C {centre:g} / W {width:g}"
     if note:
         caption += f" · {note}"
     return RenderedView(picture, legend_html(result, present), caption, index, count)

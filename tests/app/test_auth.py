@@ -69,3 +69,25 @@ def test_trusted_header_only_believed_from_trusted_proxies():
     assert auth(Req("10.2.3.4", {"X-Remote-User": "dr.who"})) == "dr.who"
     assert auth(Req("192.168.1.5", {"X-Remote-User": "dr.who"})) is None
     assert auth(Req("10.2.3.4", {})) is None
+
+
+def test_m3_serve_on_an_open_address_without_users_refuses_to_start(monkeypatch, capsys):
+    from app.main import main
+
+    monkeypatch.delenv("M3_USERS", raising=False)
+    monkeypatch.delenv("M3_CONFIG", raising=False)
+    monkeypatch.delenv("M3_AUTH_USERS_FILE", raising=False)
+    monkeypatch.delenv("M3_AUTH_TRUSTED_HEADER", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "7999"]) == 1
+    assert "refusing to listen on '0.0.0.0' without authentication" in capsys.readouterr().err
+
+
+def test_m3_hash_password_prints_a_hash_that_verifies(monkeypatch, capsys):
+    import io
+
+    from app.main import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret words\n"))
+    assert main(["hash-password", "--user", "alice"]) == 0
+    user, encoded = capsys.readouterr().out.strip().split(":", 1)
+    assert user == "alice" and verify_password("s3cret words", encoded)
