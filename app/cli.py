@@ -49,8 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.model:
         config.models = dataclasses.replace(config.models, model_dir=args.model)
     config.validate()
-    print(f"m3: serving on http://{config.server.host}:{config.server.port}{config.server.root_path}", file=sys.stderr)
-    serve(config)
+    serve(config)  # logs the address once the login, model and page are ready (refusals come first)
     return 0
 
 

@@ -56,16 +56,16 @@ class AppEvents:
         hash, so deleting a file at once would break another session uploading the same file."""
         paths = [Path(f if isinstance(f, str) else getattr(f, "name", f)) for f in _as_list(files)]
         if not paths:
-            return self._study_outputs(state, "Choose DICOM files, a folder, a .zip, a NIfTI file or an image to upload.")
+            return self.study_outputs(state, "Choose DICOM files, a folder, a .zip, a NIfTI file or an image to upload.")
         if len(paths) > self.limits.max_files:
             msg = (f"Upload refused: {len(paths)} files is more than the limit of {self.limits.max_files}. "
                    "Upload one series at a time or a .zip of the study.")
-            return self._study_outputs(state, msg)
+            return self.study_outputs(state, msg)
         total_mb = sum(p.stat().st_size for p in paths if p.exists()) / 2**20
         if total_mb > self.limits.max_upload_mb:
             msg = (f"Upload refused: {total_mb:.0f} MB is more than the limit of {self.limits.max_upload_mb} MB. "
                    "Upload fewer series, or ask the administrator to raise limits.max_upload_mb.")
-            return self._study_outputs(state, msg)
+            return self.study_outputs(state, msg)
         progress(0.05, desc=f"Reading and de-identifying {len(paths)} file(s)")
         return self._ingest(paths, state, request, progress)
 
@@ -88,29 +88,37 @@ class AppEvents:
         try:
             study = load_study([str(p) for p in paths], progress=True)
         except IngestError as exc:
-            return self._study_outputs(state, f"Could not load the upload: {exc}")
+            return self.study_outputs(state, f"Could not load the upload: {exc}")
         progress(0.9, desc="Preparing the viewer")
+        return self.show_study(study, state, request, t0)
+
+    def show_study(self, study: Any, state: SessionState, request: gr.Request, started: float, *, event: str = "ingest",
+                   source: str = "the upload") -> tuple:
+        """Open an ingested, de-identified ``study`` (an upload, an example, a PACS study) in the session:
+        audit it by its de-identified UID and return the study panel's outputs (series list first).
+        ``started``: ``time.perf_counter()`` when loading began; ``event``: the audit event name."""
         if not study.series:
             problems = "; ".join(f"{s.name}: {s.reason}" for s in study.skipped[:5]) or "no image data found"
-            return self._study_outputs(state, f"No image series in the upload ({problems}).")
+            return self.study_outputs(state, f"No image series in {source} ({problems}).")
         state.user = _user(request)
         state.set_study(study)
         self.audit.write(AuditRecord(user=state.user, session=state.id, study_uid=study.uid, series_uid="",
-                                     question="", answer=f"{len(study.series)} series", model="", event="ingest",
-                                     seconds=time.perf_counter() - t0))
-        notes = [f"Loaded {len(study.series)} series (de-identified) in {time.perf_counter() - t0:.1f} s."]
+                                     question="", answer=f"{len(study.series)} series", model="", event=event,
+                                     seconds=time.perf_counter() - started))
+        notes = [f"Loaded {len(study.series)} series (de-identified) in {time.perf_counter() - started:.1f} s."]
         if study.skipped:
             notes.append(f"{len(study.skipped)} object(s) skipped: " + "; ".join(f"{s.name} ({s.reason})" for s in study.skipped[:3]))
         if study.errors:
             notes.append(f"{len(study.errors)} file(s) could not be read: " + "; ".join(str(e) for e in study.errors[:3]))
-        return self._study_outputs(state, " ".join(notes))
+        return self.study_outputs(state, " ".join(notes))
 
     def select_series(self, index: int | None, state: SessionState) -> tuple:
         if state.study is not None and index is not None:
             state.select_series(int(index))
         return (state, *self._viewer_outputs(state), state.history, *self._window_outputs(state))
 
-    def _study_outputs(self, state: SessionState, message: str) -> tuple:
+    def study_outputs(self, state: SessionState, message: str) -> tuple:
+        """(state, series table, series dropdown, status ``message``, viewer × 5, chat, window × 3)."""
         rows = [s.summary_row() for s in state.study.series] if state.study else []
         table = [[r["series"], r["modality"], r["description"], r["shape"], r["spacing_mm"], r["files"]] for r in rows]
         choices = [(f"{i + 1}. {r['modality']} {r['description']} ({r['shape']})", i) for i, r in enumerate(rows)]
@@ -243,18 +251,24 @@ class AppEvents:
             status += " Check: " + "; ".join(flags)
         return (state, findings, impression, status)
 
+    def make_report(self, findings: str, impression: str, state: SessionState, request: gr.Request) -> Report | None:
+        """The edited report of the series on screen with its expert results, or ``None`` without a series or findings."""
+        if state.series is None or not (findings or "").strip():
+            return None
+        return Report(findings=findings, impression=impression or "", study_uid=state.study.uid,
+                      series_uid=state.series.uid, series_description=state.series.description,
+                      modality=state.series.modality, results=[r.to_json() for r in state.series_results()],
+                      drafted_by=state.report.get("drafted_by", "clinician"), author=_user(request),
+                      flags=[f for f in state.report.get("flags", "").split("\n") if f])
+
     def export_report(self, findings: str, impression: str, state: SessionState, request: gr.Request) -> tuple:
         """(state, files, status): Markdown, PDF, DICOM SR and one DICOM SEG per mask, in the session folder."""
         from app.report import write_seg, write_sr
 
-        if state.series is None or not (findings or "").strip():
+        report = self.make_report(findings, impression, state, request)
+        if report is None:
             return (state, None, "Draft (or write) a report first.")
         results = state.series_results()
-        report = Report(findings=findings, impression=impression or "", study_uid=state.study.uid,
-                        series_uid=state.series.uid, series_description=state.series.description,
-                        modality=state.series.modality, results=[r.to_json() for r in results],
-                        drafted_by=state.report.get("drafted_by", "clinician"), author=_user(request),
-                        flags=[f for f in state.report.get("flags", "").split("\n") if f])
         folder = state.workdir / f"report-{int(time.time() * 1000)}"
         folder.mkdir(parents=True)
         images = [r.render_overlay(state.series.volume) for r in results

@@ -31,10 +31,12 @@ from app.auth import PasswordAuth, TrustedHeaderAuth, load_users, require_auth_f
 from app.chat import NO_MODEL_MESSAGE, ChatEngine  # noqa: E402
 from app.config import AppConfig, ConfigError  # noqa: E402
 from app.events import EXAMPLES, AppEvents, UploadLimits  # noqa: E402
+from app.pacs_panel import PacsComponents, PacsPanel  # noqa: E402
 from app.session import close_session, live_sessions, new_session  # noqa: E402
 from app.viewer import PLANES  # noqa: E402
 
-__all__ = ["ServeOptions", "ModelStatus", "load_backend", "build_blocks", "build_app", "serve", "RunningServer", "embedded_model_dir"]
+__all__ = ["ServeOptions", "ModelStatus", "load_backend", "manifest_problem", "build_blocks", "build_app", "serve", "RunningServer",
+           "embedded_model_dir"]
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).parent / "assets"
@@ -93,10 +95,21 @@ def embedded_model_dir() -> Path | None:
 
 
 def load_backend(config: AppConfig) -> ModelStatus:
-    """The chat backend from ``config.models.model_dir``, else the embedded bundle, else none."""
+    """The chat backend from ``config.models.model_dir``, else the embedded bundle, else none.
+
+    A folder holding an ``m3 export`` manifest is checked against it first (SHA-256 of every file): a
+    configured model that fails refuses the start (``ConfigError``); the embedded one is not loaded and
+    the banner says why.
+    """
     folder = config.models.model_dir or embedded_model_dir()
     if folder is None:
         return ModelStatus(problem="no model folder configured and no embedded default model in this build")
+    problem = manifest_problem(folder)
+    if problem:
+        if config.models.model_dir is not None:
+            raise ConfigError(f"models.model_dir {folder} was refused: {problem}")
+        log.error("embedded model refused: %s", problem)
+        return ModelStatus(problem=f"the embedded model was refused because its files do not match its manifest: {problem}")
     try:
         from vlm.backends.hf_vlm import HFVLMBackend
 
@@ -108,8 +121,27 @@ def load_backend(config: AppConfig) -> ModelStatus:
         return ModelStatus(problem=f"the embedded model could not be loaded: {exc}")
 
 
-def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str], options: ServeOptions, concurrency: int) -> gr.Blocks:
-    """The page: banner; study panel (upload, examples, series); viewer; chat; report."""
+def manifest_problem(folder: Path) -> str | None:
+    """Why a model folder fails the ``manifest.json`` written by ``m3 export`` (``vlm.export.verify_manifest``:
+    SHA-256 and size of every file), or ``None`` when it matches or has no manifest (published checkpoints)."""
+    if not (Path(folder) / "manifest.json").is_file():
+        return None
+    from vlm.export import ManifestError, verify_manifest
+
+    try:
+        verify_manifest(folder)
+    except ManifestError as exc:
+        return str(exc)
+    except (ValueError, KeyError, TypeError) as exc:  # not JSON, or entries without sha256 / bytes
+        return f"Build {folder} has an unreadable manifest.json ({type(exc).__name__}: {exc}); re-export it with `m3 export`."
+    return None
+
+
+def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str], options: ServeOptions, concurrency: int,
+                 pacs: PacsPanel | None = None) -> gr.Blocks:
+    """The page: banner; study panel (upload, examples, series; the PACS search when ``pacs``); viewer;
+    chat; report (with "Send results to PACS" when ``pacs``)."""
+    pacs_ui = PacsComponents() if pacs is not None else None
     # delete_cache: every 5 min, remove cached uploads and pictures older than 15 min (raw uploads may hold PHI)
     with gr.Blocks(title="m3 — imaging assistant", delete_cache=(300, 900)) as blocks:
         state = gr.State(new_session, time_to_live=options.session_ttl_s, delete_callback=close_session)
@@ -128,6 +160,8 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
                 table = gr.Dataframe(headers=["series", "modality", "description", "shape", "spacing mm", "files"],
                                      interactive=False, wrap=True, max_height=260, elem_id="m3-series-table")
                 series = gr.Dropdown(label="Series", choices=[], elem_id="m3-series")
+                if pacs is not None:
+                    pacs.search_layout(pacs_ui)
             with gr.Column(scale=5, min_width=360):
                 image = gr.Image(label="Viewer", type="filepath", format="png", interactive=False, height=520, elem_id="m3-viewer",
                                  buttons=["download", "fullscreen"])
@@ -158,6 +192,8 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
             export = gr.Button("Export (Markdown, PDF, DICOM SR, DICOM SEG)", elem_id="m3-export")
             report_status = gr.Markdown(elem_id="m3-report-status")
             downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="m3-downloads")
+            if pacs is not None:
+                pacs.send_layout(pacs_ui)
 
         viewer = [image, caption, legend, slider, shown]
         window = [preset, centre, width]
@@ -185,6 +221,8 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
                          concurrency_limit=options.expert_concurrency, concurrency_id="experts")
         draft.click(events.draft_report, [state], [state, findings, impression, report_status], api_name="draft_report", **model)
         export.click(events.export_report, [findings, impression, state], [state, downloads, report_status], api_name="export_report")
+        if pacs is not None:
+            pacs.wire(pacs_ui, state, study_out, findings, impression)
     return blocks
 
 
@@ -211,12 +249,14 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
     audit = AuditLog(config.audit.log_path)
     engine = ChatEngine(status.backend, registry, audit, max_rounds=options.max_rounds)
     events = AppEvents(engine, audit, UploadLimits(config.limits.max_files, config.limits.max_upload_mb))
-    blocks = build_blocks(events, status, registry.names(), options, config.limits.concurrency)
+    pacs = PacsPanel(config.pacs, events) if config.pacs.enabled else None
+    blocks = build_blocks(events, status, registry.names(), options, config.limits.concurrency, pacs)
     blocks.queue(default_concurrency_limit=8, max_size=256)
 
     api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     mount_health(api, config, {"sessions": lambda: (True, f"{live_sessions()} live"),
-                               "chat_model": lambda: (True, status.backend.info.name if status.backend else "none (chat disabled)")})
+                               "chat_model": lambda: (True, status.backend.info.name if status.backend else
+                                                      f"none (chat disabled{': ' + status.problem if status.problem else ''})")})
     auth: dict[str, Any] = {}
     if header:
         auth["auth_dependency"] = TrustedHeaderAuth(header, options.trusted_proxies)

@@ -59,6 +59,8 @@ class SessionState:
     report: dict[str, str] = field(default_factory=dict)  # findings / impression (editable draft)
     created: float = field(default_factory=time.time)
     picture_count: int = 0  # viewer pictures written to the workdir
+    pacs_hits: list[Any] = field(default_factory=list, repr=False)  # last PACS search (app.pacs.StudySummary, holds PHI)
+    pacs_study: str = ""  # de-identified UID of the study pulled from the PACS (the only one results may go back to)
     _workdir: Path | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +82,7 @@ class SessionState:
         self.history = []
         self.conversation = None
         self.report = {}
+        self.pacs_study = ""
 
     def select_series(self, index: int) -> Series:
         """Show series ``index``; the conversation restarts (it talks about one series)."""
@@ -159,6 +162,8 @@ class SessionState:
         self.results.clear()
         self.conversation = None
         self.history = []
+        self.pacs_hits = []
+        self.pacs_study = ""
         with _LIVE_LOCK:
             _LIVE.discard(self)
 

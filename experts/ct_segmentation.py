@@ -23,7 +23,7 @@ from experts.model_files import load_expert_files
 from experts.overlay import render_overlay
 from experts.preprocess import check_volume, labels_to_input_grid, pick_device, to_model_grid
 
-__all__ = ["CTSegConfig", "CTSegmentationExpert", "build_ct_network", "ct_targets", "TARGET_CHOICES"]
+__all__ = ["CTSegConfig", "CTSegmentationExpert", "build_ct_network", "ct_input", "ct_targets", "TARGET_CHOICES"]
 
 NAME = "ct_segmentation"
 TARGET_CHOICES: list[str] = ["everything", "organs", "lesions", *[CT_LABELS[v] for v in CT_LESIONS], *[CT_LABELS[v] for v in CT_ORGANS]]
@@ -35,8 +35,10 @@ class CTSegConfig:
     """Network and grid of the CT expert (saved as ``network`` in ``config.json``)."""
 
     spacing_mm: tuple[float, float, float] = (3.0, 3.0, 3.0)  # model grid
-    hu_min: float = -1000.0  # intensity window scaled to 0..1 (clipped)
+    hu_min: float = -1000.0  # wide intensity window scaled to 0..1 (clipped): air, lung, bone
     hu_max: float = 1000.0
+    soft_min: float = -160.0  # soft-tissue window (centre 40, width 400): organ and lesion contrast
+    soft_max: float = 240.0
     roi_size: tuple[int, int, int] = (96, 96, 96)  # sliding-window patch (model voxels)
     channels: tuple[int, ...] = (8, 16, 32, 64)
     strides: tuple[int, ...] = (2, 2, 2)
@@ -44,6 +46,8 @@ class CTSegConfig:
     overlap: float = 0.25
     sw_batch_size: int = 1
     min_lesion_ml: float = 0.03  # smaller components are resampling specks, not lesions
+    body_hu: float = -500.0  # voxels above this are the body (for the left-right position channel)
+    position_scale_mm: float = 150.0
     num_classes: int = len(CT_LABELS) + 1
 
     @classmethod
@@ -56,11 +60,34 @@ class CTSegConfig:
 
 
 def build_ct_network(cfg: CTSegConfig) -> torch.nn.Module:
-    """The MONAI 3D UNet: ``(B, 1, X, Y, Z)`` scaled HU → ``(B, num_classes, X, Y, Z)`` logits."""
+    """The MONAI 3D UNet: ``(B, 3, X, Y, Z)`` (wide window, soft-tissue window, left-right position) →
+    ``(B, num_classes, X, Y, Z)`` logits."""
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=3, in_channels=1, out_channels=cfg.num_classes, channels=cfg.channels,
+    return UNet(spatial_dims=3, in_channels=3, out_channels=cfg.num_classes, channels=cfg.channels,
                 strides=cfg.strides, num_res_units=cfg.num_res_units, norm="instance")
+
+
+def ct_input(volume: Volume, cfg: CTSegConfig):
+    """The network input on the model grid: ``(3, X, Y, Z)`` MetaTensor of HU scaled to 0..1 through a
+    wide and a soft-tissue window, and the RAS x position (mm from the body's centroid ÷
+    ``position_scale_mm``).
+
+    The position channel (hand-written: no MONAI transform adds it) tells left from right organs
+    (kidneys, lungs), which patches of a mirror-symmetric body cannot."""
+    from monai.data import MetaTensor
+    from monai.transforms import ScaleIntensityRange
+
+    img = to_model_grid(volume, cfg.spacing_mm)  # (1, X, Y, Z), RAS: axis 0 runs to the patient's right
+    hu = img.as_tensor()[0]
+    body = hu > cfg.body_hu
+    x_mm = torch.arange(hu.shape[0], dtype=torch.float32) * float(cfg.spacing_mm[0])
+    centre = float((x_mm[:, None, None] * body).sum() / body.sum()) if bool(body.any()) else float(x_mm.mean())
+    position = ((x_mm - centre) / cfg.position_scale_mm)[:, None, None].expand_as(hu)
+    wide = ScaleIntensityRange(cfg.hu_min, cfg.hu_max, 0.0, 1.0, clip=True)(hu)
+    soft = ScaleIntensityRange(cfg.soft_min, cfg.soft_max, 0.0, 1.0, clip=True)(hu)
+    stacked = torch.stack([torch.as_tensor(wide), torch.as_tensor(soft), position]).as_subclass(torch.Tensor)
+    return MetaTensor(stacked, affine=img.affine)
 
 
 def ct_targets(targets: str | list[str]) -> list[int]:
@@ -117,19 +144,17 @@ class CTSegmentationExpert(Expert):
     def scores(self, volume: Volume):
         """Class logits ``(C, X, Y, Z)`` on the model grid, a ``MetaTensor`` carrying its affine."""
         from monai.inferers import sliding_window_inference
-        from monai.transforms import ScaleIntensityRange
 
         cfg = self.config
-        img = to_model_grid(volume, cfg.spacing_mm)
-        img = ScaleIntensityRange(cfg.hu_min, cfg.hu_max, 0.0, 1.0, clip=True)(img)
+        img = ct_input(volume, cfg)
         with torch.inference_mode():
             logits = sliding_window_inference(
                 img[None].to(self.device), cfg.roi_size, cfg.sw_batch_size, self.network,
                 overlap=cfg.overlap, mode="gaussian", device=torch.device("cpu"),
             )
-        out = logits[0]
-        out.affine = img.affine
-        return out
+        from monai.data import MetaTensor
+
+        return MetaTensor(torch.as_tensor(logits[0]), affine=img.affine)
 
     def segment(self, volume: Volume) -> np.ndarray:
         """All labels (``CT_LABELS`` values) as an ``int16`` array on ``volume``'s grid."""

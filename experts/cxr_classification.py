@@ -30,10 +30,11 @@ NAME = "cxr_classification"
 class CXRConfig:
     """Network and input of the radiograph classifier (saved as ``network`` in ``config.json``)."""
 
-    image_size: int = 256
+    image_size: int = 128
     init_features: int = 16
     growth_rate: int = 12
     block_config: tuple[int, ...] = (3, 6, 8, 6)
+    pool: str = "max"  # global pooling before the classifier: "max" keeps small findings (nodules) visible
     findings: tuple[str, ...] = CXR_FINDINGS
     low_percentile: float = 0.5
     high_percentile: float = 99.5
@@ -51,8 +52,13 @@ def build_cxr_network(cfg: CXRConfig) -> torch.nn.Module:
     """MONAI 2D DenseNet: ``(B, 1, S, S)`` scaled image → ``(B, n_findings)`` logits."""
     from monai.networks.nets import DenseNet
 
-    return DenseNet(spatial_dims=2, in_channels=1, out_channels=len(cfg.findings), init_features=cfg.init_features,
-                    growth_rate=cfg.growth_rate, block_config=cfg.block_config)
+    net = DenseNet(spatial_dims=2, in_channels=1, out_channels=len(cfg.findings), init_features=cfg.init_features,
+                   growth_rate=cfg.growth_rate, block_config=cfg.block_config)
+    if cfg.pool == "max":  # MONAI's head averages; a nodule is a few pixels of a 4x4 map, so take the maximum
+        net.class_layers.pool = torch.nn.AdaptiveMaxPool2d(1)
+    elif cfg.pool != "avg":
+        raise ValueError(f"pool must be 'max' or 'avg', got {cfg.pool!r}.")
+    return net
 
 
 def cxr_tensor(volume: Volume, cfg: CXRConfig) -> torch.Tensor:

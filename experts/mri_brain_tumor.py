@@ -39,7 +39,7 @@ class BrainTumorConfig:
     num_res_units: int = 1
     overlap: float = 0.25
     sequences: tuple[str, ...] = MRI_SEQUENCES
-    min_tumor_ml: float = 0.2  # smaller whole-tumour components are noise
+    min_tumor_ml: float = 1.0  # smaller whole-tumour components are specks, not tumour (phantom tumours are >= 7 mL)
     num_classes: int = len(MRI_LABELS) + 1
 
     @classmethod
@@ -91,8 +91,9 @@ def stack_sequences(volumes: Mapping[str, Volume] | Volume, cfg: BrainTumorConfi
             out = resample(src, dst_affine=torch.as_tensor(ref.affine), spatial_size=ref.shape)
             arrays.append(np.asarray(out[0]))
     channels = [to_model_grid(ref.like(a), cfg.spacing_mm) for a in arrays]
-    img = torch.cat(channels, 0)
-    img.affine = channels[0].affine
+    from monai.data import MetaTensor
+
+    img = MetaTensor(torch.cat([c.as_tensor() for c in channels], 0), affine=channels[0].affine)
     img = NormalizeIntensity(nonzero=True, channel_wise=True)(img)
     return ref, img
 
@@ -126,9 +127,9 @@ class BrainTumorExpert(Expert):
         with torch.inference_mode():
             logits = sliding_window_inference(img[None].to(self.device), cfg.roi_size, 1, self.network,
                                               overlap=cfg.overlap, mode="gaussian", device=torch.device("cpu"))
-        scores = logits[0]
-        scores.affine = img.affine
-        return ref, labels_to_input_grid(scores, ref)
+        from monai.data import MetaTensor
+
+        return ref, labels_to_input_grid(MetaTensor(torch.as_tensor(logits[0]), affine=img.affine), ref)
 
     def _run(self, volumes: Volume | Mapping[str, Volume]) -> ExpertResult:
         ref, labels = self.segment(volumes)

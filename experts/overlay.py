@@ -42,7 +42,7 @@ def render_overlay(
     mask blended in with ``alpha``, and a legend naming each colour (or the findings, for a classifier)."""
     from PIL import Image
 
-    vol = _display_volume(volume)
+    vol = _display_volume(volume, result.label_volume)
     image = vol.array.astype(np.float32)
     mask = None
     if result.label_volume is not None:
@@ -83,13 +83,17 @@ def render_overlay(
     return np.asarray(_with_legend(picture, entries, title=result.expert))
 
 
-def _display_volume(volume: Volume | Mapping[str, Volume]) -> Volume:
+def _display_volume(volume: Volume | Mapping[str, Volume], mask: Volume | None) -> Volume:
+    """The volume to draw: a single one as given; from a dict (MRI sequences) FLAIR, then T1c, ...,
+    preferring one on the mask's grid."""
     if isinstance(volume, Volume):
         return volume
-    for key in ("FLAIR", "T1c", "CT", "DX"):
-        if key in volume:
-            return volume[key]
-    return next(iter(volume.values()))
+    ordered = [volume[k] for k in ("FLAIR", "T1c", "T2", "T1", "CT", "DX") if k in volume] + list(volume.values())
+    if mask is not None:
+        for v in ordered:
+            if v.shape == mask.shape and np.allclose(v.affine, mask.affine, atol=1e-3):
+                return v
+    return ordered[0]
 
 
 def _to_display_axes(array: np.ndarray, affine: np.ndarray) -> np.ndarray:

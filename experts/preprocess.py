@@ -87,7 +87,7 @@ def to_model_grid(volume: Volume, spacing_mm: Sequence[float], *, mode: str = "b
 
     img = MetaTensor(torch.as_tensor(np.ascontiguousarray(volume.array, dtype=np.float32))[None], affine=torch.as_tensor(volume.affine))
     if not _is_ras(volume.affine):
-        img = Orientation(axcodes="RAS")(img)
+        img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
     if not np.allclose(np.linalg.norm(np.asarray(img.affine)[:3, :3], axis=0), spacing_mm, rtol=1e-3):
         img = Spacing(pixdim=tuple(spacing_mm), mode=mode, padding_mode="border")(img)
     return img
@@ -106,8 +106,10 @@ def labels_to_input_grid(scores, volume: Volume, *, channels: Sequence[int] | No
     src_affine = torch.as_tensor(np.asarray(scores.affine), dtype=torch.float64)
     dst_affine = torch.as_tensor(volume.affine, dtype=torch.float64)
     coarse = torch.argmax(scores, dim=0)
-    if bool(torch.allclose(src_affine, dst_affine, atol=1e-4)) and tuple(coarse.shape) == volume.shape:
-        return coarse.cpu().numpy().astype(np.int16)
+    exact = _index_map(np.asarray(src_affine), volume.affine, tuple(coarse.shape), volume.shape)
+    if exact is not None:  # same voxels, only reordered/flipped (e.g. LPS-stored input, RAS model grid)
+        order, index = exact
+        return coarse.cpu().numpy().astype(np.int16).transpose(order)[np.ix_(*index)]
     if channels is None:
         channels = sorted({0, *torch.unique(coarse).tolist()})
     resample = SpatialResample(mode="bilinear", padding_mode="border", dtype=torch.float32)
@@ -125,6 +127,27 @@ def labels_to_input_grid(scores, volume: Volume, *, channels: Sequence[int] | No
             labels[win] = c
             np.maximum(best, out, out=best)
     return labels
+
+
+def _index_map(src: np.ndarray, dst: np.ndarray, src_shape: tuple, dst_shape: tuple):
+    """When every voxel of ``dst`` is exactly a voxel of ``src`` (axes permuted/flipped, integer
+    shift, inside the grid): ``(axis order, per-axis index arrays)`` such that
+    ``src_array.transpose(order)[np.ix_(*index)]`` is the ``dst`` array; otherwise None."""
+    t = np.linalg.inv(src) @ dst  # dst voxel index → src voxel index
+    r, shift = t[:3, :3], t[:3, 3]
+    if not (np.allclose(r, np.round(r), atol=1e-4) and np.allclose(shift, np.round(shift), atol=1e-3)):
+        return None
+    r, shift = np.round(r).astype(int), np.round(shift).astype(int)
+    if not (np.abs(r).sum(axis=0) == 1).all() or not (np.abs(r).sum(axis=1) == 1).all():
+        return None
+    order = [int(np.flatnonzero(r[:, a])[0]) for a in range(3)]  # src axis feeding dst axis a
+    index = []
+    for a, b in enumerate(order):
+        idx = r[b, a] * np.arange(dst_shape[a]) + shift[b]
+        if idx.min() < 0 or idx.max() >= src_shape[b]:
+            return None
+        index.append(idx)
+    return order, index
 
 
 def _is_ras(affine: np.ndarray) -> bool:

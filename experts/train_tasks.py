@@ -95,14 +95,15 @@ class CTTask:
         return self.net_cfg.to_dict()
 
     def _case(self, seed: int, **options: Any) -> dict:
-        from monai.transforms import ClassesToIndices, ScaleIntensityRange, SpatialPad
+        from monai.transforms import ClassesToIndices, SpatialPad
 
+        from experts.ct_segmentation import ct_input
         from experts.preprocess import to_model_grid
 
         c = self.net_cfg
         case = _phantom("ct", seed, **options)
         vol = case.volumes["CT"]
-        img = ScaleIntensityRange(c.hu_min, c.hu_max, 0.0, 1.0, clip=True)(to_model_grid(vol, c.spacing_mm))
+        img = ct_input(vol, c)
         lab = to_model_grid(vol.like(case.labels.astype(np.float32)), c.spacing_mm, mode="nearest")
         pad = SpatialPad(self.recipe.patch)
         img, lab = pad(img).as_tensor(), pad(lab).as_tensor().round().to(torch.uint8)
@@ -131,10 +132,10 @@ class CTTask:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 patch = torch.as_tensor(crop(both, label=case["label"])[0])
-            xs.append(patch[:1])
-            ys.append(patch[1:].round().long())
+            xs.append(patch[:-1])
+            ys.append(patch[-1:].round().long())
         x = torch.stack(xs)
-        x = x + 0.02 * torch.randn(1).item() * torch.ones_like(x)  # small global intensity shift (contrast phases vary)
+        x[:, :2] += 0.02 * float(rng.standard_normal())  # small global intensity shift (contrast phases vary)
         return x, torch.stack(ys)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ class BrainTumorTask:
         from experts.mri_brain_tumor import BrainTumorConfig
 
         self.net_cfg = BrainTumorConfig()
-        self.recipe = Recipe(steps=400, batch_size=2, lr=4e-3, n_train=24, n_val=3, n_test=10, val_every=100, patch=(48, 48, 48))
+        self.recipe = Recipe(steps=600, batch_size=2, lr=4e-3, n_train=32, n_val=3, n_test=10, val_every=150, patch=(48, 48, 48))
         self.seed = 0
 
     def build_model(self) -> torch.nn.Module:
@@ -41,7 +41,7 @@ class BrainTumorTask:
         from experts.mri_brain_tumor import stack_sequences
         from experts.preprocess import to_model_grid
 
-        case = _phantom("mri", seed, tumor_rate=0.95)
+        case = _phantom("mri", seed, tumor_rate=0.8)
         ref, img = stack_sequences(case.volumes, self.net_cfg)
         lab = to_model_grid(ref.like(case.labels.astype(np.float32)), self.net_cfg.spacing_mm, mode="nearest")
         pad = SpatialPad(self.recipe.patch)
@@ -149,7 +149,7 @@ def youden_thresholds(probs: np.ndarray, labels: np.ndarray, names: tuple[str, .
 
 
 class CXRTask:
-    """2D DenseNet on 256 px radiographs; BCE; validation AUROC; thresholds by Youden J."""
+    """2D DenseNet on 128 px radiographs; BCE; validation AUROC; thresholds by Youden J."""
 
     name = "cxr_classification"
 
@@ -157,7 +157,7 @@ class CXRTask:
         from experts.cxr_classification import CXRConfig
 
         self.net_cfg = CXRConfig()
-        self.recipe = Recipe(steps=900, batch_size=24, lr=3e-3, n_train=700, n_val=150, n_test=200, val_every=150)
+        self.recipe = Recipe(steps=600, batch_size=32, lr=3e-3, n_train=800, n_val=150, n_test=200, val_every=150)
         self.seed = 0
 
     def build_model(self) -> torch.nn.Module:

@@ -113,8 +113,9 @@ class FeatSharpUpsampler(nn.Module):
         hh, ww = guide.shape[-2:]
         up = F.interpolate(low, size=(hh, ww), mode="bilinear", align_corners=False)
         k = 2 * self.config.jbu_radius + 1
-        patches = F.unfold(up, k, padding=k // 2).view(b, c, k * k, hh * ww)
-        g = F.unfold(guide, k, padding=k // 2)  # (B, k², L)
+        r = k // 2  # replicate borders so edge pixels average real neighbours only
+        patches = F.unfold(F.pad(up, (r, r, r, r), mode="replicate"), k).view(b, c, k * k, hh * ww)
+        g = F.unfold(F.pad(guide, (r, r, r, r), mode="replicate"), k)  # (B, k², L)
         centre = guide.flatten(2)  # (B, 1, L)
         offs = torch.arange(k, device=low.device, dtype=low.dtype) - k // 2
         d2 = (offs.view(-1, 1) ** 2 + offs.view(1, -1) ** 2).flatten() / self.config.upsample**2  # low-res units

@@ -169,12 +169,13 @@ class RadioEncoder(nn.Module):
         return (x - self.image_mean.to(x.dtype)) / self.image_std.to(x.dtype)
 
     # ---- checkpoints ------------------------------------------------------------------------------
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into folder ``path``; returns it."""
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into folder ``path`` (weights cast to
+        ``dtype`` if given, e.g. ``torch.float16`` to halve the file); returns the folder."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().to(dtype or v.dtype).contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(path / WEIGHTS_NAME), metadata={"format": "pt", "model_type": MODEL_TYPE})
         return path
 

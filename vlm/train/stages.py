@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from vlm.train.build import TrainError, data_files, expert_tool_schemas
 from vlm.train.dataset import IGNORE_INDEX, ConversationDataset, PixelCache, collate
 from vlm.train.recipes import Recipe, StageSpec
 
-__all__ = ["train_phase", "run_stage", "lm_loss", "STAGE_PHASES", "STAGE_ORDER", "latest_checkpoint", "TrainError"]
+__all__ = ["train_phase", "run_stage", "SharedPrefixLoss", "shared_prefix_length", "STAGE_PHASES", "STAGE_ORDER", "latest_checkpoint", "TrainError"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def run_stage(stage: str, recipe: Recipe, out: str | Path, init: str | Path, *, 
         if spec is None:
             raise TrainError(f"recipe {recipe.name!r} must define stage {phase!r} in its `stages`; it does not.")
         if overrides:
-            spec = StageSpec(**{**asdict(spec), **{k: v for k, v in overrides.items() if v is not None}})
+            spec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
         model_dir, metrics = train_phase(phase, spec, recipe, out / "data", model_dir, stage_dir / phase, resume=resume, progress=progress)
         results.append(metrics)
     _stage_report(stage, stage_dir, results)
@@ -105,12 +105,16 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
     scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, int(spec.warmup_fraction * spec.steps)), spec.steps)
     state = _TrainState()
     accelerator.register_for_checkpointing(state)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    vlm = model
+    model, optimizer, scheduler = accelerator.prepare(SharedPrefixLoss(vlm), optimizer, scheduler)
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
         log.info("%s: resumed from %s (step %d)", phase, ckpt.name, state.step)
-    pixels = PixelCache(accelerator.unwrap_model(model).vision_tower)
-    pad_id = accelerator.unwrap_model(model).tokenizer.pad_token_id or 0
+    pixels = PixelCache(vlm.vision_tower)
+    pad_id = vlm.tokenizer.pad_token_id or 0
+    probe = _probe_batches(spec, datasets, pixels, pad_id)
+    if state.step == 0:
+        state.probe_before = _probe_loss(model, probe, vlm.image_token_index, accelerator)
     model.train()
     bar = None
     if progress and accelerator.is_main_process:
@@ -124,7 +128,8 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
         items = items[accelerator.process_index::accelerator.num_processes]
         batch = collate([datasets[src][i] for src, i in items], pixels, pad_id)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        loss = lm_loss(model, batch)
+        prefix = shared_prefix_length(batch["input_ids"], batch["labels"], vlm.image_token_index)
+        loss = model(**batch, prefix_length=prefix)
         accelerator.backward(loss)
         if spec.grad_clip:
             accelerator.clip_grad_norm_(params, spec.grad_clip)
@@ -142,11 +147,13 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t_start
+    probe_after = _probe_loss(model, probe, vlm.image_token_index, accelerator)
     accelerator.wait_for_everyone()
-    trained = accelerator.unwrap_model(model)
+    trained = accelerator.unwrap_model(model).vlm
     if spec.lora is not None and "llm" in spec.train:
         trained.llm = trained.llm.merge_and_unload()
     metrics = _phase_metrics(phase, spec, state.history, seconds, steps_here, trainable)
+    metrics.update(probe_loss_before=state.probe_before, probe_loss_after=probe_after)
     if accelerator.is_main_process:
         _save_final(trained, final, recipe, spec)
         (phase_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -155,16 +162,54 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
     return final, metrics
 
 
-def lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Next-token cross-entropy on the labelled positions only (logits are computed only where some
-    sample of the batch has a label: the LM head over the prompt would be wasted work)."""
-    labels = batch["labels"]
-    targets = labels[:, 1:]  # (B, L-1): token p+1 predicted at position p
-    keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # (K,)
-    out = model(input_ids=batch["input_ids"], pixel_values=batch.get("pixel_values"), attention_mask=batch["attention_mask"],
-                logits_to_keep=keep)
-    logits = out.logits  # (B, K, V)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=IGNORE_INDEX)
+class SharedPrefixLoss(torch.nn.Module):
+    """The training forward: VLM → next-token cross-entropy on the labelled positions.
+
+    Every sample of a batch starts with the same tokens (system prompt and tool definitions), so the LM
+    runs that prefix once and repeats its key/value cache over the batch; gradients flow through it as
+    through any activation. Logits are computed only where some sample has a label (the LM head over
+    the prompt would be wasted work). Prepared by ``accelerate`` as the module, so DDP / FSDP see it.
+    """
+
+    def __init__(self, vlm: torch.nn.Module) -> None:
+        super().__init__()
+        self.vlm = vlm
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
+                pixel_values: torch.Tensor | None = None, prefix_length: int = 0) -> torch.Tensor:
+        vlm = self.vlm
+        feats = vlm.encode_images(pixel_values) if pixel_values is not None and pixel_values.numel() else None
+        embeds = vlm.embed(input_ids, feats)  # (B, L, H)
+        targets = labels[:, 1:]  # (B, L-1): token p+1 is predicted at position p
+        keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)  # (K,)
+        p = int(prefix_length)
+        if p > 0:
+            pre = vlm.llm(inputs_embeds=embeds[:1, :p], use_cache=True)
+            cache = pre.past_key_values
+            for layer in cache.layers:
+                layer.batch_repeat_interleave(embeds.shape[0])
+            out = vlm.llm(inputs_embeds=embeds[:, p:], attention_mask=attention_mask, use_cache=True, logits_to_keep=keep - p,
+                          **{_cache_kwarg(vlm.llm): cache})
+        else:
+            out = vlm.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep)
+        logits = out.logits  # (B, K, V)
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets[:, keep].reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def _cache_kwarg(llm: torch.nn.Module) -> str:
+    import inspect
+
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def shared_prefix_length(input_ids: torch.Tensor, labels: torch.Tensor, image_token_index: int) -> int:
+    """Length of the token prefix all rows share, stopping before the first image or labelled position."""
+    same = (input_ids == input_ids[:1]).all(0)  # (L,)
+    stop = (input_ids == image_token_index).any(0) | (labels != IGNORE_INDEX).any(0)
+    bad = (~same) | stop
+    first_bad = int(bad.nonzero()[0, 0]) if bad.any() else input_ids.shape[1]
+    return max(0, first_bad - 1)  # the position before a label must run with the rest
 
 
 def latest_checkpoint(phase_dir: str | Path) -> Path | None:
@@ -181,13 +226,15 @@ class _TrainState:
     def __init__(self) -> None:
         self.step = 0
         self.history: list[list[float]] = []  # [step, loss, lr]
+        self.probe_before: float | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "history": self.history}
+        return {"step": self.step, "history": self.history, "probe_before": self.probe_before}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.history = [list(h) for h in state["history"]]
+        self.probe_before = state.get("probe_before")
 
 
 _DATASETS: dict[tuple, ConversationDataset] = {}
@@ -227,12 +274,32 @@ def _set_trainable(model: Any, spec: StageSpec) -> dict[str, int]:
 
 
 def _batch_items(step: int, spec: StageSpec, datasets: dict[str, ConversationDataset], seed: int, code: int) -> list[tuple[str, int]]:
-    """The batch of ``step``: a seeded draw from the mixture (depends on the step only, so resume is exact)."""
+    """The batch of ``step``: one data file drawn by the mixture weights, then ``batch_size`` records of
+    it (one file per batch keeps lengths alike, so little padding). Depends on the step only, so a
+    resumed run draws exactly the batches an uninterrupted one would."""
     rng = np.random.default_rng([seed, code, step])
     names = list(spec.mix)
     weights = np.asarray([spec.mix[n] for n in names], dtype=float)
-    picks = rng.choice(len(names), size=spec.batch_size, p=weights / weights.sum())
-    return [(names[k], int(rng.integers(len(datasets[names[k]])))) for k in picks]
+    name = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    return [(name, int(i)) for i in rng.integers(len(datasets[name]), size=spec.batch_size)]
+
+
+def _probe_batches(spec: StageSpec, datasets: dict[str, ConversationDataset], pixels: PixelCache, pad_id: int,
+                   per_source: int = 8) -> list[dict[str, torch.Tensor]]:
+    """Fixed batches (the first records of each data file of the mix) whose loss is measured before and
+    after the phase: the mixture's per-step losses are too noisy to show progress on a short run."""
+    return [collate([datasets[n][i] for i in range(min(per_source, len(datasets[n])))], pixels, pad_id) for n in spec.mix]
+
+
+def _probe_loss(model: Any, batches: list[dict[str, torch.Tensor]], image_token_index: int, accelerator: Any) -> float:
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            total += float(model(**batch, prefix_length=shared_prefix_length(batch["input_ids"], batch["labels"], image_token_index)))
+    model.train()
+    return total / max(len(batches), 1)
 
 
 def _save_checkpoint(accelerator: Any, phase_dir: Path, step: int, recipe: Recipe, spec: StageSpec) -> None:

@@ -3,7 +3,7 @@
 Three teachers, each seeing images differently:
 
 * ``seg`` — the CT segmentation expert's 3D UNet: patch features are its stride-4 decoder/skip
-  features on the axial slice (64 channels), the summary its bottleneck averaged over the slice;
+  features on the axial slice, the summary its bottleneck level averaged over the slice;
 * ``cxr`` — the chest X-ray classifier: its last spatial feature map and its pooled features;
 * ``clip`` — a small contrastive image–caption model trained here on phantom images and captions
   written from each case's ground truth (a different, language-shaped view of the same images).
@@ -32,8 +32,8 @@ __all__ = [
 
 CT_CROP = 128  # model-grid voxels (3 mm) kept around the slice centre: a 384 mm field of view
 SEG_STRIDE = 4  # the UNet feature level used as the seg teacher's patch features
-SEG_FEATURE_MODULE = "model.1.submodule.1"  # (B, 64, X/4, Y/4, Z/4): skip + decoder features
-SEG_SUMMARY_MODULE = "model.1.submodule.1.submodule.1"  # (B, 192, X/8, Y/8, Z/8): bottleneck + skip
+SEG_FEATURE_MODULE = "model.1.submodule.1"  # (B, 2·c1, X/4, Y/4, Z/4): skip + decoder features
+SEG_SUMMARY_MODULE = "model.1.submodule.1.submodule.1"  # (B, c2 + c3, X/8, Y/8, Z/8): bottleneck + skip
 
 
 class TeacherError(RuntimeError):
@@ -164,10 +164,9 @@ class ContrastiveTeacher(nn.Module):
     def __init__(self, vocab: list[str], width: int = 128, embed_dim: int = 64) -> None:
         super().__init__()
         self.vocab = {w: i + 1 for i, w in enumerate(vocab)}  # 0 = unknown word
-        chans = [1, 32, 64, 96, width]
-        layers: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.GELU(), nn.Conv2d(cout, cout, 3, padding=1), nn.GELU()]
+        layers: list[nn.Module] = [nn.Conv2d(1, 32, 4, stride=4), nn.BatchNorm2d(32), nn.GELU()]  # stride-4 stem
+        for cin, cout in ((32, 64), (64, width)):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.GELU()]
         self.image_tower = nn.Sequential(*layers)
         self.image_proj = nn.Linear(width, embed_dim)
         self.text_embed = nn.EmbeddingBag(len(vocab) + 1, embed_dim, mode="mean")
@@ -193,7 +192,7 @@ class ContrastiveTeacher(nn.Module):
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def train_contrastive_teacher(data: PhantomImages, steps: int, batch_size: int = 64, lr: float = 2e-3, seed: int = 0) -> tuple[ContrastiveTeacher, list[float]]:
+def train_contrastive_teacher(data: PhantomImages, steps: int, batch_size: int = 32, lr: float = 2e-3, seed: int = 0) -> tuple[ContrastiveTeacher, list[float]]:
     """Train :class:`ContrastiveTeacher` on the training (not held-out) images; returns it and its loss curve."""
     torch.manual_seed(seed)
     train_idx = torch.nonzero(~data.held_out).flatten()
@@ -291,13 +290,19 @@ def _ct_model_grid(ph, seg_expert, n_slices: int, seed: int):
     z_idx = sorted(rng.choice(organ_z, size=min(n_slices, len(organ_z)), replace=False).tolist()) if organ_z else []
     feats = None
     if seg_expert is not None and z_idx:
-        feats = _unet_slice_features(seg_expert, img, [z // SEG_STRIDE for z in z_idx])
+        from experts.ct_segmentation import ct_input  # the expert's own input channels on its grid
+
+        x = np.asarray(torch.as_tensor(ct_input(ph.volume, seg_expert.config)).detach().cpu())
+        if x.shape[1:] != ph.volume.shape:
+            raise TeacherError(f"seg teacher: expected the phantom already on the expert grid {ph.volume.shape}, got {x.shape[1:]}.")
+        x = np.stack([_crop_xy(c, float(c.min())) for c in x])
+        feats = _unet_slice_features(seg_expert, x, [z // SEG_STRIDE for z in z_idx])
     return img, lab, z_idx, feats
 
 
-def _unet_slice_features(expert, hu: np.ndarray, zf: list[int]):
-    """UNet features of the slab at feature-grid slices ``zf``: ([(64, 32, 32)], [(192,)])."""
-    cfg = expert.config
+def _unet_slice_features(expert, x_np: np.ndarray, zf: list[int]):
+    """UNet features of the ``(C_in, X, Y, Z)`` input slab at feature-grid slices ``zf``:
+    ([(F, X/4, Y/4)], [(S,)]) with the maps in (rows, cols) order like the images."""
     net = expert.network
     modules = dict(net.named_modules())
     if SEG_FEATURE_MODULE not in modules or SEG_SUMMARY_MODULE not in modules:
@@ -309,7 +314,7 @@ def _unet_slice_features(expert, hu: np.ndarray, zf: list[int]):
         net(x)
         return grabbed[SEG_FEATURE_MODULE], grabbed[SEG_SUMMARY_MODULE]
 
-    x = torch.from_numpy(np.clip((hu - cfg.hu_min) / (cfg.hu_max - cfg.hu_min), 0, 1)).float()[None, None]
+    x = torch.from_numpy(x_np).float()[None]
     pad_z = (-x.shape[-1]) % 8
     x = F.pad(x, (0, pad_z, 0, 0, 0, 0), mode="replicate")
     try:

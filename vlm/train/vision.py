@@ -101,8 +101,8 @@ def run_vision_stage(config: VisionStageConfig) -> Path:
     data, targets = load_or_build_targets(config)
     encoder, history = train_student(config, data, targets, accelerator, out)
     enc_dir = encoder.save_pretrained(out / "encoder")
-    if config.save_encoder_to:
-        encoder.save_pretrained(config.save_encoder_to)
+    if config.save_encoder_to:  # the shipped copy in float16 (loads back into float32)
+        encoder.save_pretrained(config.save_encoder_to, dtype=torch.float16)
     metrics = evaluate_stage(config, encoder, data, targets) if config.evaluate else {}
     if config.compare_plain and config.normalisation == "phis":
         plain_cfg = VisionStageConfig(**{**asdict(config), "output_dir": str(out / "plain"), "normalisation": "plain",
@@ -160,7 +160,7 @@ def train_student(config: VisionStageConfig, data, targets: dict[str, TeacherTar
     norms = build_standardizers({n: targets[n] for n in names}, train_mask, config.normalisation)
     enc_cfg = RadioConfig(
         patch_size=config.patch_size, hidden_size=config.hidden_size, depth=config.depth, num_heads=config.num_heads,
-        num_registers=config.num_registers, image_size=max(config.resolutions), adaptor_hidden=2 * config.hidden_size,
+        num_registers=config.num_registers, image_size=max(config.resolutions), adaptor_hidden=config.hidden_size,
         teachers=[TeacherSpec(n, targets[n].summary_dim, targets[n].feature_dim) for n in names],
     )
     model = RadioEncoder(enc_cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vlm.train.recipes import DataSpec, LoraSpec, ModelSpec, Recipe, StageSpec
+from vlm.train.recipes import DataSpec, ModelSpec, Recipe, StageSpec
 
 __all__ = ["RECIPE"]
 
@@ -22,7 +22,9 @@ class RECIPE(Recipe):
         "align_projector": StageSpec(steps=8, batch_size=4, lr=3e-3, train=("projector",), mix={"align": 1.0}, checkpoint_every=4),
         "align": StageSpec(steps=10, batch_size=4, lr=3e-3, train=("projector", "llm", "tower"), mix={"align": 1.0}, checkpoint_every=5),
         "ift": StageSpec(steps=10, batch_size=4, lr=3e-3, train=("projector", "llm"), mix={"ift": 0.8, "align": 0.2}, checkpoint_every=5),
-        "medical-ift": StageSpec(steps=10, batch_size=4, lr=3e-3, train=("projector", "llm"), lora=LoraSpec(r=8, alpha=16),
+        "medical-ift": StageSpec(steps=12, batch_size=4, lr=3e-3, train=("projector", "llm"),
                                  mix={"medical-ift": 0.7, "ift": 0.2, "align": 0.1}, checkpoint_every=5),
     })
     mixed_precision: str = "no"
+    threads: int = 1
+    eval_limit: int = 3

@@ -1,0 +1,112 @@
+"""The three built-in experts with their committed weights, one small phantom each: masks on the
+input grid, measurements close to the truth, targets, and clear refusals of bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import data.phantoms
+from data.phantoms.labels import CT_LABELS, CXR_FINDINGS
+from data.study import Volume
+from experts.base import ExpertError, tool_message
+from experts.registry import default_registry
+
+
+@pytest.fixture(scope="module")
+def reg():
+    return default_registry()
+
+
+@pytest.fixture(scope="module")
+def ct_case():
+    return data.phantoms.generate("ct", 30_001, lesion_rate=1.0)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum()))
+
+
+def test_ct_everything_gives_organ_masks_and_volumes_close_to_truth(reg, ct_case):
+    ct = ct_case.volumes["CT"]
+    res = reg.run("ct_segmentation", ct)
+    mask = res.label_volume.array
+    assert mask.shape == ct.shape and np.allclose(res.label_volume.affine, ct.affine)
+    for value in (1, 5, 6):  # liver and both lungs: big, unmistakable
+        assert _dice(mask == value, ct_case.labels == value) > 0.85, CT_LABELS[value]
+    liver_ml = next(m.value for m in res.measurements if m.structure == "liver" and m.quantity == "volume")
+    assert liver_ml == pytest.approx(ct_case.truth["organ_volumes_ml"]["liver"], rel=0.15)
+    assert "liver" in res.summary and '"expert": "ct_segmentation"' in tool_message(res)
+
+
+def test_ct_targets_restrict_the_mask_and_the_report(reg, ct_case):
+    res = reg.run("ct_segmentation", ct_case.volumes["CT"], targets="liver tumor")
+    assert set(np.unique(res.label_volume.array)) <= {0, 10}
+    assert [m.structure for m in res.measurements] and all(m.structure == "liver tumor" for m in res.measurements)
+    count = next(m.value for m in res.measurements if m.quantity == "count")
+    assert count == ct_case.truth["lesion_counts"]["liver tumor"]
+    both = reg.run("ct_segmentation", ct_case.volumes["CT"], targets=["spleen", "aorta"])
+    assert set(both.label_names.values()) == {"spleen", "aorta"}
+    with pytest.raises(ExpertError, match="targets"):
+        reg.run("ct_segmentation", ct_case.volumes["CT"], targets="brain")
+
+
+def test_ct_refuses_bad_input_with_actionable_messages(reg, ct_case):
+    ct = ct_case.volumes["CT"]
+    with pytest.raises(ExpertError, match="must be a CT image, got modality 'MR'"):
+        reg.run("ct_segmentation", ct.like(ct.array, modality="MR"))
+    nan = ct.array.astype(np.float32)
+    nan[3, 3, 3] = np.nan
+    with pytest.raises(ExpertError, match="1 NaN"):
+        reg.run("ct_segmentation", ct.like(nan))
+    with pytest.raises(ExpertError, match="too small|covers only"):
+        reg.run("ct_segmentation", Volume(np.zeros((6, 6, 6)), np.eye(4), modality="CT"))
+    with pytest.raises(ExpertError, match="2D image"):
+        reg.run("ct_segmentation", Volume(np.zeros((64, 64, 1)), np.eye(4), modality="CT"))
+    huge = Volume(np.broadcast_to(np.float32(0), (1100, 1100, 600)), np.eye(4), modality="CT")
+    with pytest.raises(ExpertError, match="million voxels"):
+        reg.run("ct_segmentation", huge)
+
+
+def test_mri_segments_the_tumour_and_names_missing_sequences(reg):
+    case = data.phantoms.generate("mri", 30_002, tumor=True)
+    res = reg.run("mri_brain_tumor", case.volumes)
+    assert _dice(res.label_volume.array > 0, case.labels > 0) > 0.75
+    wt = next(m.value for m in res.measurements if m.structure == "whole tumor" and m.quantity == "volume")
+    assert wt == pytest.approx(case.truth["whole_tumor_ml"], rel=0.3)
+    assert f"{case.truth['hemisphere']} hemisphere" in res.summary
+    three = {k: v for k, v in case.volumes.items() if k != "FLAIR"}
+    with pytest.raises(ExpertError, match="missing MRI sequence FLAIR"):
+        reg.run("mri_brain_tumor", three)
+    with pytest.raises(ExpertError, match="four MRI sequences"):
+        reg.run("mri_brain_tumor", case.volumes["T1"])
+
+
+def test_mri_sequences_on_different_grids_are_resampled_onto_t1c(reg):
+    case = data.phantoms.generate("mri", 30_003, tumor=True)
+    flair = case.volumes["FLAIR"]
+    coarse = flair.like(flair.array[::2, ::2, :].copy(), affine=flair.affine @ np.diag([2.0, 2.0, 1.0, 1.0]))
+    res = reg.run("mri_brain_tumor", {**case.volumes, "FLAIR": coarse})
+    assert res.label_volume.shape == case.volumes["T1c"].shape
+    assert _dice(res.label_volume.array > 0, case.labels > 0) > 0.6
+
+
+def test_cxr_gives_calibrated_yes_no_for_every_finding(reg):
+    case = data.phantoms.generate("cxr", 30_004, findings=("cardiomegaly", "pleural effusion"), random_others=False)
+    res = reg.run("cxr_classification", case.volumes["DX"])
+    by = {f.label: f for f in res.findings}
+    assert list(by) == list(CXR_FINDINGS)
+    expert = reg.get("cxr_classification")
+    for f in res.findings:
+        assert 0.0 <= f.probability <= 1.0 and f.threshold == expert.thresholds[f.label]
+        assert f.present == (f.probability >= f.threshold)
+    assert by["pleural effusion"].present
+    rgb = res.render_overlay(case.volumes["DX"])
+    assert rgb.dtype == np.uint8 and rgb.shape[2] == 3
+
+
+def test_cxr_refuses_ct_and_tiny_images(reg, ct_case):
+    with pytest.raises(ExpertError, match="DX or CR"):
+        reg.run("cxr_classification", ct_case.volumes["CT"])
+    with pytest.raises(ExpertError, match="too small"):
+        reg.run("cxr_classification", Volume(np.zeros((20, 20, 1)), np.eye(4), modality="DX"))

@@ -1,0 +1,87 @@
+"""Training samples are exactly what the agent shows the model, with labels on the assistant's words only."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def parts(micro_run):
+    from vlm.model import load_model
+
+    out, final = micro_run
+    return out / "data", load_model(final)
+
+
+def _sample(parts, stage, index):
+    from vlm.agent import AGENT_SYSTEM_PROMPT
+    from vlm.train.build import expert_tool_schemas
+    from vlm.train.dataset import record_messages, tokenize_record
+
+    data, model = parts
+    rec = json.loads((data / f"{stage}_train.json").read_text())[index]
+    sample = tokenize_record(rec, model.tokenizer, AGENT_SYSTEM_PROMPT, expert_tool_schemas(), model.image_token_index,
+                             model.tokens_per_image, 10_000)
+    return rec, record_messages(rec, AGENT_SYSTEM_PROMPT)[0], sample
+
+
+def test_labels_cover_exactly_the_assistant_turns(parts):
+    data, model = parts
+    records = json.loads((data / "medical-ift_train.json").read_text())
+    index = next(i for i, r in enumerate(records) if any(t["from"] == "tool" for t in r["conversations"]))
+    rec, messages, sample = _sample(parts, "medical-ift", index)
+    labelled = sample.labels[sample.labels != -100]
+    expected = "".join(m["content"] + "<|end|>" for m in messages if m["role"] == "assistant")
+    assert model.tokenizer.decode(labelled.tolist(), skip_special_tokens=False) == expected
+    assert '<tool_call>{"name": ' in expected  # the call is learnt, the tool's reply is not
+    tool_text = next(m["content"] for m in messages if m["role"] == "tool")
+    assert tool_text.split("\n")[-1] not in model.tokenizer.decode(labelled.tolist())
+
+
+def test_training_text_equals_the_agents_prompt(parts):
+    """The backend renders the agent's messages with the model's template; a training sample must be that
+    text token for token (up to the assistant's reply)."""
+    from vlm.backends.hf_vlm import HFVLMBackend
+    from vlm.train.build import expert_tool_schemas
+
+    data, model = parts
+    rec, messages, sample = _sample(parts, "ift", 0)
+    backend = HFVLMBackend(model)
+    prompt = backend.prompt_ids(messages[:-1], expert_tool_schemas())
+    expanded = model.expand_image_tokens(prompt)
+    assert sample.input_ids[: len(expanded)].tolist() == expanded
+    n_images = len(rec.get("images") or [rec["image"]])
+    assert int((sample.input_ids == model.image_token_index).sum()) == n_images * model.tokens_per_image
+    assert len(sample.images) == n_images
+
+
+def test_mask_expert_tool_turns_carry_an_overlay_picture(parts):
+    from vlm.train.dataset import MASK_EXPERTS
+
+    data, _ = parts
+    records = json.loads((data / "medical-ift_train.json").read_text())
+    index = next(i for i, r in enumerate(records)
+                 if any(t["from"] == "tool" and json.loads(t["value"])["expert"] in MASK_EXPERTS for t in r["conversations"]))
+    rec, messages, sample = _sample(parts, "medical-ift", index)
+    tool = next(m for m in messages if m["role"] == "tool")
+    assert tool["content"].startswith("<image>\n")
+    assert len(sample.images) == len(rec.get("images") or [rec["image"]]) + 1  # the case's pictures, then the overlay's stand-in
+
+
+def test_shared_prefix_forward_equals_the_plain_forward(parts):
+    from vlm.train.dataset import PixelCache, collate
+    from vlm.train.stages import SharedPrefixLoss, shared_prefix_length
+
+    data, model = parts
+    samples = [_sample(parts, "ift", i)[2] for i in range(4)]
+    for s in samples:
+        s.images = [data / p for p in s.images]
+    batch = collate(samples, PixelCache(model.vision_tower), model.tokenizer.pad_token_id)
+    prefix = shared_prefix_length(batch["input_ids"], batch["labels"], model.image_token_index)
+    assert prefix > 20  # system prompt and tool list
+    loss = SharedPrefixLoss(model.float())
+    with torch.no_grad():
+        assert float(loss(**batch, prefix_length=prefix)) == pytest.approx(float(loss(**batch, prefix_length=0)), rel=1e-4)

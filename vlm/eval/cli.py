@@ -1,0 +1,57 @@
+"""``m3 eval``: score a model on held-out phantoms through the agent, or on a VQA file (phantom, VQA-RAD,
+SLAKE, PathVQA); ``--compare-projectors`` trains and scores the projector options on one budget.
+
+    m3 eval --model vlm/weights/default --data runs/tiny/data               # VQA + reports + expert calls
+    m3 eval --model MODEL --data VQA_RAD/"VQA_RAD Dataset Public.json" --format vqa-rad
+    m3 eval --compare-projectors micro --out runs/projectors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``eval``."""
+    from vlm.eval.vqa import VQA_FORMATS
+
+    p = sub.add_parser("eval", help="evaluate a VLM: VQA, reports, expert calls, grounding (Markdown table + plots)",
+                       description="Evaluate a VLM through the agent loop on held-out data; prints the Markdown table.")
+    p.add_argument("--model", help="model folder (VILA layout)")
+    p.add_argument("--data", help="folder with *_test.json from `m3 data instructions --split test`, or one VQA file")
+    p.add_argument("--format", choices=VQA_FORMATS, default="llava", help="format of a --data file (default llava)")
+    p.add_argument("--image-root", help="image folder of a public VQA file (default: the set's own layout)")
+    p.add_argument("--out", help="output folder (default runs/eval/<model name>, or runs/projectors)")
+    p.add_argument("--experts", choices=("auto", "real", "truth"), default="auto",
+                   help="experts behind tool calls: trained (real), phantom ground truth (truth), real if present (auto)")
+    p.add_argument("--limit", type=int, default=0, help="items per part (0: all)")
+    p.add_argument("--max-new-tokens", type=int, default=160, help="longest answer (default 160)")
+    p.add_argument("--compare-projectors", metavar="RECIPE", help="train and score mlp_downsample vs token merging on RECIPE's budget")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.compare_projectors:
+        from vlm.eval.projectors import compare_projectors
+
+        md = compare_projectors(args.compare_projectors, Path(args.out or "runs/projectors"), experts=args.experts, limit=args.limit)
+        print(md.read_text())
+        return 0
+    if not args.model or not args.data:
+        raise SystemExit("m3 eval: error: --model and --data are required (or --compare-projectors RECIPE).")
+    from vlm.eval.harness import evaluate_model, evaluate_vqa_file
+
+    out = Path(args.out) if args.out else Path("runs/eval") / Path(args.model).name
+    data = Path(args.data)
+    if data.is_dir():
+        report = evaluate_model(args.model, data, out, experts=args.experts, limit=args.limit, max_new_tokens=args.max_new_tokens)
+    else:
+        report = evaluate_vqa_file(args.model, data, out, fmt=args.format, image_root=args.image_root, experts=args.experts, limit=args.limit)
+    print((out / "eval.md").read_text())
+    print(json.dumps(report["headline"]))
+    return 0

@@ -1,0 +1,298 @@
+"""``m3 eval`` on held-out phantoms: every question goes through the real agent loop (``vlm.agent``) with
+the experts behind its tool calls, on the case's real volumes and the pictures the model was trained
+to see.
+
+Three parts, one per test file written by ``data.instructions.build_datasets(split="test")``:
+VQA (``ift_test.json``), reports (``align_test.json``), expert conversations (``medical-ift_test.json``,
+each human turn asked in order in one conversation). Experts: ``real`` (the trained experts of the
+registry), ``truth`` (the same experts' interface answering from the phantom's ground truth, to
+measure the VLM alone), ``auto`` (real when all their weights exist). Outputs ``metrics.json``,
+``eval.md`` (Markdown tables) and ``eval.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from experts.base import Expert, ExpertResult
+from vlm.eval.report import ReportItem, score_reports
+from vlm.eval.tables import TARGETS, write_model_card, write_tables
+from vlm.eval.tools import DialogueItem, score_dialogues
+from vlm.eval.vqa import VQAItem, score_vqa
+
+__all__ = ["evaluate_model", "evaluate_vqa_file", "TruthRegistry", "TARGETS", "load_picture", "answer_text", "write_tables", "write_model_card"]
+
+log = logging.getLogger(__name__)
+
+_NOTE = "\n\n(Note:"
+
+
+class TruthRegistry:
+    """A registry with the built-in experts' names, schemas and result shapes, whose results come from
+    the current phantom case's ground truth (``data.instructions.tool_result_from_truth``) — the
+    VLM's part measured without the experts' errors. Masks come from the phantom's label map, so the
+    agent draws the same overlay it would for the real expert."""
+
+    def __init__(self) -> None:
+        from experts.registry import BUILTIN_EXPERTS, _resolve
+
+        self._classes = {name: _resolve(target) for name, target in BUILTIN_EXPERTS.items()}
+        self.case: Any = None
+        self._experts: dict[str, Expert] = {}
+
+    def names(self) -> list[str]:
+        return list(self._classes)
+
+    def get(self, name: str) -> Expert:
+        from experts.base import ExpertError
+
+        if name not in self._classes:
+            raise ExpertError(f"unknown expert {name!r}; available experts: {', '.join(self._classes)}.")
+        if name not in self._experts:
+            self._experts[name] = _truth_expert(self._classes[name], self)
+        return self._experts[name]
+
+    def run(self, name: str, volumes: Any, **arguments: Any) -> ExpertResult:
+        return self.get(name).run(volumes, **arguments)
+
+
+def evaluate_model(model: str | Path, data_dir: str | Path, out_dir: str | Path, *, experts: str = "auto", limit: int = 0,
+                   max_new_tokens: int = 160, progress: bool = True) -> dict[str, Any]:
+    """Evaluate the model folder ``model`` on the test files in ``data_dir``; returns the metrics (also
+    written to ``out_dir``). limit: questions / reports / conversations per part (0: all)."""
+    from vlm.backends import load_backend
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backend = load_backend(model)
+    registry, expert_mode = _registry(experts)
+    cases = _CaseCache(data_dir)
+    t0 = time.perf_counter()
+    parts: dict[str, Any] = {}
+    vqa = _records(data_dir / "ift_test.json", limit)
+    if vqa:
+        items = [_ask_vqa(backend, registry, cases, r, 24) for r in _bar(vqa, "eval vqa", progress)]
+        parts["vqa"] = score_vqa(items)
+        _dump(out_dir / "vqa_answers.json", items)
+    reports = _records(data_dir / "align_test.json", limit)
+    if reports:
+        items = [_ask_report(backend, registry, cases, r, max_new_tokens) for r in _bar(reports, "eval reports", progress)]
+        parts["reports"] = score_reports(items)
+        _dump(out_dir / "report_answers.json", items)
+    dialogues = _records(data_dir / "medical-ift_test.json", limit)
+    if dialogues:
+        items = [_ask_dialogue(backend, registry, cases, r, max_new_tokens) for r in _bar(dialogues, "eval experts", progress)]
+        parts["experts"] = score_dialogues(items)
+        _dump(out_dir / "dialogue_answers.json", items)
+    report = {"model": str(model), "expert_mode": expert_mode, "seconds": round(time.perf_counter() - t0, 1), **parts}
+    report["headline"] = _headline(parts)
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_tables(report, out_dir)
+    return report
+
+
+def evaluate_vqa_file(model: str | Path, path: str | Path, out_dir: str | Path, *, fmt: str = "llava", image_root: str | Path | None = None,
+                      experts: str = "auto", limit: int = 0, progress: bool = True) -> dict[str, Any]:
+    """The VQA scorer on one file: a phantom ``ift_test.json`` or a VQA-RAD / SLAKE / PathVQA file
+    (``fmt``); same agent, same protocol. Writes ``metrics.json`` / ``eval.md`` / ``eval.png``."""
+    from vlm.backends import load_backend
+    from vlm.eval.vqa import load_vqa_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = [r for r in load_vqa_file(path, fmt, image_root) if "answer_type" in r.get("meta", {})]
+    if limit and len(records) > limit:
+        records = [records[i] for i in sorted(set(np.linspace(0, len(records) - 1, limit).round().astype(int).tolist()))]
+    if not records:
+        raise ValueError(f"{path} must hold VQA records with an answer type (closed / open); found none.")
+    backend = load_backend(model)
+    registry, expert_mode = _registry(experts)
+    cases = _CaseCache(Path(path).parent)
+    t0 = time.perf_counter()
+    items = [_ask_vqa(backend, registry, cases, r, 24) for r in _bar(records, f"eval {Path(path).name}", progress)]
+    _dump(out_dir / "vqa_answers.json", items)
+    parts = {"vqa": score_vqa(items)}
+    report = {"model": str(model), "data": str(path), "format": fmt, "expert_mode": expert_mode,
+              "seconds": round(time.perf_counter() - t0, 1), **parts, "headline": _headline(parts)}
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_tables(report, out_dir)
+    return report
+
+
+def answer_text(answer: str) -> str:
+    """The model's answer without the agent's grounding note."""
+    return answer.split(_NOTE)[0].strip()
+
+
+def load_picture(path: str | Path) -> np.ndarray:
+    """A picture file as ``(H, W)`` or ``(H, W, 3)`` uint8 (what the agent shows the model)."""
+    from PIL import Image
+
+    img = Image.open(path)
+    img = img.convert("L") if img.mode in ("L", "I", "I;16", "F", "1", "P") else img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+# ---- the three parts ---------------------------------------------------------------------------------
+def _agent(backend: Any, registry: Any, max_new_tokens: int) -> Any:
+    from vlm.agent import Agent
+    from vlm.backends.base import GenerationConfig
+
+    return Agent(backend, registry, max_rounds=2, generation=GenerationConfig(max_new_tokens=max_new_tokens))
+
+
+def _first_question(record: dict) -> str:
+    return record["conversations"][0]["value"].replace("<image>\n", "").replace("<image>", "").strip()
+
+
+def _ask_vqa(backend: Any, registry: Any, cases: "_CaseCache", record: dict, max_new_tokens: int) -> VQAItem:
+    conv = cases.conversation(record, registry)
+    turn = _agent(backend, registry, max_new_tokens).run_turn(conv, _first_question(record))
+    meta = record.get("meta", {})
+    return VQAItem(_first_question(record), str(meta.get("answer", record["conversations"][1]["value"])), answer_text(turn.answer),
+                   meta.get("answer_type", "open"), meta.get("category", ""), meta.get("kind", ""))
+
+
+def _ask_report(backend: Any, registry: Any, cases: "_CaseCache", record: dict, max_new_tokens: int) -> ReportItem:
+    conv = cases.conversation(record, registry)
+    turn = _agent(backend, registry, max_new_tokens).run_turn(conv, _first_question(record))
+    meta = record["meta"]
+    return ReportItem(answer_text(turn.answer), record["conversations"][1]["value"], list(meta.get("findings", [])), meta["kind"])
+
+
+def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict, max_new_tokens: int) -> DialogueItem:
+    from experts.base import tool_message
+
+    conv = cases.conversation(record, registry)
+    agent = _agent(backend, registry, max_new_tokens)
+    turns = record["conversations"]
+    meta = record["meta"]
+    item = DialogueItem(expected_calls=[(c["name"], c["arguments"]) for c in meta.get("tool_calls", [])], predicted_calls=[],
+                        task=meta.get("task", "expert"), kind=meta.get("kind", ""))
+    for k, t in enumerate(turns):
+        if t["from"] != "human":
+            continue
+        nxt = next((j for j in range(k + 1, len(turns)) if turns[j]["from"] == "human"), len(turns))
+        reference = next((turns[j]["value"] for j in range(nxt - 1, k, -1) if turns[j]["from"] == "gpt"), "")
+        question = t["value"].replace("<image>\n", "").strip()
+        turn = agent.run_turn(conv, question)
+        for call in turn.tool_calls:
+            item.predicted_calls.append((call.name, dict(call.arguments)))
+            if call.result is not None:
+                item.tool_texts.append(tool_message(call.result))
+            if call.error:
+                item.errors.append(call.error)
+        item.answers.append((answer_text(turn.answer), reference))
+    return item
+
+
+# ---- cases -------------------------------------------------------------------------------------------
+class _CaseCache:
+    """Phantom cases of the test records, regenerated from their seeds (the volumes the experts run on)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        spec = data_dir / "data_spec.json"
+        self.options = json.loads(spec.read_text()).get("phantom_options", {}) if spec.is_file() else {}
+        self._cases: dict[tuple[str, int], Any] = {}
+
+    def case(self, kind: str, seed: int) -> Any:
+        from data.phantoms import generate
+
+        key = (kind, int(seed))
+        if key not in self._cases:
+            self._cases.clear()  # records of one case come together; keep memory flat
+            self._cases[key] = generate(kind, int(seed), **self.options.get(kind, {}))
+        return self._cases[key]
+
+    def conversation(self, record: dict, registry: Any) -> Any:
+        from vlm.conversation import Conversation
+
+        paths = list(record.get("images") or [record["image"]])
+        images = [load_picture(p if Path(p).is_absolute() else self.data_dir / p) for p in paths]
+        meta = record.get("meta", {})
+        if "kind" in meta and "seed" in meta:
+            case = self.case(meta["kind"], meta["seed"])
+            if isinstance(registry, TruthRegistry):
+                registry.case = case
+            return Conversation(volumes=dict(case.volumes), images=images)
+        return Conversation(volumes={}, images=images)
+
+
+def _truth_expert(cls: type, registry: TruthRegistry) -> Expert:
+    from data.instructions import tool_result_from_truth
+    from experts.overlay import render_overlay
+
+    def _run(self: Expert, volumes: Any, **arguments: Any) -> ExpertResult:
+        case = registry.case
+        rng = np.random.default_rng([case.seed, 7])
+        result = tool_result_from_truth(case.kind, case.truth, arguments, rng)
+        if case.labels is not None:
+            from data.instructions.expert_dialogues import ct_target_values
+
+            labels = np.asarray(case.labels).copy()
+            if case.kind == "ct":
+                labels[~np.isin(labels, ct_target_values(arguments.get("targets", "everything")))] = 0
+            result.label_volume = case.volume.like(labels.astype(np.int16), modality="SEG", description=f"{cls.name} mask", window=None)
+            result.label_names = dict(case.label_names)
+            result.overlay_renderer = render_overlay
+        return result
+
+    attrs = {k: getattr(cls, k) for k in ("name", "description", "modalities", "parameters", "version")}
+    attrs["_run"] = _run
+    return type(f"Truth{cls.__name__}", (Expert,), attrs)()
+
+
+def _registry(mode: str) -> tuple[Any, str]:
+    from experts.model_files import WEIGHTS_DIR
+    from experts.registry import BUILTIN_EXPERTS, default_registry
+
+    if mode not in ("auto", "real", "truth"):
+        raise ValueError(f"experts must be 'auto', 'real' or 'truth', got {mode!r}.")
+    have_all = all((WEIGHTS_DIR / n / "model.safetensors").is_file() for n in BUILTIN_EXPERTS)
+    if mode == "real" or (mode == "auto" and have_all):
+        return default_registry(), "real"
+    if mode == "auto":
+        log.warning("expert weights missing under %s: evaluating with ground-truth experts", WEIGHTS_DIR)
+    return TruthRegistry(), "truth"
+
+
+def _records(path: Path, limit: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    records = json.loads(path.read_text())
+    if limit and len(records) > limit:
+        idx = np.linspace(0, len(records) - 1, limit).round().astype(int)  # spread over kinds and cases
+        records = [records[i] for i in sorted(set(idx.tolist()))]
+    return records
+
+
+def _bar(items: list, desc: str, progress: bool) -> Any:
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="item")
+
+
+def _dump(path: Path, items: list) -> None:
+    from dataclasses import asdict
+
+    path.write_text(json.dumps([asdict(i) for i in items], indent=1, ensure_ascii=False, default=str) + "\n")
+
+
+def _headline(parts: dict[str, Any]) -> dict[str, Any]:
+    vqa, rep, exp = parts.get("vqa", {}), parts.get("reports", {}), parts.get("experts", {})
+    return {
+        "closed_accuracy": vqa.get("closed_accuracy"), "open_recall": vqa.get("open_recall"),
+        "bleu4": rep.get("bleu4"), "rouge_l": rep.get("rouge_l"), "finding_f1": rep.get("finding_f1"),
+        "call_precision": exp.get("call_precision"), "call_recall": exp.get("call_recall"),
+        "grounded_answer_rate": exp.get("grounded_answer_rate"),
+    }
+

@@ -1,0 +1,125 @@
+"""What ``m3 eval`` writes for people: Markdown tables, a bar plot against the targets, and the model
+card of a trained model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TARGETS", "METRIC_NAMES", "write_tables", "write_model_card", "markdown_table", "DISCLAIMER"]
+
+# the default model's quality bars (issue 6)
+TARGETS = {"closed_accuracy": 0.90, "call_precision": 0.95, "call_recall": 0.95, "finding_f1": 0.85, "grounded_answer_rate": 0.95}
+METRIC_NAMES = {
+    "closed_accuracy": "closed-question accuracy", "open_recall": "open-question recall", "bleu4": "report BLEU-4 (0-100)",
+    "rouge_l": "report ROUGE-L (0-100)", "finding_f1": "report finding F1", "call_precision": "expert-call precision",
+    "call_recall": "expert-call recall", "grounded_answer_rate": "grounded answers (numbers quoted from the expert)",
+}
+DISCLAIMER = ("A demonstration model trained on synthetic phantoms, not for clinical use. It has never seen a real patient "
+              "image; its answers and the experts' numbers must not inform any clinical decision.")
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (floats with 3 decimals)."""
+    fmt = lambda v: "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def headline_rows(headline: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for key, name in METRIC_NAMES.items():
+        value, target = headline.get(key), TARGETS.get(key)
+        met = "—" if target is None or value is None else ("yes" if value >= target else "no")
+        rows.append([name, value, f"≥ {target:.2f}" if target is not None else "", met])
+    return rows
+
+
+def write_tables(report: dict[str, Any], out_dir: str | Path) -> Path:
+    """``eval.md`` (headline, VQA by category, reports, expert calls) and ``eval.png``; returns the .md."""
+    out_dir = Path(out_dir)
+    parts = [f"# m3 eval — {Path(report['model']).name}", "",
+             f"Experts behind the tool calls: **{report['expert_mode']}**" + (" (phantom ground truth through the experts' "
+             "interface: measures the VLM alone)" if report["expert_mode"] == "truth" else " (the trained experts)") + ".", "",
+             markdown_table(["metric", "value", "target", "met"], headline_rows(report["headline"]))]
+    vqa = report.get("vqa")
+    if vqa:
+        parts += ["", f"## VQA ({vqa['n_closed']} closed, {vqa['n_open']} open)", "",
+                  markdown_table(["category", "score", "n"], [[k, v["score"], v["n"]] for k, v in vqa["by_category"].items()]),
+                  "", markdown_table(["image kind", "score", "n"], [[k, v["score"], v["n"]] for k, v in vqa["by_kind"].items()])]
+    rep = report.get("reports")
+    if rep:
+        parts += ["", f"## Reports ({rep['n']})", "", markdown_table(["BLEU-4", "ROUGE-L", "finding P", "finding R", "finding F1"],
+                  [[rep["bleu4"], rep["rouge_l"], rep["finding_precision"], rep["finding_recall"], rep["finding_f1"]]])]
+    exp = report.get("experts")
+    if exp:
+        parts += ["", f"## Expert conversations ({exp['n']})", "",
+                  markdown_table(["call P", "call R", "name P", "name R", "grounded", "no call when not needed", "expert errors"],
+                                 [[exp["call_precision"], exp["call_recall"], exp["call_name_precision"], exp["call_name_recall"],
+                                   exp["grounded_answer_rate"], exp["no_call_when_not_needed"], exp["expert_errors"]]])]
+    md = out_dir / "eval.md"
+    md.write_text("\n".join(parts) + "\n")
+    _plot(report["headline"], out_dir / "eval.png")
+    return md
+
+
+def write_model_card(model_dir: str | Path, recipe: Any, report: dict[str, Any], *, training: dict[str, Any], command: str) -> Path:
+    """``model_card.md`` in ``model_dir``: what the model is, how it was trained, measured metrics (with
+    the command that measured them) and the intended-use statement."""
+    model_dir = Path(model_dir)
+    m = recipe.model
+    size_mb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 1e6
+    met = [k for k, t in TARGETS.items() if (report["headline"].get(k) is not None and report["headline"][k] >= t)]
+    missed = [k for k in TARGETS if k not in met]
+    lines = [
+        f"# m3 default VLM ({recipe.name} recipe)", "", f"**{DISCLAIMER}**", "",
+        "## Model", "",
+        f"- Vision tower: RADIO-style ViT (`vlm.encoder`), {m.vision_depth} blocks, width {m.vision_hidden}, patch {m.patch_size}, "
+        f"{m.image_size} px input.",
+        f"- Projector: `{m.projector_type}` {m.projector_options or ''}.",
+        f"- Language model: Llama architecture from config, {m.llm_layers} layers, width {m.llm_hidden}, "
+        f"byte-level BPE tokenizer ({m.vocab_size} tokens) trained on the project's corpus.",
+        f"- Layout: VILA (`config.json`, `llm/`, `vision_tower/`, `mm_projector/`), safetensors in {m.weights_dtype}; "
+        f"{size_mb:.1f} MB on disk.", "",
+        "## Training", "",
+        f"Command: `{command}` (stages align_projector → align → ift → medical-ift; recipe in `recipe.json`).", "",
+        "Wall time per step (minutes in total: {}):".format(training.get("total_minutes")), "",
+        markdown_table(["step", "seconds"], [[k, v] for k, v in training.get("seconds", {}).items()]), "",
+        "Data: synthetic CT / MRI / chest X-ray phantoms (`data.phantoms`), LLaVA-style captions, visual questions and "
+        "expert conversations (`data.instructions`).", "",
+        "## Measured on held-out phantoms", "",
+        f"`m3 eval --model {model_dir} --data <run>/data` — experts: {report['expert_mode']}; "
+        f"{report.get('vqa', {}).get('n_closed', 0) + report.get('vqa', {}).get('n_open', 0)} questions, "
+        f"{report.get('reports', {}).get('n', 0)} reports, {report.get('experts', {}).get('n', 0)} expert conversations.", "",
+        markdown_table(["metric", "value", "target", "met"], headline_rows(report["headline"])), "",
+        ("All quality bars are met." if not missed else
+         "Bars **not** met: " + ", ".join(METRIC_NAMES[k] for k in missed) + ". The numbers above are what this model does."), "",
+        "## Intended use", "", DISCLAIMER, "",
+    ]
+    path = model_dir / "model_card.md"
+    path.write_text("\n".join(lines))
+    (model_dir / "eval_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def _plot(headline: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("closed_accuracy", "open_recall", "finding_f1", "call_precision", "call_recall", "grounded_answer_rate")
+            if headline.get(k) is not None]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar(range(len(keys)), [headline[k] for k in keys], color="#4c72b0")
+    for i, k in enumerate(keys):
+        if k in TARGETS:
+            ax.hlines(TARGETS[k], i - 0.4, i + 0.4, colors="#c44e52", linestyles="--")
+    ax.set_xticks(range(len(keys)), [METRIC_NAMES[k].split(" (")[0] for k in keys], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("score (dashed: target)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

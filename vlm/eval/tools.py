@@ -1,0 +1,52 @@
+"""Expert-call and grounding scores of agent conversations.
+
+A call is right when the expert and its arguments both match the expected call; follow-up questions
+and questions that need no expert expect no call. An answer that should carry numbers (its reference
+does) is *grounded* when it quotes at least one number and every number it quotes appears in the
+conversation's tool results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from vlm.eval.metrics import is_grounded, numbers_in, tool_call_scores
+
+__all__ = ["DialogueItem", "score_dialogues"]
+
+
+@dataclass
+class DialogueItem:
+    """One evaluated conversation.
+
+    expected_calls / predicted_calls: ``(name, arguments)`` of the whole conversation; answers: per
+    human turn, ``(prediction, reference)``; tool_texts: the tool messages the model saw; task:
+    "expert" or "no-expert"; kind: ct | mri | cxr.
+    """
+
+    expected_calls: list[tuple[str, dict]]
+    predicted_calls: list[tuple[str, dict]]
+    answers: list[tuple[str, str]] = field(default_factory=list)
+    tool_texts: list[str] = field(default_factory=list)
+    task: str = "expert"
+    kind: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+def score_dialogues(items: Iterable[DialogueItem]) -> dict:
+    """Call precision / recall (name and arguments; and name only), the grounded-answer rate over the
+    answers that should quote numbers, the rate of turns answered without an unneeded call."""
+    items = list(items)
+    calls = tool_call_scores([i.predicted_calls for i in items], [i.expected_calls for i in items])
+    should_cite = [(pred, i.tool_texts) for i in items for pred, ref in i.answers if numbers_in(ref)]
+    grounded = [bool(numbers_in(p)) and is_grounded(p, texts) for p, texts in should_cite]
+    no_expert = [i for i in items if not i.expected_calls]
+    return {
+        "n": len(items),
+        "call_precision": calls.precision, "call_recall": calls.recall,
+        "call_name_precision": calls.name_precision, "call_name_recall": calls.name_recall,
+        "grounded_answer_rate": sum(grounded) / len(grounded) if grounded else None, "n_numeric_answers": len(grounded),
+        "no_call_when_not_needed": (sum(1 for i in no_expert if not i.predicted_calls) / len(no_expert)) if no_expert else None,
+        "expert_errors": sum(len(i.errors) for i in items),
+    }
