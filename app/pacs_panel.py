@@ -116,7 +116,8 @@ class PacsPanel:
     # -- events -------------------------------------------------------------------------------------
     def search(self, patient_id: str | None, accession: str | None, date_from: str | None, date_to: str | None,
                modality: str | None, state: SessionState, request: gr.Request) -> tuple:
-        """(state, results table, study picker, status): QIDO-RS with every filter given, newest first."""
+        """(state, results table, study picker, status): QIDO-RS with every filter given (at most
+        ``max_results`` studies), newest first."""
         filters = {"patient ID": (patient_id or "").strip(), "accession": (accession or "").strip(),
                    "modality": (modality or "").strip().upper()}
         try:
@@ -139,7 +140,7 @@ class PacsPanel:
         else:
             status = f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'} found; pick one and press Load."
             if more:
-                status += f" Only the newest {self.max_results} are shown: narrow the search to see older ones."
+                status += f" More than {self.max_results} studies match and only {self.max_results} are shown: narrow the search."
         return (state, rows, gr.update(choices=choices, value=0 if choices else None), status)
 
     def pick_row(self, evt: gr.SelectData) -> Any:

@@ -39,6 +39,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--weights-root", default=None, help="where to write <name>/ (default: the embedded bundle)")
     tr.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
     tr.add_argument("--no-resume", action="store_true")
+    tr.add_argument("--init-from", help="weights folder to continue from (e.g. experts/weights/NAME)")
     tr.add_argument("--no-bf16", action="store_true", help="train the forward pass in float32")
     tr.set_defaults(func=cmd_train)
 
@@ -80,6 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         name=args.name, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_train=args.n_train,
         n_val=args.n_val, n_test=args.n_test, val_every=args.val_every, run_dir=args.run_dir,
         weights_root=args.weights_root, threads=args.threads, resume=not args.no_resume, bf16=not args.no_bf16,
+        init_from=args.init_from,
     )
     metrics = train_expert(cfg)
     print(json.dumps(metrics, indent=2))

@@ -30,6 +30,9 @@ def _common(config: dict[str, Any], title: str, data: str, quality: str) -> str:
         f"`m3 experts train {config['expert']}` — {rc['steps']} steps, batch {rc['batch_size']}, AdamW with "
         f"one-cycle lr {rc['lr']}, seed {tr['seed']}, {tr['seconds']:.0f} s on CPU. Loss curve: `loss_curve.png`. "
         f"Last validation: {json.dumps(tr.get('final_validation', {}))}.\n\n"
+        + (f"Continued (`--init-from`) from `{tr['init_from'].get('version')}`, itself trained with "
+           f"{tr['init_from'].get('training', {}).get('recipe', {}).get('steps')} steps of the same recipe.\n\n" if tr.get("init_from") else "")
+        +
         "## Held-out metrics (measured by the training command, on the input grid)\n\n"
         f"{quality}\n\n```json\n{metrics}\n```\n"
     )
@@ -43,7 +46,7 @@ def ct_card(config: dict[str, Any]) -> str:
         "CT organ and lesion segmentation",
         "Synthetic chest/abdomen CT phantoms in HU (128×128×64 voxels, ~3 mm, three contrast phases, noise "
         "6–22 HU) with 9 organs and liver tumours, lung nodules, kidney cysts (lesion rate 0.9 per type).",
-        f"Model: MONAI 3D UNet, channels {net['channels']}, inputs scaled HU + left-right position, on a "
+        f"Model: MONAI 3D UNet, channels {net['channels']}, inputs: wide and soft-tissue HU windows + left-right position, on a "
         f"{net['spacing_mm']} mm RAS grid, "
         f"sliding window {net['roi_size']}. Mean organ Dice **{m.get('mean_organ_dice')}** (bar 0.90), "
         f"mean lesion Dice **{m.get('mean_lesion_dice')}** (bar 0.75).",

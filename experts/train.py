@@ -45,6 +45,7 @@ class TrainConfig:
     threads: int = 1  # one thread trains fastest on a busy shared CPU (no OpenMP barrier stalls)
     bf16: bool = True  # bfloat16 autocast for the forward pass (CPU)
     resume: bool = True
+    init_from: str | None = None  # a weights folder (model.safetensors) to start from instead of random weights
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,6 +65,11 @@ def train_expert(cfg: TrainConfig) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=rc.lr, total_steps=rc.steps, pct_start=0.1)
     state = {"step": 0, "history": {"step": [], "loss": [], "val_step": [], "val": []}, "seconds": 0.0}
+    if cfg.init_from:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(Path(cfg.init_from) / "model.safetensors")))
+        log.info("%s: starting from the weights in %s", cfg.name, cfg.init_from)
     ckpt = run / "checkpoint.pt"
     if cfg.resume and ckpt.is_file():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
@@ -112,13 +118,18 @@ def train_expert(cfg: TrainConfig) -> dict[str, Any]:
     state["seconds"] = time.perf_counter() - t0
     model.eval()
 
+    previous = None
+    if cfg.init_from:  # record what the run continued from (its version and training), before it is overwritten
+        prev_cfg = Path(cfg.init_from) / "config.json"
+        previous = json.loads(prev_cfg.read_text()) if prev_cfg.is_file() else {}
+        previous = {"version": previous.get("version"), "training": previous.get("training")}
     calibration = task.calibrate(model)  # e.g. CXR thresholds chosen on validation data
     config = {
         "expert": cfg.name,
-        "version": f"{cfg.name}-phantom-seed{cfg.seed}-{rc.steps}steps",
+        "version": f"{cfg.name}-phantom-seed{cfg.seed}-{rc.steps}steps" + ("-continued" if cfg.init_from else ""),
         "network": task.network_config(),
         **calibration,
-        "training": {"recipe": asdict(rc), "seed": cfg.seed, "seconds": round(state["seconds"], 1),
+        "training": {"recipe": asdict(rc), "seed": cfg.seed, "seconds": round(state["seconds"], 1), "init_from": previous,
                      "final_validation": state["history"]["val"][-1] if state["history"]["val"] else {}},
     }
     curve = run / "loss_curve.png"

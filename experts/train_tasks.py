@@ -33,6 +33,7 @@ class Recipe:
     n_test: int
     val_every: int
     patch: tuple[int, ...] = ()
+    lesion_weight: float = 1.0  # class weight of lesion labels in the loss (small structures learn late)
 
 
 def make_task(name: str, cfg: Any):
@@ -81,7 +82,8 @@ class CTTask:
         from experts.ct_segmentation import CTSegConfig
 
         self.net_cfg = CTSegConfig()
-        self.recipe = Recipe(steps=600, batch_size=2, lr=4e-3, n_train=32, n_val=3, n_test=10, val_every=150, patch=(64, 64, 64))
+        self.recipe = Recipe(steps=600, batch_size=2, lr=4e-3, n_train=32, n_val=3, n_test=10, val_every=150, patch=(64, 64, 64),
+                             lesion_weight=4.0)
         self.seed = 0
         self.train_cases: list[dict] = []
         self.val_cases: list[dict] = []
@@ -142,7 +144,8 @@ class CTTask:
         if not hasattr(self, "_loss"):
             from monai.losses import DiceCELoss
 
-            self._loss = DiceCELoss(to_onehot_y=True, softmax=True)
+            weight = torch.tensor([self.recipe.lesion_weight if v in CT_LESIONS else 1.0 for v in range(self.net_cfg.num_classes)])
+            self._loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=weight)
         return self._loss(logits, y)
 
     def _predict(self, model: torch.nn.Module, image: torch.Tensor) -> np.ndarray:

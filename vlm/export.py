@@ -2,7 +2,7 @@
 
 A build holds ``config.json``, ``llm/`` (weights, tokenizer; optionally 2:4-masked weights plus the packed
 masks, or int8 weight-only weights through torchao), ``vision_tower/``, ``mm_projector/``, optional
-``experts/``, ``README.md`` (model card with the compression table and a memory / hardware table),
+``experts/``, ``model_card.md`` (model card with the compression table and a memory / hardware table),
 ``build.json`` (the options) and ``manifest.json`` (SHA-256 and size of every file). The server calls
 :func:`verify_manifest` before loading a build.
 """
@@ -109,7 +109,7 @@ def export_build(src: str | Path, out: str | Path, config: ExportConfig | None =
             notes.append("LM linear weights stored int8 weight-only (torchao Int8WeightOnlyConfig, per-row scales)")
     (out / "build.json").write_text(json.dumps({"export": asdict(config), "int8_applied": int8_done, "notes": notes}, indent=2))
     memory = _memory_table(out, lm, params_dense, masks, config)
-    (out / "README.md").write_text(_model_card(src, config, notes, memory))
+    (out / "model_card.md").write_text(_model_card(src, config, notes, memory))
     write_manifest(out)
     return out
 
@@ -269,8 +269,9 @@ def _memory_table(out: Path, lm, params_llm: int, masks, config: ExportConfig) -
 def _model_card(src: Path, config: ExportConfig, notes: list[str], memory: str) -> str:
     card = ["# m3 on-prem build", "", "Built by `m3 export` from a VILA-layout model folder. The server verifies "
             "`manifest.json` (SHA-256 of every file) before loading.", ""]
-    if (src / "README.md").is_file():
-        card += ["## Source model card", "", (src / "README.md").read_text().strip(), ""]
+    source_card = next((c for c in (src / "model_card.md", src / "README.md") if c.is_file()), None)
+    if source_card:
+        card += ["## Source model card", "", source_card.read_text().strip(), ""]
     card += ["## Build options", "", *(f"- {k}: {v}" for k, v in asdict(config).items() if k != "experts_dir"), *(f"- {n}" for n in notes), ""]
     table = Path(config.model_card) if config.model_card else _REPO / "benchmarks" / "results" / "compress.md"
     if table.is_file():

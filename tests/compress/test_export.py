@@ -41,7 +41,7 @@ def test_build_with_masks_has_two_four_weights_card_and_a_manifest_that_catches_
         check_two_four(layer.weight != 0, name)  # ready for torch.sparse.to_sparse_semi_structured on a GPU
     assert (build / "llm" / MASKS_FILENAME).is_file()
     assert AutoTokenizer.from_pretrained(build / "llm")("no lesion")["input_ids"]
-    card = (build / "README.md").read_text()
+    card = (build / "model_card.md").read_text()
     assert "## Memory and hardware" in card and "Measured peak CPU memory" in card and "bfloat16" in card
     assert f"LM {sum(p.numel() for p in tiny_lm.parameters()):,}" in card
     (build / "mm_projector" / "model.safetensors").write_bytes(b"tampered")

@@ -123,7 +123,7 @@ def test_install_and_start_steps_in_a_fresh_venv(dockerfile, image_stand_in, tmp
 def _assert_package_data_installed(site_packages: Path) -> None:
     """The default bundle is package data: every weight / card / config file of the source packages
     is in the installed copy (the image bakes what the wheel carries)."""
-    patterns = ("*.safetensors", "*.json", "*.md", "*.yaml", "*.txt", "*.jinja")
+    patterns = ("*.safetensors", "*.json", "*.md", "*.yaml", "*.txt", "*.jinja", "*.css", "*.toml")
     for package in ("data", "experts", "vlm", "app"):
         for pattern in patterns:
             for src in (ROOT / package).rglob(pattern):

@@ -120,6 +120,19 @@ def test_container_cmd_from_the_installed_package_in_a_fresh_venv(dockerfile, im
     check_start_step([str(m3), *json.loads(dockerfile.one("CMD").text)], env, stand.workdir, tmp_path / "serve.log")
 
 
+def test_the_page_assets_ship_as_package_data():
+    """``m3 serve`` reads app/assets (the page's CSS) from the installed package: each asset must match a
+    package-data pattern of pyproject.toml, or the installed server fails at start (the slow test above)."""
+    import fnmatch
+    import tomllib
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["*"]
+    from app.server import ASSETS
+
+    missing = [p.name for p in ASSETS.iterdir() if p.is_file() and not any(fnmatch.fnmatch(p.name, pat) for pat in patterns)]
+    assert not missing, f"app/assets files not installed with the package: {missing}; add their pattern to [tool.setuptools.package-data]"
+
+
 # --- manifest verification before loading ------------------------------------------------------------
 
 

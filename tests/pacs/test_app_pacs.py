@@ -1,12 +1,14 @@
 """The app's PACS section against a real Orthanc, through its event functions and once over HTTP: search,
 load into the de-identified session, send the report (SR) and mask (SEG) back, write-back switched off,
-an uploaded study refused, a PACS that stops answering (outbox kept, then retried)."""
+an uploaded study refused, a PACS that stops answering (outbox kept, then retried).
+
+Each test seeds its own CT study (patients PAT-APP-*, dated 2023) into the session's Orthanc, so the
+archive searches of test_pacs_orthanc.py (2024, PAT-00*, the MR study) find exactly what they expect."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import logging
 import re
 from pathlib import Path
@@ -191,10 +193,10 @@ def test_pacs_section_over_http_needs_a_login(orthanc, make_study, pacs_config, 
 
     from app.auth import hash_password
     from app.config import AppConfig
-    from experts.registry import ExpertRegistry
     from app.server import serve
+    from experts.registry import ExpertRegistry
 
-    _seed(orthanc, make_study, "PAT-APP-6", "DOE^OTTO", "ACC-APP-6", "20230220", "MR", "MR brain", seed=61)
+    _seed(orthanc, make_study, "PAT-APP-6", "DOE^OTTO", "ACC-APP-6", "20230220", "CT", "CT neck", seed=61)
     config = AppConfig(pacs=pacs_config)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -211,9 +213,9 @@ def test_pacs_section_over_http_needs_a_login(orthanc, make_study, pacs_config, 
             assert refused.status_code == 401 and "PAT-APP-6" not in refused.text
         client = Client(server.url, auth=("alice", PASSWORD), verbose=False)
         rows, choice, status = client.predict("PAT-APP-6", "", None, None, "", api_name="/pacs_search")
-        assert rows["data"] == [[1, "DOE, OTTO", "PAT-APP-6", "2023-02-20", "ACC-APP-6", "MR", "MR brain", 1]], status
+        assert rows["data"] == [[1, "DOE, OTTO", "PAT-APP-6", "2023-02-20", "ACC-APP-6", "CT", "CT neck", 1]], status
         table, _, message, *_, pacs_status = client.predict(0, api_name="/pacs_load")
-        assert table["data"][0][1] == "MR" and "Loaded 1 series (de-identified)" in message, pacs_status
+        assert table["data"][0][1] == "CT" and "Loaded 1 series (de-identified)" in message, pacs_status
         assert [r["event"] for r in AuditLog(config.audit.log_path).read()] == ["pacs_search", "pacs_load"]
     finally:
         server.close()

@@ -39,8 +39,9 @@ class HFVLMBackend:
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "HFVLMBackend":
         path = Path(path)
-        card = path / "MODEL_CARD.md"
-        return cls(load_model(path), name=path.name, model_card=card.read_text() if card.is_file() else "")
+        # m3 folders carry model_card.md; published Hugging Face checkpoints a README.md
+        card = next((c for c in (path / "model_card.md", path / "README.md") if c.is_file()), None)
+        return cls(load_model(path), name=path.name, model_card=card.read_text() if card else "")
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt text for ``messages`` (ending with the assistant's turn opening)."""

@@ -115,10 +115,9 @@ def write_outputs(config, out: Path, history: list[dict], metrics: dict, encoder
     """``metrics.json``, ``loss_curves.png`` and ``model_card.md`` (in ``out`` and each encoder folder)."""
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _plot(history, out / "loss_curves.png")
-    card = _model_card(config, metrics, encoder_dirs[0])
-    (out / "model_card.md").write_text(card)
+    (out / "model_card.md").write_text(_model_card(config, metrics, encoder_dirs[0]))
     for d in encoder_dirs:
-        (Path(d) / "model_card.md").write_text(card)
+        (Path(d) / "model_card.md").write_text(_model_card(config, metrics, Path(d)))
         (Path(d) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
@@ -158,13 +157,21 @@ def _model_card(config, metrics: dict, enc_dir: Path) -> str:
         f"{cfg['num_registers']} registers, one summary token per teacher, CPE grid for {cfg['max_resolution']} px; "
         f"weights {size_mb:.1f} MB (safetensors). Input: (B, 1|3, H, W) in [0, 1], H and W multiples of {cfg['patch_size']}.",
         "",
-        "Distilled from: " + ", ".join(f"`{t['name']}` (summary {t['summary_dim']}, features {t['feature_dim']})" for t in cfg["teachers"]) + ".",
+        "Distilled from: " + ", ".join(f"`{t['name']}` (summary {t['summary_dim']}, features {t['feature_dim']})" for t in cfg["teachers"])
+        + " — `seg`: the ct_segmentation expert's 3D UNet (stride-4 skip + decoder features on the axial slice; "
+        "bottleneck level averaged as summary), `cxr`: the cxr_classification expert's DenseNet (last feature map; "
+        "its global average as summary), `clip`: a contrastive image–caption model trained on the phantom images "
+        "and captions written from their ground truth. Each teacher covers its own images (seg: CT, cxr: radiographs, "
+        "clip: all); teacher maps are area-resampled to the student's patch grid.",
         f"Training: {config.steps} steps × batch {config.batch_size} at {list(config.resolutions)} px, mosaic {config.mosaic}, "
         f"{config.normalisation} targets, {config.feature_loss} feature loss, teacher weights {config.teacher_weights}; "
         f"data: {config.n_ct_cases} CT phantoms ({config.slices_per_ct} axial slices each) + {config.n_cxr_cases} radiograph phantoms, "
         f"{config.held_out_fraction:.0%} of cases held out. Synthetic data only: a demonstration, not for clinical use.",
         "",
         "## Linear probes on held-out phantoms",
+        "",
+        "The same probe runs on the student's patch features and on each teacher's target features (on the same "
+        "patch grid), trained on the training cases and scored on the held-out ones.",
         "",
         "| task | student | teachers | student / best teacher |",
         "|---|---|---|---|",

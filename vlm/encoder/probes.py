@@ -35,7 +35,9 @@ def segmentation_probe(
     probe = torch.nn.Conv2d(train_feats.shape[1], len(classes) + 1, 1)
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
     x_train = norm(train_feats)
-    size = train_labels.shape[-2:]
+    size = tuple(min(s, 4 * g) for s, g in zip(train_labels.shape[-2:], train_feats.shape[-2:]))
+    if tuple(y_train.shape[-2:]) != size:  # fit at 4× the feature grid (faster); score at full label size
+        y_train = F.interpolate(y_train[:, None].float(), size=size, mode="nearest")[:, 0].long()
     for _ in range(steps):
         logits = F.interpolate(probe(x_train), size=size, mode="bilinear", align_corners=False)
         loss = F.cross_entropy(logits, y_train, ignore_index=IGNORE)

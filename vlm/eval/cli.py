@@ -32,6 +32,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--limit", type=int, default=0, help="items per part (0: all)")
     p.add_argument("--max-new-tokens", type=int, default=160, help="longest answer (default 160)")
     p.add_argument("--compare-projectors", metavar="RECIPE", help="train and score mlp_downsample vs token merging on RECIPE's budget")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="with --compare-projectors: scale the recipe's steps (default 1)")
     p.set_defaults(func=_run)
 
 
@@ -39,7 +40,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.compare_projectors:
         from vlm.eval.projectors import compare_projectors
 
-        md = compare_projectors(args.compare_projectors, Path(args.out or "runs/projectors"), experts=args.experts, limit=args.limit)
+        md = compare_projectors(args.compare_projectors, Path(args.out or "runs/projectors"), steps_scale=args.steps_scale,
+                                experts=args.experts, limit=args.limit)
         print(md.read_text())
         return 0
     if not args.model or not args.data:

@@ -64,13 +64,11 @@ class TruthRegistry:
 
 def evaluate_model(model: str | Path, data_dir: str | Path, out_dir: str | Path, *, experts: str = "auto", limit: int = 0,
                    max_new_tokens: int = 160, progress: bool = True) -> dict[str, Any]:
-    """Evaluate the model folder ``model`` on the test files in ``data_dir``; returns the metrics (also
-    written to ``out_dir``). limit: questions / reports / conversations per part (0: all)."""
-    from vlm.backends import load_backend
-
+    """Evaluate ``model`` (a model folder, or a ``ChatBackend``) on the test files in ``data_dir``; returns
+    the metrics (also written to ``out_dir``). limit: questions / reports / conversations per part (0: all)."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    backend = load_backend(model)
+    backend = _backend(model)
     registry, expert_mode = _registry(experts)
     cases = _CaseCache(data_dir)
     t0 = time.perf_counter()
@@ -90,7 +88,7 @@ def evaluate_model(model: str | Path, data_dir: str | Path, out_dir: str | Path,
         items = [_ask_dialogue(backend, registry, cases, r, max_new_tokens) for r in _bar(dialogues, "eval experts", progress)]
         parts["experts"] = score_dialogues(items)
         _dump(out_dir / "dialogue_answers.json", items)
-    report = {"model": str(model), "expert_mode": expert_mode, "seconds": round(time.perf_counter() - t0, 1), **parts}
+    report = {"model": _name(model), "expert_mode": expert_mode, "seconds": round(time.perf_counter() - t0, 1), **parts}
     report["headline"] = _headline(parts)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     write_tables(report, out_dir)
@@ -101,7 +99,6 @@ def evaluate_vqa_file(model: str | Path, path: str | Path, out_dir: str | Path, 
                       experts: str = "auto", limit: int = 0, progress: bool = True) -> dict[str, Any]:
     """The VQA scorer on one file: a phantom ``ift_test.json`` or a VQA-RAD / SLAKE / PathVQA file
     (``fmt``); same agent, same protocol. Writes ``metrics.json`` / ``eval.md`` / ``eval.png``."""
-    from vlm.backends import load_backend
     from vlm.eval.vqa import load_vqa_file
 
     out_dir = Path(out_dir)
@@ -111,14 +108,14 @@ def evaluate_vqa_file(model: str | Path, path: str | Path, out_dir: str | Path, 
         records = [records[i] for i in sorted(set(np.linspace(0, len(records) - 1, limit).round().astype(int).tolist()))]
     if not records:
         raise ValueError(f"{path} must hold VQA records with an answer type (closed / open); found none.")
-    backend = load_backend(model)
+    backend = _backend(model)
     registry, expert_mode = _registry(experts)
     cases = _CaseCache(Path(path).parent)
     t0 = time.perf_counter()
     items = [_ask_vqa(backend, registry, cases, r, 24) for r in _bar(records, f"eval {Path(path).name}", progress)]
     _dump(out_dir / "vqa_answers.json", items)
     parts = {"vqa": score_vqa(items)}
-    report = {"model": str(model), "data": str(path), "format": fmt, "expert_mode": expert_mode,
+    report = {"model": _name(model), "data": str(path), "format": fmt, "expert_mode": expert_mode,
               "seconds": round(time.perf_counter() - t0, 1), **parts, "headline": _headline(parts)}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     write_tables(report, out_dir)
@@ -232,7 +229,8 @@ def _truth_expert(cls: type, registry: TruthRegistry) -> Expert:
     def _run(self: Expert, volumes: Any, **arguments: Any) -> ExpertResult:
         case = registry.case
         rng = np.random.default_rng([case.seed, 7])
-        result = tool_result_from_truth(case.kind, case.truth, arguments, rng)
+        truth = tool_result_from_truth(case.kind, case.truth, arguments, rng)
+        result = ExpertResult(expert=cls.name, arguments=dict(arguments), findings=list(truth.findings), measurements=list(truth.measurements))
         if case.labels is not None:
             from data.instructions.expert_dialogues import ct_target_values
 
@@ -261,6 +259,16 @@ def _registry(mode: str) -> tuple[Any, str]:
     if mode == "auto":
         log.warning("expert weights missing under %s: evaluating with ground-truth experts", WEIGHTS_DIR)
     return TruthRegistry(), "truth"
+
+
+def _backend(model: Any) -> Any:
+    from vlm.backends import load_backend
+
+    return model if hasattr(model, "stream_chat") else load_backend(model)
+
+
+def _name(model: Any) -> str:
+    return model.info.name if hasattr(model, "stream_chat") else str(model)
 
 
 def _records(path: Path, limit: int) -> list[dict]:

@@ -31,3 +31,4 @@ class RECIPE(Recipe):
     })
     mixed_precision: str = "no"
     threads: int = 1
+    eval_limit: int = 60  # items per eval part after training (VQA, reports, conversations)

@@ -1,0 +1,57 @@
+"""The harness's scorers on hand-made answers and on the phantom reports themselves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def test_vqa_scores_closed_by_exact_match_and_open_by_recall():
+    from vlm.eval.vqa import VQAItem, score_vqa
+
+    items = [VQAItem("q", "yes", "Yes, there is.", "closed", "presence", "ct"), VQAItem("q", "no", "yes", "closed", "presence", "ct"),
+             VQAItem("q", "left lung", "the left lung", "open", "location", "ct"), VQAItem("q", "left lung", "lung", "open", "location", "ct")]
+    s = score_vqa(items)
+    assert s["closed_accuracy"] == 0.5 and s["open_recall"] == pytest.approx(0.75)
+    assert s["by_category"]["presence (closed)"] == {"score": 0.5, "n": 2}
+
+
+@pytest.mark.parametrize("kind", ["ct", "mri", "cxr"])
+def test_finding_vocabulary_reads_the_phantom_reports(kind):
+    """Every generated caption, read back by the extractor, gives exactly the case's true findings
+    (negated mentions such as "No effusion, no pneumothorax" do not count)."""
+    from data.instructions import caption, make_view, report_findings
+    from data.phantoms import generate
+    from vlm.eval.metrics import extract_findings
+    from vlm.eval.report import FINDING_VOCABULARY
+
+    for seed in range(4):
+        view = make_view(generate(kind, 900 + seed), np.random.default_rng(seed))
+        text = caption(view, np.random.default_rng(seed))
+        assert extract_findings(text, FINDING_VOCABULARY[kind]) == set(report_findings(view)), text
+
+
+def test_report_scores():
+    from vlm.eval.report import ReportItem, score_reports
+
+    ref = "Findings: A 12 mm nodule in the left upper zone. Impression: Left lung nodule."
+    good = score_reports([ReportItem(ref, ref, ["nodule"], "cxr")])
+    bad = score_reports([ReportItem("The lungs are clear. No nodule.", ref, ["nodule"], "cxr")])
+    assert good["finding_f1"] == 1.0 and good["bleu4"] > 99
+    assert bad["finding_f1"] == 0.0 and bad["rouge_l"] < good["rouge_l"]
+
+
+def test_dialogue_scores_calls_and_grounding():
+    from vlm.eval.tools import DialogueItem, score_dialogues
+
+    tool = '{"expert": "ct_segmentation", "measurements": ["liver volume: 1523.4 mL"]}'
+    right = DialogueItem([("ct_segmentation", {"targets": "liver"})], [("ct_segmentation", {"targets": "liver"})],
+                         [("The liver volume is 1523.4 mL.", "The liver volume is 1523.4 mL.")], [tool])
+    wrong_args = DialogueItem([("ct_segmentation", {"targets": "liver"})], [("ct_segmentation", {"targets": "spleen"})],
+                              [("The liver volume is 1700 mL.", "The liver volume is 1523.4 mL.")], [tool])
+    unneeded = DialogueItem([], [("cxr_classification", {})], [("This is a CT image.", "This is a CT image.")], [], task="no-expert")
+    s = score_dialogues([right, wrong_args, unneeded])
+    assert s["call_precision"] == pytest.approx(1 / 3) and s["call_recall"] == pytest.approx(1 / 2)
+    assert s["call_name_recall"] == 1.0
+    assert s["grounded_answer_rate"] == 0.5  # 1700 appears in no tool result (within 5 %)
+    assert s["no_call_when_not_needed"] == 0.0
