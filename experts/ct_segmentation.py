@@ -154,7 +154,7 @@ class CTSegmentationExpert(Expert):
             )
         from monai.data import MetaTensor
 
-        return MetaTensor(torch.as_tensor(logits[0]), affine=img.affine)
+        return MetaTensor(logits[0].as_subclass(torch.Tensor), affine=img.affine)
 
     def segment(self, volume: Volume) -> np.ndarray:
         """All labels (``CT_LABELS`` values) as an ``int16`` array on ``volume``'s grid."""

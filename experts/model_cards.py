@@ -27,11 +27,12 @@ def _common(config: dict[str, Any], title: str, data: str, quality: str) -> str:
         f"{10_000 + 1000 * tr['seed'] + rc['n_train'] - 1} ({rc['n_train']} studies); validation seeds 20000…"
         f"{20_000 + rc['n_val'] - 1}; held-out test seeds 30000…{30_000 + rc['n_test'] - 1}.\n\n"
         "## Training\n\n"
-        f"`m3 experts train {config['expert']}` — {rc['steps']} steps, batch {rc['batch_size']}, AdamW with "
+        f"`m3 experts train {config['expert']} --steps {rc['steps']} --batch-size {rc['batch_size']} --lr {rc['lr']}"
+        f"{' --init-from <the previous weights folder>' if tr.get('init_from') else ''}` — {rc['steps']} steps, batch {rc['batch_size']}, AdamW with "
         f"one-cycle lr {rc['lr']}, seed {tr['seed']}, {tr['seconds']:.0f} s on CPU. Loss curve: `loss_curve.png`. "
         f"Last validation: {json.dumps(tr.get('final_validation', {}))}.\n\n"
         + (f"Continued (`--init-from`) from `{tr['init_from'].get('version')}`, itself trained with "
-           f"{tr['init_from'].get('training', {}).get('recipe', {}).get('steps')} steps of the same recipe.\n\n" if tr.get("init_from") else "")
+           f"{tr['init_from'].get('training', {}).get('recipe', {}).get('steps')} steps (its recipe: `training.init_from` in config.json).\n\n" if tr.get("init_from") else "")
         +
         "## Held-out metrics (measured by the training command, on the input grid)\n\n"
         f"{quality}\n\n```json\n{metrics}\n```\n"

@@ -40,6 +40,7 @@ class BrainTumorConfig:
     overlap: float = 0.25
     sequences: tuple[str, ...] = MRI_SEQUENCES
     min_tumor_ml: float = 1.0  # smaller whole-tumour components are specks, not tumour (phantom tumours are >= 7 mL)
+    min_subregion_ml: float = 0.5  # a sub-region (enhancing, necrosis) is reported present from this volume
     num_classes: int = len(MRI_LABELS) + 1
 
     @classmethod
@@ -129,7 +130,7 @@ class BrainTumorExpert(Expert):
                                               overlap=cfg.overlap, mode="gaussian", device=torch.device("cpu"))
         from monai.data import MetaTensor
 
-        return ref, labels_to_input_grid(MetaTensor(torch.as_tensor(logits[0]), affine=img.affine), ref)
+        return ref, labels_to_input_grid(MetaTensor(logits[0].as_subclass(torch.Tensor), affine=img.affine), ref)
 
     def _run(self, volumes: Volume | Mapping[str, Volume]) -> ExpertResult:
         ref, labels = self.segment(volumes)
@@ -142,7 +143,8 @@ class BrainTumorExpert(Expert):
         stats = lesion_stats(whole, 1, ref)
         measurements = [Measurement(MRI_LABELS[v], "volume", vols[v], "mL") for v in MRI_LABELS]
         measurements += [Measurement("whole tumor", "volume", wt, "mL"), Measurement("tumor core", "volume", tc, "mL")]
-        findings = [Finding("tumor", wt > 0), Finding("enhancing tumor", vols[_ENH] > 0), Finding("necrosis", vols[_NEC] > 0)]
+        least = self.config.min_subregion_ml
+        findings = [Finding("tumor", wt > 0), Finding("enhancing tumor", vols[_ENH] >= least), Finding("necrosis", vols[_NEC] >= least)]
         if wt > 0:
             side = _hemisphere(whole, volumes, ref)
             measurements.append(Measurement("whole tumor", "largest diameter", stats.largest_diameter_mm, "mm"))

@@ -36,7 +36,7 @@ def test_run_ct_writes_summary_findings_overlay_and_seg(tmp_path, capsys):
     findings = json.loads((out / "findings.json").read_text())
     assert findings["arguments"] == {"targets": "organs"}
     liver = next(m for m in findings["measurements"] if m["structure"] == "liver")
-    assert liver["unit"] == "mL" and liver["value"] == pytest.approx(case.truth["organ_volumes_ml"]["liver"], rel=0.2)
+    assert liver["unit"] == "mL" and liver["value"] == pytest.approx(case.truth["organ_volumes_ml"]["liver"], rel=0.3)
     picture = np.asarray(Image.open(out / "overlay.png"))
     assert picture.ndim == 3 and picture.shape[2] == 3
     seg = hd.seg.segread(out / "seg.dcm")
