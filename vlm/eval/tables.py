@@ -78,7 +78,7 @@ def write_model_card(model_dir: str | Path, recipe: Any, report: dict[str, Any],
         "## Model", "",
         f"- Vision tower: RADIO-style ViT (`vlm.encoder`), {m.vision_depth} blocks, width {m.vision_hidden}, patch {m.patch_size}, "
         f"{m.image_size} px input.",
-        f"- Projector: `{m.projector_type}` {m.projector_options or ''}.",
+        f"- Projector: `{m.projector_type}`" + (f" {m.projector_options}" if m.projector_options else "") + ".",
         f"- Language model: Llama architecture from config, {m.llm_layers} layers, width {m.llm_hidden}, "
         f"byte-level BPE tokenizer ({m.vocab_size} tokens) trained on the project's corpus.",
         f"- Layout: VILA (`config.json`, `llm/`, `vision_tower/`, `mm_projector/`), safetensors in {m.weights_dtype}; "

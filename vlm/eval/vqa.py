@@ -59,7 +59,7 @@ def load_vqa_file(path: str | Path, fmt: str = "llava", image_root: str | Path |
     fmt: ``llava`` (the project's JSON, e.g. ``ift_test.json``), ``vqa-rad``, ``slake`` or ``pathvqa``
     (the sets' released files, read by ``data.public``); image paths are made absolute.
     """
-    path = Path(path)
+    path = Path(path).resolve()
     if fmt == "llava":
         records = json.loads(path.read_text())
         for r in records:

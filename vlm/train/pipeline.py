@@ -90,7 +90,7 @@ def run_all(recipe: Recipe, out: str | Path, *, resume: bool = False, install_to
 
         report = evaluate_model(final, out / "data", out / "eval", experts=experts, limit=recipe.eval_limit, progress=progress)
         clock.mark("eval")
-        write_model_card(final, recipe, report, training=clock.summary(), command=command or f"m3 train all --recipe {recipe.name} --out {out}")
+        write_model_card(final, recipe, report, training=_training_time(out, clock), command=command or f"m3 train all --recipe {recipe.name} --out {out}")
     if install_to:
         install(final, install_to)
     return final
@@ -146,6 +146,23 @@ def _maybe_vision_stage(recipe: Recipe, out: Path) -> None:
                             patch_size=m.patch_size, threads=recipe.threads or 2)
     enc = run_vision_stage(cfg)
     recipe.model.encoder_path = str(enc)
+
+
+def _training_time(out: Path, clock: "_Clock") -> dict[str, Any]:
+    """Seconds per training phase (from each phase's metrics: a resumed run's clock would miss the part
+    before the stop) plus the pipeline's other steps."""
+    from vlm.train.stages import STAGE_PHASES
+
+    seconds: dict[str, float] = {}
+    for stage, phases in STAGE_PHASES.items():
+        for phase in phases:
+            path = out / stage / phase / "metrics.json"
+            if path.is_file():
+                seconds[f"train {phase}"] = json.loads(path.read_text())["seconds_this_run"]
+    for step in ("data+init", "export", "eval"):
+        if step in clock.data["seconds"]:
+            seconds[step] = clock.data["seconds"][step]
+    return {"seconds": seconds, "total_minutes": round(sum(seconds.values()) / 60, 1)}
 
 
 class _Clock:
