@@ -18,7 +18,8 @@ import torch
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS
 from data.study import Volume
 from experts.base import Expert, ExpertError, ExpertResult, Finding, Measurement
-from experts.measurements import drop_small_components, lesion_stats, structure_volume_ml
+from experts.measurements import (drop_detached_components, drop_small_components, keep_largest_component, lesion_stats,
+                                  structure_volume_ml)
 from experts.model_files import load_expert_files
 from experts.overlay import render_overlay
 from experts.preprocess import check_volume, labels_to_input_grid, pick_device, to_model_grid
@@ -28,6 +29,7 @@ __all__ = ["CTSegConfig", "CTSegmentationExpert", "build_ct_network", "ct_input"
 NAME = "ct_segmentation"
 TARGET_CHOICES: list[str] = ["everything", "organs", "lesions", *[CT_LABELS[v] for v in CT_LESIONS], *[CT_LABELS[v] for v in CT_ORGANS]]
 _BY_NAME = {n: v for v, n in CT_LABELS.items()}
+_LESION_ORGANS = {10: (1,), 11: (5, 6), 12: (3, 4)}  # liver tumour in the liver, nodule in a lung, cyst in a kidney
 
 
 @dataclass
@@ -45,7 +47,10 @@ class CTSegConfig:
     num_res_units: int = 1
     overlap: float = 0.25
     sw_batch_size: int = 1
-    min_lesion_ml: float = 0.03  # smaller components are resampling specks, not lesions
+    min_lesion_ml: float = 0.3  # smaller components are specks: < ~8 mm across, under 3 model voxels, below what the model resolves
+    organ_largest_component: bool = True  # an organ is one piece: stray islands of an organ label become background
+    lesion_max_gap_mm: float = 3.0  # lesion components farther than this from their organ are dropped (< 0: keep all)
+    lesion_logit_offset: float = 0.0  # subtracted from the lesion logits before the argmax (> 0: fewer, surer lesions)
     body_hu: float = -500.0  # voxels above this are the body (for the left-right position channel)
     position_scale_mm: float = 150.0
     num_classes: int = len(CT_LABELS) + 1
@@ -154,26 +159,46 @@ class CTSegmentationExpert(Expert):
             )
         from monai.data import MetaTensor
 
-        return MetaTensor(logits[0].as_subclass(torch.Tensor), affine=img.affine)
+        scores = logits[0].as_subclass(torch.Tensor)
+        if cfg.lesion_logit_offset:
+            offset = torch.zeros(scores.shape[0], 1, 1, 1)
+            offset[CT_LESIONS] = cfg.lesion_logit_offset
+            scores = scores - offset
+        return MetaTensor(scores, affine=img.affine)
 
     def segment(self, volume: Volume) -> np.ndarray:
-        """All labels (``CT_LABELS`` values) as an ``int16`` array on ``volume``'s grid."""
+        """All labels (``CT_LABELS`` values) as an ``int16`` array on ``volume``'s grid, before the
+        connected-component clean-up of ``postprocess``."""
         return labels_to_input_grid(self.scores(volume), volume)
+
+    def postprocess(self, labels: np.ndarray, volume: Volume) -> np.ndarray:
+        """Clean ``labels`` (all ``CT_LABELS`` values, on ``volume``'s grid) in place and return it: the
+        largest component of each organ; lesion components of at least ``min_lesion_ml`` that lie within
+        ``lesion_max_gap_mm`` of their organ."""
+        cfg = self.config
+        if cfg.organ_largest_component:
+            for value in CT_ORGANS:
+                keep_largest_component(labels, value)
+        min_voxels = max(1, int(round(cfg.min_lesion_ml / volume.voxel_volume_ml)))
+        gap_voxels = max(1, int(np.ceil(cfg.lesion_max_gap_mm / min(volume.spacing))))
+        for value in CT_LESIONS:
+            drop_small_components(labels, value, min_voxels)
+            if cfg.lesion_max_gap_mm >= 0:
+                drop_detached_components(labels, value, _LESION_ORGANS[value], gap_voxels)
+        return labels
 
     def _run(self, volumes: Volume | Mapping[str, Volume], targets: str | list[str] = "everything") -> ExpertResult:
         volume = _single_ct(volumes)
         check_volume(volume, NAME, self.modalities, two_d=False, min_extent_mm=64.0)
         wanted = ct_targets(targets)
-        labels = self.segment(volume)
+        labels = self.postprocess(self.segment(volume), volume)  # on all labels: lesions are checked against their organ
         labels[~np.isin(labels, wanted)] = 0
-        min_voxels = max(1, int(round(self.config.min_lesion_ml / volume.voxel_volume_ml)))
         findings: list[Finding] = []
         measurements: list[Measurement] = []
         parts: list[str] = []
         for value in wanted:
             name = CT_LABELS[value]
             if value in CT_LESIONS:
-                drop_small_components(labels, value, min_voxels)
                 stats = lesion_stats(labels, value, volume)
                 findings.append(Finding(name, stats.count > 0))
                 measurements.append(Measurement(name, "count", float(stats.count), "count"))

@@ -1,9 +1,12 @@
 """Measurements on label maps: structure volumes (mL), lesion counts (connected components) and the
-largest lesion diameter (mm, maximum Feret diameter, as the phantom ground truth defines it)."""
+largest lesion diameter (mm, maximum Feret diameter, as the phantom ground truth defines it); and the
+connected-component clean-up of a predicted map (hand-written with scipy: MONAI's
+``KeepLargestConnectedComponent`` needs scikit-image, which the runtime does not ship)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -11,7 +14,8 @@ from scipy import ndimage
 from data.phantoms.geometry import max_diameter_mm
 from data.study import Volume
 
-__all__ = ["LesionStats", "structure_volume_ml", "lesion_stats", "drop_small_components"]
+__all__ = ["LesionStats", "structure_volume_ml", "lesion_stats", "drop_small_components", "keep_largest_component",
+           "drop_detached_components"]
 
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected, as radiologists count lesions
 
@@ -61,3 +65,50 @@ def drop_small_components(labels: np.ndarray, value: int, min_voxels: int) -> in
     if len(small):
         labels[np.isin(comps, small)] = 0
     return int(len(small))
+
+
+def keep_largest_component(labels: np.ndarray, value: int) -> int:
+    """Keep only the largest connected component of ``value`` (an organ is one piece); the other
+    components become background (in place). Returns how many voxels were removed."""
+    box = _bounding_box(labels, value)
+    if box is None:
+        return 0
+    sub = labels[box]
+    comps, count = ndimage.label(sub == value, structure=_CONNECTIVITY)
+    if count <= 1:
+        return 0
+    sizes = np.bincount(comps.ravel())
+    sizes[0] = 0
+    stray = (comps > 0) & (comps != int(sizes.argmax()))
+    sub[stray] = 0
+    return int(stray.sum())
+
+
+def drop_detached_components(labels: np.ndarray, value: int, parents: Sequence[int], gap_voxels: int = 1) -> int:
+    """Set components of ``value`` that do not touch (within ``gap_voxels``) any voxel of ``parents``
+    to background, in place: a liver tumour lies in the liver, a cyst in a kidney. Returns how many
+    components were dropped."""
+    comps, count = ndimage.label(labels == value, structure=_CONNECTIVITY)
+    if count == 0:
+        return 0
+    dropped = []
+    for lab, box in enumerate(ndimage.find_objects(comps), start=1):
+        grown = tuple(slice(max(0, b.start - gap_voxels), b.stop + gap_voxels) for b in box)
+        near = ndimage.binary_dilation(comps[grown] == lab, structure=_CONNECTIVITY, iterations=gap_voxels)
+        if not np.isin(labels[grown][near], parents).any():
+            dropped.append(lab)
+    if dropped:
+        labels[np.isin(comps, dropped)] = 0
+    return len(dropped)
+
+
+def _bounding_box(labels: np.ndarray, value: int) -> tuple[slice, ...] | None:
+    """Index box of the voxels equal to ``value`` (None when there are none)."""
+    mask = labels == value
+    axes = []
+    for axis in range(labels.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(labels.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        axes.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(axes)

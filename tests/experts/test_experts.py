@@ -33,9 +33,9 @@ def test_ct_everything_gives_organ_masks_and_volumes_close_to_truth(reg, ct_case
     mask = res.label_volume.array
     assert mask.shape == ct.shape and np.allclose(res.label_volume.affine, ct.affine)
     for value in (1, 5, 6, 9):  # liver, both lungs, spine: big, unmistakable
-        assert _dice(mask == value, ct_case.labels == value) > 0.75, CT_LABELS[value]
+        assert _dice(mask == value, ct_case.labels == value) > 0.85, CT_LABELS[value]
     liver_ml = next(m.value for m in res.measurements if m.structure == "liver" and m.quantity == "volume")
-    assert liver_ml == pytest.approx(ct_case.truth["organ_volumes_ml"]["liver"], rel=0.25)
+    assert liver_ml == pytest.approx(ct_case.truth["organ_volumes_ml"]["liver"], rel=0.10)
     assert "liver" in res.summary and '"expert": "ct_segmentation"' in tool_message(res)
 
 
@@ -53,6 +53,7 @@ def test_ct_targets_restrict_the_mask_and_the_report(reg, small_ct_case):
 
     count = next(m.value for m in res.measurements if m.quantity == "count")
     assert count == ndimage.label(res.label_volume.array == 10, structure=np.ones((3, 3, 3)))[1]  # count = components of the mask
+    assert count >= ct_case.truth["lesion_counts"]["liver tumor"] >= 1  # the tumour is found (the model still over-counts)
     both = reg.run("ct_segmentation", ct_case.volumes["CT"], targets=["spleen", "aorta"])
     assert set(both.label_names.values()) == {"spleen", "aorta"}
     with pytest.raises(ExpertError, match="targets"):
