@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS
+from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CT_TARGETS, ct_target_values
 from data.study import Volume
 from experts.base import Expert, ExpertError, ExpertResult, Finding, Measurement
 from experts.measurements import (drop_detached_components, drop_small_components, keep_largest_component, lesion_stats,
@@ -27,8 +27,7 @@ from experts.preprocess import check_volume, labels_to_input_grid, pick_device, 
 __all__ = ["CTSegConfig", "CTSegmentationExpert", "build_ct_network", "ct_input", "ct_targets", "TARGET_CHOICES"]
 
 NAME = "ct_segmentation"
-TARGET_CHOICES: list[str] = ["everything", "organs", "lesions", *[CT_LABELS[v] for v in CT_LESIONS], *[CT_LABELS[v] for v in CT_ORGANS]]
-_BY_NAME = {n: v for v, n in CT_LABELS.items()}
+TARGET_CHOICES: list[str] = CT_TARGETS
 _LESION_ORGANS = {10: (1,), 11: (5, 6), 12: (3, 4)}  # liver tumour in the liver, nodule in a lung, cyst in a kidney
 
 
@@ -97,18 +96,7 @@ def ct_input(volume: Volume, cfg: CTSegConfig):
 
 def ct_targets(targets: str | list[str]) -> list[int]:
     """Label values selected by the ``targets`` argument (a choice or a list of choices)."""
-    chosen: list[int] = []
-    for t in [targets] if isinstance(targets, str) else list(targets):
-        if t == "everything":
-            values = list(CT_LABELS)
-        elif t == "organs":
-            values = list(CT_ORGANS)
-        elif t == "lesions":
-            values = list(CT_LESIONS)
-        else:
-            values = [_BY_NAME[t]]
-        chosen += [v for v in values if v not in chosen]
-    return sorted(chosen)
+    return ct_target_values(targets)
 
 
 class CTSegmentationExpert(Expert):

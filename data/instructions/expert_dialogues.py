@@ -18,12 +18,10 @@ import numpy as np
 from data.instructions.paraphrase import phrase
 from data.instructions.views import CaseView
 from data.tool_text import Finding, Measurement, ToolResult, format_tool_call, format_tool_result
-from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CXR_FINDINGS, MRI_LABELS
+from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CT_TARGETS, CXR_FINDINGS, MRI_LABELS, ct_target_values
 
 __all__ = ["Dialogue", "expert_dialogue", "tool_result_from_truth", "format_tool_call", "ct_target_values", "CT_TARGETS"]
 
-CT_TARGETS = ["everything", "organs", "lesions", *[CT_LABELS[v] for v in CT_LESIONS], *[CT_LABELS[v] for v in CT_ORGANS]]
-_BY_NAME = {n: v for v, n in CT_LABELS.items()}
 
 
 @dataclass
@@ -40,24 +38,6 @@ class Dialogue:
     grounded_values: list[str] = field(default_factory=list)
     task: str = "expert"
     results: list = field(default_factory=list)
-
-
-def ct_target_values(targets: str | list[str]) -> list[int]:
-    """Label values selected by ``ct_segmentation``'s ``targets`` argument (same rules as the expert)."""
-    chosen: list[int] = []
-    for t in [targets] if isinstance(targets, str) else list(targets):
-        if t == "everything":
-            values = list(CT_LABELS)
-        elif t == "organs":
-            values = list(CT_ORGANS)
-        elif t == "lesions":
-            values = list(CT_LESIONS)
-        elif t in _BY_NAME:
-            values = [_BY_NAME[t]]
-        else:
-            raise ValueError(f"targets must be among {CT_TARGETS}, got {t!r}.")
-        chosen += [v for v in values if v not in chosen]
-    return sorted(chosen)
 
 
 def tool_result_from_truth(kind: str, truth: dict, arguments: dict, rng: np.random.Generator):

@@ -5,7 +5,16 @@ One place, so a mask value means the same structure everywhere.
 
 from __future__ import annotations
 
-__all__ = ["CT_LABELS", "CT_ORGANS", "CT_LESIONS", "MRI_LABELS", "CXR_FINDINGS", "MRI_SEQUENCES"]
+__all__ = [
+    "CT_LABELS",
+    "CT_ORGANS",
+    "CT_LESIONS",
+    "CT_TARGETS",
+    "ct_target_values",
+    "MRI_LABELS",
+    "CXR_FINDINGS",
+    "MRI_SEQUENCES",
+]
 
 # ct_segmentation: value -> name
 CT_LABELS: dict[int, str] = {
@@ -24,6 +33,8 @@ CT_LABELS: dict[int, str] = {
 }
 CT_ORGANS = [1, 2, 3, 4, 5, 6, 7, 8, 9]
 CT_LESIONS = [10, 11, 12]
+# ct_segmentation's ``targets`` argument: a group or a single structure
+CT_TARGETS = ["everything", "organs", "lesions", *[CT_LABELS[v] for v in CT_LESIONS], *[CT_LABELS[v] for v in CT_ORGANS]]
 
 # mri_brain_tumor (BraTS roles; BraTS itself numbers enhancing tumour 4)
 MRI_LABELS: dict[int, str] = {1: "necrotic core", 2: "edema", 3: "enhancing tumor"}
@@ -31,3 +42,19 @@ MRI_SEQUENCES = ("T1", "T1c", "T2", "FLAIR")
 
 # cxr_classification, multi-label
 CXR_FINDINGS = ("cardiomegaly", "pleural effusion", "nodule", "pneumothorax", "consolidation")
+
+
+def ct_target_values(targets: str | list[str]) -> list[int]:
+    """Label values selected by ``ct_segmentation``'s ``targets`` argument (a choice or a list of them)."""
+    by_name = {n: v for v, n in CT_LABELS.items()}
+    groups = {"everything": list(CT_LABELS), "organs": list(CT_ORGANS), "lesions": list(CT_LESIONS)}
+    chosen: list[int] = []
+    for t in [targets] if isinstance(targets, str) else list(targets):
+        if t in groups:
+            values = groups[t]
+        elif t in by_name:
+            values = [by_name[t]]
+        else:
+            raise ValueError(f"targets must be among {CT_TARGETS}, got {t!r}.")
+        chosen += [v for v in values if v not in chosen]
+    return sorted(chosen)
