@@ -2,7 +2,7 @@
 session alone, in the same run, over HTTP (gradio_client) against the app on localhost.
 
 The app runs in its own process (``m3``'s real server: login, queue, ingest, experts, audit). Its chat
-model is the scripted test backend (``tests/app/scripted_backend.py``: a tool call for a measurement
+model is the scripted test backend (``tests/scripted_backend.py``: a tool call for a measurement
 question, then an answer quoting the tool's numbers) unless ``--model DIR`` names a real checkpoint; the
 expert is the trained CT segmentation when its weights are present, else the threshold test expert.
 
@@ -159,7 +159,7 @@ def _serve(args: argparse.Namespace) -> int:
     from app.server import serve
 
     torch.set_num_threads(2)
-    spec = importlib.util.spec_from_file_location("m3_scripted_backend", ROOT / "tests" / "app" / "scripted_backend.py")
+    spec = importlib.util.spec_from_file_location("m3_scripted_backend", ROOT / "tests" / "scripted_backend.py")
     scripted = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scripted)
     registry, _, _, structure = scripted.registry_for_tests()

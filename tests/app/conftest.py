@@ -8,29 +8,14 @@ login) are tested without trained weights; neither pretends to be a real model.
 
 from __future__ import annotations
 
-import importlib.util
-import socket
 import zipfile
 from pathlib import Path
 
 import pytest
+from localhost import free_port
 
 HERE = Path(__file__).parent
 PASSWORD = "correct horse battery"
-
-
-def load_scripted_backend():
-    """``tests/app/scripted_backend.py`` as a module (tests have no packages)."""
-    spec = importlib.util.spec_from_file_location("m3_scripted_backend", HERE / "scripted_backend.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +35,9 @@ def ct_zip(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def scripted_module():
-    return load_scripted_backend()
+    import scripted_backend
+
+    return scripted_backend
 
 
 def make_registry(scripted_module):

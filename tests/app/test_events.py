@@ -102,10 +102,6 @@ def test_closing_a_session_deletes_its_files(scripted_module, tmp_path):
 
 @pytest.fixture()
 def scripted_module():
-    import importlib.util
-    from pathlib import Path
+    import scripted_backend
 
-    spec = importlib.util.spec_from_file_location("m3_scripted_events", Path(__file__).parent / "scripted_backend.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripted_backend

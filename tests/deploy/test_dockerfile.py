@@ -6,11 +6,12 @@ from __future__ import annotations
 import fnmatch
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from localhost import free_port
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +96,7 @@ def test_install_and_start_steps_in_a_fresh_venv(dockerfile, image_stand_in, tmp
     _assert_package_data_installed(Path(where.stdout.strip()).parents[1])
 
     # start: the health server from the installed package, configured as docker run would (-e ...)
-    port = _free_port()
+    port = free_port()
     stand.env.update(M3_SERVER_PORT=str(port), M3_AUDIT_LOG_PATH=str(tmp_path / "state" / "audit.jsonl"))
     (tmp_path / "state").mkdir()
     stand.set_workdir(dockerfile.all("WORKDIR")[-1])
@@ -132,8 +133,3 @@ def _assert_package_data_installed(site_packages: Path) -> None:
                 rel = src.relative_to(ROOT)
                 assert (site_packages / rel).is_file(), f"{rel} is not in the installed package (package data missing)"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from localhost import free_port
 
 from app.auth import hash_password
 from app.config import AppConfig, ConfigError
@@ -30,19 +31,11 @@ LOCAL_INDEX = "file:///opt/pypi/simple"  # this machine's wheel index (as in tes
 # --- the start step ---------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _container_env(base: dict[str, str], state: Path) -> dict[str, str]:
     """What ``docker run -e`` adds on top of the image's environment: a port, the writable state volume."""
     state.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in base.items() if k not in ("M3_USERS", "M3_AUTH_USERS_FILE", "M3_AUTH_TRUSTED_HEADER")}
-    env.update(M3_SERVER_PORT=str(_free_port()), M3_AUDIT_LOG_PATH=str(state / "audit.jsonl"),
+    env.update(M3_SERVER_PORT=str(free_port()), M3_AUDIT_LOG_PATH=str(state / "audit.jsonl"),
                M3_PACS_OUTBOX_DIR=str(state / "outbox"), OMP_NUM_THREADS="1")
     return env
 
@@ -176,7 +169,7 @@ def test_a_tampered_build_is_refused_before_loading(tiny_build, tmp_path, monkey
     monkeypatch.delenv("M3_CONFIG", raising=False)
     monkeypatch.delenv("M3_USERS", raising=False)
     monkeypatch.chdir(tmp_path)
-    assert main(["serve", "--model", str(tampered), "--port", str(_free_port())]) == 1  # the start is refused
+    assert main(["serve", "--model", str(tampered), "--port", str(free_port())]) == 1  # the start is refused
     assert "does not match its manifest" in capsys.readouterr().err
 
     monkeypatch.setattr(app.server, "embedded_model_dir", lambda: tampered)

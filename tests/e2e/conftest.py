@@ -1,21 +1,21 @@
 """Browser fixtures: the app served on a free localhost port, and Debian's Chromium driven by Playwright.
 
 Chromium is the system package (``scripts/system_deps.sh`` installs it); Playwright's own browser
-download is never used. The chat model is the scripted test backend from ``tests/app`` (it is not a
+download is never used. The chat model is the scripted test backend ``tests/scripted_backend.py`` (it is not a
 language model: it emits a tool call for a measurement question and then quotes the tool's numbers),
 so these tests check the app's mechanics in a real browser. The expert is the trained CT segmentation
-when its weights are in the tree, else a threshold test expert (``tests/app/scripted_backend.py``).
+when its weights are in the tree, else a threshold test expert (``tests/scripted_backend.py``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import socket
 import zipfile
 from pathlib import Path
 
 import pytest
+import scripted_backend
+from localhost import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -23,19 +23,6 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-dev-shm-usage"]
 USER, PASSWORD = "dr.test", "e2e password 42"
-
-
-def _scripted_module():
-    spec = importlib.util.spec_from_file_location("m3_scripted_backend_e2e", ROOT / "tests" / "app" / "scripted_backend.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +57,7 @@ def phantom_zip(tmp_path_factory) -> Path:
 def scenario():
     """(registry, question, expert, structure): the trained CT expert when its weights are present
     (liver volume), else the threshold test expert (dense tissue volume)."""
-    return _scripted_module().registry_for_tests()
+    return scripted_backend.registry_for_tests()
 
 
 @pytest.fixture(scope="session")
@@ -82,11 +69,11 @@ def app_server(tmp_path_factory, scenario):
 
     tmp = tmp_path_factory.mktemp("e2e-app")
     cfg = AppConfig()
-    cfg.server.port = _free_port()
+    cfg.server.port = free_port()
     cfg.audit.log_path = tmp / "audit.jsonl"
     cfg.auth.users_file = tmp / "users.toml"
     cfg.auth.users_file.write_text(f'[users]\n"{USER}" = "{hash_password(PASSWORD)}"\n')
-    backend = _scripted_module().ScriptedBackend(delay_s=0.02)
+    backend = scripted_backend.ScriptedBackend(delay_s=0.02)
     server = serve(cfg, backend=backend, registry=scenario[0], block=False)
     yield server, cfg
     server.close()

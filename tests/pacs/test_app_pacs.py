@@ -8,7 +8,6 @@ archive searches of test_pacs_orthanc.py (2024, PAT-00*, the MR study) find exac
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import re
 from pathlib import Path
@@ -40,11 +39,10 @@ def _no_progress(*_, **__):
 
 @pytest.fixture(scope="module")
 def scripted():
-    """tests/app/scripted_backend.py: the threshold test expert and the scripted chat backend."""
-    spec = importlib.util.spec_from_file_location("m3_scripted_pacs", HERE.parent / "app" / "scripted_backend.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """tests/scripted_backend.py: the threshold test expert and the scripted chat backend."""
+    import scripted_backend
+
+    return scripted_backend
 
 
 def _seed(orthanc, make_study, *row, seed):
