@@ -100,8 +100,22 @@ def _load(args):
         raise CompressError(f"{root} holds neither llm/config.json nor config.json; point --model at a model folder.")
     lm = load_pruned_lm(llm_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
-    ids = pack_tokens(tokenizer, load_texts(args.data)[: args.max_samples], args.seq_len)
+    system_prompt, tools = _agent_context(root)
+    texts = load_texts(args.data, tokenizer, system_prompt=system_prompt, tools=tools)
+    ids = pack_tokens(tokenizer, texts[: args.max_samples], args.seq_len)
     return root, llm_dir, lm, tokenizer, ids
+
+
+def _agent_context(root: Path) -> tuple[str | None, list[dict] | None]:
+    """The system prompt (from a VILA-layout ``config.json``) and the expert tools the agent renders
+    conversations with, so chat-format calibration data reads as it does in the agent."""
+    from vlm.train.build import expert_tool_schemas
+
+    cfg = root / "config.json"
+    system = None
+    if cfg.is_file() and (root / "llm").is_dir():
+        system = json.loads(cfg.read_text()).get("system_prompt")
+    return system, expert_tool_schemas()
 
 
 def _save(args, root: Path, llm_dir: Path, lm, tokenizer, record: dict) -> Path:

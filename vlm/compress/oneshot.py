@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vlm.compress.calibration import calibration_size, forward_batches
 from vlm.compress.errors import CompressError
 from vlm.compress.targets import prunable_linears, resolve_lm
 
@@ -133,9 +134,9 @@ def collect_grams(
     was_training = lm.training
     lm.eval()
     try:
-        for start in range(0, calib_ids.shape[0], batch_size):
+        for batch in forward_batches(calib_ids, batch_size):
             try:
-                lm(input_ids=calib_ids[start : start + batch_size], use_cache=False)
+                lm(**batch, use_cache=False)
             except _StopForward:
                 pass
     finally:
@@ -156,7 +157,7 @@ def prune_oneshot(
     config = config or OneShotConfig()
     if config.method not in METHODS:
         raise CompressError(f"One-shot method must be one of {METHODS}, got {config.method!r}.")
-    if config.method != "magnitude" and (calib_ids is None or calib_ids.numel() == 0):
+    if config.method != "magnitude" and calibration_size(calib_ids) == 0:
         raise CompressError(f"{config.method} needs calibration tokens; pass --data with a few hundred samples.")
     lm = resolve_lm(model) if inplace else copy.deepcopy(resolve_lm(model))
     layers = prunable_linears(lm)
