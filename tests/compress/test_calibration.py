@@ -92,3 +92,23 @@ def test_vlm_batches_are_what_the_lm_sees_in_the_vlm(phantom_conversations):
     prune_oneshot(lm, batches, OneShotConfig(method="wanda"))  # activation statistics from the embedding batches
     assert mean_loss(lm, batches) > dense
     assert isinstance(next(iterate_batches(batches, 2)), dict)
+
+
+def test_mft_and_depth_run_on_vlm_batches(phantom_conversations):
+    import math
+
+    import torch
+
+    from vlm.compress.calibration import iterate_batches, mean_loss, vlm_batches
+    from vlm.compress.depth import DepthConfig, angular_importance, load_pruned_lm, prune_depth
+    from vlm.compress.mft import FinetuneConfig, finetune
+
+    model_dir = ROOT / "vlm/weights/default"
+    batches = vlm_batches(model_dir, [phantom_conversations["medical-ift"]], per_file=2, batch_size=2)
+    lm = load_pruned_lm(model_dir / "llm", dtype=torch.float32)
+    result = finetune(lm, iterate_batches(batches, 2), FinetuneConfig(method="mft", steps=2, lr=1e-4), progress=False)
+    assert len(result.losses) == 2 and all(math.isfinite(x) for x in result.losses)
+    scores = angular_importance(lm, batches)
+    assert len(scores["block"]) == lm.config.num_hidden_layers and all(s > 0 for s in scores["block"])
+    prune_depth(lm, DepthConfig(blocks=[1], recovery="lowrank", rank=4), batches)
+    assert math.isfinite(mean_loss(lm, batches))

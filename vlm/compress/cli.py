@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vlm.compress.calibration import iterate_batches, load_texts, mean_loss, pack_tokens
+from vlm.compress.calibration import iterate_batches, load_texts, mean_loss, pack_tokens, vlm_batches
 from vlm.compress.depth import DepthConfig, angular_importance, load_pruned_lm, prune_depth, save_pruned_lm
 from vlm.compress.errors import CompressError
 from vlm.compress.maskllm import MaskLLMConfig, train_maskllm
@@ -81,7 +81,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (VILA layout with llm/, or a causal LM folder)")
-    p.add_argument("--data", required=True, help="text samples: .txt (one per line), .jsonl or .json")
+    p.add_argument("--data", required=True, help="text samples: .txt (one per line), .jsonl or .json; for a VLM folder, a LLaVA JSON with pictures (e.g. medical-ift_train.json) calibrates on what the LM sees in the VLM")
     p.add_argument("--out", required=True, help="output model folder")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration / training block")
     p.add_argument("--max-samples", type=int, default=2000)
@@ -100,10 +100,24 @@ def _load(args):
         raise CompressError(f"{root} holds neither llm/config.json nor config.json; point --model at a model folder.")
     lm = load_pruned_lm(llm_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+    if llm_dir != root and _has_pictures(Path(args.data)):  # a VLM and its conversations: calibrate as the LM sees them
+        return root, llm_dir, lm, tokenizer, vlm_batches(root, [args.data], per_file=args.max_samples)
     system_prompt, tools = _agent_context(root)
     texts = load_texts(args.data, tokenizer, system_prompt=system_prompt, tools=tools)
     ids = pack_tokens(tokenizer, texts[: args.max_samples], args.seq_len)
     return root, llm_dir, lm, tokenizer, ids
+
+
+def _has_pictures(path: Path) -> bool:
+    """Whether ``path`` is a LLaVA JSON list of conversations with pictures."""
+    if path.suffix != ".json" or not path.is_file():
+        return False
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(records, list) and bool(records) and isinstance(records[0], dict) and \
+        "conversations" in records[0] and bool(records[0].get("image") or records[0].get("images"))
 
 
 def _agent_context(root: Path) -> tuple[str | None, list[dict] | None]:

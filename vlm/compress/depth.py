@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from vlm.compress.calibration import mean_loss
+from vlm.compress.calibration import forward_batches, mean_loss
 from vlm.compress.errors import CompressError
 from vlm.compress.targets import decoder_layers, resolve_lm
 
@@ -225,8 +225,8 @@ def _run(model: nn.Module, ids: torch.Tensor, batch_size: int) -> None:
     lm = resolve_lm(model)
     was_training = lm.training
     lm.eval()
-    for start in range(0, ids.shape[0], batch_size):
-        lm(input_ids=ids[start : start + batch_size], use_cache=False)
+    for batch in forward_batches(ids, batch_size):  # token blocks or VLM embedding batches (padding included)
+        lm(**batch, use_cache=False)
     lm.train(was_training)
 
 

@@ -98,7 +98,8 @@ class FinetuneResult:
 
 
 def finetune(model: nn.Module, batches: Iterator[torch.Tensor], config: FinetuneConfig | None = None, progress: bool = True) -> FinetuneResult:
-    """Fine-tune ``model``'s LM in place on token blocks ``(B, T)`` from ``batches`` (AdamW, constant lr)."""
+    """Fine-tune ``model``'s LM in place on token blocks ``(B, T)`` (or dict batches from
+    ``calibration.vlm_batches``) from ``batches`` (AdamW, constant lr)."""
     config = config or FinetuneConfig()
     if config.method not in ("mft", "standard"):
         raise CompressError(f"Fine-tune method must be 'mft' or 'standard', got {config.method!r}.")
@@ -116,13 +117,18 @@ def finetune(model: nn.Module, batches: Iterator[torch.Tensor], config: Finetune
     lm.train()
     result = FinetuneResult()
     for _ in tqdm(range(config.steps), desc=f"finetune-{config.method}", disable=not progress):
-        ids = next(batches)
+        batch = next(batches)
+        if isinstance(batch, dict):  # VLM conversations: embeddings, answer-only labels
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            labels = batch["labels"]
+        else:
+            inputs, labels = {"input_ids": batch}, batch
         if teacher is None:
-            loss = lm(input_ids=ids, labels=ids).loss
+            loss = lm(**inputs, labels=labels).loss
         else:
             with torch.no_grad():
-                teacher_logits = teacher(input_ids=ids).logits
-            loss = loss_fn(lm(input_ids=ids).logits, teacher_logits, ids)
+                teacher_logits = teacher(**inputs).logits
+            loss = loss_fn(lm(**inputs).logits, teacher_logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
