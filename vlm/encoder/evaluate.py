@@ -47,6 +47,8 @@ def evaluate_stage(config, encoder: RadioEncoder, data, targets: dict, probes_on
         tr, te = ct & train, ct & test
         metrics["probes"]["organ_segmentation"] = {
             "student": segmentation_probe(enc["features"][tr], seg_lab[tr], enc["features"][te], seg_lab[te], CT_ORGANS)["mean_dice"],
+            **({"student:seg_adaptor": segmentation_probe(enc["seg/features"][tr], seg_lab[tr], enc["seg/features"][te], seg_lab[te], CT_ORGANS)["mean_dice"]}
+               if "seg" in names else {}),
             **{f"teacher:{n}": segmentation_probe(targets[n].features[tr].float(), seg_lab[tr], targets[n].features[te].float(), seg_lab[te], CT_ORGANS)["mean_dice"]
                for n in names if bool(targets[n].mask[ct].all())},
             "metric": "mean Dice over 9 organs, linear 1x1 probe on the patch grid, held-out CT slices",
@@ -58,6 +60,8 @@ def evaluate_stage(config, encoder: RadioEncoder, data, targets: dict, probes_on
         y = data.findings
         metrics["probes"]["finding_classification"] = {
             "student": classification_probe(student_x[tr], y[tr], student_x[te], y[te])["mean_auroc"],
+            **({"student:cxr_adaptor": classification_probe(enc["cxr/summary"][tr], y[tr], enc["cxr/summary"][te], y[te])["mean_auroc"]}
+               if "cxr" in names else {}),
             **{f"teacher:{n}": classification_probe(targets[n].summary[tr].float(), y[tr], targets[n].summary[te].float(), y[te])["mean_auroc"]
                for n in names if bool(targets[n].mask[cxr].all())},
             "metric": f"mean AUROC over {len(CXR_FINDINGS)} findings, logistic regression on pooled features, held-out radiographs",
@@ -77,6 +81,9 @@ def evaluate_stage(config, encoder: RadioEncoder, data, targets: dict, probes_on
         teachers = [v for k, v in task.items() if k.startswith("teacher:")]
         if teachers:
             task["student_vs_best_teacher"] = task["student"] / max(teachers)
+            adaptor = [v for k, v in task.items() if k.startswith("student:")]
+            if adaptor:  # the student's features in the teacher's space (its adaptor head), as a task would use them
+                task["student_adaptor_vs_best_teacher"] = max(adaptor) / max(teachers)
     if config.featsharp_steps > 0 and not probes_only and ct.any():
         metrics["featsharp"] = _featsharp_eval(config, encoder, data)
     return metrics
@@ -170,15 +177,19 @@ def _model_card(config, metrics: dict, enc_dir: Path) -> str:
         "",
         "## Linear probes on held-out phantoms",
         "",
-        "The same probe runs on the student's patch features and on each teacher's target features (on the same "
-        "patch grid), trained on the training cases and scored on the held-out ones.",
+        "The same probe runs on the student's backbone features, on the student's features in the teacher's space "
+        "(its adaptor head for that teacher, `encoder(x, adaptors=[name])`), and on each teacher's target features "
+        "(on the same patch grid), trained on the training cases and scored on the held-out ones.",
         "",
-        "| task | student | teachers | student / best teacher |",
-        "|---|---|---|---|",
+        "| task | student backbone | student via adaptor | teachers | backbone / best teacher | adaptor / best teacher |",
+        "|---|---|---|---|---|---|",
     ]
+    nan = float("nan")
     for task, r in metrics.get("probes", {}).items():
         teachers = ", ".join(f"{k.split(':')[1]} {v:.3f}" for k, v in r.items() if k.startswith("teacher:"))
-        lines.append(f"| {task} ({r['metric']}) | {r['student']:.3f} | {teachers} | {r.get('student_vs_best_teacher', float('nan')):.1%} |")
+        adaptor = next((v for k, v in r.items() if k.startswith("student:")), nan)
+        lines.append(f"| {task} ({r['metric']}) | {r['student']:.3f} | {adaptor:.3f} | {teachers} | "
+                     f"{r.get('student_vs_best_teacher', nan):.1%} | {r.get('student_adaptor_vs_best_teacher', nan):.1%} |")
     lines += ["", "## Fidelity in each teacher's space (held-out images the teacher covers)", "",
               "| teacher | feature cosine | feature R² | summary cosine |", "|---|---|---|---|"]
     lines += [f"| {n} | {v['feature_cosine']:.3f} | {v['feature_r2']:.3f} | {v['summary_cosine']:.3f} |" for n, v in metrics.get("fidelity", {}).items()]
@@ -197,6 +208,5 @@ def _model_card(config, metrics: dict, enc_dir: Path) -> str:
                   f"Organ segmentation linear probe, mean Dice on held-out CT slices, features on a {fs['grid'][0]}×{fs['grid'][1]} grid:", "",
                   "| features | mean Dice |", "|---|---|",
                   f"| encoder patch grid | {fs['low_res']:.3f} |", f"| bilinear ×2 | {fs['bilinear']:.3f} |", f"| FeatSharp ×2 | {fs['featsharp']:.3f} |"]
-    lines += ["", "Reproduce: `python -m vlm.train.vision` with the config in this run's `config.json` "
-              "(`m3 train vision` once the training CLI is wired).", ""]
+    lines += ["", "Reproduce: `m3 train vision` (or `python -m vlm.train.vision`) with the config in this run's `config.json`.", ""]
     return "\n".join(lines)
