@@ -85,3 +85,32 @@ def test_shared_prefix_forward_equals_the_plain_forward(parts):
     loss = SharedPrefixLoss(model.float())
     with torch.no_grad():
         assert float(loss(**batch, prefix_length=prefix)) == pytest.approx(float(loss(**batch, prefix_length=0)), rel=1e-4)
+
+
+def test_length_chunks_give_the_whole_batch_loss_with_less_padding(parts):
+    """A batch split into length-sorted pieces, each loss weighted by its share of scored tokens, adds up
+    to the whole batch's loss; the pieces pad fewer tokens."""
+    from vlm.train.dataset import PixelCache, collate
+    from vlm.train.stages import SharedPrefixLoss, _label_count, length_chunks, shared_prefix_length
+
+    data, model = parts
+    samples = [_sample(parts, "medical-ift", i)[2] for i in range(3)] + [_sample(parts, "ift", i)[2] for i in range(5)]
+    for s in samples:
+        s.images = [data / p for p in s.images]
+    chunks = length_chunks(samples, 3, chunk_cost=16)
+    assert sorted(id(s) for c in chunks for s in c) == sorted(id(s) for s in samples) and 1 < len(chunks) <= 3
+    padded = sum(len(c) * max(len(s.input_ids) for s in c) for c in chunks)
+    assert padded < len(samples) * max(len(s.input_ids) for s in samples)
+    pixels, pad = PixelCache(model.vision_tower), model.tokenizer.pad_token_id
+    loss = SharedPrefixLoss(model.float())
+
+    def run(batch_samples):
+        b = collate(batch_samples, pixels, pad)
+        return loss(**b, prefix_length=shared_prefix_length(b["input_ids"], b["labels"], model.image_token_index))
+
+    total = sum(_label_count(s.labels) for s in samples)
+    with torch.no_grad():
+        whole = float(run(samples))
+        pieces = sum(float(run(c)) * sum(_label_count(s.labels) for s in c) / total for c in chunks)
+    assert pieces == pytest.approx(whole, rel=1e-4)
+    assert len(length_chunks(samples, 1)) == 1

@@ -126,11 +126,18 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
     for step in range(state.step + 1, spec.steps + 1):
         items = _batch_items(step, spec, datasets, recipe.seed, _PHASE_CODE.get(phase, 0))
         items = items[accelerator.process_index::accelerator.num_processes]
-        batch = collate([datasets[src][i] for src, i in items], pixels, pad_id)
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        prefix = shared_prefix_length(batch["input_ids"], batch["labels"], vlm.image_token_index)
-        loss = model(**batch, prefix_length=prefix)
-        accelerator.backward(loss)
+        samples = [datasets[src][i] for src, i in items]
+        n_labels = sum(_label_count(s.labels) for s in samples)
+        loss = 0.0
+        for chunk in length_chunks(samples, spec.max_chunks):
+            batch = collate(chunk, pixels, pad_id)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            prefix = shared_prefix_length(batch["input_ids"], batch["labels"], vlm.image_token_index)
+            # token-weighted: the pieces' losses add up to the whole batch's mean loss
+            part = model(**batch, prefix_length=prefix) * (sum(_label_count(s.labels) for s in chunk) / max(n_labels, 1))
+            accelerator.backward(part)
+            loss += float(part.detach())
+        loss = torch.tensor(loss)
         if spec.grad_clip:
             accelerator.clip_grad_norm_(params, spec.grad_clip)
         optimizer.step()
@@ -160,6 +167,31 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
         _atomic_write(phase_dir / _DONE, json.dumps({"steps": state.step}) + "\n")
         shutil.rmtree(phase_dir / "checkpoints", ignore_errors=True)
     return final, metrics
+
+
+def _label_count(labels: torch.Tensor) -> int:
+    """Positions a sample is scored on (its labels after the first token)."""
+    return int((labels[1:] != IGNORE_INDEX).sum())
+
+
+def length_chunks(samples: list, max_chunks: int, chunk_cost: int = 1024) -> list[list]:
+    """Split a batch into up to ``max_chunks`` pieces of similar length (sorted by length, contiguous cuts)
+    minimising padded tokens + ``chunk_cost`` per piece, so a few long conversations do not pad the whole
+    batch to their length. (Exhaustive over cut points: a batch has a few dozen samples at most.)"""
+    from itertools import combinations
+
+    order = sorted(samples, key=lambda s: len(s.input_ids))
+    lengths = [len(s.input_ids) for s in order]
+    n = len(order)
+    best, best_cuts = None, ()
+    for k in range(min(max(1, max_chunks), n)):
+        for cuts in combinations(range(1, n), k):
+            bounds = (0, *cuts, n)
+            cost = sum((b - a) * lengths[b - 1] for a, b in zip(bounds, bounds[1:])) + chunk_cost * k
+            if best is None or cost < best:
+                best, best_cuts = cost, cuts
+    bounds = (0, *best_cuts, n)
+    return [order[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 class SharedPrefixLoss(torch.nn.Module):

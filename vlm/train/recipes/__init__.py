@@ -90,6 +90,7 @@ class StageSpec:
     checkpoint_every: int = 10
     log_every: int = 5
     grad_clip: float = 1.0
+    max_chunks: int = 3  # a batch runs as up to this many length-sorted pieces (less padding; same gradient)
 
 
 @dataclass
