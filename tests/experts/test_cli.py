@@ -36,8 +36,8 @@ def test_run_ct_writes_summary_findings_overlay_and_seg(tmp_path, capsys):
     findings = json.loads((out / "findings.json").read_text())
     assert findings["arguments"] == {"targets": "organs"}
     liver = next(m for m in findings["measurements"] if m["structure"] == "liver")
-    # a small field of view: the liver is over-called here (+44 %); full-size studies are held to 10 % in test_experts
-    assert liver["unit"] == "mL" and liver["value"] == pytest.approx(case.truth["organ_volumes_ml"]["liver"], rel=0.45)
+    # a small field of view: the liver is over-called here (+20 %); full-size studies are held to 10 % in test_experts
+    assert liver["unit"] == "mL" and liver["value"] == pytest.approx(case.truth["organ_volumes_ml"]["liver"], rel=0.25)
     picture = np.asarray(Image.open(out / "overlay.png"))
     assert picture.ndim == 3 and picture.shape[2] == 3
     seg = hd.seg.segread(out / "seg.dcm")
