@@ -66,6 +66,7 @@ class TokenizerConfig:
     pad_token: str = "<|pad|>"
     chat_template: str | None = CHAT_TEMPLATE
     model_max_length: int = 4096
+    split_digits: bool = False  # True: one token per digit (LLaMA-style), for numbers copied from expert results
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path | None = None, config: TokenizerConfig | None = None):
@@ -76,7 +77,9 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path | None = None, con
     cfg = config or TokenizerConfig()
     specials = list(dict.fromkeys(cfg.special_tokens + ([cfg.bos_token] if cfg.bos_token else []) + [cfg.eos_token, cfg.pad_token]))
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if cfg.split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=specials,

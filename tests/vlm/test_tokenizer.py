@@ -55,3 +55,16 @@ def test_saved_in_hf_format_and_reloads(m3_tokenizer, tmp_path, make):
     conv = _conversation()
     assert again.apply_chat_template(conv, tools=TOOLS, tokenize=False) == tok.apply_chat_template(conv, tools=TOOLS, tokenize=False)
     assert again.eos_token == "<|end|>"
+
+
+def test_split_digits_gives_one_token_per_digit_and_decodes_back():
+    from vlm.tokenizer import TokenizerConfig
+
+    corpus = ["liver volume: 1253.3 mL; largest diameter 20.1 mm; count 2"] * 40
+    text = "liver volume: 1253.3 mL"
+    split = train_tokenizer(corpus, None, TokenizerConfig(vocab_size=400, split_digits=True))
+    merged = train_tokenizer(corpus, None, TokenizerConfig(vocab_size=400))
+    digits = [t for t in split.tokenize(text) if any(c.isdigit() for c in t)]
+    assert digits == ["1", "2", "5", "3", "3"]
+    assert any(len([c for c in t if c.isdigit()]) > 1 for t in merged.tokenize(text))  # BPE merges digit runs otherwise
+    assert split.decode(split(text)["input_ids"]) == text

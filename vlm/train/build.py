@@ -83,7 +83,7 @@ def build_tokenizer(recipe: Recipe, data_dir: str | Path, out_dir: str | Path | 
 
     texts = list(_corpus(data_dir))
     scaffold = [AGENT_SYSTEM_PROMPT, json.dumps(expert_tool_schemas())]
-    cfg = TokenizerConfig(vocab_size=recipe.model.vocab_size, chat_template=COMPACT_CHAT_TEMPLATE)
+    cfg = TokenizerConfig(vocab_size=recipe.model.vocab_size, chat_template=COMPACT_CHAT_TEMPLATE, split_digits=recipe.model.split_digits)
     return train_tokenizer(scaffold * 50 + texts, out_dir, cfg)
 
 

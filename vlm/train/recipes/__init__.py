@@ -57,6 +57,7 @@ class ModelSpec:
     llm_intermediate: int = 128
     vocab_size: int = 1024
     max_length: int = 384  # tokens per training sample (longer samples are cut)
+    split_digits: bool = False  # tokenizer: one token per digit
     weights_dtype: str = "float16"  # dtype of the written checkpoint (training runs in float32)
 
 
