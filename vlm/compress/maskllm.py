@@ -138,6 +138,8 @@ def train_maskllm(
     losses: list[float] = []
     was_training = lm.training
     lm.train()
+    # at low Gumbel temperatures the soft masks underflow into denormal floats: seen here as 2 s → 30 s per step on a CPU
+    torch.set_flush_denormal(True)  # (torch cannot report the previous setting; its default, off, is restored after)
     try:
         for step in tqdm(range(config.steps), desc="maskllm", disable=not progress):
             frac = step / max(config.steps - 1, 1)
@@ -160,6 +162,7 @@ def train_maskllm(
         for p, flag in grad_state.items():
             p.requires_grad_(flag)
         lm.train(was_training)
+        torch.set_flush_denormal(False)
     changed = None
     if prior is not None:
         diffs = [(masks_to_candidates(masks[n]) != masks_to_candidates(prior[n])).float().mean() for n in prior]
