@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     shipped = None
     if not (args.quick or args.skip_model):
         shipped = default_model.run(Path(args.model), _model_data(Path(args.model), Path(args.model_data)), ROOT / "cache" / "compress_models",
-                                    calib_per_file=200, heldout_per_file=75, eval_limit=args.eval_limit, maskllm_steps=300, maskllm_lr=2e-3)
+                                    calib_per_file=800, heldout_per_file=75, eval_limit=args.eval_limit, maskllm_steps=300, maskllm_lr=2e-4)
+        # one pass over 2400 conversations: with 600 and 4 passes at lr 2e-3 the masks over-fitted the calibration set
+        # (calibration loss below dense, held-out perplexity 2.68 against SparseGPT's 1.60)
     sparsity = _sparsity(lm, data, plan, evaluate)
     mft = _mft(lm, tok, data, plan, qa_a, qa_b)
     depth = _depth(lm, data, evaluate)
@@ -104,14 +106,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _model_data(model: Path, data_dir: Path) -> Path:
-    """The model's phantom data: its recipe's test cases and a fifth of its training cases (same seeds)."""
+    """The model's phantom data: its recipe's test cases and its training cases (same seeds)."""
     if (data_dir / "medical-ift_test.json").is_file():
         return data_dir
     from vlm.train.build import build_data
     from vlm.train.recipes import recipe_from_dict
 
     recipe = recipe_from_dict(json.loads((model / "recipe.json").read_text()))
-    recipe.data.train_cases = {k: max(1, v // 5) for k, v in recipe.data.train_cases.items()}
     return build_data(recipe, data_dir)
 
 
