@@ -43,3 +43,14 @@ def test_maskllm_mft_and_depth_commands_write_loadable_models(tmp_path, lm_folde
     record = json.loads((tmp_path / "dp" / "compress.json").read_text())
     assert len(record["config"]["blocks"]) == 1
     assert load_pruned_lm(tmp_path / "dp") is not None
+
+
+def test_maskllm_warns_when_it_would_reuse_a_small_calibration_set(tmp_path, lm_folder, caplog):
+    model, data = lm_folder
+    common = ["--data", str(data), "--seq-len", "16", "--batch-size", "4"]
+    with caplog.at_level("WARNING", logger="vlm.compress.cli"):
+        assert _run(["compress", "maskllm", "--model", str(model), "--out", str(tmp_path / "a"), "--steps", "3", *common]) == 0
+    assert "over-fit" not in caplog.text  # 3 steps × 4 rows: under one pass over the calibration blocks
+    with caplog.at_level("WARNING", logger="vlm.compress.cli"):
+        assert _run(["compress", "maskllm", "--model", str(model), "--out", str(tmp_path / "b"), "--steps", "40", *common]) == 0
+    assert "over-fit" in caplog.text and "calibration samples" in caplog.text

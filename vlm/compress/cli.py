@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vlm.compress.calibration import iterate_batches, load_texts, mean_loss, pack_tokens, vlm_batches
+from vlm.compress.calibration import calibration_size, iterate_batches, load_texts, mean_loss, pack_tokens, vlm_batches
 from vlm.compress.depth import DepthConfig, angular_importance, load_pruned_lm, prune_depth, save_pruned_lm
 from vlm.compress.errors import CompressError
 from vlm.compress.maskllm import MaskLLMConfig, train_maskllm
@@ -151,6 +151,12 @@ def _save(args, root: Path, llm_dir: Path, lm, tokenizer, record: dict) -> Path:
 def _cmd_maskllm(args) -> int:
     root, llm_dir, lm, tok, ids = _load(args)
     config = MaskLLMConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, reg_lambda=args.reg_lambda)
+    rows = calibration_size(ids)
+    passes = config.steps * (ids[0]["labels"].shape[0] if isinstance(ids, list) else config.batch_size) / max(rows, 1)
+    if passes > 1.5:
+        log.warning("MaskLLM will see each of the %d calibration samples %.1f times; masks learnt on a small set over-fit it "
+                    "(lower held-out quality than the one-shot prior was measured here). Give more samples, fewer --steps or "
+                    "a lower --lr (2e-4 worked for one pass over a few thousand conversations).", rows, passes)
     if args.prior_masks:
         prior = load_masks(args.prior_masks)
     elif args.prior != "none":
