@@ -20,13 +20,13 @@ from torch import nn
 from vlm.compress.errors import CompressError
 from vlm.compress.targets import resolve_lm
 
-__all__ = ["load_texts", "pack_tokens", "pack_chat_tokens", "vlm_batches", "forward_batches", "iterate_batches", "lm_loss",
+__all__ = ["load_texts", "pack_tokens", "vlm_batches", "forward_batches", "iterate_batches", "lm_loss",
            "mean_loss", "perplexity"]
 
 # token ids (B, T), or a dict batch: {"input_ids" | "inputs_embeds", "labels", "attention_mask"?} with -100 = not scored
 Batch = torch.Tensor | dict[str, torch.Tensor]
-# calibration data: token blocks (N, T), (blocks, labels), or prepared dict batches (``vlm_batches``)
-CalibData = torch.Tensor | tuple[torch.Tensor, torch.Tensor] | list[dict[str, torch.Tensor]]
+# calibration data: token blocks (N, T), or prepared dict batches (``vlm_batches``)
+CalibData = torch.Tensor | list[dict[str, torch.Tensor]]
 
 
 def load_texts(path: str | Path, tokenizer=None, *, system_prompt: str | None = None, tools: list[dict] | None = None) -> list[str]:
@@ -61,31 +61,6 @@ def pack_tokens(tokenizer, texts: list[str], seq_len: int, eos: bool = True) -> 
     if n == 0:
         raise CompressError(f"Calibration text has {len(ids)} tokens, fewer than one block of {seq_len}; add samples.")
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
-
-
-def pack_chat_tokens(tokenizer, texts: list[str], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like ``pack_tokens`` for chat-rendered texts, with labels: only the assistant's turns (from after
-    ``<|assistant|>`` through its ``<|end|>``) are scored, as in instruction tuning; the rest is -100."""
-    start_id = tokenizer.convert_tokens_to_ids("<|assistant|>")
-    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
-    if start_id is None or start_id == tokenizer.unk_token_id or end_id is None:
-        raise CompressError("This tokenizer has no <|assistant|> / <|end|> tokens; calibrate on plain text instead.")
-    ids: list[int] = []
-    labels: list[int] = []
-    for text in texts:
-        inside = False
-        for t in tokenizer(text, add_special_tokens=False)["input_ids"]:  # token-level turn tracking: no library does it
-            ids.append(t)
-            labels.append(t if inside else -100)
-            if t == start_id:
-                inside = True
-            elif t == end_id:
-                inside = False
-    n = len(ids) // seq_len
-    if n == 0:
-        raise CompressError(f"Calibration text has {len(ids)} tokens, fewer than one block of {seq_len}; add samples.")
-    shape = (n, seq_len)
-    return torch.tensor(ids[: n * seq_len]).view(shape), torch.tensor(labels[: n * seq_len]).view(shape)
 
 
 @torch.no_grad()
@@ -124,16 +99,8 @@ def forward_batches(data: CalibData, batch_size: int) -> Iterator[dict[str, torc
         for b in data:
             yield {k: v for k, v in b.items() if k != "labels"}
         return
-    ids = input_ids_of(data)
-    for start in range(0, ids.shape[0], batch_size):
-        yield {"input_ids": ids[start : start + batch_size]}
-
-
-def input_ids_of(data: CalibData) -> torch.Tensor:
-    """The token ids of calibration data given as ids or as ``(ids, labels)``."""
-    if isinstance(data, list):
-        raise CompressError("These calibration batches are embeddings (VLM conversations); token ids are not available.")
-    return data[0] if isinstance(data, tuple) else data
+    for start in range(0, data.shape[0], batch_size):
+        yield {"input_ids": data[start : start + batch_size]}
 
 
 def calibration_size(data: CalibData | None) -> int:
@@ -142,12 +109,12 @@ def calibration_size(data: CalibData | None) -> int:
         return 0
     if isinstance(data, list):
         return sum(int(b["labels"].shape[0]) for b in data)
-    return int(input_ids_of(data).shape[0])
+    return int(data.shape[0])
 
 
 def iterate_batches(ids: CalibData, batch_size: int, seed: int = 0, epochs: int | None = None) -> Iterator[Batch]:
-    """Shuffled batches of the rows of ``ids`` ``(N, T)`` (or of ``(ids, labels)``: then dict batches;
-    prepared dict batches are shuffled as they are), endlessly when ``epochs`` is None."""
+    """Shuffled batches of the rows of ``ids`` ``(N, T)`` (prepared dict batches are shuffled as they are),
+    endlessly when ``epochs`` is None."""
     if isinstance(ids, list):
         gen = torch.Generator().manual_seed(seed)
         epoch = 0
@@ -156,15 +123,12 @@ def iterate_batches(ids: CalibData, batch_size: int, seed: int = 0, epochs: int 
                 yield ids[i]
             epoch += 1
         return
-    labels = ids[1] if isinstance(ids, tuple) else None
-    ids = input_ids_of(ids)
     gen = torch.Generator().manual_seed(seed)
     epoch = 0
     while epochs is None or epoch < epochs:
         order = torch.randperm(ids.shape[0], generator=gen)
         for start in range(0, ids.shape[0] - batch_size + 1, batch_size):
-            rows = order[start : start + batch_size]
-            yield ids[rows] if labels is None else {"input_ids": ids[rows], "labels": labels[rows]}
+            yield ids[order[start : start + batch_size]]
         epoch += 1
 
 
@@ -177,34 +141,23 @@ def lm_loss(model: nn.Module, ids: Batch, labels: torch.Tensor | None = None) ->
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, ids: torch.Tensor | tuple[torch.Tensor, torch.Tensor], batch_size: int = 16) -> float:
-    """Token-weighted mean loss (nats / scored token) over all rows of ``ids`` (or ``(ids, labels)``), in eval mode."""
+def mean_loss(model: nn.Module, ids: CalibData, batch_size: int = 16) -> float:
+    """Token-weighted mean loss (nats / scored token) over all of ``ids``, in eval mode."""
     lm = resolve_lm(model)
     was_training = lm.training
     lm.eval()
     total, count = 0.0, 0
-    if isinstance(ids, list):
-        for b in ids:
-            tokens = int((b["labels"][:, 1:] != -100).sum())
-            if tokens:
-                total += float(lm_loss(lm, b)) * tokens
-                count += tokens
-        lm.train(was_training)
-        return total / max(count, 1)
-    labels = ids[1] if isinstance(ids, tuple) else None
-    ids = input_ids_of(ids)
-    for start in range(0, ids.shape[0], batch_size):
-        batch = ids[start : start + batch_size]
-        lab = batch if labels is None else labels[start : start + batch_size]
-        tokens = int((lab[:, 1:] != -100).sum())
+    batches = ids if isinstance(ids, list) else ({"input_ids": b, "labels": b} for b in ids.split(batch_size))
+    for b in batches:
+        tokens = int((b["labels"][:, 1:] != -100).sum())
         if tokens:
-            total += float(lm_loss(lm, batch, lab)) * tokens
+            total += float(lm_loss(lm, b)) * tokens
             count += tokens
     lm.train(was_training)
     return total / max(count, 1)
 
 
-def perplexity(model: nn.Module, ids: torch.Tensor | tuple[torch.Tensor, torch.Tensor], batch_size: int = 16) -> float:
+def perplexity(model: nn.Module, ids: CalibData, batch_size: int = 16) -> float:
     """exp(mean next-token loss) on ``ids`` ``(N, T)``."""
     return math.exp(mean_loss(model, ids, batch_size))
 
