@@ -41,6 +41,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--no-resume", action="store_true")
     tr.add_argument("--init-from", help="weights folder to continue from (e.g. experts/weights/NAME)")
     tr.add_argument("--no-bf16", action="store_true", help="train the forward pass in float32")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe setting, e.g. lesion_weight=2, lesion_rate=0.9, 'crop_ratios.liver tumor=8' (repeatable)")
     tr.set_defaults(func=cmd_train)
 
 
@@ -74,6 +76,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _key_values(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set needs KEY=VALUE, got {item!r}.")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from experts.train import TrainConfig, train_expert
 
@@ -81,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         name=args.name, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_train=args.n_train,
         n_val=args.n_val, n_test=args.n_test, val_every=args.val_every, run_dir=args.run_dir,
         weights_root=args.weights_root, threads=args.threads, resume=not args.no_resume, bf16=not args.no_bf16,
-        init_from=args.init_from,
+        init_from=args.init_from, overrides=_key_values(args.overrides),
     )
     metrics = train_expert(cfg)
     print(json.dumps(metrics, indent=2))

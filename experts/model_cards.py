@@ -27,7 +27,9 @@ def _common(config: dict[str, Any], title: str, data: str, quality: str) -> str:
         f"{10_000 + 1000 * tr['seed'] + rc['n_train'] - 1} ({rc['n_train']} studies); validation seeds 20000…"
         f"{20_000 + rc['n_val'] - 1}; held-out test seeds 30000…{30_000 + rc['n_test'] - 1}.\n\n"
         "## Training\n\n"
-        f"`m3 experts train {config['expert']} --steps {rc['steps']} --batch-size {rc['batch_size']} --lr {rc['lr']}"
+        f"`m3 experts train {config['expert']} --steps {rc['steps']} --batch-size {rc['batch_size']} --lr {rc['lr']} --n-train {rc['n_train']}"
+        + (f" --seed {tr['seed']}" if tr["seed"] else "")
+        + "".join(f" --set '{k}={v}'" for k, v in (tr.get("overrides") or {}).items()) +
         f"{' --init-from <the previous weights folder>' if tr.get('init_from') else ''}` — {rc['steps']} steps, batch {rc['batch_size']}, AdamW with "
         f"one-cycle lr {rc['lr']}, seed {tr['seed']}, {tr['seconds']:.0f} s on CPU. Loss curve: `loss_curve.png`. "
         f"Last validation: {json.dumps(tr.get('final_validation', {}))}.\n\n"

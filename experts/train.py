@@ -129,7 +129,7 @@ def train_expert(cfg: TrainConfig) -> dict[str, Any]:
         "version": f"{cfg.name}-phantom-seed{cfg.seed}-{rc.steps}steps" + ("-continued" if cfg.init_from else ""),
         "network": task.network_config(),
         **calibration,
-        "training": {"recipe": asdict(rc), "seed": cfg.seed, "seconds": round(state["seconds"], 1), "init_from": previous,
+        "training": {"recipe": asdict(rc), "overrides": dict(cfg.overrides), "seed": cfg.seed, "seconds": round(state["seconds"], 1), "init_from": previous,
                      "final_validation": state["history"]["val"][-1] if state["history"]["val"] else {}},
     }
     curve = run / "loss_curve.png"

@@ -8,13 +8,14 @@ Seeds: training phantoms use ``10_000 + i``, validation ``20_000 + i``, held-out
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS
+from experts.base import ExpertError
 
 __all__ = ["Recipe", "make_task", "dice_per_class", "TRAIN_SEED", "VAL_SEED", "TEST_SEED"]
 
@@ -34,12 +35,12 @@ class Recipe:
     val_every: int
     patch: tuple[int, ...] = ()
     lesion_weight: float = 1.0  # class weight of lesion labels in the loss (small structures learn late)
+    lesion_rate: float = 0.9  # probability of each lesion type in a training phantom
+    crop_ratios: dict[str, float] = field(default_factory=dict)  # structure name -> patch-centre sampling ratio
 
 
 def make_task(name: str, cfg: Any):
     """The task object of expert ``name`` with ``cfg``'s (TrainConfig) overrides applied."""
-    from experts.base import ExpertError
-
     from experts.train_tasks_mri_cxr import BrainTumorTask, CXRTask
 
     tasks = {"ct_segmentation": CTTask, "mri_brain_tumor": BrainTumorTask, "cxr_classification": CXRTask}
@@ -50,8 +51,25 @@ def make_task(name: str, cfg: Any):
         value = getattr(cfg, key, None)
         if value is not None:
             setattr(task.recipe, key, value)
+    for key, value in (getattr(cfg, "overrides", None) or {}).items():
+        apply_override(task.recipe, key, value)
     task.seed = cfg.seed
     return task
+
+
+def apply_override(recipe: Recipe, key: str, value: Any) -> None:
+    """Set one recipe field from ``--set KEY=VALUE``; ``crop_ratios.<structure>`` sets one sampling ratio."""
+    if key.startswith("crop_ratios."):
+        recipe.crop_ratios[key.split(".", 1)[1]] = float(value)
+        return
+    names = [f for f in Recipe.__dataclass_fields__ if f not in ("patch", "crop_ratios")]
+    if key not in names:
+        raise ExpertError(f"unknown recipe setting {key!r}; settable: {', '.join(names)}, crop_ratios.<structure>.")
+    kind = type(getattr(recipe, key))
+    try:
+        setattr(recipe, key, kind(value))
+    except ValueError as exc:
+        raise ExpertError(f"recipe setting {key!r} needs a {kind.__name__}, got {value!r}.") from exc
 
 
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, values: list[int]) -> dict[int, float]:
@@ -116,7 +134,7 @@ class CTTask:
         from tqdm.auto import tqdm
 
         r = self.recipe
-        self.train_cases = [self._case(TRAIN_SEED + self.seed * 1000 + i, lesion_rate=0.9) for i in tqdm(range(r.n_train), desc="phantoms", leave=False)]
+        self.train_cases = [self._case(TRAIN_SEED + self.seed * 1000 + i, lesion_rate=r.lesion_rate) for i in tqdm(range(r.n_train), desc="phantoms", leave=False)]
         self.val_cases = [self._case(VAL_SEED + i, lesion_rate=0.9) for i in range(r.n_val)]
 
     def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,6 +142,10 @@ class CTTask:
 
         c = self.net_cfg
         ratios = [1.0] + [1.0 if v in CT_ORGANS else 4.0 for v in range(1, c.num_classes)]
+        for name, ratio in self.recipe.crop_ratios.items():
+            if name not in CT_LABELS.values():
+                raise ExpertError(f"crop_ratios: unknown structure {name!r}; known: {', '.join(CT_LABELS.values())}.")
+            ratios[next(v for v, n in CT_LABELS.items() if n == name)] = ratio
         xs, ys = [], []
         for _ in range(self.recipe.batch_size):
             case = self.train_cases[int(rng.integers(len(self.train_cases)))]

@@ -38,14 +38,7 @@ def run(model_dir: Path, data_dir: Path, work: Path, *, calib_per_file: int, hel
     work.mkdir(parents=True, exist_ok=True)
 
     def score(name: str, model, extra: dict) -> dict:
-        folder = work / name
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns("llm", "manifest.json"))
-        save_pruned_lm(model.to(torch.float16), folder / "llm", tokenizer)
-        for item in (model_dir / "llm").iterdir():  # chat template, generation config
-            if item.is_file() and not (folder / "llm" / item.name).exists() and item.suffix != ".safetensors":
-                shutil.copy2(item, folder / "llm" / item.name)
-        model.to(torch.float32)
+        folder = _save_variant(model_dir, model, tokenizer, work / name)
         report = evaluate_model(folder, data_dir, work / f"{name}-eval", experts="truth", limit=eval_limit, progress=progress)
         h = report["headline"]
         return {"ppl": math.exp(mean_loss(model, heldout)), **{k: h.get(k) for k in HEADLINE}, **extra}
@@ -70,6 +63,107 @@ def run(model_dir: Path, data_dir: Path, work: Path, *, calib_per_file: int, hel
             "hidden": lm.config.hidden_size, "calib_conversations": calibration_size(calib), "heldout_conversations": calibration_size(heldout),
             "eval_limit": eval_limit, "maskllm_steps": maskllm_steps, "rows": rows,
             "delta_ppl": {k: v["ppl"] - rows["dense"]["ppl"] for k, v in rows.items()}, "seconds": round(time.time() - t0, 1)}
+
+
+def _save_variant(model_dir: Path, lm, tokenizer, folder: Path) -> Path:
+    """``model_dir`` with its LM replaced by ``lm`` (float16 on disk, left float32 in memory)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns("llm", "manifest.json"))
+    save_pruned_lm(lm.to(torch.float16), folder / "llm", tokenizer)
+    for item in (model_dir / "llm").iterdir():  # chat template, generation config
+        if item.is_file() and not (folder / "llm" / item.name).exists() and item.suffix != ".safetensors":
+            shutil.copy2(item, folder / "llm" / item.name)
+    lm.to(torch.float32)
+    return folder
+
+
+# A new "site": the same anatomy imaged noisier and with other spacing (CT: 35 HU noise, 3 mm pixels and
+# 5 mm slices; radiographs: more detector noise, 1.8 mm pixels so a wider field).
+SITE_OPTIONS = {"ct": {"noise_hu": 35.0, "spacing": (3.0, 3.0, 5.0), "shape": (128, 128, 48)},
+                "cxr": {"noise": 0.06, "pixel_spacing_mm": 1.8}}
+
+
+def site_adaptation(model_dir: Path, data_dir: Path, site_dir: Path, work: Path, *, train_cases: int = 100, test_cases: int = 25,
+                    steps: int = 120, lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3), headline_lr: float = 3e-4,
+                    eval_limit: int = 24, per_file: int = 100, progress: bool = False) -> dict:
+    """Standard fine-tuning against MFT of the shipped model's LM on a few hundred conversations of a new
+    site (``SITE_OPTIONS``), at each learning rate in ``lrs``: loss gained on the site's held-out
+    conversations over loss lost on the original held-out ones, and ``m3 eval`` on both for ``headline_lr``."""
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    from vlm.compress.mft import FinetuneConfig, finetune
+    from vlm.train.build import build_data
+    from vlm.train.recipes import DataSpec, Recipe
+
+    t0 = time.time()
+    spec = DataSpec(train_cases={"ct": train_cases, "cxr": train_cases}, test_cases={"ct": test_cases, "cxr": test_cases},
+                    questions_per_case=3, seed=3, phantom_options={k: dict(v) for k, v in SITE_OPTIONS.items()})
+    build_data(replace(Recipe(), data=spec), site_dir, progress=progress)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir / "llm")
+    lm = load_pruned_lm(model_dir / "llm", dtype=torch.float32).eval()
+    site_train = vlm_batches(model_dir, [site_dir / f"{s}_train.json" for s in STAGE_FILES], per_file=per_file)
+    site_test = vlm_batches(model_dir, [site_dir / f"{s}_test.json" for s in STAGE_FILES], per_file=per_file // 2)
+    home_test = vlm_batches(model_dir, [data_dir / f"{s}_test.json" for s in STAGE_FILES], per_file=per_file // 2)
+
+    def evaluate(name: str, model) -> dict:
+        folder = _save_variant(model_dir, model, tokenizer, work / name)
+        out = {}
+        for where, d in (("site", site_dir), ("home", data_dir)):
+            h = evaluate_model(folder, d, work / f"{name}-eval-{where}", experts="truth", limit=eval_limit, progress=progress)["headline"]
+            out[where] = {k: h.get(k) for k in HEADLINE}
+        return out
+
+    before = {"loss_home": mean_loss(lm, home_test), "loss_site": mean_loss(lm, site_test), "eval": evaluate("site-before", lm)}
+    runs = []
+    for lr in lrs:
+        row = {"lr": lr}
+        for method in ("standard", "mft"):
+            model = copy.deepcopy(lm)
+            t = time.time()
+            finetune(model, iterate_batches(site_train, 8, seed=2), FinetuneConfig(method=method, steps=steps, lr=lr), progress=progress)
+            model.eval()
+            gain = before["loss_site"] - mean_loss(model, site_test)  # nats / token gained on the new site
+            lost = mean_loss(model, home_test) - before["loss_home"]  # nats / token lost on the original site
+            row[method] = {"gain_site": gain, "loss_home": lost, "ratio": gain / max(lost, 1e-3), "seconds": round(time.time() - t, 1)}
+            if lr == headline_lr:
+                row[method]["eval"] = evaluate(f"site-{method}", model)
+        row["mft_vs_standard"] = row["mft"]["ratio"] / max(row["standard"]["ratio"], 1e-6)
+        runs.append(row)
+    headline = next(r for r in runs if r["lr"] == headline_lr)
+    return {"site_options": SITE_OPTIONS, "site_data": str(site_dir), "site_train_conversations": calibration_size(site_train),
+            "site_test_conversations": calibration_size(site_test), "home_test_conversations": calibration_size(home_test),
+            "steps": steps, "batch_size": 8, "headline_lr": headline_lr, "eval_limit": eval_limit, "before": before, "runs": runs,
+            "mft_ratio_vs_standard": headline["mft_vs_standard"], "seconds": round(time.time() - t0, 1)}
+
+
+def site_markdown(section: dict) -> list[str]:
+    o = section["site_options"]
+    lines = ["### Site adaptation of the shipped model: MFT against standard fine-tuning", "",
+             f"New site: CT noise {o['ct']['noise_hu']:g} HU, {o['ct']['spacing'][0]:g} mm pixels and {o['ct']['spacing'][2]:g} mm slices, radiographs with noise "
+             f"{o['cxr']['noise']:g} and {o['cxr']['pixel_spacing_mm']:g} mm pixels. Fine-tuning: {section['site_train_conversations']} site "
+             f"conversations, {section['steps']} steps of batch {section['batch_size']}, LM only. Gain = loss drop (nats/token) on "
+             f"{section['site_test_conversations']} held-out site conversations; loss = rise on {section['home_test_conversations']} "
+             "held-out original conversations; ratio = gain ÷ max(loss, 0.001).", "",
+             "| lr | method | site gain | original loss | ratio | MFT ÷ standard |", "|---|---|---|---|---|---|"]
+    for r in section["runs"]:
+        for m in ("standard", "mft"):
+            x = r[m]
+            lines.append(f"| {r['lr']:g} | {m} | {x['gain_site']:+.4f} | {x['loss_home']:+.4f} | {x['ratio']:.2f} | "
+                         + (f"{r['mft_vs_standard']:.2f} |" if m == "mft" else "|"))
+    lines += ["", f"`m3 eval` (truth experts, {section['eval_limit']} items per part) at lr {section['headline_lr']:g}:", "",
+              "| model | site closed acc. | site call R | site grounded | original closed acc. | original call R | original grounded |",
+              "|---|---|---|---|---|---|---|"]
+    rows = [("before", section["before"]["eval"])] + [(m, r[m]["eval"]) for r in section["runs"] for m in ("standard", "mft") if "eval" in r[m]]
+
+    def f(v):
+        return f"{v:.3f}" if isinstance(v, (int, float)) else "–"
+
+    for name, e in rows:
+        lines.append(f"| {name} | {f(e['site']['closed_accuracy'])} | {f(e['site']['call_recall'])} | {f(e['site']['grounded_answer_rate'])} | "
+                     f"{f(e['home']['closed_accuracy'])} | {f(e['home']['call_recall'])} | {f(e['home']['grounded_answer_rate'])} |")
+    return lines
 
 
 HEADLINE = ("closed_accuracy", "call_precision", "call_recall", "grounded_answer_rate", "finding_f1")

@@ -1,0 +1,39 @@
+"""Recipe settings from `m3 experts train --set KEY=VALUE`."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from experts.base import ExpertError
+from experts.cli import _key_values
+from experts.train import TrainConfig
+from experts.train_tasks import apply_override, make_task
+
+
+def test_overrides_set_typed_recipe_fields_and_crop_ratios():
+    task = make_task("ct_segmentation", TrainConfig(name="ct_segmentation", overrides={
+        "lesion_weight": "2.5", "lesion_rate": "0.7", "crop_ratios.liver tumor": "8", "n_train": "5"}))
+    r = task.recipe
+    assert (r.lesion_weight, r.lesion_rate, r.n_train) == (2.5, 0.7, 5)
+    assert isinstance(r.n_train, int) and r.crop_ratios == {"liver tumor": 8.0}
+
+
+def test_unknown_setting_and_bad_value_are_named():
+    task = make_task("ct_segmentation", TrainConfig(name="ct_segmentation"))
+    with pytest.raises(ExpertError, match="unknown recipe setting 'lesion_wieght'.*lesion_weight"):
+        apply_override(task.recipe, "lesion_wieght", "2")
+    with pytest.raises(ExpertError, match="needs a int"):
+        apply_override(task.recipe, "steps", "many")
+
+
+def test_crop_ratio_for_an_unknown_structure_is_refused_before_sampling():
+    task = make_task("ct_segmentation", TrainConfig(name="ct_segmentation", overrides={"crop_ratios.pancreas": "3"}))
+    with pytest.raises(ExpertError, match="unknown structure 'pancreas'"):
+        task.batch(np.random.default_rng(0))
+
+
+def test_cli_key_values():
+    assert _key_values(["a=1", " crop_ratios.liver tumor = 8 "]) == {"a": "1", "crop_ratios.liver tumor": "8"}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        _key_values(["lesion_weight"])
