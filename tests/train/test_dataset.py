@@ -114,3 +114,41 @@ def test_length_chunks_give_the_whole_batch_loss_with_less_padding(parts):
         pieces = sum(float(run(c)) * sum(_label_count(s.labels) for s in c) / total for c in chunks)
     assert pieces == pytest.approx(whole, rel=1e-4)
     assert len(length_chunks(samples, 1)) == 1
+
+
+def test_measurement_copies_redraw_values_consistently(parts):
+    """Copies re-draw each mL / mm value of the tool turn and the assistant quotes the new one; counts stay."""
+    import re
+
+    import numpy as np
+
+    from data.instructions.augment import resample_measurements
+    from vlm.agent import AGENT_SYSTEM_PROMPT
+    from vlm.train.build import expert_tool_schemas
+    from vlm.train.dataset import ConversationDataset
+
+    data, model = parts
+    path = data / "medical-ift_train.json"
+    records = json.loads(path.read_text())
+    rec = next(r for r in records if any(t["from"] == "tool" and " mL" in t["value"] for t in r["conversations"]))
+    copy = resample_measurements(rec, np.random.default_rng(1))
+    measured = re.compile(r"(\d+\.\d) (?:mL|mm)")
+    old_tool = [t["value"] for t in rec["conversations"] if t["from"] == "tool"]
+    new_tool = [t["value"] for t in copy["conversations"] if t["from"] == "tool"]
+    nonzero = [v for v in measured.findall(" ".join(old_tool)) if float(v) > 0]
+    assert nonzero and not set(nonzero) & set(measured.findall(" ".join(new_tool)))
+    assert re.findall(r"count: \d+", " ".join(old_tool)) == re.findall(r"count: \d+", " ".join(new_tool))
+    new_values = set(measured.findall(" ".join(new_tool)))
+    for turn in copy["conversations"]:
+        if turn["from"] == "gpt":
+            assert set(measured.findall(turn["value"])) <= new_values
+    assert rec["conversations"][0] == copy["conversations"][0]  # the question is untouched
+    assert resample_measurements({"conversations": [{"from": "human", "value": "liver 12.0 mL?"}]}, np.random.default_rng(0)) is None
+
+    kw = dict(system_prompt=AGENT_SYSTEM_PROMPT, tools=expert_tool_schemas(), image_token_index=model.image_token_index,
+              tokens_per_image=model.tokens_per_image, max_length=10_000)
+    plain = ConversationDataset(path, model.tokenizer, **kw)
+    more = ConversationDataset(path, model.tokenizer, measurement_copies=2, **kw)
+    with_values = sum(1 for r in records if any(t["from"] == "tool" and any(float(v) > 0 for v in measured.findall(t["value"]))
+                                                for t in r["conversations"]))
+    assert len(more) == len(plain) + 2 * with_values

@@ -68,14 +68,22 @@ class ConversationDataset:
 
     tokenizer: the model's tokenizer (chat template with ``tools``); tools: the tool definitions the
     agent passes; image_token_index / tokens_per_image: from the ``M3Model``; max_length: samples are
-    cut to this many tokens (records whose labels would all be cut are dropped, with a warning).
+    cut to this many tokens (records whose labels would all be cut are dropped, with a warning);
+    measurement_copies: that many extra copies of each record with tool results, their mL / mm values
+    re-drawn (``data.instructions.augment``; seeded by ``seed``).
     """
 
     def __init__(self, path: str | Path, tokenizer: Any, *, system_prompt: str, tools: Sequence[dict], image_token_index: int,
-                 tokens_per_image: int, max_length: int, overlay_stand_in: bool = True) -> None:
+                 tokens_per_image: int, max_length: int, overlay_stand_in: bool = True, measurement_copies: int = 0, seed: int = 0) -> None:
         self.path = Path(path)
         self.root = self.path.parent
         records = json.loads(self.path.read_text())
+        if measurement_copies > 0:
+            from data.instructions.augment import resample_measurements
+
+            rng = np.random.default_rng([seed, 0x3A5])
+            copies = [c for rec in records for _ in range(measurement_copies) if (c := resample_measurements(rec, rng)) is not None]
+            records = records + copies
         self.samples: list[Sample] = []
         dropped = 0
         for rec in records:

@@ -92,6 +92,7 @@ class StageSpec:
     log_every: int = 5
     grad_clip: float = 1.0
     max_chunks: int = 3  # a batch runs as up to this many length-sorted pieces (less padding; same gradient)
+    measurement_copies: int = 0  # extra copies of each expert conversation with re-drawn mL / mm values (read, not recall)
 
 
 @dataclass
