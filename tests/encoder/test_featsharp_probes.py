@@ -80,3 +80,20 @@ def test_classification_probe_auroc():
     good = classification_probe(x[:150], y[:150], x[150:], y[150:])
     bad = classification_probe(torch.randn(200, 8)[:150], y[:150], torch.randn(50, 8), y[150:])
     assert good["mean_auroc"] > 0.95 and 0.25 < bad["mean_auroc"] < 0.75
+
+
+def test_classification_probe_chooses_l2_by_cross_validation_on_train_only():
+    from vlm.encoder.probes import classification_probe
+
+    g = torch.Generator().manual_seed(3)
+    y = (torch.rand(120, 2, generator=g) > 0.5).long()
+    signal = y.float() @ torch.randn(2, 4, generator=g)
+    x = torch.cat([signal + 0.8 * torch.randn(120, 4, generator=g), torch.randn(120, 200, generator=g)], 1)  # 200 noise dims
+    grid = (1e-4, 1e-2, 1.0)
+    tuned = classification_probe(x[:80], y[:80], x[80:], y[80:], grid=grid)
+    assert tuned["weight_decay"] in grid and tuned["mean_auroc"] > 0.65
+    fixed = {wd: classification_probe(x[:80], y[:80], x[80:], y[80:], weight_decay=wd)["mean_auroc"] for wd in grid}
+    assert tuned["mean_auroc"] == fixed[tuned["weight_decay"]]
+    shuffled = classification_probe(x[:80], y[:80], x[80:], y[80:][torch.randperm(40, generator=g)], grid=grid)
+    assert shuffled["weight_decay"] == tuned["weight_decay"]  # the choice never looks at the test labels
+    assert shuffled["mean_auroc"] < tuned["mean_auroc"]

@@ -55,12 +55,33 @@ def segmentation_probe(
 
 def classification_probe(
     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
-    weight_decay: float = 1e-3, steps: int = 200,
+    weight_decay: float | None = None, steps: int = 200, grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0), folds: int = 3,
 ) -> dict[str, float]:
     """Logistic regression (L-BFGS, L2) on ``(N, D)`` features for ``(N, K)`` binary labels; returns
-    ``mean_auroc`` and ``auroc/<k>`` per label column (columns with one class in test are skipped)."""
+    ``mean_auroc`` and ``auroc/<k>`` per label column (columns with one class in test are skipped).
+
+    ``weight_decay`` None: the L2 strength is chosen from ``grid`` by ``folds``-fold cross-validation on
+    the training set alone (the usual linear-probe protocol), so wide and narrow features are both fairly
+    regularised; the chosen value is returned as ``weight_decay``."""
+    if weight_decay is None:
+        order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
+        parts = order.chunk(folds)
+        best = (-1.0, grid[0])
+        for wd in grid:
+            scores = []
+            for k in range(folds):
+                held = torch.zeros(len(train_x), dtype=torch.bool)
+                held[parts[k]] = True
+                scores.append(_fit_score(train_x[~held], train_y[~held], train_x[held], train_y[held], wd, steps)["mean_auroc"])
+            best = max(best, (sum(scores) / folds, wd))
+        weight_decay = best[1]
+    return {**_fit_score(train_x, train_y, test_x, test_y, weight_decay, steps), "weight_decay": weight_decay}
+
+
+def _fit_score(train_x, train_y, test_x, test_y, weight_decay: float, steps: int) -> dict[str, float]:
     mu, sd = _moments(train_x.float())
     xtr, xte = (train_x.float() - mu) / sd, (test_x.float() - mu) / sd
+    torch.manual_seed(0)
     lin = torch.nn.Linear(xtr.shape[1], train_y.shape[1])
     opt = torch.optim.LBFGS(lin.parameters(), lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 
