@@ -44,6 +44,8 @@ def add_parsers(sub: Any) -> None:
             p.add_argument("--batch-size", type=int, help="samples per step (StageSpec.batch_size)")
             p.add_argument("--lr", type=float, help="peak learning rate (StageSpec.lr)")
             p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (StageSpec.checkpoint_every)")
+            p.add_argument("--measurement-copies", type=int,
+                           help="extra copies of each expert conversation with re-drawn mL / mm values (StageSpec.measurement_copies)")
         p.set_defaults(func=_run)
 
 
@@ -75,7 +77,8 @@ def _run(args: argparse.Namespace) -> int:
     from vlm.train.ift import run_ift
     from vlm.train.medical_ift import run_medical_ift
 
-    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "checkpoint_every": args.checkpoint_every}
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "checkpoint_every": args.checkpoint_every,
+                 "measurement_copies": args.measurement_copies}
     runner = {"align": run_align, "ift": run_ift, "medical-ift": run_medical_ift}[args.stage]
     final = runner(recipe, out, init=args.init, resume=args.resume, overrides={k: v for k, v in overrides.items() if v is not None})
     print(f"model: {final}")
