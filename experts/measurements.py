@@ -37,18 +37,19 @@ def structure_volume_ml(labels: np.ndarray, value: int, grid: Volume) -> float:
 def lesion_stats(labels: np.ndarray, value: int, grid: Volume, *, diameters_of: int = 3) -> LesionStats:
     """Component count and the largest maximum-Feret diameter among the ``diameters_of`` biggest
     components (a long thin lesion can out-measure a rounder, larger one)."""
-    comps, count = ndimage.label(labels == value, structure=_CONNECTIVITY)
-    if count == 0:
+    found = _components(labels, value)
+    if found is None:
         return LesionStats(0, 0.0, 0.0)
+    box, comps, count = found
     sizes = np.bincount(comps.ravel())[1:]
     biggest = np.argsort(sizes)[::-1][:diameters_of] + 1
     objects = ndimage.find_objects(comps)
     diameter = 0.0
     for lab in biggest:
-        box = objects[lab - 1]
-        sub = comps[box] == lab
+        sub_box = objects[lab - 1]
+        sub = comps[sub_box] == lab
         offset = np.eye(4)
-        offset[:3, 3] = [s.start for s in box]
+        offset[:3, 3] = [b.start + s.start for b, s in zip(box, sub_box)]
         diameter = max(diameter, max_diameter_mm(sub, grid.affine @ offset))
     return LesionStats(int(count), diameter, float(sizes.sum()) * grid.voxel_volume_ml)
 
@@ -56,31 +57,29 @@ def lesion_stats(labels: np.ndarray, value: int, grid: Volume, *, diameters_of: 
 def drop_small_components(labels: np.ndarray, value: int, min_voxels: int) -> int:
     """Set components of ``value`` smaller than ``min_voxels`` to background (in place); returns how
     many were dropped (specks left by resampling are not lesions)."""
-    comps, count = ndimage.label(labels == value, structure=_CONNECTIVITY)
-    if count == 0 or min_voxels <= 1:
+    found = _components(labels, value) if min_voxels > 1 else None
+    if found is None:
         return 0
+    box, comps, _ = found
     sizes = np.bincount(comps.ravel())
     small = np.flatnonzero(sizes < min_voxels)
     small = small[small > 0]
     if len(small):
-        labels[np.isin(comps, small)] = 0
+        labels[box][np.isin(comps, small)] = 0
     return int(len(small))
 
 
 def keep_largest_component(labels: np.ndarray, value: int) -> int:
     """Keep only the largest connected component of ``value`` (an organ is one piece); the other
     components become background (in place). Returns how many voxels were removed."""
-    box = _bounding_box(labels, value)
-    if box is None:
+    found = _components(labels, value)
+    if found is None or found[2] <= 1:
         return 0
-    sub = labels[box]
-    comps, count = ndimage.label(sub == value, structure=_CONNECTIVITY)
-    if count <= 1:
-        return 0
+    box, comps, _ = found
     sizes = np.bincount(comps.ravel())
     sizes[0] = 0
     stray = (comps > 0) & (comps != int(sizes.argmax()))
-    sub[stray] = 0
+    labels[box][stray] = 0
     return int(stray.sum())
 
 
@@ -88,18 +87,32 @@ def drop_detached_components(labels: np.ndarray, value: int, parents: Sequence[i
     """Set components of ``value`` that do not touch (within ``gap_voxels``) any voxel of ``parents``
     to background, in place: a liver tumour lies in the liver, a cyst in a kidney. Returns how many
     components were dropped."""
-    comps, count = ndimage.label(labels == value, structure=_CONNECTIVITY)
-    if count == 0:
+    found = _components(labels, value)
+    if found is None:
         return 0
+    box, comps, _ = found
     dropped = []
-    for lab, box in enumerate(ndimage.find_objects(comps), start=1):
-        grown = tuple(slice(max(0, b.start - gap_voxels), b.stop + gap_voxels) for b in box)
-        near = ndimage.binary_dilation(comps[grown] == lab, structure=_CONNECTIVITY, iterations=gap_voxels)
-        if not np.isin(labels[grown][near], parents).any():
+    for lab, sub_box in enumerate(ndimage.find_objects(comps), start=1):
+        start = [b.start + c.start for b, c in zip(box, sub_box)]  # the component's box on the whole grid
+        grown = tuple(slice(max(0, a - gap_voxels), a + (c.stop - c.start) + gap_voxels) for a, c in zip(start, sub_box))
+        region = labels[grown]
+        mask = np.zeros(region.shape, dtype=bool)
+        mask[tuple(slice(a - g.start, a - g.start + (c.stop - c.start)) for a, g, c in zip(start, grown, sub_box))] = comps[sub_box] == lab
+        near = ndimage.binary_dilation(mask, structure=_CONNECTIVITY, iterations=gap_voxels)
+        if not np.isin(region[near], parents).any():
             dropped.append(lab)
     if dropped:
-        labels[np.isin(comps, dropped)] = 0
+        labels[box][np.isin(comps, dropped)] = 0
     return len(dropped)
+
+
+def _components(labels: np.ndarray, value: int) -> tuple[tuple[slice, ...], np.ndarray, int] | None:
+    """26-connected components of ``value`` inside its bounding box: ``(box, component map, count)``."""
+    box = _bounding_box(labels, value)
+    if box is None:
+        return None
+    comps, count = ndimage.label(labels[box] == value, structure=_CONNECTIVITY)
+    return box, comps, int(count)
 
 
 def _bounding_box(labels: np.ndarray, value: int) -> tuple[slice, ...] | None:
