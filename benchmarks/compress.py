@@ -8,8 +8,10 @@ held-out perplexity and the ``m3 eval`` harness (``benchmarks/compress_support/d
 templated radiology-report generator in ``benchmarks/compress_support/reports.py`` (site A = its training
 distribution, site B = a new site with other phrasing and larger sizes in cm), for MFT against standard
 fine-tuning and the depth-pruning curve, and the same 2:4 rows. (3) The shipped model fine-tuned for a new
-site (noisier phantoms with other spacing), standard against MFT at three learning rates; the
-``mft_ratio_vs_standard`` ratio is this one's at lr 3e-4 when it runs. QA accuracy scores closed yes/no questions
+site (noisier phantoms with other spacing), standard against MFT at three learning rates, scored by
+loss on both sites and by ``m3 eval``; ``mft_ratio_vs_standard`` stays the report LM's, whose site B differs
+in wording (on the phantom site both sites' losses can fall together, which leaves that ratio undefined).
+QA accuracy scores closed yes/no questions
 by the LM's likelihood of " yes" against " no".
 
     python benchmarks/compress.py            # full run (report LM cached in cache/compress_lm/, model data in cache/compress_data/)
@@ -57,7 +59,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-limit", type=int, default=40, help="held-out items per eval part for each sparse model")
     parser.add_argument("--skip-model", action="store_true", help="only the report LM (as --quick does)")
     parser.add_argument("--skip-site", action="store_true", help="leave out the shipped model's site adaptation (MFT vs standard)")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the Markdown table from the saved JSON (no measuring)")
     args = parser.parse_args(argv)
+    if args.render_only:
+        name = "compress_quick" if args.quick else "compress"
+        result = json.loads((RESULTS / f"{name}.json").read_text())
+        m = result["details"]["mft"]  # the ratio from the saved measurements, as a full run computes it
+        result["ratios"]["mft_ratio_vs_standard"]["value"] = round(m["mft"]["ratio"] / max(m["standard"]["ratio"], 1e-6), 4)
+        for stale in ("mft_ratio_measured_on", "mft_ratio_vs_standard_report_lm"):
+            result["details"].pop(stale, None)
+        (result["details"].get("site_adaptation") or {}).pop("mft_ratio_vs_standard", None)
+        table = _markdown(result)
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+        (RESULTS / f"{name}.md").write_text(table)
+        print(table)
+        return 0
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
     start = time.time()
@@ -91,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     dppl = {k: v["ppl"] - sparsity["dense"]["ppl"] for k, v in sparsity.items()}
     ratio_of = shipped["delta_ppl"] if shipped else dppl
     maskllm_vs = ratio_of["maskllm"] / max(ratio_of["sparsegpt"], 1e-6)
-    mft_vs_report_lm = mft["mft"]["ratio"] / max(mft["standard"]["ratio"], 1e-6)
-    mft_vs = site["mft_ratio_vs_standard"] if site else mft_vs_report_lm
+    mft_vs = mft["mft"]["ratio"] / max(mft["standard"]["ratio"], 1e-6)
     result = {
         "benchmark": "compress",
         "ratios": {
@@ -100,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             "mft_ratio_vs_standard": {"value": round(mft_vs, 4), "target": 2.0, "better": "higher"},
         },
         "details": {"quick": args.quick, "maskllm_ratio_measured_on": "shipped model" if shipped else "report LM",
-                    "mft_ratio_measured_on": "shipped model, new site" if site else "report LM",
-                    "mft_ratio_vs_standard_report_lm": round(mft_vs_report_lm, 4), "shipped_model": shipped, "site_adaptation": site, "lm": info, "sparsity": sparsity, "delta_ppl": dppl, "mft": mft, "depth": depth,
+                    "shipped_model": shipped, "site_adaptation": site, "lm": info, "sparsity": sparsity, "delta_ppl": dppl, "mft": mft, "depth": depth,
                     "seconds": round(time.time() - start, 1), "data": "templated radiology reports (benchmarks/compress_support/reports.py)"},
     }
     table = _markdown(result)
