@@ -97,7 +97,7 @@ def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
     """``torch.argmax(scores, dim=0)`` for ``(C, ...)`` scores as a running maximum over the channels
     (first index wins ties, as argmax does): a reduction across the outermost axis runs strided and is
     several times slower on a large volume than C contiguous passes."""
-    scores = scores.as_subclass(torch.Tensor) if hasattr(scores, "as_subclass") else scores
+    scores = scores.as_subclass(torch.Tensor)  # a plain tensor: MetaTensor ops carry metadata on every pass
     best = scores[0].clone()
     index = torch.zeros(best.shape, dtype=torch.int64, device=scores.device)
     for c in range(1, scores.shape[0]):

@@ -129,13 +129,20 @@ def site_adaptation(model_dir: Path, data_dir: Path, site_dir: Path, work: Path,
             row[method] = {"gain_site": gain, "loss_home": lost, "ratio": gain / max(lost, 1e-3), "seconds": round(time.time() - t, 1)}
             if lr == headline_lr:
                 row[method]["eval"] = evaluate(f"site-{method}", model)
-        both_gain = min(row["standard"]["gain_site"], row["mft"]["gain_site"]) > 0
-        row["mft_vs_standard"] = row["mft"]["ratio"] / row["standard"]["ratio"] if both_gain and row["standard"]["ratio"] > 0 else None
+        row["mft_vs_standard"] = mft_vs_standard(row)
         runs.append(row)
     return {"site_options": SITE_OPTIONS, "site_data": str(site_dir), "site_train_conversations": calibration_size(site_train),
             "site_test_conversations": calibration_size(site_test), "home_test_conversations": calibration_size(home_test),
             "steps": steps, "batch_size": 8, "headline_lr": headline_lr, "eval_limit": eval_limit, "before": before, "runs": runs,
             "seconds": round(time.time() - t0, 1)}
+
+
+def mft_vs_standard(row: dict) -> float | None:
+    """MFT's gain-over-loss ratio ÷ standard fine-tuning's at one learning rate; None unless both gained on the site
+    (a ratio of two negative ratios would read as a win)."""
+    if min(row["standard"]["gain_site"], row["mft"]["gain_site"]) <= 0 or row["standard"]["ratio"] <= 0:
+        return None
+    return row["mft"]["ratio"] / row["standard"]["ratio"]
 
 
 def site_markdown(section: dict) -> list[str]:
@@ -150,8 +157,7 @@ def site_markdown(section: dict) -> list[str]:
     for r in section["runs"]:
         for m in ("standard", "mft"):
             x = r[m]
-            ratio = r.get("mft_vs_standard") if r.get("mft_vs_standard") is not None and r["standard"]["ratio"] > 0 and \
-                min(r["standard"]["gain_site"], r["mft"]["gain_site"]) > 0 else None
+            ratio = mft_vs_standard(r)
             lines.append(f"| {r['lr']:g} | {m} | {x['gain_site']:+.4f} | {x['loss_home']:+.4f} | {x['ratio']:.2f} | "
                          + ((f"{ratio:.2f} |" if ratio is not None else "n/a |") if m == "mft" else "|"))
     lines += ["", "A negative original loss means fine-tuning on the site also lowered the loss on the original conversations (the "
