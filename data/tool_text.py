@@ -8,8 +8,9 @@ from ``data`` to ``experts``; ``experts.base`` builds ``ExpertResult`` on ``Tool
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 __all__ = [
     "Measurement",
@@ -20,10 +21,21 @@ __all__ = [
     "format_tool_call",
     "TOOL_CALL_OPEN",
     "TOOL_CALL_CLOSE",
+    "REF_OPEN",
+    "REF_CLOSE",
+    "value_reference",
+    "resolve_references",
+    "parse_tool_result",
 ]
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
+# An answer may name a tool-result field instead of copying its value: "[[liver volume]]" is replaced by
+# "1253.3 mL" from the conversation's tool results (``resolve_references``), so a number shown to the
+# user is always the expert's own.
+REF_OPEN, REF_CLOSE = "[[", "]]"
+_REF = re.compile(r"\[\[([^\[\]]{1,80})\]\]")
+UNRESOLVED = "(not in the expert result)"
 
 
 @dataclass
@@ -82,3 +94,75 @@ def format_tool_error(name: str, error: str) -> str:
 def format_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
     """The canonical text of a call, as the model writes it and the chat template renders it."""
     return TOOL_CALL_OPEN + json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False) + TOOL_CALL_CLOSE
+
+
+def value_reference(key: str) -> str:
+    """The reference an answer writes for a tool-result field: ``[[key]]``."""
+    return f"{REF_OPEN}{key}{REF_CLOSE}"
+
+
+def parse_tool_result(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A ``format_tool_result`` text back to ``(measurements, findings)``: ``{"liver volume": "1253.3 mL"}``
+    and ``{"cardiomegaly": "yes (0.87)"}``; ``({}, {})`` for anything else (an error, other JSON)."""
+    try:
+        body = json.loads(text[text.find("{"):]) if "{" in text else None
+    except json.JSONDecodeError:
+        return {}, {}
+    if not isinstance(body, dict):
+        return {}, {}
+    measurements = {}
+    for item in body.get("measurements") or []:
+        key, sep, value = str(item).rpartition(": ")
+        if sep:
+            measurements[_norm(key)] = value.strip()
+    findings = {_norm(k): str(v) for k, v in (body.get("findings") or {}).items()} if isinstance(body.get("findings"), dict) else {}
+    return measurements, findings
+
+
+def resolve_references(text: str, tool_texts: Sequence[str]) -> tuple[str, list[str]]:
+    """Replace each ``[[key]]`` in ``text`` by the value it names in the tool results (the latest result
+    naming it wins); returns the text and the keys no result holds (written as "(not in the expert result)").
+
+    A key is, in this order: a measurement ("liver volume" → "1253.3 mL"); a counted structure ("liver
+    tumor" → "2 found, volume 12.3 mL, largest diameter 25.1 mm" or "none found"); a finding
+    ("cardiomegaly" → "present (probability 0.87)" / "not present (probability 0.12)"); a measured
+    structure ("whole tumor" → "volume 52.1 mL, largest diameter 40.2 mm"); or the last word of present
+    findings ("hemisphere" → "left hemisphere").
+    """
+    parsed = [parse_tool_result(t) for t in reversed(list(tool_texts))]
+    missing: list[str] = []
+
+    def sub(match: re.Match) -> str:
+        key = _norm(match.group(1))
+        for measurements, findings in parsed:
+            value = _resolve(key, measurements, findings)
+            if value is not None:
+                return value
+        missing.append(match.group(1).strip())
+        return UNRESOLVED
+
+    return _REF.sub(sub, text), missing
+
+
+def _resolve(key: str, measurements: dict[str, str], findings: dict[str, str]) -> str | None:
+    if key in measurements:
+        return measurements[key]
+    own = {k[len(key) + 1:]: v for k, v in measurements.items() if k.startswith(key + " ")}
+    if "count" in own:
+        n = own.pop("count")
+        if n in ("0", "0.0"):
+            return "none found"
+        return f"{n} found" + "".join(f", {q} {v}" for q, v in own.items())
+    if key in findings:
+        verdict = findings[key]
+        word = "present" if verdict.startswith("yes") else "not present"
+        prob = verdict[verdict.find("(") + 1:verdict.find(")")] if "(" in verdict else ""
+        return f"{word} (probability {prob})" if prob else word
+    if own:
+        return ", ".join(f"{q} {v}" for q, v in own.items())
+    present = [k for k, v in findings.items() if k.endswith(" " + key) and v.startswith("yes")]
+    return present[0] if present else None
+
+
+def _norm(key: str) -> str:
+    return " ".join(key.lower().split())

@@ -3,8 +3,10 @@
 A turn: (modality check) → generate → parse tool calls → validate → run the expert on the right
 volumes → append a ``tool`` message (``experts.base.tool_message``: the same text as in training data;
 plus the overlay as an image when the model takes images) → generate again, at most ``max_rounds``
-tool rounds. A malformed call or an expert error goes back to the model as a tool error. Numbers in
-the final answer must appear in the conversation's tool results, else the turn is flagged.
+tool rounds. A malformed call or an expert error goes back to the model as a tool error. Field
+references in the answer (``[[liver volume]]``) are filled from the conversation's tool results
+(``data.tool_text.resolve_references``; the history keeps the model's own text). Numbers in the final
+answer must appear in the conversation's tool results, else the turn is flagged.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from data.study import Volume
+from data.tool_text import resolve_references
 from experts.base import Expert, ExpertError, tool_message
 from vlm.backends.base import ChatBackend, GenerationConfig
 from vlm.conversation import AgentEvent, AgentTurn, Conversation, ToolCall
 from vlm.safety import modality_mismatch, ungrounded_numbers
-from vlm.tools import ToolCallError, ToolCallFilter, legacy_arguments, parse_tool_calls, tool_error_message
+from vlm.tools import ReferenceFilter, ToolCallError, ToolCallFilter, legacy_arguments, parse_tool_calls, tool_error_message
 
 __all__ = ["Agent", "AGENT_SYSTEM_PROMPT", "run_agent_turn"]
 
@@ -83,6 +86,7 @@ class Agent:
             turn.rounds += 1
             text, shown = "", []
             filt = ToolCallFilter()
+            refs = ReferenceFilter(lambda ref: resolve_references(ref, self._sources(conversation))[0])
             try:
                 for piece in self.backend.stream_chat(conversation.chat_messages(), conversation.message_images(), tools,
                                                       config, conversation.cache_id):
@@ -90,7 +94,9 @@ class Agent:
                     vis = filt.feed(piece)
                     if vis:
                         shown.append(vis)
-                        yield AgentEvent("token", text=vis)
+                        vis = refs.feed(vis)
+                        if vis:
+                            yield AgentEvent("token", text=vis)
             except Exception as exc:  # any backend failure ends the turn with a clear message, never a crash
                 log.exception("chat backend failed")
                 turn.flags.append(f"backend error: {type(exc).__name__}")
@@ -101,7 +107,7 @@ class Agent:
                 return
             visible, calls = parse_tool_calls(text)
             if not calls:
-                tail = filt.flush()
+                tail = refs.feed(filt.flush()) + refs.flush()
                 if tail:
                     yield AgentEvent("token", text=tail)
                 visible_parts.append(text.strip())
@@ -179,6 +185,11 @@ class Agent:
         conversation.messages.append({"role": "tool", "name": call.name or "unknown", "content": content, "images": images})
         conversation.tool_calls.append(call)
 
+    @staticmethod
+    def _sources(conversation: Conversation) -> list[str]:
+        """The tool messages of the conversation's expert results, oldest first."""
+        return [tool_message(c.result) for c in conversation.tool_calls if c.result is not None]
+
     def _overlay(self, call: ToolCall, conversation: Conversation) -> np.ndarray | None:
         result = call.result
         if result is None or result.label_volume is None or result.overlay_renderer is None:
@@ -198,9 +209,10 @@ class Agent:
         if stream_answer:
             yield AgentEvent("token", text=answer)
         if record:
-            conversation.messages.append({"role": "assistant", "content": answer})
-        sources = [tool_message(c.result) for c in conversation.tool_calls if c.result is not None]
-        sources += [c.result.to_json_text() for c in conversation.tool_calls if c.result is not None]
+            conversation.messages.append({"role": "assistant", "content": answer})  # as written: references unfilled
+        answer, unresolved = resolve_references(answer, self._sources(conversation))
+        turn.flags.extend(f"unresolved reference: {key}" for key in unresolved)
+        sources = self._sources(conversation) + [c.result.to_json_text() for c in conversation.tool_calls if c.result is not None]
         missing = ungrounded_numbers(answer, sources, turn.question)
         if missing:
             turn.flags.extend(f"ungrounded number: {n}" for n in missing)

@@ -3,15 +3,17 @@
 The model writes ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``. Published VILA-M3
 checkpoints write ``<VISTA3D(hepatic tumor)>``, ``<BRATS()>`` or ``<CXR()>``; these map onto
 ``ct_segmentation``, ``mri_brain_tumor`` and ``cxr_classification``. A call that cannot be read keeps its
-raw text and an ``error``, which the agent returns to the model as a tool error.
+raw text and an ``error``, which the agent returns to the model as a tool error. Answers may name
+result fields (``[[liver volume]]``); ``ReferenceFilter`` fills them in a stream.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from data.tool_text import REF_CLOSE, REF_OPEN
 from data.tool_text import TOOL_CALL_OPEN as _OPEN
 from data.tool_text import format_tool_call
 from data.tool_text import format_tool_error as tool_error_message
@@ -22,6 +24,7 @@ __all__ = [
     "LEGACY_TRIGGERS",
     "parse_tool_calls",
     "ToolCallFilter",
+    "ReferenceFilter",
     "legacy_arguments",
     "legacy_model_cards",
     "tool_error_message",
@@ -146,6 +149,46 @@ class ToolCallFilter:
 
     def flush(self) -> str:
         held, self._held = ("" if self.in_call else self._held), ""
+        return held
+
+
+class ReferenceFilter:
+    """Fills ``[[field]]`` references in a token stream from the tool results (``resolve``: text → text):
+    text from ``[[`` to ``]]`` is held back and sent resolved, so the user never sees a reference."""
+
+    def __init__(self, resolve: Callable[[str], str]) -> None:
+        self._resolve = resolve
+        self._held = ""
+
+    def feed(self, piece: str) -> str:
+        buf, self._held, out = self._held + piece, "", []
+        while buf:
+            start = buf.find(REF_OPEN[0])
+            if start < 0:
+                out.append(buf)
+                break
+            out.append(buf[:start])
+            tail = buf[start:]
+            if not tail.startswith(REF_OPEN):
+                if REF_OPEN.startswith(tail):
+                    self._held = tail  # maybe an opener: wait for more text
+                    break
+                out.append(tail[0])
+                buf = tail[1:]
+                continue
+            end = tail.find(REF_CLOSE)
+            if end < 0:
+                if len(tail) > 96:  # no reference is this long: it was plain text
+                    out.append(tail)
+                else:
+                    self._held = tail
+                break
+            out.append(self._resolve(tail[:end + len(REF_CLOSE)]))
+            buf = tail[end + len(REF_CLOSE):]
+        return "".join(out)
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
         return held
 
 

@@ -7,18 +7,25 @@ returns at inference) for a ``ToolResult`` built from the
 phantom's ground truth in the same shape the expert itself returns (same findings, measurement names,
 order and units), so training and inference share one template. Calls are written as
 ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (compact JSON, as the agent parses them).
+
+Answers name the result fields they rest on (``The liver volume is [[liver volume]].``) instead of
+copying the numbers; the agent fills them in from the tool result (``data.tool_text.resolve_references``),
+so every number the user reads is the expert's own and a small model never has to copy digits.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from data.instructions.paraphrase import phrase
 from data.instructions.views import CaseView
-from data.tool_text import Finding, Measurement, ToolResult, format_tool_call, format_tool_result
+from data.tool_text import REF_OPEN, Finding, Measurement, ToolResult, format_tool_call, format_tool_result, resolve_references, value_reference
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CT_TARGETS, CXR_FINDINGS, MRI_LABELS, ct_target_values
+
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w])")
 
 __all__ = ["Dialogue", "expert_dialogue", "tool_result_from_truth", "format_tool_call", "ct_target_values", "CT_TARGETS"]
 
@@ -96,24 +103,20 @@ def _m(result, structure: str, quantity: str):
     return next((m for m in result.measurements if m.structure == structure and m.quantity == quantity), None)
 
 
-def _ct_lesion_answer(result, name: str, used: list[str]) -> str:
-    count = _m(result, name, "count")
-    used.append(_val(count))
-    if count.value == 0:
-        return f"The segmentation found no {name} (count {_val(count)})."
-    vol, diam = _m(result, name, "volume"), _m(result, name, "largest diameter")
-    used += [_val(vol), _val(diam)]
-    plural = "s" if count.value > 1 else ""
-    return (f"The segmentation found {_val(count)} {name}{plural}; total volume {_val(vol)}, "
-            f"largest diameter {_val(diam)}.")
+def _ref(key: str) -> str:
+    return value_reference(key)
 
 
-def _ct_organ_answer(result, organ: str, used: list[str]) -> str:
-    m = _m(result, organ, "volume")
-    used.append(_val(m))
-    if m.value == 0:
-        return f"The {organ} is not in the scanned range, so its volume is {_val(m)}."
-    return f"The {organ} volume is {_val(m)}."
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _ct_lesion_answer(name: str) -> str:
+    return f"{_cap(name)}s: {_ref(name)}."
+
+
+def _ct_organ_answer(organ: str) -> str:
+    return f"The {organ} volume is {_ref(organ + ' volume')}."
 
 
 def _ct(view: CaseView, rng) -> Dialogue:
@@ -122,7 +125,6 @@ def _ct(view: CaseView, rng) -> Dialogue:
     lesion = CT_LABELS[int(rng.choice(CT_LESIONS))]
     organ = present[int(rng.integers(len(present)))] if present else "liver"
     mode = rng.choice(["organ", "lesion", "everything", "lesions", "organs"], p=[0.25, 0.3, 0.2, 0.15, 0.1])
-    used: list[str] = []
     if mode == "organ":
         args = {"targets": organ}
         q = phrase("{What is|Measure|Can you measure|Tell me} the volume of the <o>{ in mL|}?", rng, o=organ)
@@ -141,30 +143,29 @@ def _ct(view: CaseView, rng) -> Dialogue:
         q = phrase("{Please |}{segment everything|run a full segmentation|give me a complete quantitative analysis} {on this CT|of this scan|}.", rng, polite=False)
     result = tool_result_from_truth("ct", truth, args, rng)
     turns = [{"from": "human", "value": q}] + _call_turns(result, "ct_segmentation", args)
+    organs = [m.structure for m in result.measurements if m.quantity == "volume" and _m(result, m.structure, "count") is None]
     if mode == "organ":
-        answer = _ct_organ_answer(result, organ, used)
+        answer = _ct_organ_answer(organ)
     elif mode == "lesion":
-        answer = _ct_lesion_answer(result, lesion, used)
+        answer = _ct_lesion_answer(lesion)
     else:
         parts = []
         if mode in ("everything", "organs"):
-            vols = [f"{o} {_val(_m(result, o, 'volume'))}" for o in present]
-            used += [_val(_m(result, o, "volume")) for o in present]
-            parts.append("Organ volumes: " + "; ".join(vols) + ".")
+            parts.append("Organ volumes: " + "; ".join(f"{o} {_ref(o + ' volume')}" for o in organs) + ".")
         if mode in ("everything", "lesions"):
-            parts += [_ct_lesion_answer(result, CT_LABELS[v], used) for v in CT_LESIONS]
+            parts += [_ct_lesion_answer(CT_LABELS[v]) for v in CT_LESIONS]
         answer = " ".join(parts)
     turns.append({"from": "gpt", "value": answer})
     # A follow-up answered from the same result (no second call).
     if mode in ("everything", "lesions"):
         other = CT_LABELS[int(rng.choice(CT_LESIONS))]
         turns += [{"from": "human", "value": phrase("{And|What about} the <x>s?", rng, polite=False, x=other)},
-                  {"from": "gpt", "value": _ct_lesion_answer(result, other, used)}]
+                  {"from": "gpt", "value": _ct_lesion_answer(other)}]
     if mode in ("everything", "organs") and present:
         o2 = present[int(rng.integers(len(present)))]
         turns += [{"from": "human", "value": phrase("How {large|big} is the <o>{ again|}?", rng, polite=False, o=o2)},
-                  {"from": "gpt", "value": _ct_organ_answer(result, o2, used)}]
-    return Dialogue(turns, [{"name": "ct_segmentation", "arguments": args}], used, results=[result])
+                  {"from": "gpt", "value": _ct_organ_answer(o2)}]
+    return _dialogue(turns, [{"name": "ct_segmentation", "arguments": args}], [result])
 
 
 def _mri(view: CaseView, rng) -> Dialogue:
@@ -173,64 +174,56 @@ def _mri(view: CaseView, rng) -> Dialogue:
     result = tool_result_from_truth("mri", truth, args, rng)
     q = phrase("{What is the tumor volume|Segment the brain tumor|Measure the tumor and its sub-regions|How large is the tumor in mL}?", rng)
     turns = [{"from": "human", "value": q}] + _call_turns(result, "mri_brain_tumor", args)
-    used: list[str] = []
-    wt = _m(result, "whole tumor", "volume")
-    used.append(_val(wt))
-    if wt.value == 0:
-        turns.append({"from": "gpt", "value": f"No brain tumor was found (whole tumor volume {_val(wt)})."})
-        return Dialogue(turns, [{"name": "mri_brain_tumor", "arguments": args}], used, results=[result])
-    sub = {n: _m(result, n, "volume") for n in MRI_LABELS.values()}
-    used += [_val(m) for m in sub.values()]
-    diam = _m(result, "whole tumor", "largest diameter")
-    used.append(_val(diam))
-    turns.append({"from": "gpt", "value": (
-        f"There is a tumor in the {truth['hemisphere']} hemisphere: whole tumor volume {_val(wt)} "
-        f"(edema {_val(sub['edema'])}, enhancing tumor {_val(sub['enhancing tumor'])}, necrotic core {_val(sub['necrotic core'])}), "
-        f"largest diameter {_val(diam)}.")})
-    follow = rng.choice(["core", "enhancing", "side"])
-    if follow == "core":
-        tc = _m(result, "tumor core", "volume")
-        used.append(_val(tc))
-        turns += [{"from": "human", "value": phrase("{And|What is} the tumor core volume?", rng, polite=False)},
-                  {"from": "gpt", "value": f"The tumor core (enhancing tumor plus necrotic core) is {_val(tc)}."}]
-    elif follow == "enhancing":
-        enh = sub["enhancing tumor"]
-        yes = enh.value > 0
-        turns += [{"from": "human", "value": phrase("Does it enhance{ after contrast|}?", rng, polite=False)},
-                  {"from": "gpt", "value": f"Yes, the enhancing part measures {_val(enh)}." if yes else f"No, the enhancing volume is {_val(enh)}."}]
-    else:
-        turns += [{"from": "human", "value": phrase("Which {side|hemisphere} is it on?", rng, polite=False)},
-                  {"from": "gpt", "value": f"The {truth['hemisphere']} hemisphere."}]
-    return Dialogue(turns, [{"name": "mri_brain_tumor", "arguments": args}], used, results=[result])
+    sub = ", ".join(f"{n} {_ref(n + ' volume')}" for n in MRI_LABELS.values())
+    turns.append({"from": "gpt", "value": f"Brain tumor: {_ref('tumor')}. Whole tumor {_ref('whole tumor')} ({sub})."})
+    if _m(result, "whole tumor", "volume").value > 0:
+        follow = rng.choice(["core", "enhancing", "side"])
+        if follow == "core":
+            turns += [{"from": "human", "value": phrase("{And|What is} the tumor core volume?", rng, polite=False)},
+                      {"from": "gpt", "value": f"The tumor core (enhancing tumor plus necrotic core) is {_ref('tumor core volume')}."}]
+        elif follow == "enhancing":
+            turns += [{"from": "human", "value": phrase("Does it enhance{ after contrast|}?", rng, polite=False)},
+                      {"from": "gpt", "value": f"Enhancing tumor: {_ref('enhancing tumor')}; volume {_ref('enhancing tumor volume')}."}]
+        else:
+            turns += [{"from": "human", "value": phrase("Which {side|hemisphere} is it on?", rng, polite=False)},
+                      {"from": "gpt", "value": f"The tumor is in the {_ref('hemisphere')}."}]
+    return _dialogue(turns, [{"name": "mri_brain_tumor", "arguments": args}], [result])
 
 
 def _cxr(view: CaseView, rng) -> Dialogue:
     args: dict = {}
     result = tool_result_from_truth("cxr", view.truth, args, rng)
-    by = {f.label: f for f in result.findings}
-    used: list[str] = []
 
-    def say(f) -> str:
-        used.append(f"{f.probability:.2f}")
-        return f"{'Yes' if f.present else 'No'}: {f.label} {'is' if f.present else 'is not'} present (probability {f.probability:.2f})."
+    def say(label: str) -> str:
+        return f"{_cap(label)}: {_ref(label)}."
 
     if rng.random() < 0.5:
         first = CXR_FINDINGS[int(rng.integers(len(CXR_FINDINGS)))]
         q = phrase("{Does this patient have|Is there|Do you see} {a|any} <x>{ on this radiograph|}?", rng, x=first)
-        answer = say(by[first])
+        answer = say(first)
     else:
         first = None
         q = phrase("{Classify|Analyse|Check} this chest {X-ray|radiograph} for {abnormalities|findings}.", rng, polite=False)
-        yes = [f for f in result.findings if f.present]
-        for f in yes:
-            used.append(f"{f.probability:.2f}")
-        answer = ("Findings: " + "; ".join(f"{f.label} ({f.probability:.2f})" for f in yes) + ".") if yes else \
-            "The classifier finds no abnormality: every finding is below its threshold."
+        answer = "Findings: " + "; ".join(f"{f} {_ref(f)}" for f in CXR_FINDINGS) + "."
     turns = [{"from": "human", "value": q}] + _call_turns(result, "cxr_classification", args) + [{"from": "gpt", "value": answer}]
     others = [f for f in CXR_FINDINGS if f != first]
     second = others[int(rng.integers(len(others)))]
-    turns += [{"from": "human", "value": phrase("{And|What about} <x>?", rng, polite=False, x=second)}, {"from": "gpt", "value": say(by[second])}]
-    return Dialogue(turns, [{"name": "cxr_classification", "arguments": args}], used, results=[result])
+    turns += [{"from": "human", "value": phrase("{And|What about} <x>?", rng, polite=False, x=second)}, {"from": "gpt", "value": say(second)}]
+    return _dialogue(turns, [{"name": "cxr_classification", "arguments": args}], [result])
+
+
+def _dialogue(turns: list[dict], calls: list[dict], results: list) -> Dialogue:
+    """A conversation whose answers name tool-result fields (``[[liver volume]]``); ``grounded_values`` are
+    the values they stand for (what the resolved answers must quote)."""
+    tools = [t["value"] for t in turns if t["from"] == "tool"]
+    used: list[str] = []
+    for t in turns:
+        if t["from"] == "gpt" and REF_OPEN in t["value"]:
+            text, missing = resolve_references(t["value"], tools)
+            if missing:
+                raise AssertionError(f"generator wrote references no tool result holds: {missing}")
+            used += [v for v in _NUMBER.findall(text)]
+    return Dialogue(turns, calls, used, results=results)
 
 
 def _no_expert(view: CaseView, rng) -> Dialogue:

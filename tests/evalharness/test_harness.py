@@ -76,6 +76,8 @@ def test_a_perfect_model_scores_perfectly(test_data, tmp_path):
     # the oracle quotes the training dialogue's numbers; CT and MRI ground truth is deterministic, so those match
     exact = score_dialogues([i for i in items if i.kind in ("ct", "mri")])
     assert exact["grounded_answer_rate"] == 1.0 and exact["n_numeric_answers"] > 0
+    assert exact["right_value_rate"] == 1.0  # the oracle writes field references; the agent filled in the truth's values
+    assert not any("[[" in pred for i in items for pred, _ in i.answers)
     md = (tmp_path / "eval.md").read_text()
     assert "| closed-question accuracy | 1.000 | ≥ 0.90 | yes |" in md
     assert (tmp_path / "eval.png").stat().st_size > 1000

@@ -14,6 +14,7 @@ from PIL import Image
 
 from data.instructions import build_datasets, expert_dialogue, make_view, tool_result_from_truth
 from data.instructions.expert_dialogues import CT_TARGETS, format_tool_call
+from data.tool_text import resolve_references
 from data.phantoms import generate
 from data.phantoms.labels import CT_LABELS
 from experts.base import tool_message
@@ -144,8 +145,11 @@ def test_tool_turn_is_tool_message_of_ground_truth_and_answer_quotes_it(kind):
         call = d.tool_calls[0]
         assert d.turns[i - 1]["value"] == format_tool_call(call["name"], call["arguments"])
         answers = " ".join(t["value"] for t in d.turns[i + 1:] if t["from"] == "gpt")
+        assert not any(ch.isdigit() for ch in answers)  # answers name fields; the agent fills in the numbers
+        resolved, missing = resolve_references(answers, [d.turns[i]["value"]])
+        assert not missing and "[[" not in resolved
         for value in d.grounded_values:
-            assert value in answers and value.split(" ")[0] in d.turns[i]["value"]
+            assert value in resolved and value in d.turns[i]["value"]
         body = json.loads(d.turns[i]["value"])
         truth = case.truth
         if kind == "ct":

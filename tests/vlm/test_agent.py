@@ -190,3 +190,19 @@ def test_backend_failure_ends_the_turn_cleanly(registry):
     events = list(Agent(Broken([]), registry).stream_turn(_ct_conversation(), "Hello"))
     assert [e.kind for e in events][-2:] == ["error", "done"]
     assert events[-1].turn.answer == "Partial" and "backend error: RuntimeError" in events[-1].turn.flags
+
+
+def test_field_references_are_filled_from_the_tool_result_in_stream_and_answer(registry):
+    backend = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "liver"}),
+                               "The liver volume is [[liver volume]]; [[spleen volume]] was not asked.", "Still [[liver volume]]."])
+    agent = Agent(backend, registry)
+    conv = _ct_conversation()
+    events = list(agent.stream_turn(conv, "Liver volume?"))
+    streamed = "".join(e.text for e in events if e.kind == "token")
+    turn = events[-1].turn
+    assert turn.answer == "The liver volume is 1523.4 mL; (not in the expert result) was not asked."
+    assert streamed == turn.answer and "[[" not in streamed  # pieces of 7 characters split the references
+    assert turn.flags == ["unresolved reference: spleen volume"]
+    assert conv.messages[-1]["content"].startswith("The liver volume is [[liver volume]]")  # the model's own words in history
+    follow = agent.run_turn(conv, "Again?")  # a follow-up fills from the earlier result
+    assert follow.answer == "Still 1523.4 mL." and follow.flags == []

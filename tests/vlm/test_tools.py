@@ -64,3 +64,12 @@ def test_modality_mismatch_needs_a_topic_and_a_missing_modality():
     assert msg and "CT" in msg and "radiograph" in msg
     assert modality_mismatch("What is the liver volume?", ["CT"], experts) is None
     assert modality_mismatch("Describe this image.", ["DX"], experts) is None
+
+
+def test_reference_filter_holds_partial_references_and_passes_plain_brackets():
+    from vlm.tools import ReferenceFilter
+
+    filt = ReferenceFilter(lambda ref: "<" + ref[2:-2] + ">")
+    pieces = ["a [", "[liv", "er volume]", "] b [x] c [", "[never closed"]
+    out = "".join(filt.feed(p) for p in pieces) + filt.flush()
+    assert out == "a <liver volume> b [x] c [[never closed"

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from data.tool_text import resolve_references
 from experts.base import Expert, ExpertResult
 from vlm.eval.report import ReportItem, score_reports
 from vlm.eval.tables import TARGETS, write_model_card, write_tables
@@ -177,6 +178,7 @@ def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict
             continue
         nxt = next((j for j in range(k + 1, len(turns)) if turns[j]["from"] == "human"), len(turns))
         reference = next((turns[j]["value"] for j in range(nxt - 1, k, -1) if turns[j]["from"] == "gpt"), "")
+        reference = resolve_references(reference, [u["value"] for u in turns[:nxt] if u["from"] == "tool"])[0]
         question = t["value"].replace("<image>\n", "").strip()
         turn = agent.run_turn(conv, question)
         for call in turn.tool_calls:
@@ -301,6 +303,6 @@ def _headline(parts: dict[str, Any]) -> dict[str, Any]:
         "closed_accuracy": vqa.get("closed_accuracy"), "open_recall": vqa.get("open_recall"),
         "bleu4": rep.get("bleu4"), "rouge_l": rep.get("rouge_l"), "finding_f1": rep.get("finding_f1"),
         "call_precision": exp.get("call_precision"), "call_recall": exp.get("call_recall"),
-        "grounded_answer_rate": exp.get("grounded_answer_rate"),
+        "grounded_answer_rate": exp.get("grounded_answer_rate"), "right_value_rate": exp.get("right_value_rate"),
     }
 

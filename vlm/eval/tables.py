@@ -15,6 +15,7 @@ METRIC_NAMES = {
     "closed_accuracy": "closed-question accuracy", "open_recall": "open-question recall", "bleu4": "report BLEU-4 (0-100)",
     "rouge_l": "report ROUGE-L (0-100)", "finding_f1": "report finding F1", "call_precision": "expert-call precision",
     "call_recall": "expert-call recall", "grounded_answer_rate": "grounded answers (numbers quoted from the expert)",
+    "right_value_rate": "answers quoting the right expert values",
 }
 DISCLAIMER = ("A demonstration model trained on synthetic phantoms, not for clinical use. It has never seen a real patient "
               "image; its answers and the experts' numbers must not inform any clinical decision.")
@@ -56,9 +57,10 @@ def write_tables(report: dict[str, Any], out_dir: str | Path) -> Path:
     exp = report.get("experts")
     if exp:
         parts += ["", f"## Expert conversations ({exp['n']})", "",
-                  markdown_table(["call P", "call R", "name P", "name R", "grounded", "no call when not needed", "expert errors"],
+                  markdown_table(["call P", "call R", "name P", "name R", "grounded", "right values", "no call when not needed",
+                                  "expert errors"],
                                  [[exp["call_precision"], exp["call_recall"], exp["call_name_precision"], exp["call_name_recall"],
-                                   exp["grounded_answer_rate"], exp["no_call_when_not_needed"], exp["expert_errors"]]])]
+                                   exp["grounded_answer_rate"], exp.get("right_value_rate"), exp["no_call_when_not_needed"], exp["expert_errors"]]])]
     md = out_dir / "eval.md"
     md.write_text("\n".join(parts) + "\n")
     _plot(report["headline"], out_dir / "eval.png")
@@ -88,7 +90,9 @@ def write_model_card(model_dir: str | Path, recipe: Any, report: dict[str, Any],
         "Wall time per step (minutes in total: {}):".format(training.get("total_minutes")), "",
         markdown_table(["step", "seconds"], [[k, v] for k, v in training.get("seconds", {}).items()]), "",
         "Data: synthetic CT / MRI / chest X-ray phantoms (`data.phantoms`), LLaVA-style captions, visual questions and "
-        "expert conversations (`data.instructions`).", "",
+        "expert conversations (`data.instructions`). Answers after an expert call name the result fields they rest on "
+        "(`The liver volume is [[liver volume]].`) and the agent fills in the expert's values (`data.tool_text.resolve_references`): "
+        "the model is trained to name fields, not to type numbers; *grounded* and *right values* below are scored on the filled-in answers.", "",
         "## Measured on held-out phantoms", "",
         f"`m3 eval --model {model_dir} --data <run>/data` — experts: {report['expert_mode']}; "
         f"{report.get('vqa', {}).get('n_closed', 0) + report.get('vqa', {}).get('n_open', 0)} questions, "

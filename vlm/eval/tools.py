@@ -3,7 +3,8 @@
 A call is right when the expert and its arguments both match the expected call; follow-up questions
 and questions that need no expert expect no call. An answer that should carry numbers (its reference
 does) is *grounded* when it quotes at least one number and every number it quotes appears in the
-conversation's tool results.
+conversation's tool results; it quotes the *right values* when every number of its reference is among
+its numbers (the reference's field references filled from the same tool results).
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ def score_dialogues(items: Iterable[DialogueItem]) -> dict:
     calls = tool_call_scores([i.predicted_calls for i in items], [i.expected_calls for i in items])
     should_cite = [(pred, i.tool_texts) for i in items for pred, ref in i.answers if numbers_in(ref)]
     grounded = [bool(numbers_in(p)) and is_grounded(p, texts) for p, texts in should_cite]
+    right = [is_grounded(ref, [pred]) for i in items for pred, ref in i.answers if numbers_in(ref)]
     no_expert = [i for i in items if not i.expected_calls]
     return {
         "n": len(items),
         "call_precision": calls.precision, "call_recall": calls.recall,
         "call_name_precision": calls.name_precision, "call_name_recall": calls.name_recall,
         "grounded_answer_rate": sum(grounded) / len(grounded) if grounded else None, "n_numeric_answers": len(grounded),
+        "right_value_rate": sum(right) / len(right) if right else None,
         "no_call_when_not_needed": (sum(1 for i in no_expert if not i.predicted_calls) / len(no_expert)) if no_expert else None,
         "expert_errors": sum(len(i.errors) for i in items),
     }

@@ -1,0 +1,37 @@
+"""Field references in answers (``[[liver volume]]``) and how the tool results fill them."""
+
+from __future__ import annotations
+
+from data.tool_text import Finding, Measurement, ToolResult, format_tool_result, parse_tool_result, resolve_references
+
+CT = format_tool_result(ToolResult("ct_segmentation", {}, [Finding("liver tumor", True), Finding("kidney cyst", False)], [
+    Measurement("liver", "volume", 1253.34, "mL"), Measurement("liver tumor", "count", 2, "count"),
+    Measurement("liver tumor", "volume", 12.3, "mL"), Measurement("liver tumor", "largest diameter", 25.12, "mm"),
+    Measurement("kidney cyst", "count", 0, "count")]))
+MRI = format_tool_result(ToolResult("mri_brain_tumor", {}, [Finding("tumor", True), Finding("left hemisphere", True)], [
+    Measurement("whole tumor", "volume", 52.1, "mL"), Measurement("whole tumor", "largest diameter", 40.2, "mm")]))
+CXR = format_tool_result(ToolResult("cxr_classification", {}, [Finding("cardiomegaly", True, 0.871, 0.5),
+                                                                Finding("pneumothorax", False, 0.12, 0.5)]))
+
+
+def test_each_kind_of_key_resolves():
+    text, missing = resolve_references(
+        "[[liver volume]] | [[Liver  Tumor]] | [[kidney cyst]] | [[cardiomegaly]] | [[pneumothorax]] | [[whole tumor]] | [[hemisphere]]",
+        [CT, MRI, CXR])
+    assert missing == []
+    assert text.split(" | ") == ["1253.3 mL", "2 found, volume 12.3 mL, largest diameter 25.1 mm", "none found",
+                                 "present (probability 0.87)", "not present (probability 0.12)",
+                                 "volume 52.1 mL, largest diameter 40.2 mm", "left hemisphere"]
+
+
+def test_unknown_keys_are_reported_and_the_latest_result_wins():
+    newer = format_tool_result(ToolResult("ct_segmentation", {}, [], [Measurement("liver", "volume", 1400.0, "mL")]))
+    text, missing = resolve_references("[[liver volume]] and [[spleen volume]]; [x] stays", [CT, newer])
+    assert text == "1400.0 mL and (not in the expert result); [x] stays" and missing == ["spleen volume"]
+    assert resolve_references("[[liver volume]]", [])[1] == ["liver volume"]
+
+
+def test_parse_tool_result_ignores_errors_and_other_text():
+    assert parse_tool_result('{"expert": "x", "error": "bad"}') == ({}, {})
+    assert parse_tool_result("not json {") == ({}, {})
+    assert parse_tool_result("<image>\n" + CT)[0]["liver volume"] == "1253.3 mL"
