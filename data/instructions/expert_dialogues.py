@@ -130,8 +130,9 @@ def _ct(view: CaseView, rng) -> Dialogue:
         q = phrase("{What is|Measure|Can you measure|Tell me} the volume of the <o>{ in mL|}?", rng, o=organ)
     elif mode == "lesion":
         args = {"targets": lesion}
-        q = phrase("How many <x>s {does the patient have|are there in the whole scan|are in this study}{ and how big is the largest|}?", rng, x=lesion) \
-            if rng.random() < 0.7 else phrase("{Count|Find and measure} the <x>s {in this scan|in the whole study}.", rng, polite=False, x=lesion)
+        # always about the whole study: "How many <x>s are there in this slice?" is a picture question (VQA)
+        q = phrase("How many <x>s {does the patient have|are there in the whole scan|are in the whole study}{ and how big is the largest|}?", rng, x=lesion) \
+            if rng.random() < 0.7 else phrase("{Count|Find and measure} the <x>s {in the whole scan|in the whole study|in all slices}.", rng, polite=False, x=lesion)
     elif mode == "lesions":
         args = {"targets": "lesions"}
         q = phrase("{Find all lesions|Check the scan for lesions|Look for lesions} and {measure them|give their sizes}.", rng, polite=False)
@@ -199,11 +200,13 @@ def _cxr(view: CaseView, rng) -> Dialogue:
 
     if rng.random() < 0.5:
         first = CXR_FINDINGS[int(rng.integers(len(CXR_FINDINGS)))]
-        q = phrase("{Does this patient have|Is there|Do you see} {a|any} <x>{ on this radiograph|}?", rng, x=first)
+        # a probability from the classifier, not "Is there a <x>?" (a picture question, answered yes / no in VQA)
+        q = phrase("{What is the probability of|How likely is|Run the classifier for|Get the classifier's probability of} <x>{ on this radiograph|}?", rng, x=first)
         answer = say(first)
     else:
         first = None
-        q = phrase("{Classify|Analyse|Check} this chest {X-ray|radiograph} for {abnormalities|findings}.", rng, polite=False)
+        q = phrase("{Classify this chest {X-ray|radiograph}{ for abnormalities| for findings|}|Run the finding classifier on this {X-ray|radiograph}|"
+                   "Give me the finding probabilities{ for this radiograph|}}.", rng, polite=False)
         answer = "Findings: " + "; ".join(f"{f} {_ref(f)}" for f in CXR_FINDINGS) + "."
     turns = [{"from": "human", "value": q}] + _call_turns(result, "cxr_classification", args) + [{"from": "gpt", "value": answer}]
     others = [f for f in CXR_FINDINGS if f != first]

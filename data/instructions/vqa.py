@@ -91,12 +91,12 @@ def _ct(view: CaseView, rng) -> list[QA]:
             if items[0]["side"] and k != "liver tumor":
                 out.append(QA(phrase("Is the <x> on the left or {the |}right{ side|}?", rng, x=k), items[0]["side"], "closed", "laterality"))
         if k not in view.ambiguous:
-            out.append(QA(phrase("How many <x>s {are there|can you see|are visible} {in this image|in this slice|}?", rng, x=k),
+            out.append(QA(phrase("How many <x>s {are there|can you see|are visible} {in this image|in this slice|on this slice}?", rng, x=k),
                           str(len(items)), "open", "count"))
         if len(items) == 1:
             out.append(QA(phrase("Is the <x> small, medium or large?", rng, x=k), items[0]["size"], "closed", "size"))
     if not f["lesions"] and not view.ambiguous:
-        out.append(QA(phrase("How many {focal |}lesions {are there|can you see} {in this image|in this slice|}?", rng), "0", "open", "count"))
+        out.append(QA(phrase("How many {focal |}lesions {are there|can you see} {in this image|in this slice|on this slice}?", rng), "0", "open", "count"))
     lesions = f["lesions"]
     if len(lesions) >= 2:
         a, b = (lesions[i] for i in rng.choice(len(lesions), 2, replace=False))
