@@ -121,7 +121,8 @@ def parse_tool_result(text: str) -> tuple[dict[str, str], dict[str, str]]:
 
 def resolve_references(text: str, tool_texts: Sequence[str]) -> tuple[str, list[str]]:
     """Replace each ``[[key]]`` in ``text`` by the value it names in the tool results (the latest result
-    naming it wins); returns the text and the keys no result holds (written as "(not in the expert result)").
+    naming it wins); returns the text and the keys no result holds (written as "(not in the expert result)"),
+    plus "malformed reference" when an unpaired ``[[`` or ``]]`` was dropped.
 
     A key is, in this order: a measurement ("liver volume" → "1253.3 mL"); a counted structure ("liver
     tumor" → "2 found, volume 12.3 mL, largest diameter 25.1 mm" or "none found"); a finding
@@ -141,7 +142,11 @@ def resolve_references(text: str, tool_texts: Sequence[str]) -> tuple[str, list[
         missing.append(match.group(1).strip())
         return UNRESOLVED
 
-    return _REF.sub(sub, text), missing
+    text = _REF.sub(sub, text)
+    if REF_OPEN in text or REF_CLOSE in text:  # a reference the model did not finish: drop the marks, say so
+        missing.append("malformed reference")
+        text = text.replace(REF_OPEN, "").replace(REF_CLOSE, "")
+    return text, missing
 
 
 def _resolve(key: str, measurements: dict[str, str], findings: dict[str, str]) -> str | None:

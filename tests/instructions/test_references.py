@@ -35,3 +35,8 @@ def test_parse_tool_result_ignores_errors_and_other_text():
     assert parse_tool_result('{"expert": "x", "error": "bad"}') == ({}, {})
     assert parse_tool_result("not json {") == ({}, {})
     assert parse_tool_result("<image>\n" + CT)[0]["liver volume"] == "1253.3 mL"
+
+
+def test_unfinished_references_lose_their_marks_and_are_reported():
+    text, missing = resolve_references("The right kidney]]. And [[liver volume]] [[spleen", [CT])
+    assert text == "The right kidney. And 1253.3 mL spleen" and missing == ["malformed reference"]

@@ -68,3 +68,24 @@ def test_finished_stage_is_not_retrained_and_a_stale_run_needs_resume(micro_run,
     (stale / "checkpoints" / "step_000002" / "recipe.json").write_text("{}")
     with pytest.raises(TrainError, match="--resume"):
         train_phase("ift", recipe.stages["ift"], recipe, out / "data", out / "align" / "align" / "final", stale, progress=False)
+
+
+def test_install_replaces_the_folder_with_a_verified_manifest(tmp_path):
+    from vlm.export import ManifestError, verify_manifest
+    from vlm.train.pipeline import install
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "llm").mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    (src / "llm" / "model.safetensors").write_bytes(b"\x00" * 16)
+    dst.mkdir()
+    (dst / "stale.txt").write_text("old")
+    install(src, dst)
+    assert not (dst / "stale.txt").exists() and set(verify_manifest(dst)["files"]) == {"config.json", "llm/model.safetensors"}
+    (dst / "config.json").write_text('{"changed": 1}')
+    try:
+        verify_manifest(dst)
+    except ManifestError:
+        pass
+    else:
+        raise AssertionError("a changed file must fail the manifest")

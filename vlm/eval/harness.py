@@ -178,7 +178,6 @@ def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict
             continue
         nxt = next((j for j in range(k + 1, len(turns)) if turns[j]["from"] == "human"), len(turns))
         reference = next((turns[j]["value"] for j in range(nxt - 1, k, -1) if turns[j]["from"] == "gpt"), "")
-        reference = resolve_references(reference, [u["value"] for u in turns[:nxt] if u["from"] == "tool"])[0]
         question = t["value"].replace("<image>\n", "").strip()
         turn = agent.run_turn(conv, question)
         for call in turn.tool_calls:
@@ -187,6 +186,9 @@ def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict
                 item.tool_texts.append(tool_message(call.result))
             if call.error:
                 item.errors.append(call.error)
+        # the reference's field references filled from the results this conversation got (the record's own
+        # tool turn when the model called nothing): "right values" asks for the values the reference would quote
+        reference = resolve_references(reference, [u["value"] for u in turns[:nxt] if u["from"] == "tool"] + item.tool_texts)[0]
         item.answers.append((answer_text(turn.answer), reference))
     return item
 

@@ -117,12 +117,16 @@ def export_model(src: str | Path, dst: str | Path, recipe: Recipe) -> Path:
 
 
 def install(src: str | Path, dst: str | Path) -> Path:
-    """Replace the model folder ``dst`` (e.g. the embedded default) by ``src``, atomically."""
+    """Replace the model folder ``dst`` (e.g. the embedded default) by ``src``, atomically, with a fresh
+    ``manifest.json`` (the server verifies it before loading)."""
+    from vlm.export import write_manifest
+
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
+    write_manifest(tmp)
     old = dst.with_name(dst.name + ".old")
     if dst.exists():
         shutil.rmtree(old, ignore_errors=True)
