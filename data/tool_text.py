@@ -127,8 +127,11 @@ def resolve_references(text: str, tool_texts: Sequence[str]) -> tuple[str, list[
     A key is, in this order: a measurement ("liver volume" → "1253.3 mL"); a counted structure ("liver
     tumor" → "2 found, volume 12.3 mL, largest diameter 25.1 mm" or "none found"); a finding
     ("cardiomegaly" → "present (probability 0.87)" / "not present (probability 0.12)"); a measured
-    structure ("whole tumor" → "volume 52.1 mL, largest diameter 40.2 mm"); or the last word of present
-    findings ("hemisphere" → "left hemisphere").
+    structure ("whole tumor" → "volume 52.1 mL, largest diameter 40.2 mm"); the last word of present
+    findings ("hemisphere" → "left hemisphere"); or, for a result with findings, the findings as a
+    report states them: "positive findings" ("cardiomegaly (0.87), nodule (0.64)" or "none"),
+    "negative findings" (the others, same form) and "impression" ("Cardiomegaly; nodule." or "No
+    finding above the expert's thresholds.").
     """
     parsed = [parse_tool_result(t) for t in reversed(list(tool_texts))]
     missing: list[str] = []
@@ -166,7 +169,22 @@ def _resolve(key: str, measurements: dict[str, str], findings: dict[str, str]) -
     if own:
         return ", ".join(f"{q} {v}" for q, v in own.items())
     present = [k for k, v in findings.items() if k.endswith(" " + key) and v.startswith("yes")]
-    return present[0] if present else None
+    if present:
+        return present[0]
+    if findings and key in _FINDING_LISTS:
+        return _finding_list(key, findings)
+    return None
+
+
+_FINDING_LISTS = ("positive findings", "negative findings", "impression")
+
+
+def _finding_list(key: str, findings: dict[str, str]) -> str:
+    on = key != "negative findings"
+    picked = [(k, v[v.find("(") + 1:v.find(")")] if "(" in v else "") for k, v in findings.items() if v.startswith("yes") == on]
+    if key == "impression":
+        return ("; ".join(k for k, _ in picked).capitalize() + ".") if picked else "No finding above the expert's thresholds."
+    return ", ".join(f"{k} ({p})" if p else k for k, p in picked) if picked else "none"
 
 
 def _norm(key: str) -> str:

@@ -1,6 +1,6 @@
 """Expert conversations for the ``medical-ift`` stage: when to call which expert, with which arguments,
-the tool result, an answer grounded in its numbers, follow-ups answered from the same result, and
-questions that need no expert.
+the tool result, an answer grounded in its numbers, follow-ups answered from the same result, report
+requests on radiographs written with the classifier's findings, and questions that need no expert.
 
 The tool turn is exactly ``data.tool_text.format_tool_result(result)`` (what ``experts.base.tool_message``
 returns at inference) for a ``ToolResult`` built from the
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from data.instructions.captions import caption_prompt
 from data.instructions.paraphrase import phrase
 from data.instructions.views import CaseView
 from data.tool_text import REF_OPEN, Finding, Measurement, ToolResult, format_tool_call, format_tool_result, resolve_references, value_reference
@@ -194,6 +195,8 @@ def _mri(view: CaseView, rng) -> Dialogue:
 def _cxr(view: CaseView, rng) -> Dialogue:
     args: dict = {}
     result = tool_result_from_truth("cxr", view.truth, args, rng)
+    if rng.random() < 0.3:
+        return _cxr_report(view, rng, result)
 
     def say(label: str) -> str:
         return f"{_cap(label)}: {_ref(label)}."
@@ -213,6 +216,17 @@ def _cxr(view: CaseView, rng) -> Dialogue:
     second = others[int(rng.integers(len(others)))]
     turns += [{"from": "human", "value": phrase("{And|What about} <x>?", rng, polite=False, x=second)}, {"from": "gpt", "value": say(second)}]
     return _dialogue(turns, [{"name": "cxr_classification", "arguments": args}], [result])
+
+
+def _cxr_report(view: CaseView, rng, result: ToolResult) -> Dialogue:
+    """A report request on a radiograph, answered with the classifier (VILA-M3's report with the expert):
+    the findings and impression name the result's finding lists, the model writes only what it sees
+    (the projection)."""
+    q = caption_prompt(rng)
+    report = (f"Findings: Frontal ({view.facts['view']}) chest radiograph, read with the chest X-ray classifier. "
+              f"Present: {_ref('positive findings')}. Absent: {_ref('negative findings')}. Impression: {_ref('impression')}")
+    turns = [{"from": "human", "value": q}] + _call_turns(result, "cxr_classification", {}) + [{"from": "gpt", "value": report}]
+    return _dialogue(turns, [{"name": "cxr_classification", "arguments": {}}], [result])
 
 
 def _dialogue(turns: list[dict], calls: list[dict], results: list) -> Dialogue:

@@ -37,6 +37,8 @@ def test_findings_respect_negation():
     assert got == {"cardiomegaly", "nodule"}
     scores = finding_f1([got], [{"cardiomegaly", "pleural effusion"}])
     assert abs(scores["precision"] - 0.5) < 1e-9 and abs(scores["recall"] - 0.5) < 1e-9
+    # a decimal point does not end the sentence (and so the negation's reach)
+    assert extract_findings("Absent: enlarged heart (0.12), nodule (0.03); pleural effusion (0.91).", VOCAB) == {"pleural effusion"}
 
 
 def test_tool_call_scores_need_name_and_arguments():

@@ -183,3 +183,24 @@ def test_training_templates_match_the_expert_and_agent_contracts():
     result = tool_result_from_truth("ct", case.truth, {"targets": "everything"}, np.random.default_rng(0))
     assert [m.structure for m in result.measurements if m.quantity == "volume" and m.structure in case.truth["organ_volumes_ml"]] == \
         [CT_LABELS[v] for v in range(1, 10)]
+
+
+def test_radiograph_report_requests_are_written_with_the_classifier():
+    """A report request on a radiograph calls the classifier; the filled-in report states exactly the
+    classifier's findings (here the phantom's truth), so the finding F1 of such reports is the expert's."""
+    from vlm.eval.metrics import extract_findings
+    from vlm.eval.report import FINDING_VOCABULARY
+
+    reports = 0
+    for seed in range(40):
+        case = _case("cxr", seed)
+        rng = np.random.default_rng(seed)
+        d = expert_dialogue(make_view(case, rng), rng)
+        if not d.turns[-1]["value"].startswith("Findings:"):
+            continue
+        reports += 1
+        assert d.tool_calls == [{"name": "cxr_classification", "arguments": {}}] and len(d.turns) == 4
+        text, missing = resolve_references(d.turns[-1]["value"], [d.turns[2]["value"]])
+        assert not missing
+        assert extract_findings(text, FINDING_VOCABULARY["cxr"]) == {k for k, on in case.truth["findings"].items() if on}
+    assert 5 <= reports <= 25

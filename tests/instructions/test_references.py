@@ -40,3 +40,21 @@ def test_parse_tool_result_ignores_errors_and_other_text():
 def test_unfinished_references_lose_their_marks_and_are_reported():
     text, missing = resolve_references("The right kidney]]. And [[liver volume]] [[spleen", [CT])
     assert text == "The right kidney. And 1253.3 mL spleen" and missing == ["malformed reference"]
+
+
+def test_finding_lists_read_as_a_report_states_them():
+    from vlm.eval.metrics import extract_findings
+    from vlm.eval.report import FINDING_VOCABULARY
+
+    report = "Present: [[positive findings]]. Absent: [[negative findings]]. Impression: [[impression]]"
+    text, missing = resolve_references(report, [CXR])
+    assert missing == []
+    assert text == "Present: cardiomegaly (0.87). Absent: pneumothorax (0.12). Impression: Cardiomegaly."
+    assert extract_findings(text, FINDING_VOCABULARY["cxr"]) == {"cardiomegaly"}  # "Absent: ..." is a negation
+    normal = format_tool_result(ToolResult("cxr_classification", {}, [Finding("cardiomegaly", False, 0.2, 0.5)]))
+    text, _ = resolve_references(report, [normal])
+    assert text == "Present: none. Absent: cardiomegaly (0.20). Impression: No finding above the expert's thresholds."
+    assert extract_findings(text, FINDING_VOCABULARY["cxr"]) == set()
+    # a result without findings has no finding lists
+    only_volume = format_tool_result(ToolResult("ct_segmentation", {}, [], [Measurement("liver", "volume", 1.0, "mL")]))
+    assert resolve_references("[[impression]]", [only_volume])[1] == ["impression"]

@@ -152,3 +152,19 @@ def test_measurement_copies_redraw_values_consistently(parts):
     with_values = sum(1 for r in records if any(t["from"] == "tool" and any(float(v) > 0 for v in measured.findall(t["value"]))
                                                 for t in r["conversations"]))
     assert len(more) == len(plain) + 2 * with_values
+
+
+def test_leave_out_skips_the_named_image_kinds(parts):
+    from vlm.agent import AGENT_SYSTEM_PROMPT
+    from vlm.train.build import expert_tool_schemas
+    from vlm.train.dataset import ConversationDataset
+
+    data, model = parts
+    path = data / "align_train.json"
+    kinds = [r["meta"]["kind"] for r in json.loads(path.read_text())]
+    kw = dict(system_prompt=AGENT_SYSTEM_PROMPT, tools=expert_tool_schemas(), image_token_index=model.image_token_index,
+              tokens_per_image=model.tokens_per_image, max_length=10_000)
+    assert "cxr" in kinds and len(set(kinds)) > 1
+    kept = ConversationDataset(path, model.tokenizer, leave_out=("cxr",), **kw)
+    assert len(kept) == sum(k != "cxr" for k in kinds)
+    assert not any("cxr_" in str(p) for s in kept.samples for p in s.images)

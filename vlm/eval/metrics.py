@@ -81,7 +81,7 @@ def extract_findings(report: str, vocabulary: Mapping[str, Sequence[str]]) -> se
     before the phrase has no negation ("no pleural effusion", "without nodule" do not count).
     """
     present: set[str] = set()
-    for sentence in re.split(r"(?<=[.;\n])\s*", report.lower()):
+    for sentence in re.split(r"(?<=[.;])\s+|;|\n", report.lower()):  # "0.12" is not a sentence end
         for finding, phrases in vocabulary.items():
             for phrase in phrases:
                 at = sentence.find(phrase.lower())

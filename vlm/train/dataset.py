@@ -70,14 +70,16 @@ class ConversationDataset:
     agent passes; image_token_index / tokens_per_image: from the ``M3Model``; max_length: samples are
     cut to this many tokens (records whose labels would all be cut are dropped, with a warning);
     measurement_copies: that many extra copies of each record with tool results, their mL / mm values
-    re-drawn (``data.instructions.augment``; seeded by ``seed``).
+    re-drawn (``data.instructions.augment``; seeded by ``seed``); leave_out: image kinds (``meta.kind``)
+    whose records are skipped.
     """
 
     def __init__(self, path: str | Path, tokenizer: Any, *, system_prompt: str, tools: Sequence[dict], image_token_index: int,
-                 tokens_per_image: int, max_length: int, overlay_stand_in: bool = True, measurement_copies: int = 0, seed: int = 0) -> None:
+                 tokens_per_image: int, max_length: int, overlay_stand_in: bool = True, measurement_copies: int = 0, seed: int = 0,
+                 leave_out: Sequence[str] = ()) -> None:
         self.path = Path(path)
         self.root = self.path.parent
-        records = json.loads(self.path.read_text())
+        records = [r for r in json.loads(self.path.read_text()) if r.get("meta", {}).get("kind") not in set(leave_out)]
         if measurement_copies > 0:
             from data.instructions.augment import resample_measurements
 

@@ -96,7 +96,8 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
     for name in spec.mix:
         if f"{name}_train" not in files:
             raise TrainError(f"{phase} needs {name}_train.json in {data_dir}; build the data first (m3 train all, or m3 data instructions).")
-        datasets[name] = _dataset(files[f"{name}_train"], model, tools, AGENT_SYSTEM_PROMPT, recipe, spec.measurement_copies)
+        datasets[name] = _dataset(files[f"{name}_train"], model, tools, AGENT_SYSTEM_PROMPT, recipe, spec.measurement_copies,
+                                  tuple(spec.leave_out.get(name, ())))
     trainable = _set_trainable(model, spec)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -272,14 +273,15 @@ class _TrainState:
 _DATASETS: dict[tuple, ConversationDataset] = {}
 
 
-def _dataset(path: Path, model: Any, tools: list[dict], system_prompt: str, recipe: Recipe, measurement_copies: int = 0) -> ConversationDataset:
+def _dataset(path: Path, model: Any, tools: list[dict], system_prompt: str, recipe: Recipe, measurement_copies: int = 0,
+             leave_out: tuple[str, ...] = ()) -> ConversationDataset:
     key = (str(path), path.stat().st_mtime, len(model.tokenizer), model.tokens_per_image, recipe.model.max_length, recipe.data.overlay_stand_in,
-           measurement_copies, recipe.seed)
+           measurement_copies, recipe.seed, leave_out)
     if key not in _DATASETS:
         _DATASETS[key] = ConversationDataset(path, model.tokenizer, system_prompt=system_prompt, tools=tools,
                                              image_token_index=model.image_token_index, tokens_per_image=model.tokens_per_image,
                                              max_length=recipe.model.max_length, overlay_stand_in=recipe.data.overlay_stand_in,
-                                             measurement_copies=measurement_copies, seed=recipe.seed)
+                                             measurement_copies=measurement_copies, seed=recipe.seed, leave_out=leave_out)
     return _DATASETS[key]
 
 

@@ -93,6 +93,7 @@ class StageSpec:
     grad_clip: float = 1.0
     max_chunks: int = 3  # a batch runs as up to this many length-sorted pieces (less padding; same gradient)
     measurement_copies: int = 0  # extra copies of each expert conversation with re-drawn mL / mm values (read, not recall)
+    leave_out: dict[str, tuple[str, ...]] = field(default_factory=dict)  # mix source → image kinds not sampled from it here
 
 
 @dataclass
@@ -145,5 +146,7 @@ def _build(cls: Any, data: dict[str, Any]) -> Any:
             value = _build(nested[f.name], value)
         elif f.name in ("train", "target_modules"):
             value = tuple(value)
+        elif f.name == "leave_out":
+            value = {k: tuple(v) for k, v in value.items()}
         kwargs[f.name] = value
     return cls(**kwargs)
