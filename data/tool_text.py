@@ -25,6 +25,7 @@ __all__ = [
     "REF_CLOSE",
     "value_reference",
     "resolve_references",
+    "reference_keys",
     "parse_tool_result",
 ]
 
@@ -150,6 +151,22 @@ def resolve_references(text: str, tool_texts: Sequence[str]) -> tuple[str, list[
         missing.append("malformed reference")
         text = text.replace(REF_OPEN, "").replace(REF_CLOSE, "")
     return text, missing
+
+
+def reference_keys(tool_texts: Sequence[str]) -> list[str]:
+    """Every key ``resolve_references`` can fill from these tool results (normalised, lower case), e.g.
+    ``["liver volume", "liver", "liver tumor count", "liver tumor", …]``: what a reference may name."""
+    keys: dict[str, None] = {}
+    for measurements, findings in (parse_tool_result(t) for t in tool_texts):
+        candidates = list(measurements) + list(findings)
+        for k in measurements:  # structures: "liver tumor largest diameter" → "liver", "liver tumor", …
+            words = k.split()
+            candidates += [" ".join(words[:i]) for i in range(1, len(words))]
+        candidates += [k.split()[-1] for k in findings] + (list(_FINDING_LISTS) if findings else [])
+        for key in candidates:
+            if key not in keys and _resolve(key, measurements, findings) is not None:
+                keys[key] = None
+    return list(keys)
 
 
 def _resolve(key: str, measurements: dict[str, str], findings: dict[str, str]) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from data.study import Volume
-from data.tool_text import resolve_references
+from data.tool_text import reference_keys, resolve_references
 from experts.base import Expert, ExpertError, tool_message
 from vlm.backends.base import ChatBackend, GenerationConfig
 from vlm.conversation import AgentEvent, AgentTurn, Conversation, ToolCall
@@ -43,10 +43,13 @@ class Agent:
 
     registry: ``experts.registry.ExpertRegistry`` (``names``, ``get``, ``run``, ``tool_schemas``).
     max_rounds: most expert-calling rounds per turn (so at most ``max_rounds + 1`` generations).
+    constrain_references: decode ``[[key]]`` references only to fields the conversation's results hold
+    (``GenerationConfig.references``; in-process backends).
     """
 
     def __init__(self, backend: ChatBackend, registry: Any, max_rounds: int = 3, *, system_prompt: str = AGENT_SYSTEM_PROMPT,
-                 generation: GenerationConfig | None = None, experts: list[str] | None = None) -> None:
+                 generation: GenerationConfig | None = None, experts: list[str] | None = None,
+                 constrain_references: bool = True) -> None:
         if max_rounds < 0:
             raise ValueError(f"max_rounds must be >= 0, got {max_rounds}.")
         self.backend = backend
@@ -55,6 +58,7 @@ class Agent:
         self.system_prompt = system_prompt
         self.generation = generation or GenerationConfig()
         self.expert_names = list(experts) if experts is not None else list(registry.names())
+        self.constrain_references = constrain_references
 
     def run_turn(self, conversation: Conversation, question: str) -> AgentTurn:
         """Run a whole turn and return it (the streamed events are consumed here)."""
@@ -79,11 +83,13 @@ class Agent:
             yield from self._finish(conversation, turn, refusal, t0, stream_answer=True)
             return
         tools = [e.tool_schema() for e in experts.values()]
-        config = GenerationConfig(self.generation.max_new_tokens, self.generation.temperature, self.generation.top_p,
-                                  list(dict.fromkeys(self.generation.stop + ["</tool_call>", ")>"])))
+        stop = list(dict.fromkeys(self.generation.stop + ["</tool_call>", ")>"]))
         visible_parts: list[str] = []
         while True:
             turn.rounds += 1
+            # references may name only fields the conversation's results hold
+            config = GenerationConfig(self.generation.max_new_tokens, self.generation.temperature, self.generation.top_p, stop,
+                                      tuple(reference_keys(self._sources(conversation))) if self.constrain_references else ())
             text, shown = "", []
             filt = ToolCallFilter()
             refs = ReferenceFilter(lambda ref: resolve_references(ref, self._sources(conversation))[0])

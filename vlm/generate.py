@@ -4,13 +4,17 @@ A conversation keeps (``PrefixCache``): the projected features of every image it
 hash), and the LM's key/value cache of the last sequence it ran with the keys of those positions. A
 follow-up question re-renders the whole conversation, finds the longest prefix already in the cache,
 drops the rest, and runs the LM only on the new tokens; images are not re-encoded. Decoding is
-transformers' ``generate`` (greedy or sampled, stop strings, EOS) with a ``TextIteratorStreamer``.
+transformers' ``generate`` (greedy or sampled, stop strings, EOS) with a ``TextIteratorStreamer``;
+with ``GenerationConfig.references`` set, ``ReferenceConstraint`` keeps each ``[[key]]`` reference on the
+result field its own sentence names.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -19,9 +23,13 @@ from typing import Any, Hashable, Iterator, Sequence
 import numpy as np
 import torch
 
+from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from vlm.backends.base import GenerationConfig
 
-__all__ = ["PrefixCache", "CacheStore", "image_key", "stream_generate", "threaded_generate", "generation_kwargs", "token_keys", "GenerationError"]
+log = logging.getLogger(__name__)
+
+__all__ = ["PrefixCache", "CacheStore", "image_key", "stream_generate", "threaded_generate", "generation_kwargs", "token_keys", "GenerationError",
+           "ReferenceConstraint"]
 
 
 class GenerationError(RuntimeError):
@@ -151,7 +159,99 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
         kwargs.update(temperature=config.temperature, top_p=config.top_p)
     if config.stop:
         kwargs.update(stop_strings=list(config.stop), tokenizer=tokenizer)
+    if config.references:
+        from transformers import LogitsProcessorList
+
+        kwargs["logits_processor"] = LogitsProcessorList([ReferenceConstraint(tokenizer, config.references)])
     return kwargs
+
+
+def _reference_processor_base() -> type:
+    from transformers import LogitsProcessor
+
+    return LogitsProcessor
+
+
+class ReferenceConstraint(_reference_processor_base()):
+    """A ``transformers`` logits processor that keeps a ``[[key]]`` reference on the structure its own
+    sentence names: when the text just before the ``[[`` (since the last ``.``, ``;``, ``,`` or reference)
+    names fields of the conversation's expert results (``keys``), the reference may spell only those
+    fields ("The left kidney volume is [[" → ``left kidney volume``, never ``right kidney volume``).
+    When the sentence names none of them (say, an organ no result measured) nothing is masked, so the
+    agent still shows "(not in the expert result)" rather than another structure's value. Text outside
+    references is untouched. ``input_ids`` are the generated tokens (the prompt goes in as embeddings);
+    with a text prompt pass ``prompt_length``.
+    """
+
+    # lead-matched key masking over the vocabulary: transformers offers the hook, not this constraint
+    def __init__(self, tokenizer: Any, keys: Sequence[str], prompt_length: int = 0) -> None:
+        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+        self.open, self.close = REF_OPEN, REF_CLOSE
+        self.keys = sorted({" ".join(k.lower().split()) for k in keys}, key=len, reverse=True)
+        self._named = [(k, re.compile(r"\b" + re.escape(k).replace(r"\ ", r"\s+") + r"s?\b")) for k in self.keys]
+        self.pieces = _token_texts(tokenizer)
+        self.bracketed = np.array([i for i, t in enumerate(self.pieces) if REF_OPEN[0] in t], dtype=np.int64)
+
+    def allowed(self, lead: str) -> set[str]:
+        """The keys a reference after ``lead`` may name: those of the fields the lead's last phrase
+        names (longest names first: "liver tumor" before "liver"); empty when it names none."""
+        phrase = re.split(r"[.;,\n]\s|;|\]\]", lead.lower())[-1]
+        named: list[str] = []
+        for key, pattern in self._named:
+            if pattern.search(phrase) and not any(key in longer for longer in named):
+                named.append(key)
+        return {k for k in self.keys for n in named if k == n or k.startswith(n + " ")}
+
+    def ok(self, partial: str, keys: set[str]) -> bool:
+        """Whether the text after an open ``[[`` can still become (or already closes) one of ``keys``."""
+        partial = partial.lower()
+        end = partial.find(self.close)
+        if end >= 0:
+            return " ".join(partial[:end].split()) in keys and self.open not in partial[end:]
+        return any((k + self.close).startswith(partial) for k in keys)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        try:
+            return self._mask(input_ids, scores)
+        except Exception:  # a constraint bug must not cost the answer: decode unconstrained, say so in the log
+            log.exception("reference constraint failed; decoding this step unconstrained")
+            return scores
+
+    def _mask(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for b in range(input_ids.shape[0]):
+            text = self.tokenizer.decode(input_ids[b, self.prompt_length:].tolist(), skip_special_tokens=True)
+            if text.rfind(TOOL_CALL_OPEN) > text.rfind(TOOL_CALL_CLOSE):  # a tool call's JSON is not an answer
+                continue
+            at = text.rfind(self.open)
+            if at >= 0 and text.find(self.close, at) < 0:  # inside a reference: every token is checked
+                keys = self.allowed(text[:at])
+                partial = text[at + len(self.open):]
+                candidates = range(min(len(self.pieces), scores.shape[-1]))
+                banned = [i for i in candidates if not self.ok(partial + self.pieces[i], keys)] if keys else []
+            else:  # outside: only tokens that open one and already spell part of its key (" [[liver", …)
+                banned = []
+                for i in self.bracketed:
+                    cand = text[-1:] + self.pieces[i]
+                    j = cand.find(self.open)
+                    if j < 0 or j + len(self.open) == len(cand):
+                        continue
+                    keys = self.allowed(text + cand[1:j])
+                    if keys and not self.ok(cand[j + len(self.open):], keys):
+                        banned.append(int(i))
+            if banned and len(banned) < scores.shape[-1]:
+                scores[b, torch.as_tensor(banned, dtype=torch.long, device=scores.device)] = -float("inf")
+        return scores
+
+
+_TOKEN_TEXTS: dict[int, list[str]] = {}
+
+
+def _token_texts(tokenizer: Any) -> list[str]:
+    """Each vocabulary id's decoded text (computed once per tokenizer)."""
+    key = id(tokenizer)
+    if key not in _TOKEN_TEXTS:
+        _TOKEN_TEXTS[key] = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    return _TOKEN_TEXTS[key]
 
 
 def threaded_generate(model: torch.nn.Module, tokenizer: Any, kwargs: dict[str, Any], result: dict[str, Any]) -> Iterator[str]:

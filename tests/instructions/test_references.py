@@ -58,3 +58,14 @@ def test_finding_lists_read_as_a_report_states_them():
     # a result without findings has no finding lists
     only_volume = format_tool_result(ToolResult("ct_segmentation", {}, [], [Measurement("liver", "volume", 1.0, "mL")]))
     assert resolve_references("[[impression]]", [only_volume])[1] == ["impression"]
+
+
+def test_reference_keys_are_what_the_resolver_fills():
+    from data.tool_text import reference_keys
+
+    keys = reference_keys([CT, CXR])
+    assert {"liver volume", "liver", "cardiomegaly", "positive findings", "impression"} <= set(keys)
+    assert "spleen volume" not in keys and "pneumothorax" in keys
+    text, missing = resolve_references(" ".join(f"[[{k}]]" for k in keys), [CT, CXR])
+    assert missing == [] and "(not in the expert result)" not in text
+    assert reference_keys([]) == [] and reference_keys(['{"error": "no CT series"}']) == []

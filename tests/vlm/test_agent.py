@@ -64,7 +64,7 @@ class ScriptedBackend:
 
     def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None):
         self.calls.append({"messages": messages, "images": list(images or []), "tools": tools, "cache_key": cache_key,
-                           "stop": list(config.stop) if config else []})
+                           "stop": list(config.stop) if config else [], "references": tuple(config.references) if config else ()})
         reply = self.replies.pop(0) if self.replies else "No more replies."
         for i in range(0, len(reply), 7):
             yield reply[i:i + 7]
@@ -206,3 +206,14 @@ def test_field_references_are_filled_from_the_tool_result_in_stream_and_answer(r
     assert conv.messages[-1]["content"].startswith("The liver volume is [[liver volume]]")  # the model's own words in history
     follow = agent.run_turn(conv, "Again?")  # a follow-up fills from the earlier result
     assert follow.answer == "Still 1523.4 mL." and follow.flags == []
+
+
+def test_references_are_constrained_to_the_fields_the_results_hold(registry):
+    backend = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "liver"}), "The liver volume is [[liver volume]]."])
+    turn = Agent(backend, registry, max_rounds=2).run_turn(_ct_conversation(), "Liver volume?")
+    assert turn.answer == "The liver volume is 1523.4 mL."
+    assert backend.calls[0]["references"] == ()  # no result yet: nothing to constrain to
+    assert "liver volume" in backend.calls[1]["references"] and "liver" in backend.calls[1]["references"]
+    off = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "liver"}), "Done."])
+    Agent(off, registry, max_rounds=2, constrain_references=False).run_turn(_ct_conversation(), "Liver volume?")
+    assert off.calls[1]["references"] == ()

@@ -73,3 +73,35 @@ def test_image_count_must_match_placeholders(tiny_m3):
     backend = HFVLMBackend(tiny_m3)
     with pytest.raises(ModelLoadError, match="placeholders"):
         list(backend.stream_chat(_first_messages(), [], config=CFG))
+
+
+def _scores_after(constraint, tokenizer, text):
+    ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+    scores = torch.zeros(1, len(tokenizer))
+    return constraint(ids, scores)[0]
+
+
+def test_reference_constraint_keeps_the_key_on_the_structure_its_sentence_names(m3_tokenizer):
+    from vlm.generate import ReferenceConstraint, _token_texts
+
+    tok = m3_tokenizer
+    pieces = _token_texts(tok)
+    keys = ["left kidney volume", "left kidney", "liver volume", "liver", "liver tumor count", "liver tumor"]
+    c = ReferenceConstraint(tok, keys)
+    # the sentence names the left kidney: the reference can only spell "left kidney volume]]"
+    row = _scores_after(c, tok, "The left kidney volume is [[")
+    allowed = [pieces[i] for i in range(len(pieces)) if row[i] == 0]
+    assert allowed and all("left kidney volume]]".startswith(p.lower()) for p in allowed)
+    assert row[tok.convert_tokens_to_ids("r")] == -float("inf")
+    # "Liver tumors:" names the liver tumor (plural, longest name first), not the liver
+    assert c.allowed("Liver tumors: ") == {"liver tumor", "liver tumor count"}
+    assert c.allowed("Organ volumes: liver [[liver volume]]; left kidney ") == {"left kidney", "left kidney volume"}
+    row = _scores_after(c, tok, "Liver tumors: [[liver tumor")
+    rest = [pieces[i].lower() for i in range(len(pieces)) if row[i] == 0]
+    assert rest and all("]]".startswith(p) or " count]]".startswith(p) for p in rest)
+    # a sentence naming no field of the results (or a structure none measured) is left to the model:
+    # the agent then shows "(not in the expert result)" instead of another structure's value
+    for text in ("The spleen volume is [[", "It is [[", '<tool_call>{"arguments": [['):
+        assert torch.all(_scores_after(c, tok, text) == 0), text
+    # outside a reference nothing is masked
+    assert torch.all(_scores_after(c, tok, "The left kidney volume is ") == 0)

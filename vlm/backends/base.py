@@ -21,6 +21,9 @@ class GenerationConfig:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
+    # result fields a ``[[key]]`` reference may name (``data.tool_text.reference_keys``); in-process backends
+    # decode references only to these keys, remote ones ignore it; empty: references are not constrained
+    references: tuple[str, ...] = ()
 
 
 @dataclass
