@@ -34,7 +34,10 @@ class OracleBackend:
 
     def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None) -> Iterator[str]:
         first_user = next(m for m in messages if m["role"] == "user")
-        rec = self.by_key[(_hash(images[0]), first_user["content"].replace("<image>\n", ""))]
+        rec = self.by_key.get((_hash(images[0]), first_user["content"].replace("<image>\n", "")))
+        if rec is None:  # the picture control shows another case's picture: the oracle cannot know the answer
+            yield "I cannot tell."
+            return
         done = sum(1 for m in messages if m["role"] == "assistant")
         gpt = [t["value"] for t in rec["conversations"] if t["from"] == "gpt"]
         yield gpt[done]
@@ -68,6 +71,9 @@ def test_a_perfect_model_scores_perfectly(test_data, tmp_path):
     h = report["headline"]
     assert report["expert_mode"] == "truth"
     assert h["closed_accuracy"] == 1.0 and h["open_recall"] == 1.0
+    # the oracle answers from the picture: with another case's picture it knows nothing
+    assert h["closed_accuracy_other_picture"] == 0.0 and report["vqa"]["n_other_picture"] > 0
+    assert 0.3 < h["closed_prior_baseline"] <= 1.0
     assert h["finding_f1"] == 1.0 and h["bleu4"] > 99
     assert h["call_precision"] == 1.0 and h["call_recall"] == 1.0
     items = [DialogueItem(**{**d, "expected_calls": [tuple(c) for c in d["expected_calls"]],
@@ -90,6 +96,7 @@ def test_a_model_that_always_says_no_fails_the_bars(test_data, tmp_path):
     h = report["headline"]
     assert h["call_recall"] == 0.0
     assert h["closed_accuracy"] < 0.9
+    assert h["closed_accuracy_other_picture"] == h["closed_accuracy"]  # a blind answerer loses nothing with other pictures
     assert h["finding_f1"] < 0.85
     assert "| expert-call recall | 0.000 | ≥ 0.95 | no |" in (tmp_path / "eval.md").read_text()
 
@@ -115,3 +122,19 @@ def test_public_vqa_file_uses_the_same_scorer(tmp_path):
     assert report["vqa"]["n_closed"] == 2 and report["vqa"]["n_open"] == 1
     assert report["headline"]["closed_accuracy"] == 0.5  # "no" is right once
     assert report["headline"]["open_recall"] == 0.0
+
+
+def test_picture_control_swaps_in_the_next_case_of_the_same_kind():
+    from vlm.eval.harness import _other_pictures
+
+    def rec(kind, seed, q, images):
+        key = {"images": images} if len(images) > 1 else {"image": images[0]}
+        return {**key, "meta": {"kind": kind, "seed": seed, "answer_type": "closed"}, "conversations": [{"from": "human", "value": q}]}
+
+    records = [rec("ct", 1, "a", ["ct1.png"]), rec("ct", 1, "b", ["ct1.png"]), rec("ct", 2, "c", ["ct2.png"]),
+               rec("ct", 3, "d", ["ct3.png"]), rec("mri", 4, "e", ["m4a.png", "m4b.png"]), rec("cxr", 5, "f", ["x5.png"]),
+               rec("mri", 6, "g", ["m6a.png", "m6b.png"])]
+    out = _other_pictures(records)
+    got = {r["conversations"][0]["value"]: r.get("images") or r["image"] for r in out}
+    assert got == {"a": "ct2.png", "b": "ct2.png", "c": "ct3.png", "d": "ct1.png", "e": ["m6a.png", "m6b.png"], "g": ["m4a.png", "m4b.png"]}
+    assert all(r["meta"]["seed"] == o["meta"]["seed"] for r, o in zip(out, [x for x in records if x["meta"]["kind"] != "cxr"]))

@@ -14,6 +14,18 @@ def test_vqa_scores_closed_by_exact_match_and_open_by_recall():
     s = score_vqa(items)
     assert s["closed_accuracy"] == 0.5 and s["open_recall"] == pytest.approx(0.75)
     assert s["by_category"]["presence (closed)"] == {"score": 0.5, "n": 2}
+    assert s["closed_prior_baseline"] == 0.5  # presence on CT: one yes, one no
+
+
+def test_prior_baseline_answers_each_question_type_with_its_most_common_answer():
+    from vlm.eval.vqa import VQAItem, prior_baseline
+
+    items = [VQAItem("q", a, "x", "closed", cat, kind) for a, cat, kind in
+             [("no", "heart size", "cxr"), ("no", "heart size", "cxr"), ("yes", "heart size", "cxr"),
+              ("left", "laterality", "mri"), ("right", "laterality", "mri"), ("yes", "heart size", "ct")]]
+    items.append(VQAItem("q", "left lung", "x", "open", "location", "ct"))
+    assert prior_baseline(items) == pytest.approx(4 / 6)
+    assert prior_baseline(items[-1:]) is None
 
 
 @pytest.mark.parametrize("kind", ["ct", "mri", "cxr"])

@@ -6,7 +6,9 @@ Three parts, one per test file written by ``data.instructions.build_datasets(spl
 VQA (``ift_test.json``), reports (``align_test.json``), expert conversations (``medical-ift_test.json``,
 each human turn asked in order in one conversation). Experts: ``real`` (the trained experts of the
 registry), ``truth`` (the same experts' interface answering from the phantom's ground truth, to
-measure the VLM alone), ``auto`` (real when all their weights exist). Outputs ``metrics.json``,
+measure the VLM alone), ``auto`` (real when all their weights exist). Closed questions are asked a
+second time with another case's picture, beside a no-picture prior baseline: how much of the closed
+accuracy comes from reading the picture. Outputs ``metrics.json``,
 ``eval.md`` (Markdown tables) and ``eval.png``.
 """
 
@@ -77,7 +79,7 @@ def evaluate_model(model: str | Path, data_dir: str | Path, out_dir: str | Path,
     vqa = _records(data_dir / "ift_test.json", limit)
     if vqa:
         items = [_ask_vqa(backend, registry, cases, r, 24) for r in _bar(vqa, "eval vqa", progress)]
-        parts["vqa"] = score_vqa(items)
+        parts["vqa"] = score_vqa(items) | _picture_control(backend, registry, cases, vqa, out_dir, progress)
         _dump(out_dir / "vqa_answers.json", items)
     reports = _records(data_dir / "align_test.json", limit)
     if reports:
@@ -115,7 +117,7 @@ def evaluate_vqa_file(model: str | Path, path: str | Path, out_dir: str | Path, 
     t0 = time.perf_counter()
     items = [_ask_vqa(backend, registry, cases, r, 24) for r in _bar(records, f"eval {Path(path).name}", progress)]
     _dump(out_dir / "vqa_answers.json", items)
-    parts = {"vqa": score_vqa(items)}
+    parts = {"vqa": score_vqa(items) | _picture_control(backend, registry, cases, records, out_dir, progress)}
     report = {"model": _name(model), "data": str(path), "format": fmt, "expert_mode": expert_mode,
               "seconds": round(time.perf_counter() - t0, 1), **parts, "headline": _headline(parts)}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -155,6 +157,39 @@ def _ask_vqa(backend: Any, registry: Any, cases: "_CaseCache", record: dict, max
     meta = record.get("meta", {})
     return VQAItem(_first_question(record), str(meta.get("answer", record["conversations"][1]["value"])), answer_text(turn.answer),
                    meta.get("answer_type", "open"), meta.get("category", ""), meta.get("kind", ""))
+
+
+def _picture_control(backend: Any, registry: Any, cases: "_CaseCache", records: list[dict], out_dir: Path, progress: bool) -> dict[str, Any]:
+    """The closed questions asked again, each with another case's picture(s) (``_other_pictures``): a model
+    that reads the picture falls towards ``closed_prior_baseline``; one answering from the question alone
+    keeps its score. Study volumes stay the question's own, so an expert call still sees the right case."""
+    swapped = _other_pictures([r for r in records if r.get("meta", {}).get("answer_type") == "closed"])
+    if not swapped:
+        return {}
+    items = [_ask_vqa(backend, registry, cases, r, 24) for r in _bar(swapped, "eval vqa, other pictures", progress)]
+    _dump(out_dir / "vqa_other_picture_answers.json", items)
+    return {"closed_accuracy_other_picture": score_vqa(items)["closed_accuracy"], "n_other_picture": len(items)}
+
+
+def _other_pictures(records: list[dict]) -> list[dict]:
+    """Each record with the pictures of the next case (distinct pictures) of the same image kind and picture
+    count, in file order, wrapping round; records whose group holds one case only are left out."""
+    def pictures(r: dict) -> tuple[str, ...]:
+        return tuple(r.get("images") or ([r["image"]] if r.get("image") else []))
+
+    groups: dict[tuple[str, int], dict[tuple[str, ...], None]] = {}
+    for r in records:
+        if pictures(r):
+            groups.setdefault((r.get("meta", {}).get("kind", ""), len(pictures(r))), {})[pictures(r)] = None
+    out = []
+    for r in records:
+        own = pictures(r)
+        pool = list(groups.get((r.get("meta", {}).get("kind", ""), len(own)), {}))
+        if len(pool) < 2:
+            continue
+        other = pool[(pool.index(own) + 1) % len(pool)]
+        out.append({**r, "images": list(other)} if "images" in r else {**r, "image": other[0]})
+    return out
 
 
 def _ask_report(backend: Any, registry: Any, cases: "_CaseCache", record: dict, max_new_tokens: int) -> ReportItem:
@@ -303,6 +338,7 @@ def _headline(parts: dict[str, Any]) -> dict[str, Any]:
     vqa, rep, exp = parts.get("vqa", {}), parts.get("reports", {}), parts.get("experts", {})
     return {
         "closed_accuracy": vqa.get("closed_accuracy"), "open_recall": vqa.get("open_recall"),
+        "closed_accuracy_other_picture": vqa.get("closed_accuracy_other_picture"), "closed_prior_baseline": vqa.get("closed_prior_baseline"),
         "bleu4": rep.get("bleu4"), "rouge_l": rep.get("rouge_l"), "finding_f1": rep.get("finding_f1"),
         "call_precision": exp.get("call_precision"), "call_recall": exp.get("call_recall"),
         "grounded_answer_rate": exp.get("grounded_answer_rate"), "right_value_rate": exp.get("right_value_rate"),

@@ -16,6 +16,8 @@ METRIC_NAMES = {
     "rouge_l": "report ROUGE-L (0-100)", "finding_f1": "report finding F1", "call_precision": "expert-call precision",
     "call_recall": "expert-call recall", "grounded_answer_rate": "grounded answers (numbers quoted from the expert)",
     "right_value_rate": "answers quoting the right expert values",
+    "closed_accuracy_other_picture": "closed accuracy, each question asked with another case's picture",
+    "closed_prior_baseline": "closed accuracy of the most common answer per question type (no picture)",
 }
 DISCLAIMER = ("A demonstration model trained on synthetic phantoms, not for clinical use. It has never seen a real patient "
               "image; its answers and the experts' numbers must not inform any clinical decision.")

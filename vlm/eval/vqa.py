@@ -1,7 +1,9 @@
 """Visual question answering scores (LLaVA-Med / VILA-M3 protocol) and the VQA files they run on.
 
 Closed questions: exact match of the normalised answer (yes/no: the first yes/no word). Open questions:
-recall of the reference's words. ``load_vqa_file`` reads the phantom test files and the public sets
+recall of the reference's words. Two controls say whether closed answers read the picture at all:
+``closed_prior_baseline`` (every question answered with its kind and category's most common reference
+answer, no picture) and, from the harness, the same questions asked with another case's picture. ``load_vqa_file`` reads the phantom test files and the public sets
 (VQA-RAD, SLAKE, PathVQA, through ``data.public``) into the same LLaVA records.
 """
 
@@ -15,7 +17,7 @@ from typing import Iterable
 
 from vlm.eval.metrics import closed_match, open_recall
 
-__all__ = ["VQAItem", "score_vqa", "load_vqa_file", "VQA_FORMATS"]
+__all__ = ["VQAItem", "score_vqa", "prior_baseline", "load_vqa_file", "VQA_FORMATS"]
 
 VQA_FORMATS = ("llava", "vqa-rad", "slake", "pathvqa")
 
@@ -33,8 +35,8 @@ class VQAItem:
 
 
 def score_vqa(items: Iterable[VQAItem]) -> dict:
-    """``closed_accuracy`` (exact match), ``open_recall`` (mean word recall), counts, and both per
-    category and per image kind."""
+    """``closed_accuracy`` (exact match), ``open_recall`` (mean word recall), counts, both per category
+    and per image kind, and ``closed_prior_baseline`` (``prior_baseline``)."""
     items = list(items)
     closed = [closed_match(i.prediction, i.reference) for i in items if i.answer_type == "closed"]
     opened = [open_recall(i.prediction, i.reference) for i in items if i.answer_type != "closed"]
@@ -47,10 +49,23 @@ def score_vqa(items: Iterable[VQAItem]) -> dict:
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     return {
         "closed_accuracy": mean([float(c) for c in closed]), "open_recall": mean(opened),
-        "n_closed": len(closed), "n_open": len(opened),
+        "n_closed": len(closed), "n_open": len(opened), "closed_prior_baseline": prior_baseline(items),
         "by_category": {k: {"score": mean(v), "n": len(v)} for k, v in sorted(groups["category"].items())},
         "by_kind": {k: {"score": mean(v), "n": len(v)} for k, v in sorted(groups["kind"].items())},
     }
+
+
+def prior_baseline(items: Iterable[VQAItem]) -> float | None:
+    """Closed accuracy of a blind answerer that knows each question's image kind and category and gives
+    that group's most common reference answer among these items: what the question alone earns. (The
+    most common answer is counted on the scored items themselves, so this is the best such answerer.)"""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for i in items:
+        if i.answer_type == "closed":
+            groups[(i.kind, i.category)].append(i.reference)
+    n = sum(len(v) for v in groups.values())
+    best = sum(max(v.count(a) for a in set(v)) for v in groups.values())
+    return best / n if n else None
 
 
 def load_vqa_file(path: str | Path, fmt: str = "llava", image_root: str | Path | None = None) -> list[dict]:
