@@ -67,3 +67,24 @@ def test_dialogue_scores_calls_and_grounding():
     assert s["call_name_recall"] == 1.0
     assert s["grounded_answer_rate"] == 0.5  # 1700 appears in no tool result (within 5 %)
     assert s["no_call_when_not_needed"] == 0.0
+
+
+def test_grounding_leaves_out_textbook_numbers():
+    """A reference quoting textbook constants (not an expert result) asks for no grounding; a reference
+    that quotes the expert still does, however the model answers."""
+    from vlm.eval.tools import DialogueItem, score_dialogues
+
+    tool = '{"expert": "ct_segmentation", "measurements": ["liver volume: 1523.4 mL"]}'
+    hu = "Hounsfield units: attenuation relative to water (0 HU) and air (-1000 HU)."
+    item = DialogueItem([("ct_segmentation", {"targets": "liver"})], [("ct_segmentation", {"targets": "liver"})],
+                        [("The liver volume is 1523.4 mL.", "The liver volume is 1523.4 mL."), (hu, hu)], [tool],
+                        quotes_expert=[True, False])
+    s = score_dialogues([item])
+    assert s["grounded_answer_rate"] == 1.0 and s["n_numeric_answers"] == 1
+    assert s["right_value_rate"] == 1.0  # the textbook answer still counts for right values
+    legacy = DialogueItem(item.expected_calls, item.predicted_calls, item.answers, [tool])  # no flags: every numeric reference
+    assert score_dialogues([legacy])["grounded_answer_rate"] == 0.5
+    wrong = DialogueItem(item.expected_calls, item.predicted_calls, [("The liver volume is (not in the expert result).",
+                                                                      "The liver volume is 1523.4 mL."), (hu, hu)], [tool],
+                         quotes_expert=[True, False])
+    assert score_dialogues([wrong])["grounded_answer_rate"] == 0.0

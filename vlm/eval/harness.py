@@ -208,6 +208,7 @@ def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict
     meta = record["meta"]
     item = DialogueItem(expected_calls=[(c["name"], c["arguments"]) for c in meta.get("tool_calls", [])], predicted_calls=[],
                         task=meta.get("task", "expert"), kind=meta.get("kind", ""))
+    uses_references = any("[[" in u["value"] for u in turns if u["from"] == "gpt")
     for k, t in enumerate(turns):
         if t["from"] != "human":
             continue
@@ -223,6 +224,9 @@ def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict
                 item.errors.append(call.error)
         # the reference's field references filled from the results this conversation got (the record's own
         # tool turn when the model called nothing): "right values" asks for the values the reference would quote
+        # a reference quotes the expert where it names result fields; data written before field references
+        # (numbers typed in the answers) counts every reference with numbers
+        item.quotes_expert.append("[[" in reference or not uses_references)
         reference = resolve_references(reference, [u["value"] for u in turns[:nxt] if u["from"] == "tool"] + item.tool_texts)[0]
         item.answers.append((answer_text(turn.answer), reference))
     return item
