@@ -49,6 +49,8 @@ def test_model_card_states_metrics_and_intended_use(micro_run):
     card = (final / "model_card.md").read_text()
     assert "not for clinical use" in card
     assert "closed-question accuracy" in card and "m3 train all --recipe micro" in card
+    tower = json.loads((final / "vision_tower" / "config.json").read_text())  # the card names the tower as built
+    assert f"{tower['depth']} blocks, width {tower['hidden_size']}" in card
     metrics = json.loads((final / "eval_metrics.json").read_text())
     assert metrics["expert_mode"] == "truth" and metrics["vqa"]["n_closed"] + metrics["vqa"]["n_open"] >= 1
 

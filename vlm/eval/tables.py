@@ -77,11 +77,14 @@ def write_model_card(model_dir: str | Path, recipe: Any, report: dict[str, Any],
     size_mb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 1e6
     met = [k for k, t in TARGETS.items() if (report["headline"].get(k) is not None and report["headline"][k] >= t)]
     missed = [k for k in TARGETS if k not in met]
+    tower_cfg = model_dir / "vision_tower" / "config.json"  # the tower as built (the stage-1 encoder's size when it started from one)
+    tower = json.loads(tower_cfg.read_text()) if tower_cfg.is_file() else {"depth": m.vision_depth, "hidden_size": m.vision_hidden}
+    tower_trained = any("tower" in s.train for s in getattr(recipe, "stages", {}).values())
     lines = [
         f"# m3 default VLM ({recipe.name} recipe)", "", f"**{DISCLAIMER}**", "",
         "## Model", "",
-        f"- Vision tower: RADIO-style ViT (`vlm.encoder`), {m.vision_depth} blocks, width {m.vision_hidden}, patch {m.patch_size}, "
-        f"{m.image_size} px input.",
+        f"- Vision tower: RADIO-style ViT (`vlm.encoder`), {tower['depth']} blocks, width {tower['hidden_size']}, patch {m.patch_size}, "
+        f"{m.image_size} px input; " + ("trained with the LM." if tower_trained else "the stage-1 encoder, kept frozen in the VLM stages."),
         f"- Projector: `{m.projector_type}`" + (f" {m.projector_options}" if m.projector_options else "") + ".",
         f"- Language model: Llama architecture from config, {m.llm_layers} layers, width {m.llm_hidden}, "
         f"byte-level BPE tokenizer ({m.vocab_size} tokens) trained on the project's corpus.",
