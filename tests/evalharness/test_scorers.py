@@ -88,3 +88,17 @@ def test_grounding_leaves_out_textbook_numbers():
                                                                       "The liver volume is 1523.4 mL."), (hu, hu)], [tool],
                          quotes_expert=[True, False])
     assert score_dialogues([wrong])["grounded_answer_rate"] == 0.0
+
+
+def test_which_references_quote_an_expert():
+    from vlm.eval.harness import quotes_expert
+
+    tool = {"from": "tool", "value": '{"measurements": ["liver volume: 1523.4 mL"]}'}
+    hu = "Hounsfield units: water (0 HU) and air (-1000 HU)."
+    with_refs = [{"from": "human", "value": "Liver volume?"}, {"from": "gpt", "value": "<tool_call>{}</tool_call>"}, tool,
+                 {"from": "gpt", "value": "The liver volume is [[liver volume]]."}, {"from": "human", "value": "What is HU?"},
+                 {"from": "gpt", "value": hu}]
+    assert quotes_expert("The liver volume is [[liver volume]].", with_refs) and not quotes_expert(hu, with_refs)
+    typed = [t if t["from"] != "gpt" or "[[" not in t["value"] else {"from": "gpt", "value": "The liver volume is 1523.4 mL."} for t in with_refs]
+    assert quotes_expert("The liver volume is 1523.4 mL.", typed) and not quotes_expert(hu, typed)
+    assert not quotes_expert(hu, [{"from": "human", "value": "What is HU?"}, {"from": "gpt", "value": hu}])  # no expert at all

@@ -199,6 +199,21 @@ def _ask_report(backend: Any, registry: Any, cases: "_CaseCache", record: dict, 
     return ReportItem(answer_text(turn.answer), record["conversations"][1]["value"], list(meta.get("findings", [])), meta["kind"])
 
 
+def quotes_expert(reference: str, turns: list[dict], uses_references: bool | None = None) -> bool:
+    """Does a conversation's reference answer quote an expert result? Where the conversation names result
+    fields (``[[liver volume]]``), the references that name one do; in data written before field references
+    (numbers typed in the answers), those whose numbers all come from the conversation's own tool turns.
+    Textbook numbers ("-1000 HU") quote no expert."""
+    from vlm.eval.metrics import is_grounded, numbers_in
+
+    if uses_references is None:
+        uses_references = any("[[" in u["value"] for u in turns if u["from"] == "gpt")
+    if uses_references:
+        return "[[" in reference
+    tools = [u["value"] for u in turns if u["from"] == "tool"]
+    return bool(tools) and bool(numbers_in(reference)) and is_grounded(reference, tools)
+
+
 def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict, max_new_tokens: int) -> DialogueItem:
     from experts.base import tool_message
 
@@ -224,9 +239,7 @@ def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict
                 item.errors.append(call.error)
         # the reference's field references filled from the results this conversation got (the record's own
         # tool turn when the model called nothing): "right values" asks for the values the reference would quote
-        # a reference quotes the expert where it names result fields; data written before field references
-        # (numbers typed in the answers) counts every reference with numbers
-        item.quotes_expert.append("[[" in reference or not uses_references)
+        item.quotes_expert.append(quotes_expert(reference, turns, uses_references))
         reference = resolve_references(reference, [u["value"] for u in turns[:nxt] if u["from"] == "tool"] + item.tool_texts)[0]
         item.answers.append((answer_text(turn.answer), reference))
     return item
