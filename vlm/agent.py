@@ -12,6 +12,7 @@ answer must appear in the conversation's tool results, else the turn is flagged.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any, Iterator, Mapping
 
@@ -38,13 +39,20 @@ AGENT_SYSTEM_PROMPT = (
 _IMAGE = "<image>"
 
 
+def named_side(question: str) -> str:
+    """The one side of the body a question names ("left" or "right"); "" when it names both or neither."""
+    sides = {w for w in ("left", "right") if re.search(rf"\b{w}\b", question, re.IGNORECASE)}
+    return sides.pop() if len(sides) == 1 else ""
+
+
 class Agent:
     """Drives a ``ChatBackend`` and an expert registry through tool-calling turns.
 
     registry: ``experts.registry.ExpertRegistry`` (``names``, ``get``, ``run``, ``tool_schemas``).
     max_rounds: most expert-calling rounds per turn (so at most ``max_rounds + 1`` generations).
     constrain_references: decode ``[[key]]`` references only to fields the conversation's results hold
-    (``GenerationConfig.references``; in-process backends).
+    (``GenerationConfig.references``), and expert calls only on the side of the body the question names
+    (``GenerationConfig.call_side``); in-process backends.
     """
 
     def __init__(self, backend: ChatBackend, registry: Any, max_rounds: int = 3, *, system_prompt: str = AGENT_SYSTEM_PROMPT,
@@ -89,7 +97,8 @@ class Agent:
             turn.rounds += 1
             # references may name only fields the conversation's results hold
             config = GenerationConfig(self.generation.max_new_tokens, self.generation.temperature, self.generation.top_p, stop,
-                                      tuple(reference_keys(self._sources(conversation))) if self.constrain_references else ())
+                                      tuple(reference_keys(self._sources(conversation))) if self.constrain_references else (),
+                                      named_side(question) if self.constrain_references else "")
             text, shown = "", []
             filt = ToolCallFilter()
             refs = ReferenceFilter(lambda ref: resolve_references(ref, self._sources(conversation))[0])

@@ -6,7 +6,8 @@ follow-up question re-renders the whole conversation, finds the longest prefix a
 drops the rest, and runs the LM only on the new tokens; images are not re-encoded. Decoding is
 transformers' ``generate`` (greedy or sampled, stop strings, EOS) with a ``TextIteratorStreamer``;
 with ``GenerationConfig.references`` set, ``ReferenceConstraint`` keeps each ``[[key]]`` reference on the
-result field its own sentence names.
+result field its own sentence names; with ``GenerationConfig.call_side`` set, ``SideConstraint`` keeps the
+tool calls' arguments on the side of the body the question names.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from vlm.backends.base import GenerationConfig
 log = logging.getLogger(__name__)
 
 __all__ = ["PrefixCache", "CacheStore", "image_key", "stream_generate", "threaded_generate", "generation_kwargs", "token_keys", "GenerationError",
-           "ReferenceConstraint"]
+           "ReferenceConstraint", "SideConstraint", "OTHER_SIDE"]
 
 
 class GenerationError(RuntimeError):
@@ -159,10 +160,15 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
         kwargs.update(temperature=config.temperature, top_p=config.top_p)
     if config.stop:
         kwargs.update(stop_strings=list(config.stop), tokenizer=tokenizer)
+    processors = []
     if config.references:
+        processors.append(ReferenceConstraint(tokenizer, config.references))
+    if config.call_side:
+        processors.append(SideConstraint(tokenizer, config.call_side))
+    if processors:
         from transformers import LogitsProcessorList
 
-        kwargs["logits_processor"] = LogitsProcessorList([ReferenceConstraint(tokenizer, config.references)])
+        kwargs["logits_processor"] = LogitsProcessorList(processors)
     return kwargs
 
 
@@ -240,6 +246,49 @@ class ReferenceConstraint(_reference_processor_base()):
                         banned.append(int(i))
             if banned and len(banned) < scores.shape[-1]:
                 scores[b, torch.as_tensor(banned, dtype=torch.long, device=scores.device)] = -float("inf")
+        return scores
+
+
+OTHER_SIDE = {"left": "right", "right": "left"}
+
+
+class SideConstraint(_reference_processor_base()):
+    """A ``transformers`` logits processor that keeps tool calls on the side of the body the question
+    names: asked about the left kidney, a call's arguments may not spell "right" (nor a word on its way to
+    it), so a small model's slip to ``right kidney`` cannot measure the wrong organ. Text outside
+    ``<tool_call>`` is untouched; ``input_ids`` are the generated tokens (pass ``prompt_length`` with a
+    text prompt).
+    """
+
+    # wrong-side masking over the vocabulary: transformers offers the hook, not this constraint
+    def __init__(self, tokenizer: Any, side: str, prompt_length: int = 0) -> None:
+        if side not in OTHER_SIDE:
+            raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
+        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+        self.other = OTHER_SIDE[side]
+        self.pieces = _token_texts(tokenizer)
+
+    def spells_other(self, call: str) -> bool:
+        """Whether the tool-call text names the other side, or ends in a word only it can complete."""
+        low = call.lower()
+        if re.search(r"\b" + self.other + r"\b", low):
+            return True
+        tail = re.search(r"(?<![a-z])([a-z]+)$", low)
+        return bool(tail) and len(tail.group(1)) >= 2 and self.other.startswith(tail.group(1))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        try:
+            for b in range(input_ids.shape[0]):
+                text = self.tokenizer.decode(input_ids[b, self.prompt_length:].tolist(), skip_special_tokens=True)
+                at = text.rfind(TOOL_CALL_OPEN)
+                if at < 0 or text.rfind(TOOL_CALL_CLOSE) > at:
+                    continue
+                call = text[at + len(TOOL_CALL_OPEN):]
+                banned = [i for i in range(min(len(self.pieces), scores.shape[-1])) if self.spells_other(call + self.pieces[i])]
+                if banned and len(banned) < scores.shape[-1]:
+                    scores[b, torch.as_tensor(banned, dtype=torch.long, device=scores.device)] = -float("inf")
+        except Exception:  # a constraint bug must not cost the answer: decode unconstrained, say so in the log
+            log.exception("side constraint failed; decoding this step unconstrained")
         return scores
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from vlm.backends.base import GenerationConfig
@@ -105,3 +106,52 @@ def test_reference_constraint_keeps_the_key_on_the_structure_its_sentence_names(
         assert torch.all(_scores_after(c, tok, text) == 0), text
     # outside a reference nothing is masked
     assert torch.all(_scores_after(c, tok, "The left kidney volume is ") == 0)
+
+
+def test_side_constraint_keeps_the_call_on_the_side_the_question_names(m3_tokenizer):
+    from vlm.agent import named_side
+    from vlm.generate import SideConstraint, _token_texts
+
+    tok = m3_tokenizer
+    pieces = _token_texts(tok)
+    c = SideConstraint(tok, "left")
+    start = '<tool_call>{"name": "ct_segmentation", "arguments": {"targets": "'
+    row = _scores_after(c, tok, start)
+    assert all(row[i] == -float("inf") for i, p in enumerate(pieces) if p.lower().lstrip().startswith("ri"))
+    assert all(row[i] == 0 for i, p in enumerate(pieces) if p.lower().lstrip().startswith("le"))
+    # a word on its way to "right" cannot be finished, whatever the tokenizer's pieces
+    row = _scores_after(c, tok, start + "r")
+    on_the_way = [i for i, p in enumerate(pieces) if p and "right".startswith("r" + p.lower())]
+    assert on_the_way and all(row[i] == -float("inf") for i in on_the_way)
+    assert row[tok.convert_tokens_to_ids("e")] == 0  # "re…" is not the other side
+    # outside a tool call (the answer may compare both sides) and after it closes, nothing is masked
+    assert torch.all(_scores_after(c, tok, "The right kidney is ") == 0)
+    assert torch.all(_scores_after(c, tok, '<tool_call>{"name": "x"}</tool_call> The ') == 0)
+    assert named_side("Tell me the volume of the LEFT kidney?") == "left"
+    assert named_side("Compare the left and right lungs.") == "" and named_side("How big is the liver?") == ""
+    with pytest.raises(ValueError):
+        SideConstraint(tok, "both")
+
+
+def test_agent_sends_the_question_side_to_the_backend():
+    from vlm.agent import Agent
+    from vlm.conversation import Conversation
+
+    seen = []
+
+    class Backend:
+        def stream_chat(self, messages, images, tools=None, config=None, cache_id=None):
+            seen.append(config.call_side)
+            yield "It is a CT."
+
+    class Registry:
+        def names(self):
+            return []
+
+    agent = Agent(Backend(), Registry())
+    conv = Conversation()
+    agent.run_turn(conv, "How large is the right lung?")
+    agent.run_turn(conv, "And the heart?")
+    assert seen == ["right", ""]
+    Agent(Backend(), Registry(), constrain_references=False).run_turn(Conversation(), "The left lung?")
+    assert seen[-1] == ""

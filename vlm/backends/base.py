@@ -24,6 +24,9 @@ class GenerationConfig:
     # result fields a ``[[key]]`` reference may name (``data.tool_text.reference_keys``); in-process backends
     # decode references only to these keys, remote ones ignore it; empty: references are not constrained
     references: tuple[str, ...] = ()
+    # the one body side ("left" / "right") the user's question names; in-process backends then decode no
+    # tool-call argument naming the other side; "": calls are not constrained
+    call_side: str = ""
 
 
 @dataclass
