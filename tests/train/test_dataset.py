@@ -168,3 +168,26 @@ def test_leave_out_skips_the_named_image_kinds(parts):
     kept = ConversationDataset(path, model.tokenizer, leave_out=("cxr",), **kw)
     assert len(kept) == sum(k != "cxr" for k in kinds)
     assert not any("cxr_" in str(p) for s in kept.samples for p in s.images)
+
+
+def test_organ_conversations_are_added_to_medical_ift_training_data(tmp_path):
+    import json
+
+    from data.phantoms.labels import CT_LABELS, CT_ORGANS
+    from vlm.train.build import TrainError, add_organ_conversations
+
+    with pytest.raises(TrainError, match="medical-ift_train.json"):
+        add_organ_conversations(tmp_path, 4)
+    (tmp_path / "images").mkdir()
+    base = [{"id": "medical-ift-ct-1", "conversations": [], "meta": {"tool_calls": []}}]
+    (tmp_path / "medical-ift_train.json").write_text(json.dumps(base))
+    n = add_organ_conversations(tmp_path, 16, seed=0)
+    records = json.loads((tmp_path / "medical-ift_train.json").read_text())
+    assert n >= 1 and len(records) == 1 + n and records[0] == base[0]
+    organs = {CT_LABELS[v] for v in CT_ORGANS}
+    for r in records[1:]:
+        (call,) = r["meta"]["tool_calls"]
+        assert call["name"] == "ct_segmentation" and call["arguments"]["targets"] in organs
+        assert (tmp_path / r["image"]).is_file()
+        assert call["arguments"]["targets"] in r["conversations"][0]["value"].lower()  # the question names the organ
+    assert not (tmp_path / ".organ_conversations").exists()

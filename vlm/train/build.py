@@ -18,7 +18,8 @@ import torch
 from vlm.tokenizer import CHAT_TEMPLATE, TokenizerConfig
 from vlm.train.recipes import ModelSpec, Recipe
 
-__all__ = ["COMPACT_CHAT_TEMPLATE", "build_data", "build_tokenizer", "build_model", "expert_tool_schemas", "data_files", "TrainError"]
+__all__ = ["COMPACT_CHAT_TEMPLATE", "build_data", "build_tokenizer", "build_model", "expert_tool_schemas", "data_files", "TrainError",
+           "add_organ_conversations"]
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,47 @@ def build_data(recipe: Recipe, data_dir: str | Path, *, progress: bool = True) -
     for split, counts in (("train", d.train_cases), ("test", d.test_cases)):
         build_datasets(counts, data_dir, d.seed, split=split, questions_per_case=d.questions_per_case,
                        phantom_options=d.phantom_options, progress=progress)
+    if d.organ_question_cases:
+        add_organ_conversations(data_dir, d.organ_question_cases, d.seed, phantom_options=d.phantom_options)
     marker.write_text(spec)
     return data_dir
+
+
+ORGAN_SEED_OFFSET = 3  # the extra organ conversations' phantoms come from a seed block of their own
+
+
+def add_organ_conversations(data_dir: str | Path, n_cases: int, seed: int = 0, *, phantom_options: dict | None = None) -> int:
+    """Append to ``medical-ift_train.json`` the expert conversations of ``n_cases`` more CT phantoms (seed
+    block ``seed + ORGAN_SEED_OFFSET``) that ask about a single organ; returns how many were added.
+
+    A CT case gets one expert conversation, and a quarter of those ask about one of nine organs: too few
+    for a small model to copy the organ, and its side, from the question into the call and the answer."""
+    import shutil
+
+    from data.instructions import build_datasets
+    from data.phantoms.labels import CT_LABELS, CT_ORGANS
+
+    data_dir = Path(data_dir)
+    target = data_dir / "medical-ift_train.json"
+    if not target.is_file():
+        raise TrainError(f"no {target}: build the recipe's data first.")
+    tmp = data_dir / ".organ_conversations"
+    shutil.rmtree(tmp, ignore_errors=True)
+    path = build_datasets({"ct": n_cases}, tmp, seed + ORGAN_SEED_OFFSET, stages=("medical-ift",), split="train",
+                          phantom_options=phantom_options)["medical-ift"]
+    organs = {CT_LABELS[v] for v in CT_ORGANS}
+    keep = [r for r in json.loads(path.read_text())
+            if any(c["name"] == "ct_segmentation" and c["arguments"].get("targets") in organs for c in r["meta"]["tool_calls"])]
+    for r in keep:
+        for image in [r["image"]] if "image" in r else r["images"]:
+            if not (data_dir / image).exists():
+                shutil.move(str(tmp / image), str(data_dir / image))
+    records = json.loads(target.read_text()) + keep
+    part = target.with_suffix(".json.tmp")
+    part.write_text(json.dumps(records, ensure_ascii=False))
+    part.replace(target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return len(keep)
 
 
 def expert_tool_schemas() -> list[dict[str, Any]]:

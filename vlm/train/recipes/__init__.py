@@ -23,7 +23,9 @@ class RecipeError(ValueError):
 
 @dataclass
 class DataSpec:
-    """Phantom cases per kind for each split; ``questions_per_case`` VQA records per case (ift)."""
+    """Phantom cases per kind for each split; ``questions_per_case`` VQA records per case (ift);
+    ``organ_question_cases`` more CT cases whose expert conversation asks about one organ are added to
+    the medical-ift training data (``vlm.train.build.add_organ_conversations``)."""
 
     train_cases: dict[str, int] = field(default_factory=lambda: {"ct": 8, "mri": 8, "cxr": 8})
     test_cases: dict[str, int] = field(default_factory=lambda: {"ct": 3, "mri": 3, "cxr": 3})
@@ -31,6 +33,7 @@ class DataSpec:
     seed: int = 0
     phantom_options: dict[str, dict] = field(default_factory=dict)
     overlay_stand_in: bool = True  # tool turns of mask experts carry a picture, as the agent's overlay does
+    organ_question_cases: int = 0
 
 
 @dataclass

@@ -17,7 +17,8 @@ __all__ = ["RECIPE"]
 class RECIPE(Recipe):
     name: str = "tiny"
     data: DataSpec = field(default_factory=lambda: DataSpec(
-        train_cases={"ct": 300, "mri": 200, "cxr": 300}, test_cases={"ct": 25, "mri": 25, "cxr": 25}, questions_per_case=6))
+        train_cases={"ct": 300, "mri": 200, "cxr": 300}, test_cases={"ct": 25, "mri": 25, "cxr": 25}, questions_per_case=6,
+        organ_question_cases=400))  # ~100 more one-organ conversations: with 68 (21 naming a side) the model wrote "right" for "left"
     model: ModelSpec = field(default_factory=lambda: ModelSpec(
         image_size=128, vision_hidden=128, vision_depth=3, vision_heads=2, llm_hidden=256, llm_layers=4, llm_heads=4,
         llm_kv_heads=4, llm_intermediate=640, vocab_size=3000, max_length=640))  # the longest expert conversations are ~580 tokens; at 448 their follow-ups were cut
