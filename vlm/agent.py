@@ -45,14 +45,24 @@ def named_side(question: str) -> str:
     return sides.pop() if len(sides) == 1 else ""
 
 
+def measured_side(calls: list[ToolCall]) -> str:
+    """The one side of the body a turn's successful expert calls named in their arguments ("left kidney"),
+    or "" when they named both or neither."""
+    import json
+
+    text = " ".join(json.dumps(c.arguments) for c in calls if c.result is not None)
+    return named_side(text)
+
+
 class Agent:
     """Drives a ``ChatBackend`` and an expert registry through tool-calling turns.
 
     registry: ``experts.registry.ExpertRegistry`` (``names``, ``get``, ``run``, ``tool_schemas``).
     max_rounds: most expert-calling rounds per turn (so at most ``max_rounds + 1`` generations).
     constrain_references: decode ``[[key]]`` references only to fields the conversation's results hold
-    (``GenerationConfig.references``), and expert calls only on the side of the body the question names
-    (``GenerationConfig.call_side``); in-process backends.
+    (``GenerationConfig.references``), expert calls only on the side of the body the question names
+    (``GenerationConfig.call_side``) and, after a call that measured one side, answers only about that side
+    (``GenerationConfig.answer_side``); in-process backends.
     """
 
     def __init__(self, backend: ChatBackend, registry: Any, max_rounds: int = 3, *, system_prompt: str = AGENT_SYSTEM_PROMPT,
@@ -98,7 +108,8 @@ class Agent:
             # references may name only fields the conversation's results hold
             config = GenerationConfig(self.generation.max_new_tokens, self.generation.temperature, self.generation.top_p, stop,
                                       tuple(reference_keys(self._sources(conversation))) if self.constrain_references else (),
-                                      named_side(question) if self.constrain_references else "")
+                                      named_side(question) if self.constrain_references else "",
+                                      measured_side(turn.tool_calls) if self.constrain_references else "")
             text, shown = "", []
             filt = ToolCallFilter()
             refs = ReferenceFilter(lambda ref: resolve_references(ref, self._sources(conversation))[0])

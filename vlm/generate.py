@@ -165,6 +165,8 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
         processors.append(ReferenceConstraint(tokenizer, config.references))
     if config.call_side:
         processors.append(SideConstraint(tokenizer, config.call_side))
+    if config.answer_side:
+        processors.append(SideConstraint(tokenizer, config.answer_side, in_answer=True))
     if processors:
         from transformers import LogitsProcessorList
 
@@ -256,35 +258,44 @@ class SideConstraint(_reference_processor_base()):
     """A ``transformers`` logits processor that keeps tool calls on the side of the body the question
     names: asked about the left kidney, a call's arguments may not spell "right" (nor a word on its way to
     it), so a small model's slip to ``right kidney`` cannot measure the wrong organ. Text outside
-    ``<tool_call>`` is untouched; ``input_ids`` are the generated tokens (pass ``prompt_length`` with a
-    text prompt).
+    ``<tool_call>`` is untouched. With ``in_answer`` it guards the answer instead (outside tool calls):
+    after a call that measured only the left kidney, the answer cannot name the right side, of which the
+    results hold nothing. ``input_ids`` are the generated tokens (pass ``prompt_length`` with a text prompt).
     """
 
     # wrong-side masking over the vocabulary: transformers offers the hook, not this constraint
-    def __init__(self, tokenizer: Any, side: str, prompt_length: int = 0) -> None:
+    def __init__(self, tokenizer: Any, side: str, prompt_length: int = 0, *, in_answer: bool = False) -> None:
         if side not in OTHER_SIDE:
             raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
-        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+        self.tokenizer, self.prompt_length, self.in_answer = tokenizer, prompt_length, in_answer
         self.other = OTHER_SIDE[side]
         self.pieces = _token_texts(tokenizer)
+        # a call's arguments are enum values: any word on its way to the other side is stopped early;
+        # free answer text only once the word can be nothing else ("righ")
+        self.min_prefix = len(self.other) - 1 if in_answer else 2
 
-    def spells_other(self, call: str) -> bool:
-        """Whether the tool-call text names the other side, or ends in a word only it can complete."""
-        low = call.lower()
+    def spells_other(self, text: str) -> bool:
+        """Whether the text names the other side, or ends in a word only it can complete."""
+        low = text.lower()
         if re.search(r"\b" + self.other + r"\b", low):
             return True
         tail = re.search(r"(?<![a-z])([a-z]+)$", low)
-        return bool(tail) and len(tail.group(1)) >= 2 and self.other.startswith(tail.group(1))
+        return bool(tail) and len(tail.group(1)) >= self.min_prefix and self.other.startswith(tail.group(1))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         try:
             for b in range(input_ids.shape[0]):
                 text = self.tokenizer.decode(input_ids[b, self.prompt_length:].tolist(), skip_special_tokens=True)
                 at = text.rfind(TOOL_CALL_OPEN)
-                if at < 0 or text.rfind(TOOL_CALL_CLOSE) > at:
+                in_call = at >= 0 and text.rfind(TOOL_CALL_CLOSE) < at
+                if in_call == self.in_answer:
                     continue
-                call = text[at + len(TOOL_CALL_OPEN):]
-                banned = [i for i in range(min(len(self.pieces), scores.shape[-1])) if self.spells_other(call + self.pieces[i])]
+                if in_call:
+                    span = text[at + len(TOOL_CALL_OPEN):]
+                else:  # the answer since the last call closed
+                    close = text.rfind(TOOL_CALL_CLOSE)
+                    span = text[close + len(TOOL_CALL_CLOSE):] if close >= 0 else text
+                banned = [i for i in range(min(len(self.pieces), scores.shape[-1])) if self.spells_other(span + self.pieces[i])]
                 if banned and len(banned) < scores.shape[-1]:
                     scores[b, torch.as_tensor(banned, dtype=torch.long, device=scores.device)] = -float("inf")
         except Exception:  # a constraint bug must not cost the answer: decode unconstrained, say so in the log

@@ -13,7 +13,7 @@ from vlm.backends.base import BackendInfo, ChatBackend
 from vlm.conversation import Conversation
 from vlm.tools import format_tool_call
 
-TARGETS = ["everything", "liver", "liver tumor"]
+TARGETS = ["everything", "liver", "liver tumor", "left kidney"]
 
 
 class FakeCT(Expert):
@@ -64,7 +64,8 @@ class ScriptedBackend:
 
     def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None):
         self.calls.append({"messages": messages, "images": list(images or []), "tools": tools, "cache_key": cache_key,
-                           "stop": list(config.stop) if config else [], "references": tuple(config.references) if config else ()})
+                           "stop": list(config.stop) if config else [], "references": tuple(config.references) if config else (),
+                           "call_side": config.call_side if config else "", "answer_side": config.answer_side if config else ""})
         reply = self.replies.pop(0) if self.replies else "No more replies."
         for i in range(0, len(reply), 7):
             yield reply[i:i + 7]
@@ -217,3 +218,16 @@ def test_references_are_constrained_to_the_fields_the_results_hold(registry):
     off = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "liver"}), "Done."])
     Agent(off, registry, max_rounds=2, constrain_references=False).run_turn(_ct_conversation(), "Liver volume?")
     assert off.calls[1]["references"] == ()
+
+
+def test_calls_and_answers_stay_on_the_side_asked_and_measured(registry):
+    backend = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "left kidney"}), "The left kidney volume is [[liver volume]]."])
+    Agent(backend, registry, max_rounds=2).run_turn(_ct_conversation(), "What is the volume of the left kidney?")
+    assert [c["call_side"] for c in backend.calls] == ["left", "left"]
+    assert [c["answer_side"] for c in backend.calls] == ["", "left"]  # the answer round follows a call on the left kidney
+    both = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "everything"}), "Done."])
+    Agent(both, registry, max_rounds=2).run_turn(_ct_conversation(), "Compare the left and right kidneys.")
+    assert [(c["call_side"], c["answer_side"]) for c in both.calls] == [("", ""), ("", "")]
+    failed = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "right kidney"}), "Done."])  # not in the enum: no result
+    Agent(failed, registry, max_rounds=2).run_turn(_ct_conversation(), "Right kidney?")
+    assert failed.calls[1]["answer_side"] == ""

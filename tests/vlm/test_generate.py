@@ -127,6 +127,14 @@ def test_side_constraint_keeps_the_call_on_the_side_the_question_names(m3_tokeni
     # outside a tool call (the answer may compare both sides) and after it closes, nothing is masked
     assert torch.all(_scores_after(c, tok, "The right kidney is ") == 0)
     assert torch.all(_scores_after(c, tok, '<tool_call>{"name": "x"}</tool_call> The ') == 0)
+    # guarding the answer after a call that measured the left side: only a word that can be nothing but
+    # "right" is stopped ("rib…", "ri…" stay free); inside a call nothing is masked
+    a = SideConstraint(tok, "left", in_answer=True)
+    row = _scores_after(a, tok, '<tool_call>{"a": 1}</tool_call>The righ')
+    assert all(row[i] == -float("inf") for i, p in enumerate(pieces) if p and "right".startswith("righ" + p.lower()))
+    row = _scores_after(a, tok, "The ri")
+    assert all(row[i] == 0 for i, p in enumerate(pieces) if len("ri" + p) < 4 or not "right".startswith("ri" + p.lower()))
+    assert torch.all(_scores_after(a, tok, '<tool_call>{"targets": "') == 0)
     assert named_side("Tell me the volume of the LEFT kidney?") == "left"
     assert named_side("Compare the left and right lungs.") == "" and named_side("How big is the liver?") == ""
     with pytest.raises(ValueError):

@@ -27,6 +27,9 @@ class GenerationConfig:
     # the one body side ("left" / "right") the user's question names; in-process backends then decode no
     # tool-call argument naming the other side; "": calls are not constrained
     call_side: str = ""
+    # the one side this turn's expert calls measured; in-process backends then decode no answer text naming
+    # the other side (the results hold nothing of it); "": answers are not constrained
+    answer_side: str = ""
 
 
 @dataclass
