@@ -11,6 +11,7 @@ answer must appear in the conversation's tool results, else the turn is flagged.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -48,8 +49,6 @@ def named_side(question: str) -> str:
 def measured_side(calls: list[ToolCall]) -> str:
     """The one side of the body a turn's successful expert calls named in their arguments ("left kidney"),
     or "" when they named both or neither."""
-    import json
-
     text = " ".join(json.dumps(c.arguments) for c in calls if c.result is not None)
     return named_side(text)
 

@@ -6,8 +6,9 @@ follow-up question re-renders the whole conversation, finds the longest prefix a
 drops the rest, and runs the LM only on the new tokens; images are not re-encoded. Decoding is
 transformers' ``generate`` (greedy or sampled, stop strings, EOS) with a ``TextIteratorStreamer``;
 with ``GenerationConfig.references`` set, ``ReferenceConstraint`` keeps each ``[[key]]`` reference on the
-result field its own sentence names; with ``GenerationConfig.call_side`` set, ``SideConstraint`` keeps the
-tool calls' arguments on the side of the body the question names.
+result field its own sentence names; with ``GenerationConfig.call_side`` / ``answer_side`` set,
+``SideConstraint`` keeps the tool calls' arguments on the side of the body the question names and the
+answer on the side the calls measured.
 """
 
 from __future__ import annotations

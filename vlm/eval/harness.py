@@ -199,16 +199,14 @@ def _ask_report(backend: Any, registry: Any, cases: "_CaseCache", record: dict, 
     return ReportItem(answer_text(turn.answer), record["conversations"][1]["value"], list(meta.get("findings", [])), meta["kind"])
 
 
-def quotes_expert(reference: str, turns: list[dict], uses_references: bool | None = None) -> bool:
+def quotes_expert(reference: str, turns: list[dict]) -> bool:
     """Does a conversation's reference answer quote an expert result? Where the conversation names result
     fields (``[[liver volume]]``), the references that name one do; in data written before field references
     (numbers typed in the answers), those whose numbers all come from the conversation's own tool turns.
     Textbook numbers ("-1000 HU") quote no expert."""
     from vlm.eval.metrics import is_grounded, numbers_in
 
-    if uses_references is None:
-        uses_references = any("[[" in u["value"] for u in turns if u["from"] == "gpt")
-    if uses_references:
+    if any("[[" in u["value"] for u in turns if u["from"] == "gpt"):
         return "[[" in reference
     tools = [u["value"] for u in turns if u["from"] == "tool"]
     return bool(tools) and bool(numbers_in(reference)) and is_grounded(reference, tools)
@@ -223,7 +221,6 @@ def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict
     meta = record["meta"]
     item = DialogueItem(expected_calls=[(c["name"], c["arguments"]) for c in meta.get("tool_calls", [])], predicted_calls=[],
                         task=meta.get("task", "expert"), kind=meta.get("kind", ""))
-    uses_references = any("[[" in u["value"] for u in turns if u["from"] == "gpt")
     for k, t in enumerate(turns):
         if t["from"] != "human":
             continue
@@ -239,7 +236,7 @@ def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict
                 item.errors.append(call.error)
         # the reference's field references filled from the results this conversation got (the record's own
         # tool turn when the model called nothing): "right values" asks for the values the reference would quote
-        item.quotes_expert.append(quotes_expert(reference, turns, uses_references))
+        item.quotes_expert.append(quotes_expert(reference, turns))
         reference = resolve_references(reference, [u["value"] for u in turns[:nxt] if u["from"] == "tool"] + item.tool_texts)[0]
         item.answers.append((answer_text(turn.answer), reference))
     return item

@@ -3,8 +3,9 @@
 A call is right when the expert and its arguments both match the expected call; follow-up questions
 and questions that need no expert expect no call. An answer that should quote the expert (its reference
 carries numbers taken from an expert result, not textbook constants such as "-1000 HU") is *grounded*
-when it quotes at least one number and every number it quotes appears in the conversation's tool results; it quotes the *right values* when every number of its reference is among
-its numbers (the reference's field references filled from the same tool results).
+when it quotes at least one number and every number it quotes appears in the conversation's tool
+results; it quotes the *right values* when every number of its reference is among its numbers (the
+reference's field references filled from the same tool results).
 """
 
 from __future__ import annotations
