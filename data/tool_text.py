@@ -127,7 +127,8 @@ def resolve_references(text: str, tool_texts: Sequence[str]) -> tuple[str, list[
 
     A key is, in this order: a measurement ("liver volume" → "1253.3 mL"); a counted structure ("liver
     tumor" → "2 found, volume 12.3 mL, largest diameter 25.1 mm" or "none found"); a finding
-    ("cardiomegaly" → "present (probability 0.87)" / "not present (probability 0.12)"); a measured
+    ("cardiomegaly" → "present (probability 0.87)" / "not present (probability 0.12)"); a finding asked
+    as a closed question ("cardiomegaly?" → "yes (probability 0.87)" / "no (probability 0.12)"); a measured
     structure ("whole tumor" → "volume 52.1 mL, largest diameter 40.2 mm"); the last word of present
     findings ("hemisphere" → "left hemisphere"); or, for a result with findings, the findings as a
     report states them: "positive findings" ("cardiomegaly (0.87), nodule (0.64)" or "none"),
@@ -162,7 +163,7 @@ def reference_keys(tool_texts: Sequence[str]) -> list[str]:
         for k in measurements:  # structures: "liver tumor largest diameter" → "liver", "liver tumor", …
             words = k.split()
             candidates += [" ".join(words[:i]) for i in range(1, len(words))]
-        candidates += [k.split()[-1] for k in findings] + (list(_FINDING_LISTS) if findings else [])
+        candidates += [k.split()[-1] for k in findings] + [k + "?" for k in findings] + (list(_FINDING_LISTS) if findings else [])
         for key in candidates:
             if key not in keys and _resolve(key, measurements, findings) is not None:
                 keys[key] = None
@@ -178,11 +179,17 @@ def _resolve(key: str, measurements: dict[str, str], findings: dict[str, str]) -
         if n in ("0", "0.0"):
             return "none found"
         return f"{n} found" + "".join(f", {q} {v}" for q, v in own.items())
+    asked = key.endswith("?")  # "pneumothorax?": the yes / no answer to a closed question on that finding
+    if asked:
+        key = key[:-1].rstrip()
     if key in findings:
         verdict = findings[key]
-        word = "present" if verdict.startswith("yes") else "not present"
+        yes = verdict.startswith("yes")
+        word = ("yes" if yes else "no") if asked else ("present" if yes else "not present")
         prob = verdict[verdict.find("(") + 1:verdict.find(")")] if "(" in verdict else ""
         return f"{word} (probability {prob})" if prob else word
+    if asked:
+        return None
     if own:
         return ", ".join(f"{q} {v}" for q, v in own.items())
     present = [k for k, v in findings.items() if k.endswith(" " + key) and v.startswith("yes")]

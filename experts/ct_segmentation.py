@@ -18,8 +18,8 @@ import torch
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CT_TARGETS, ct_target_values
 from data.study import Volume
 from experts.base import Expert, ExpertError, ExpertResult, Finding, Measurement
-from experts.measurements import (drop_detached_components, drop_small_components, keep_largest_component, lesion_stats,
-                                  structure_volume_ml)
+from experts.measurements import (contrast_phase, drop_detached_components, drop_small_components, keep_largest_component, lesion_stats,
+                                  mean_attenuation, structure_volume_ml)
 from experts.model_files import load_expert_files
 from experts.overlay import render_overlay
 from experts.preprocess import check_volume, labels_to_input_grid, pick_device, to_model_grid
@@ -28,6 +28,7 @@ __all__ = ["CTSegConfig", "CTSegmentationExpert", "build_ct_network", "ct_input"
 
 NAME = "ct_segmentation"
 TARGET_CHOICES: list[str] = CT_TARGETS
+CT_VALUE = {name: value for value, name in CT_LABELS.items()}
 _LESION_ORGANS = {10: (1,), 11: (5, 6), 12: (3, 4)}  # liver tumour in the liver, nodule in a lung, cyst in a kidney
 
 
@@ -105,7 +106,8 @@ class CTSegmentationExpert(Expert):
     description = (
         "CT segmentation of 9 organs (liver, spleen, left/right kidney, left/right lung, heart, aorta, spine) and "
         "3 lesion types (liver tumor, lung nodule, kidney cyst) on a 3D CT series. Returns the mask, the volume of "
-        "each structure in mL, and for lesions the count and the largest diameter in mm. Argument `targets`: "
+        "each structure in mL, for lesions the count and the largest diameter in mm, and the contrast phase read from "
+        "the mean attenuation (HU) of the aorta and the liver. Argument `targets`: "
         "'everything', 'organs', 'lesions', a lesion type or one structure name. Trained on synthetic phantoms: "
         "a demonstration, not for clinical use."
     )
@@ -180,6 +182,7 @@ class CTSegmentationExpert(Expert):
         check_volume(volume, NAME, self.modalities, two_d=False, min_extent_mm=64.0)
         wanted = ct_targets(targets)
         labels = self.postprocess(self.segment(volume), volume)  # on all labels: lesions are checked against their organ
+        phase = _phase(volume, labels)  # from the aorta and the liver, whatever was asked
         labels[~np.isin(labels, wanted)] = 0
         findings: list[Finding] = []
         measurements: list[Measurement] = []
@@ -200,6 +203,8 @@ class CTSegmentationExpert(Expert):
                 ml = structure_volume_ml(labels, value, volume)
                 measurements.append(Measurement(name, "volume", ml, "mL"))
                 parts.append(f"{name} {ml:.0f} mL" if ml > 0 else f"{name} not found")
+        for have, extra in zip((findings, measurements, parts), phase):
+            have += extra
         return ExpertResult(
             expert=NAME,
             findings=findings,
@@ -209,6 +214,19 @@ class CTSegmentationExpert(Expert):
             summary="CT segmentation: " + "; ".join(parts) + ".",
             overlay_renderer=render_overlay,
         )
+
+
+def _phase(volume: Volume, labels: np.ndarray) -> tuple[list[Finding], list[Measurement], list[str]]:
+    """Findings ``<phase> phase`` and ``contrast``, with the aorta and liver mean attenuation they rest on;
+    nothing when either structure is missing from the scan."""
+    aorta = mean_attenuation(volume.array, labels, CT_VALUE["aorta"])
+    liver = mean_attenuation(volume.array, labels, CT_VALUE["liver"])
+    if aorta is None or liver is None:
+        return [], [], []
+    phase = contrast_phase(aorta, liver)
+    return ([Finding(f"{phase} phase", True), Finding("contrast", phase != "non-contrast")],
+            [Measurement("aorta", "mean attenuation", aorta, "HU"), Measurement("liver", "mean attenuation", liver, "HU")],
+            [f"{phase} phase (aorta {aorta:.0f} HU, liver {liver:.0f} HU)"])
 
 
 def _single_ct(volumes: Volume | Mapping[str, Volume]) -> Volume:

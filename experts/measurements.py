@@ -15,7 +15,7 @@ from data.phantoms.geometry import max_diameter_mm
 from data.study import Volume
 
 __all__ = ["LesionStats", "structure_volume_ml", "lesion_stats", "drop_small_components", "keep_largest_component",
-           "drop_detached_components"]
+           "drop_detached_components", "mean_attenuation", "contrast_phase", "PHASES"]
 
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected, as radiologists count lesions
 
@@ -27,6 +27,31 @@ class LesionStats:
     count: int
     largest_diameter_mm: float
     total_volume_ml: float
+
+
+PHASES = ("non-contrast", "arterial", "portal venous")
+
+
+def mean_attenuation(image: np.ndarray, labels: np.ndarray, value: int, *, min_voxels: int = 20) -> float | None:
+    """Mean HU inside ``value`` eroded by one voxel (its rim mixes with the neighbours), the whole
+    structure when erosion leaves too little; None when fewer than ``min_voxels`` voxels carry it."""
+    mask = labels == value
+    if np.count_nonzero(mask) < min_voxels:
+        return None
+    core = ndimage.binary_erosion(mask)
+    return float(np.asarray(image, dtype=np.float32)[core if np.count_nonzero(core) >= min_voxels else mask].mean())
+
+
+def contrast_phase(aorta_hu: float, liver_hu: float) -> str:
+    """The contrast phase from the enhancement of the aorta and the liver, a hand-written rule (no library
+    ships one): unenhanced blood reads ~40 HU, arterial-phase aorta 250-350 HU with an unenhanced liver,
+    portal-venous aorta ~150-200 HU with the liver enhanced to ~100-120 HU. Delayed phases are not told
+    apart from portal venous."""
+    if aorta_hu < 100.0:
+        return "non-contrast"
+    if aorta_hu >= 220.0 and aorta_hu - liver_hu >= 120.0:
+        return "arterial"
+    return "portal venous"
 
 
 def structure_volume_ml(labels: np.ndarray, value: int, grid: Volume) -> float:

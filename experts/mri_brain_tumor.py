@@ -144,7 +144,8 @@ class BrainTumorExpert(Expert):
         measurements = [Measurement(MRI_LABELS[v], "volume", vols[v], "mL") for v in MRI_LABELS]
         measurements += [Measurement("whole tumor", "volume", wt, "mL"), Measurement("tumor core", "volume", tc, "mL")]
         least = self.config.min_subregion_ml
-        findings = [Finding("tumor", wt > 0), Finding("enhancing tumor", vols[_ENH] >= least), Finding("necrosis", vols[_NEC] >= least)]
+        findings = [Finding("tumor", wt > 0), Finding("enhancing tumor", vols[_ENH] >= least), Finding("necrosis", vols[_NEC] >= least),
+                    Finding("edema", vols[_EDEMA] >= least)]
         if wt > 0:
             side = _hemisphere(whole, volumes, ref)
             measurements.append(Measurement("whole tumor", "largest diameter", stats.largest_diameter_mm, "mm"))

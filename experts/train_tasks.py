@@ -201,15 +201,16 @@ class CTTask:
 
 
 def evaluate_ct(expert, n_cases: int, seed0: int = TEST_SEED) -> dict[str, Any]:
-    """Dice per structure on the input grid (mask from ``expert.run``), lesion counts and diameters,
-    over ``n_cases`` default phantoms (seeds ``seed0 + i``)."""
+    """Dice per structure on the input grid (mask from ``expert.run``), lesion counts and diameters, the
+    contrast phase, over ``n_cases`` default phantoms (seeds ``seed0 + i``)."""
     per_class: dict[str, list[float]] = {CT_LABELS[v]: [] for v in CT_LABELS}
-    count_ok, diam_err, seconds = 0, [], []
+    count_ok, diam_err, seconds, phase_ok = 0, [], [], []
     n_lesion_types = 0
     for i in range(n_cases):
         case = _phantom("ct", seed0 + i)
         res = expert.run(case.volumes["CT"], targets="everything")
         seconds.append(res.seconds)
+        phase_ok.append(any(f.label == f"{case.truth['phase']} phase" and f.present for f in res.findings))
         d = dice_per_class(res.label_volume.array, case.labels, list(CT_LABELS))
         for v, s in d.items():
             per_class[CT_LABELS[v]].append(s)
@@ -232,5 +233,6 @@ def evaluate_ct(expert, n_cases: int, seed0: int = TEST_SEED) -> dict[str, Any]:
         "dice_per_structure": {k: round(float(np.mean(v)), 4) for k, v in per_class.items() if v},
         "lesion_count_accuracy": round(count_ok / max(1, n_lesion_types), 4),
         "largest_diameter_abs_error_mm": round(float(np.mean(diam_err)), 2) if diam_err else None,
+        "contrast_phase_accuracy": round(float(np.mean(phase_ok)), 4),
         "seconds_per_case": round(float(np.mean(seconds)), 2),
     }

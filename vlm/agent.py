@@ -108,7 +108,8 @@ class Agent:
             config = GenerationConfig(self.generation.max_new_tokens, self.generation.temperature, self.generation.top_p, stop,
                                       tuple(reference_keys(self._sources(conversation))) if self.constrain_references else (),
                                       named_side(question) if self.constrain_references else "",
-                                      measured_side(turn.tool_calls) if self.constrain_references else "")
+                                      measured_side(turn.tool_calls) if self.constrain_references else "",
+                                      question if self.constrain_references else "")
             text, shown = "", []
             filt = ToolCallFilter()
             refs = ReferenceFilter(lambda ref: resolve_references(ref, self._sources(conversation))[0])

@@ -163,7 +163,7 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
         kwargs.update(stop_strings=list(config.stop), tokenizer=tokenizer)
     processors = []
     if config.references:
-        processors.append(ReferenceConstraint(tokenizer, config.references))
+        processors.append(ReferenceConstraint(tokenizer, config.references, question=config.question))
     if config.call_side:
         processors.append(SideConstraint(tokenizer, config.call_side))
     if config.answer_side:
@@ -189,12 +189,13 @@ class ReferenceConstraint(_reference_processor_base()):
     When the sentence names none of them (say, an organ no result measured) nothing is masked, so the
     agent still shows "(not in the expert result)" rather than another structure's value. Text outside
     references is untouched. ``input_ids`` are the generated tokens (the prompt goes in as embeddings);
-    with a text prompt pass ``prompt_length``.
+    with a text prompt pass ``prompt_length``. A reference that opens the answer (no words before it, as in
+    a closed question's "[[edema?]]") takes its subject from ``question``: the fields the question names.
     """
 
     # lead-matched key masking over the vocabulary: transformers offers the hook, not this constraint
-    def __init__(self, tokenizer: Any, keys: Sequence[str], prompt_length: int = 0) -> None:
-        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+    def __init__(self, tokenizer: Any, keys: Sequence[str], prompt_length: int = 0, question: str = "") -> None:
+        self.tokenizer, self.prompt_length, self.question = tokenizer, prompt_length, question
         self.open, self.close = REF_OPEN, REF_CLOSE
         self.keys = sorted({" ".join(k.lower().split()) for k in keys}, key=len, reverse=True)
         self._named = [(k, re.compile(r"\b" + re.escape(k).replace(r"\ ", r"\s+") + r"s?\b")) for k in self.keys]
@@ -203,13 +204,19 @@ class ReferenceConstraint(_reference_processor_base()):
 
     def allowed(self, lead: str) -> set[str]:
         """The keys a reference after ``lead`` may name: those of the fields the lead's last phrase
-        names (longest names first: "liver tumor" before "liver"); empty when it names none."""
-        phrase = re.split(r"[.;,\n]\s|;|\]\]", lead.lower())[-1]
+        names (longest names first: "liver tumor" before "liver"; "edema" allows ``edema?`` too); empty
+        when it names none. With no words in ``lead``, the fields the whole question names."""
+        from_question = not re.search(r"[a-z]", lead.lower()) and bool(self.question)
+        phrase = self.question.lower() if from_question else re.split(r"[.;,\n]\s|;|\]\]", lead.lower())[-1]
+        sides = set(re.findall(r"\b(left|right)\b", phrase))
         named: list[str] = []
         for key, pattern in self._named:
+            # "left or right hemisphere?" asks for the side: it does not name the "right hemisphere" finding
+            if from_question and len(sides) > 1 and re.search(r"\b(left|right)\b", key):
+                continue
             if pattern.search(phrase) and not any(key in longer for longer in named):
                 named.append(key)
-        return {k for k in self.keys for n in named if k == n or k.startswith(n + " ")}
+        return {k for k in self.keys for n in named if k in (n, n + "?") or k.startswith(n + " ")}
 
     def ok(self, partial: str, keys: set[str]) -> bool:
         """Whether the text after an open ``[[`` can still become (or already closes) one of ``keys``."""

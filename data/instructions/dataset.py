@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from data.instructions.captions import caption, caption_prompt, report_findings
-from data.instructions.expert_dialogues import expert_dialogue
+from data.instructions.expert_dialogues import expert_dialogue, tool_result_from_truth
 from data.instructions.views import CaseView, make_view
 from data.instructions.vqa import vqa_items
 from data.phantoms import generate
+from data.tool_text import format_tool_call, format_tool_result, value_reference
 
 __all__ = ["build_dataset", "build_datasets", "STAGES", "SPLIT_SEEDS", "case_seeds"]
 
@@ -121,8 +122,10 @@ def _records(stage: str, view: CaseView, images: list[str], rng: np.random.Gener
     if stage == "ift":
         out = []
         for j, qa in enumerate(vqa_items(view, rng, n_questions)):
-            rec = {"id": f"{rid}-{j}", "conversations": [{"from": "human", "value": qa.question}, {"from": "gpt", "value": qa.answer}],
+            rec = {"id": f"{rid}-{j}", "conversations": [{"from": "human", "value": qa.question}, *_vqa_answer(view, qa, j)],
                    "meta": {**base, "task": "vqa", "category": qa.category, "answer_type": qa.answer_type, "answer": qa.answer}}
+            if qa.expert:
+                rec["meta"]["tool_calls"] = [{"name": qa.expert, "arguments": dict(qa.arguments or {})}]
             out.append(_with_images(images, rec, qa.question))
         return out
     d = expert_dialogue(view, rng)
@@ -130,3 +133,15 @@ def _records(stage: str, view: CaseView, images: list[str], rng: np.random.Gener
     rec = {"id": rid, "conversations": [dict(t) for t in d.turns],
            "meta": {**base, "task": d.task, "tool_calls": d.tool_calls, "grounded_values": d.grounded_values}}
     return [_with_images(images, rec, first)]
+
+
+def _vqa_answer(view: CaseView, qa, j: int) -> list[dict]:
+    """The answer turns of a VQA item: the answer itself, or, for a question its expert answers, the call,
+    the result (the expert's output on this case's ground truth, its own random stream so the questions
+    stay those of a picture-only set) and a reference to the field that answers it."""
+    if not qa.expert:
+        return [{"from": "gpt", "value": qa.answer}]
+    arguments = dict(qa.arguments or {})
+    result = tool_result_from_truth(view.kind, view.truth, arguments, np.random.default_rng([view.seed, 0xE7, j]))
+    return [{"from": "gpt", "value": format_tool_call(qa.expert, arguments)}, {"from": "tool", "value": format_tool_result(result)},
+            {"from": "gpt", "value": value_reference(qa.key)}]

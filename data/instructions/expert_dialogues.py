@@ -64,13 +64,17 @@ def tool_result_from_truth(kind: str, truth: dict, arguments: dict, rng: np.rand
                     measurements.append(Measurement(name, "largest diameter", float(diam), "mm"))
             else:
                 measurements.append(Measurement(name, "volume", float(truth["organ_volumes_ml"][name]), "mL"))
+        if truth["organ_volumes_ml"]["aorta"] > 0 and truth["organ_volumes_ml"]["liver"] > 0:  # the expert reads the phase from both
+            findings += [Finding(f"{truth['phase']} phase", True), Finding("contrast", truth["phase"] != "non-contrast")]
+            measurements += [Measurement(o, "mean attenuation", float(truth["mean_hu"][o]), "HU") for o in ("aorta", "liver")]
         return ToolResult(expert="ct_segmentation", arguments=dict(arguments), findings=findings, measurements=measurements)
     if kind == "mri":
         sub = truth["subregion_volumes_ml"]
         wt, tc = float(truth["whole_tumor_ml"]), float(truth["tumor_core_ml"])
         measurements = [Measurement(MRI_LABELS[v], "volume", float(sub[MRI_LABELS[v]]), "mL") for v in MRI_LABELS]
         measurements += [Measurement("whole tumor", "volume", wt, "mL"), Measurement("tumor core", "volume", tc, "mL")]
-        findings = [Finding("tumor", wt > 0), Finding("enhancing tumor", sub["enhancing tumor"] > 0), Finding("necrosis", sub["necrotic core"] > 0)]
+        findings = [Finding("tumor", wt > 0), Finding("enhancing tumor", sub["enhancing tumor"] > 0), Finding("necrosis", sub["necrotic core"] > 0),
+                    Finding("edema", sub["edema"] > 0)]
         if wt > 0:
             measurements.append(Measurement("whole tumor", "largest diameter", float(truth["max_diameter_mm"]), "mm"))
             findings.append(Finding(f"{truth['hemisphere']} hemisphere", True))
@@ -203,7 +207,7 @@ def _cxr(view: CaseView, rng) -> Dialogue:
 
     if rng.random() < 0.5:
         first = CXR_FINDINGS[int(rng.integers(len(CXR_FINDINGS)))]
-        # a probability from the classifier, not "Is there a <x>?" (a picture question, answered yes / no in VQA)
+        # a probability from the classifier; "Is there a <x>?" is a VQA question, answered yes / no with the classifier
         q = phrase("{What is the probability of|How likely is|Run the classifier for|Get the classifier's probability of} <x>{ on this radiograph|}?", rng, x=first)
         answer = say(first)
     else:
@@ -253,7 +257,8 @@ def _no_expert(view: CaseView, rng) -> Dialogue:
     if view.kind == "ct":
         options.append((phrase("What does HU stand for{ on CT|}?", rng),
                         "Hounsfield units: CT attenuation relative to water (0 HU) and air (-1000 HU)."))
-        options.append((phrase("Which contrast phase is this?", rng), f"It looks like the {f['phase']} phase."))
+        options.append((phrase("What is the usual soft-tissue window{ on CT|}?", rng),
+                        "Level 40 HU, width 400 HU: soft tissue grey, fat dark, bone and contrast-filled vessels bright."))
     elif view.kind == "mri":
         options.append((phrase("What is FLAIR {used for|good at}?", rng),
                         "FLAIR suppresses the CSF signal, so edema and other T2-bright lesions next to the ventricles stand out."))

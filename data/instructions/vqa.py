@@ -23,12 +23,20 @@ CATEGORIES = ("presence", "location", "laterality", "count", "size", "modality",
 
 @dataclass
 class QA:
-    """One question with its canonical answer. answer_type: "closed" (yes/no or a choice) or "open"."""
+    """One question with its canonical answer. answer_type: "closed" (yes/no or a choice) or "open".
+
+    expert / key / arguments: a question an expert answers better than the picture does (a radiograph
+    finding, the brain tumour and its side, the CT contrast phase) is answered by calling ``expert`` with
+    ``arguments`` and naming its result field ``key`` (``[[pneumothorax?]]`` → "yes (probability 0.87)",
+    ``[[hemisphere]]`` → "left hemisphere", ``[[phase]]`` → "arterial phase")."""
 
     question: str
     answer: str
     answer_type: str
     category: str
+    expert: str | None = None
+    key: str | None = None
+    arguments: dict | None = None
 
 
 def vqa_items(view: CaseView, rng: np.random.Generator, n: int = 4) -> list[QA]:
@@ -41,6 +49,18 @@ def vqa_items(view: CaseView, rng: np.random.Generator, n: int = 4) -> list[QA]:
     cats = list(by_cat)
     rng.shuffle(cats)
     return [by_cat[c][int(rng.integers(len(by_cat[c])))] for c in cats[:n]]
+
+
+def _brain_expert(key: str) -> tuple[str, str]:
+    return "mri_brain_tumor", key
+
+
+def _chest_expert(key: str) -> tuple[str, str]:
+    return "cxr_classification", key
+
+
+def _phase_expert(key: str) -> tuple[str, str, dict]:  # the phase is read from the aorta's enhancement
+    return "ct_segmentation", key, {"targets": "aorta"}
 
 
 def _yn(flag: bool) -> str:
@@ -111,8 +131,8 @@ def _ct(view: CaseView, rng) -> list[QA]:
             larger = a if f["organ_area_px"][a] > f["organ_area_px"][b] else b
             out.append(QA(phrase(f"Which {{appears|looks}} larger in this slice, the {a} or the {b}?", rng, polite=False), larger, "closed", "comparison"))
     out.append(QA(phrase("{Was {intravenous |}contrast given|Was this scan acquired with {intravenous |}contrast|Is this a contrast-enhanced scan}?", rng),
-                  _yn(f["phase"] != "non-contrast"), "closed", "phase"))
-    out.append(QA(phrase("{Which|What} contrast phase is this: non-contrast, arterial or portal venous?", rng), f["phase"], "closed", "phase"))
+                  _yn(f["phase"] != "non-contrast"), "closed", "phase", *_phase_expert("contrast?")))
+    out.append(QA(phrase("{Which|What} contrast phase is this: non-contrast, arterial or portal venous?", rng), f["phase"], "closed", "phase", *_phase_expert("phase")))
     return out
 
 
@@ -120,14 +140,14 @@ def _mri(view: CaseView, rng) -> list[QA]:
     f = view.facts
     out = _modality(view, rng) + _region(view, rng)
     if "tumor" not in view.ambiguous:
-        out.append(QA(phrase(_PRESENCE[int(rng.integers(len(_PRESENCE)))], rng, x="tumor"), _yn(f["tumor_visible"]), "closed", "presence"))
+        out.append(QA(phrase(_PRESENCE[int(rng.integers(len(_PRESENCE)))], rng, x="tumor"), _yn(f["tumor_visible"]), "closed", "presence", *_brain_expert("tumor?")))
     if f["tumor_visible"]:
-        out.append(QA(phrase("{Which hemisphere|Which side of the brain} {is the <x> in|contains the <x>}?", rng, x="tumor"), f["hemisphere"], "closed", "laterality"))
-        out.append(QA(phrase("Is the <x> in the left or {the |}right hemisphere?", rng, x="tumor"), f["hemisphere"], "closed", "laterality"))
+        out.append(QA(phrase("{Which hemisphere|Which side of the brain} {is the <x> in|contains the <x>}?", rng, x="tumor"), f["hemisphere"], "closed", "laterality", *_brain_expert("hemisphere")))
+        out.append(QA(phrase("Is the <x> in the left or {the |}right hemisphere?", rng, x="tumor"), f["hemisphere"], "closed", "laterality", *_brain_expert("hemisphere")))
         out.append(QA(phrase("{In which lobe|Which lobe} is the <x> {located|}?", rng, x="tumor"), f["lobe"], "open", "location"))
-        out.append(QA(phrase("{Does the <x> enhance|Is there enhancement} {after contrast|on T1c|on the post-contrast image}?", rng, x="tumor"), _yn(f["enhancing"]), "closed", "presence"))
-        out.append(QA(phrase("{Is there|Do you see} {a necrotic core|central necrosis|necrosis} {in the <x>|}?", rng, x="tumor"), _yn(f["necrosis"]), "closed", "presence"))
-        out.append(QA(phrase("{Is there|Do you see} {surrounding|peritumoral|} <x>?", rng, x="edema"), _yn(f["edema"]), "closed", "presence"))
+        out.append(QA(phrase("{Does the <x> enhance|Is there enhancement} {after contrast|on T1c|on the post-contrast image}?", rng, x="tumor"), _yn(f["enhancing"]), "closed", "presence", *_brain_expert("enhancing tumor?")))
+        out.append(QA(phrase("{Is there|Do you see} {a necrotic core|central necrosis|necrosis} {in the <x>|}?", rng, x="tumor"), _yn(f["necrosis"]), "closed", "presence", *_brain_expert("necrosis?")))
+        out.append(QA(phrase("{Is there|Do you see} {surrounding|peritumoral|} <x>?", rng, x="edema"), _yn(f["edema"]), "closed", "presence", *_brain_expert("edema?")))
         out.append(QA(phrase("Is the <x> small, medium or large?", rng, x="tumor"), f["size"], "closed", "size"))
         px = f["subregion_px"]
         if px["edema"] and (px["enhancing tumor"] + px["necrotic core"]) and abs(px["edema"] - px["enhancing tumor"] - px["necrotic core"]) > 20:
@@ -149,7 +169,7 @@ def _cxr(view: CaseView, rng) -> list[QA]:
     for flag, pool in ((True, present), (False, absent)):
         if pool:
             k = pool[int(rng.integers(len(pool)))]
-            out.append(QA(phrase(_PRESENCE[int(rng.integers(len(_PRESENCE)))], rng, x=k), _yn(flag), "closed", "presence"))
+            out.append(QA(phrase(_PRESENCE[int(rng.integers(len(_PRESENCE)))], rng, x=k), _yn(flag), "closed", "presence", *_chest_expert(k + "?")))
     sided = [k for k in present if lat[k]]
     if sided:
         k = sided[int(rng.integers(len(sided)))]
@@ -158,7 +178,7 @@ def _cxr(view: CaseView, rng) -> list[QA]:
         out.append(QA(phrase("Where is the <x>?", rng, x=k), lat[k] if k in ("pleural effusion", "pneumothorax") else f"{lat[k]} {f['details'][k]['zone']} zone",
                       "open", "location"))
     out.append(QA(phrase("{How many|What number of} {abnormalities|abnormal findings} {are there|do you see}?", rng), str(len(present)), "open", "count"))
-    out.append(QA(phrase("{Is the heart enlarged|Is there cardiomegaly|Is the cardiothoracic ratio above 0.5}?", rng), _yn(on["cardiomegaly"]), "closed", "heart size"))
+    out.append(QA(phrase("{Is the heart enlarged|Is there cardiomegaly|Is the cardiothoracic ratio above 0.5}?", rng), _yn(on["cardiomegaly"]), "closed", "heart size", *_chest_expert("cardiomegaly?")))
     out.append(QA(phrase("{Which|What} {abnormalities|findings} {are present|do you see}?", rng),
                   ", ".join(present) if present else "none", "open", "presence"))
     if on["nodule"]:

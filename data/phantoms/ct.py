@@ -132,6 +132,7 @@ def generate_ct(seed: int, options: CTOptions | None = None) -> tuple[Volume, np
         "lesions": lesions,
         "lesion_counts": {CT_LABELS[c]: sum(1 for les in lesions if les["label"] == c) for c in (_TUMOR, _NODULE, _CYST)},
         "lesion_volumes_ml": {CT_LABELS[c]: round(float(counts[c]) * vml, 3) for c in (_TUMOR, _NODULE, _CYST)},
+        "mean_hu": {"aorta": round(float(lut[_AORTA]), 1), "liver": round(float(lut[_LIVER]), 1)},  # before texture and noise
     }
     return volume, labels, truth
 

@@ -17,6 +17,19 @@ def test_vqa_scores_closed_by_exact_match_and_open_by_recall():
     assert s["closed_prior_baseline"] == 0.5  # presence on CT: one yes, one no
 
 
+def test_closed_accuracy_is_split_into_picture_and_expert_answered_questions():
+    from vlm.eval.vqa import VQAItem, score_vqa
+
+    items = [VQAItem("q", "yes", "yes (probability 0.91)", "closed", "presence", "cxr", "cxr_classification", ["cxr_classification"]),
+             VQAItem("q", "no", "yes", "closed", "presence", "cxr", "cxr_classification", []),  # answered without the expert
+             VQAItem("q", "left", "left", "closed", "laterality", "cxr"), VQAItem("q", "0", "1", "open", "count", "cxr")]
+    s = score_vqa(items)
+    assert s["closed_accuracy"] == pytest.approx(2 / 3)
+    assert (s["closed_accuracy_from_picture"], s["n_closed_from_picture"]) == (1.0, 1)
+    assert (s["closed_accuracy_with_expert"], s["n_closed_with_expert"], s["closed_expert_called"]) == (0.5, 2, 0.5)
+    assert score_vqa(items[2:])["closed_accuracy_with_expert"] is None
+
+
 def test_prior_baseline_answers_each_question_type_with_its_most_common_answer():
     from vlm.eval.vqa import VQAItem, prior_baseline
 

@@ -48,7 +48,9 @@ def test_ct_targets_restrict_the_mask_and_the_report(reg, small_ct_case):
     ct_case = small_ct_case
     res = reg.run("ct_segmentation", ct_case.volumes["CT"], targets="liver tumor")
     assert set(np.unique(res.label_volume.array)) <= {0, 10}
-    assert [m.structure for m in res.measurements] and all(m.structure == "liver tumor" for m in res.measurements)
+    sized = [m for m in res.measurements if m.quantity != "mean attenuation"]  # the phase's evidence comes with any target
+    assert sized and all(m.structure == "liver tumor" for m in sized)
+    assert [f.label for f in res.findings if f.label.endswith(" phase")] == [f"{ct_case.truth['phase']} phase"]
     from scipy import ndimage
 
     count = next(m.value for m in res.measurements if m.quantity == "count")
@@ -119,3 +121,18 @@ def test_cxr_refuses_ct_and_tiny_images(reg, ct_case):
         reg.run("cxr_classification", ct_case.volumes["CT"])
     with pytest.raises(ExpertError, match="too small"):
         reg.run("cxr_classification", Volume(np.zeros((20, 20, 1)), np.eye(4), modality="DX"))
+
+
+def test_contrast_phase_follows_the_aorta_and_liver_enhancement():
+    from experts.measurements import contrast_phase, mean_attenuation
+
+    assert contrast_phase(42.0, 58.0) == "non-contrast"
+    assert contrast_phase(310.0, 80.0) == "arterial"
+    assert contrast_phase(175.0, 110.0) == "portal venous"
+    assert contrast_phase(260.0, 170.0) == "portal venous"  # a bright aorta with an enhanced liver is not arterial
+    image = np.full((12, 12, 12), 40.0, np.float32)
+    labels = np.zeros((12, 12, 12), np.int16)
+    labels[2:10, 2:10, 2:10] = 8
+    image[3:9, 3:9, 3:9] = 300.0  # the core; the one-voxel rim reads as the neighbour
+    assert mean_attenuation(image, labels, 8) == pytest.approx(300.0)
+    assert mean_attenuation(image, labels, 1) is None

@@ -204,3 +204,33 @@ def test_radiograph_report_requests_are_written_with_the_classifier():
         assert not missing
         assert extract_findings(text, FINDING_VOCABULARY["cxr"]) == {k for k, on in case.truth["findings"].items() if on}
     assert 5 <= reports <= 25
+
+
+def test_questions_an_expert_answers_call_it_and_name_the_answering_field(built):
+    """Radiograph finding questions go through the classifier, brain-tumour presence and side through the
+    tumour expert, the CT contrast phase through the segmentation expert (read from the aorta); the
+    resolved answer agrees with the reference wherever the slice and the study agree."""
+    from vlm.eval.metrics import closed_match
+
+    _, data = built
+    routed = [r for r in data["ift"] if "tool_calls" in r["meta"]]
+    by_kind = Counter((r["meta"]["kind"], r["meta"]["category"]) for r in routed)
+    assert by_kind[("cxr", "presence")] and by_kind[("cxr", "heart size")] and by_kind[("mri", "presence")]
+    assert all(r["meta"]["answer_type"] == "closed" for r in routed)
+    assert {r["meta"]["category"] for r in routed if r["meta"]["kind"] == "ct"} == {"phase"}
+    assert all(r["meta"]["tool_calls"] == [{"name": "ct_segmentation", "arguments": {"targets": "aorta"}}] for r in routed if r["meta"]["kind"] == "ct")
+    agree = 0
+    for r in routed:
+        human, call, tool, answer = r["conversations"]
+        name = r["meta"]["tool_calls"][0]["name"]
+        assert call["value"] == format_tool_call(name, r["meta"]["tool_calls"][0]["arguments"]) and json.loads(tool["value"])["expert"] == name
+        assert re.fullmatch(r"\[\[[a-z ]+\??\]\]", answer["value"])
+        text, missing = resolve_references(answer["value"], [tool["value"]])
+        assert missing == []
+        agree += closed_match(text, r["meta"]["answer"])
+    whole_study = [r for r in routed if r["meta"]["kind"] in ("cxr", "ct")]  # a radiograph, a CT's phase: the slice is the study
+    assert all(closed_match(resolve_references(r["conversations"][3]["value"], [r["conversations"][2]["value"]])[0], r["meta"]["answer"])
+               for r in whole_study)
+    assert agree >= 0.8 * len(routed)
+    # picture questions stay picture questions
+    assert any(r["meta"]["kind"] == "cxr" and r["meta"]["category"] == "laterality" and len(r["conversations"]) == 2 for r in data["ift"])

@@ -69,3 +69,13 @@ def test_reference_keys_are_what_the_resolver_fills():
     text, missing = resolve_references(" ".join(f"[[{k}]]" for k in keys), [CT, CXR])
     assert missing == [] and "(not in the expert result)" not in text
     assert reference_keys([]) == [] and reference_keys(['{"error": "no CT series"}']) == []
+
+
+def test_a_finding_asked_as_a_closed_question_reads_yes_or_no():
+    text, missing = resolve_references("[[cardiomegaly?]] | [[Pneumothorax ?]] | [[tumor?]] | [[edema?]]", [MRI, CXR])
+    assert text.split(" | ")[:3] == ["yes (probability 0.87)", "no (probability 0.12)", "yes"]
+    assert missing == ["edema?"]  # a question on a finding the result does not hold is not answered
+    assert resolve_references("[[liver volume?]]", [CT])[1] == ["liver volume?"]  # only findings answer yes / no
+    from data.tool_text import reference_keys
+
+    assert {"cardiomegaly?", "pneumothorax?"} <= set(reference_keys([CXR]))

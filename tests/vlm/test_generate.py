@@ -108,6 +108,26 @@ def test_reference_constraint_keeps_the_key_on_the_structure_its_sentence_names(
     assert torch.all(_scores_after(c, tok, "The left kidney volume is ") == 0)
 
 
+def test_a_reference_opening_the_answer_names_what_the_question_names(m3_tokenizer):
+    from vlm.generate import ReferenceConstraint, _token_texts
+
+    tok = m3_tokenizer
+    pieces = _token_texts(tok)
+    keys = ["tumor", "tumor?", "edema", "edema?", "edema volume", "hemisphere", "left hemisphere"]
+    c = ReferenceConstraint(tok, keys, question="Could you tell me: do you see edema? Please answer yes or no.")
+    assert c.allowed("") == c.allowed(" ") == {"edema", "edema?", "edema volume"}
+    row = _scores_after(c, tok, "[[")
+    allowed = [pieces[i].lower() for i in range(len(pieces)) if row[i] == 0]
+    assert allowed and not any(p.startswith("h") or p.startswith("t") for p in allowed)
+    assert c.allowed("The tumor is in the ") == {"tumor", "tumor?"}  # words of its own: the answer's subject
+    side = ReferenceConstraint(tok, keys, question="Is the lesion in the left or the right hemisphere?")
+    assert side.allowed("") == {"hemisphere"}  # a choice of sides asks for the side, not the "left hemisphere" finding
+    assert ReferenceConstraint(tok, keys, question="Is the tumor in the left hemisphere?").allowed("") == {"left hemisphere", "tumor", "tumor?"}
+    # a question naming no field leaves the reference to the model, as before
+    assert ReferenceConstraint(tok, keys, question="Does the mass enhance?").allowed("") == set()
+    assert torch.all(_scores_after(ReferenceConstraint(tok, keys), tok, "[[") == 0)
+
+
 def test_side_constraint_keeps_the_call_on_the_side_the_question_names(m3_tokenizer):
     from vlm.agent import named_side
     from vlm.generate import SideConstraint, _token_texts

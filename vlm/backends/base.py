@@ -30,6 +30,9 @@ class GenerationConfig:
     # the one side this turn's expert calls measured; in-process backends then decode no answer text naming
     # the other side (the results hold nothing of it); "": answers are not constrained
     answer_side: str = ""
+    # the user's question: a reference that opens the answer ("[[" with no words before it) names a field
+    # the question names ("Is there edema?" → ``edema?``, ``edema volume``); "": no such fallback
+    question: str = ""
 
 
 @dataclass

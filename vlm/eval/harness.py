@@ -155,8 +155,10 @@ def _ask_vqa(backend: Any, registry: Any, cases: "_CaseCache", record: dict, max
     conv = cases.conversation(record, registry)
     turn = _agent(backend, registry, max_new_tokens).run_turn(conv, _first_question(record))
     meta = record.get("meta", {})
-    return VQAItem(_first_question(record), str(meta.get("answer", record["conversations"][1]["value"])), answer_text(turn.answer),
-                   meta.get("answer_type", "open"), meta.get("category", ""), meta.get("kind", ""))
+    expected = [c["name"] for c in meta.get("tool_calls", [])]
+    return VQAItem(_first_question(record), str(meta.get("answer", record["conversations"][-1]["value"])), answer_text(turn.answer),
+                   meta.get("answer_type", "open"), meta.get("category", ""), meta.get("kind", ""),
+                   expected[0] if expected else "", [c.name for c in turn.tool_calls])
 
 
 def _picture_control(backend: Any, registry: Any, cases: "_CaseCache", records: list[dict], out_dir: Path, progress: bool) -> dict[str, Any]:
@@ -353,6 +355,8 @@ def _headline(parts: dict[str, Any]) -> dict[str, Any]:
     return {
         "closed_accuracy": vqa.get("closed_accuracy"), "open_recall": vqa.get("open_recall"),
         "closed_accuracy_other_picture": vqa.get("closed_accuracy_other_picture"), "closed_prior_baseline": vqa.get("closed_prior_baseline"),
+        "closed_accuracy_from_picture": vqa.get("closed_accuracy_from_picture"), "closed_accuracy_with_expert": vqa.get("closed_accuracy_with_expert"),
+        "closed_expert_called": vqa.get("closed_expert_called"),
         "bleu4": rep.get("bleu4"), "rouge_l": rep.get("rouge_l"), "finding_f1": rep.get("finding_f1"),
         "call_precision": exp.get("call_precision"), "call_recall": exp.get("call_recall"),
         "grounded_answer_rate": exp.get("grounded_answer_rate"), "right_value_rate": exp.get("right_value_rate"),

@@ -18,6 +18,9 @@ METRIC_NAMES = {
     "right_value_rate": "answers quoting the right expert values",
     "closed_accuracy_other_picture": "closed accuracy, each question asked with another case's picture",
     "closed_prior_baseline": "closed accuracy of the most common answer per question type (no picture)",
+    "closed_accuracy_from_picture": "closed accuracy, questions answered from the picture",
+    "closed_accuracy_with_expert": "closed accuracy, questions answered with an expert (radiograph findings, brain tumour, CT phase)",
+    "closed_expert_called": "share of those where the model called the expert",
 }
 DISCLAIMER = ("A demonstration model trained on synthetic phantoms, not for clinical use. It has never seen a real patient "
               "image; its answers and the experts' numbers must not inform any clinical decision.")

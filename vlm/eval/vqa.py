@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from vlm.eval.metrics import closed_match, open_recall
 
@@ -32,11 +32,15 @@ class VQAItem:
     answer_type: str
     category: str = ""
     kind: str = ""
+    expert: str = ""  # the expert the question is answered with ("" for a picture question)
+    called: list[str] = field(default_factory=list)  # the experts the model called
 
 
 def score_vqa(items: Iterable[VQAItem]) -> dict:
     """``closed_accuracy`` (exact match), ``open_recall`` (mean word recall), counts, both per category
-    and per image kind, and ``closed_prior_baseline`` (``prior_baseline``)."""
+    and per image kind, ``closed_prior_baseline`` (``prior_baseline``), and the closed accuracy split into
+    questions answered from the picture and questions answered with an expert (with how often the model
+    called the expert those need)."""
     items = list(items)
     closed = [closed_match(i.prediction, i.reference) for i in items if i.answer_type == "closed"]
     opened = [open_recall(i.prediction, i.reference) for i in items if i.answer_type != "closed"]
@@ -50,9 +54,18 @@ def score_vqa(items: Iterable[VQAItem]) -> dict:
     return {
         "closed_accuracy": mean([float(c) for c in closed]), "open_recall": mean(opened),
         "n_closed": len(closed), "n_open": len(opened), "closed_prior_baseline": prior_baseline(items),
+        **_split_by_source([i for i in items if i.answer_type == "closed"], mean),
         "by_category": {k: {"score": mean(v), "n": len(v)} for k, v in sorted(groups["category"].items())},
         "by_kind": {k: {"score": mean(v), "n": len(v)} for k, v in sorted(groups["kind"].items())},
     }
+
+
+def _split_by_source(closed: list[VQAItem], mean: Any) -> dict[str, Any]:
+    picture = [float(closed_match(i.prediction, i.reference)) for i in closed if not i.expert]
+    routed = [i for i in closed if i.expert]
+    return {"closed_accuracy_from_picture": mean(picture), "n_closed_from_picture": len(picture),
+            "closed_accuracy_with_expert": mean([float(closed_match(i.prediction, i.reference)) for i in routed]),
+            "n_closed_with_expert": len(routed), "closed_expert_called": mean([float(i.expert in i.called) for i in routed])}
 
 
 def prior_baseline(items: Iterable[VQAItem]) -> float | None:
