@@ -175,6 +175,20 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
     return kwargs
 
 
+_AUXILIARY = re.compile(r"(?:^|[:.?!]\s*)(?:is|are|does|do|did|can|was|were|has|have)\b")
+_YES_NO_CHOICE = re.compile(r"\b(?:yes or no|present or absent)\b")
+
+
+def yes_no_question(question: str) -> bool:
+    """Whether ``question`` asks for yes or no: a clause opening with an auxiliary verb ("Is there…",
+    "Could you tell me: do you see…") that offers no other choice ("left or right", "CT or MRI"), or one
+    offering "yes or no" / "present or absent"."""
+    q = " ".join(question.lower().split())
+    if _YES_NO_CHOICE.search(q):
+        return True
+    return bool(_AUXILIARY.search(q)) and " or " not in q
+
+
 def _reference_processor_base() -> type:
     from transformers import LogitsProcessor
 
@@ -216,6 +230,10 @@ class ReferenceConstraint(_reference_processor_base()):
                 continue
             if pattern.search(phrase) and not any(key in longer for longer in named):
                 named.append(key)
+        if from_question and yes_no_question(self.question):
+            # a yes / no question is answered by some finding's yes / no field; which one is the model's to
+            # read ("Does the tumor enhance?" names the tumour but asks about enhancement)
+            return {k for k in self.keys if k.endswith("?")}
         return {k for k in self.keys for n in named if k in (n, n + "?") or k.startswith(n + " ")}
 
     def ok(self, partial: str, keys: set[str]) -> bool:

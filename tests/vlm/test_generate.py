@@ -115,17 +115,29 @@ def test_a_reference_opening_the_answer_names_what_the_question_names(m3_tokeniz
     pieces = _token_texts(tok)
     keys = ["tumor", "tumor?", "edema", "edema?", "edema volume", "hemisphere", "left hemisphere"]
     c = ReferenceConstraint(tok, keys, question="Could you tell me: do you see edema? Please answer yes or no.")
-    assert c.allowed("") == c.allowed(" ") == {"edema", "edema?", "edema volume"}
+    assert c.allowed("") == c.allowed(" ") == {"edema?", "tumor?"}  # a yes / no question: a finding's yes / no field
+    assert ReferenceConstraint(tok, keys, question="How large is the edema?").allowed("") == {"edema", "edema?", "edema volume"}
     row = _scores_after(c, tok, "[[")
     allowed = [pieces[i].lower() for i in range(len(pieces)) if row[i] == 0]
-    assert allowed and not any(p.startswith("h") or p.startswith("t") for p in allowed)
+    assert allowed and not any(p.startswith("h") for p in allowed)  # never "hemisphere" for a yes / no question
     assert c.allowed("The tumor is in the ") == {"tumor", "tumor?"}  # words of its own: the answer's subject
     side = ReferenceConstraint(tok, keys, question="Is the lesion in the left or the right hemisphere?")
     assert side.allowed("") == {"hemisphere"}  # a choice of sides asks for the side, not the "left hemisphere" finding
-    assert ReferenceConstraint(tok, keys, question="Is the tumor in the left hemisphere?").allowed("") == {"left hemisphere", "tumor", "tumor?"}
-    # a question naming no field leaves the reference to the model, as before
-    assert ReferenceConstraint(tok, keys, question="Does the mass enhance?").allowed("") == set()
+    assert ReferenceConstraint(tok, keys, question="Does the mass enhance?").allowed("") == {"tumor?", "edema?"}
+    # a question naming no field, and not a yes / no one, leaves the reference to the model, as before
+    assert ReferenceConstraint(tok, keys, question="Where is the mass?").allowed("") == set()
     assert torch.all(_scores_after(ReferenceConstraint(tok, keys), tok, "[[") == 0)
+
+
+def test_yes_no_questions_are_told_from_choices():
+    from vlm.generate import yes_no_question
+
+    for q in ("Is there a pneumothorax?", "Could you tell me: do you see edema? Please answer briefly.", "Mass: present or absent?",
+              "Can you check: collapsed lung: yes or no? Thanks.", "Was this scan acquired with contrast?"):
+        assert yes_no_question(q), q
+    for q in ("Is the lesion in the left or the right hemisphere?", "Is the nodule small, medium or large?", "Which hemisphere is it in?",
+              "What is the liver volume?", "Is this scan a CT or an MRI?"):
+        assert not yes_no_question(q), q
 
 
 def test_side_constraint_keeps_the_call_on_the_side_the_question_names(m3_tokenizer):
