@@ -28,7 +28,6 @@ __all__ = ["CTSegConfig", "CTSegmentationExpert", "build_ct_network", "ct_input"
 
 NAME = "ct_segmentation"
 TARGET_CHOICES: list[str] = CT_TARGETS
-CT_VALUE = {name: value for value, name in CT_LABELS.items()}
 _LESION_ORGANS = {10: (1,), 11: (5, 6), 12: (3, 4)}  # liver tumour in the liver, nodule in a lung, cyst in a kidney
 
 
@@ -219,8 +218,9 @@ class CTSegmentationExpert(Expert):
 def _phase(volume: Volume, labels: np.ndarray) -> tuple[list[Finding], list[Measurement], list[str]]:
     """Findings ``<phase> phase`` and ``contrast``, with the aorta and liver mean attenuation they rest on;
     nothing when either structure is missing from the scan."""
-    aorta = mean_attenuation(volume.array, labels, CT_VALUE["aorta"])
-    liver = mean_attenuation(volume.array, labels, CT_VALUE["liver"])
+    (aorta_value,), (liver_value,) = ct_target_values("aorta"), ct_target_values("liver")
+    aorta = mean_attenuation(volume.array, labels, aorta_value)
+    liver = mean_attenuation(volume.array, labels, liver_value)
     if aorta is None or liver is None:
         return [], [], []
     phase = contrast_phase(aorta, liver)

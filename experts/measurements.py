@@ -15,7 +15,7 @@ from data.phantoms.geometry import max_diameter_mm
 from data.study import Volume
 
 __all__ = ["LesionStats", "structure_volume_ml", "lesion_stats", "drop_small_components", "keep_largest_component",
-           "drop_detached_components", "mean_attenuation", "contrast_phase", "PHASES"]
+           "drop_detached_components", "mean_attenuation", "contrast_phase"]
 
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected, as radiologists count lesions
 
@@ -27,9 +27,6 @@ class LesionStats:
     count: int
     largest_diameter_mm: float
     total_volume_ml: float
-
-
-PHASES = ("non-contrast", "arterial", "portal venous")
 
 
 def mean_attenuation(image: np.ndarray, labels: np.ndarray, value: int, *, min_voxels: int = 20) -> float | None:

@@ -221,6 +221,10 @@ class ReferenceConstraint(_reference_processor_base()):
         names (longest names first: "liver tumor" before "liver"; "edema" allows ``edema?`` too); empty
         when it names none. With no words in ``lead``, the fields the whole question names."""
         from_question = not re.search(r"[a-z]", lead.lower()) and bool(self.question)
+        if from_question and yes_no_question(self.question):
+            # a yes / no question is answered by some finding's yes / no field; which one is the model's to
+            # read ("Does the tumor enhance?" names the tumour but asks about enhancement)
+            return {k for k in self.keys if k.endswith("?")}
         phrase = self.question.lower() if from_question else re.split(r"[.;,\n]\s|;|\]\]", lead.lower())[-1]
         sides = set(re.findall(r"\b(left|right)\b", phrase))
         named: list[str] = []
@@ -230,10 +234,6 @@ class ReferenceConstraint(_reference_processor_base()):
                 continue
             if pattern.search(phrase) and not any(key in longer for longer in named):
                 named.append(key)
-        if from_question and yes_no_question(self.question):
-            # a yes / no question is answered by some finding's yes / no field; which one is the model's to
-            # read ("Does the tumor enhance?" names the tumour but asks about enhancement)
-            return {k for k in self.keys if k.endswith("?")}
         return {k for k in self.keys for n in named if k in (n, n + "?") or k.startswith(n + " ")}
 
     def ok(self, partial: str, keys: set[str]) -> bool:
