@@ -175,7 +175,7 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
     return kwargs
 
 
-_AUXILIARY = re.compile(r"(?:^|[:.?!]\s*)(?:is|are|does|do|did|can|was|were|has|have)\b")
+_AUXILIARY = re.compile(r"(?:^|[:.,?!]\s*)(?:is|are|does|do|did|can|was|were|has|have)\b")
 _YES_NO_CHOICE = re.compile(r"\b(?:yes or no|present or absent)\b")
 
 

@@ -3,7 +3,7 @@
 (``make_view``, ``caption``, ``vqa_items``, ``expert_dialogue``, ``tool_result_from_truth``) are public
 for the evaluation and for tests."""
 
-from data.instructions.captions import caption, caption_prompt, report_findings
+from data.instructions.captions import caption, caption_prompt, report_findings, study_findings
 from data.instructions.dataset import SPLIT_SEEDS, STAGES, build_dataset, build_datasets, case_seeds
 from data.instructions.expert_dialogues import Dialogue, expert_dialogue, format_tool_call, tool_result_from_truth
 from data.instructions.paraphrase import paraphrase, phrase
@@ -12,6 +12,6 @@ from data.instructions.vqa import QA, vqa_items
 
 __all__ = [
     "build_dataset", "build_datasets", "STAGES", "SPLIT_SEEDS", "case_seeds", "CaseView", "make_view", "caption", "caption_prompt",
-    "report_findings", "QA", "vqa_items", "Dialogue", "expert_dialogue", "tool_result_from_truth", "format_tool_call",
+    "report_findings", "study_findings", "QA", "vqa_items", "Dialogue", "expert_dialogue", "tool_result_from_truth", "format_tool_call",
     "phrase", "paraphrase",
 ]

@@ -1,8 +1,8 @@
 """Short reports (Findings / Impression) of what a phantom view shows, for the ``align`` stage.
 
 Every sentence comes from the view's visible facts, so a caption never mentions what the picture does
-not show. ``report_findings`` gives the canonical finding list a report should contain (used by the
-finding-level F1 of the evaluation).
+not show. ``report_findings`` gives the canonical finding list of the picture (what its caption states);
+``study_findings`` the list a report on the case must state (the finding-level F1 of the evaluation).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 from data.instructions.paraphrase import expand
 from data.instructions.views import CaseView
 
-__all__ = ["caption", "caption_prompt", "report_findings"]
+__all__ = ["caption", "caption_prompt", "report_findings", "study_findings"]
 
 _PROMPTS = (
     "{Describe|Summarise|Report on} {this image|this scan|the image}{.|, please.| briefly.}",
@@ -44,6 +44,16 @@ def report_findings(view: CaseView) -> list[str]:
         out += ["necrosis"] if f["necrosis"] else []
         return out
     return [name for name, on in f["findings"].items() if on]
+
+
+def study_findings(view: CaseView) -> list[str]:
+    """The findings a report on the case must state. A CT report is written with the segmentation expert,
+    which reads the whole volume, so it names every lesion type of the study, not only those the shown
+    slice cuts; a radiograph is its own study; a brain MRI report is written from the slice through the
+    tumour (``report_findings``)."""
+    if view.kind == "ct":
+        return sorted({les["type"] for les in view.truth["lesions"]})
+    return report_findings(view)
 
 
 def caption(view: CaseView, rng: np.random.Generator) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.instructions.captions import caption, caption_prompt, report_findings
+from data.instructions.captions import caption, caption_prompt, report_findings, study_findings
 from data.instructions.expert_dialogues import expert_dialogue, tool_result_from_truth
 from data.instructions.views import CaseView, make_view
 from data.instructions.vqa import vqa_items
@@ -117,7 +117,7 @@ def _records(stage: str, view: CaseView, images: list[str], rng: np.random.Gener
     if stage == "align":
         q = caption_prompt(rng)
         rec = {"id": rid, "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": caption(view, rng)}],
-               "meta": {**base, "task": "caption", "findings": report_findings(view)}}
+               "meta": {**base, "task": "caption", "findings": study_findings(view), "picture_findings": report_findings(view)}}
         return [_with_images(images, rec, q)]
     if stage == "ift":
         out = []

@@ -125,6 +125,8 @@ def _ct_organ_answer(organ: str) -> str:
 
 
 def _ct(view: CaseView, rng) -> Dialogue:
+    if rng.random() < 0.25:
+        return _ct_report(view, rng)
     truth = view.truth
     present = [o for o in (CT_LABELS[v] for v in CT_ORGANS) if truth["organ_volumes_ml"][o] > 0]
     lesion = CT_LABELS[int(rng.choice(CT_LESIONS))]
@@ -231,6 +233,18 @@ def _cxr_report(view: CaseView, rng, result: ToolResult) -> Dialogue:
               f"Present: {_ref('positive findings')}. Absent: {_ref('negative findings')}. Impression: {_ref('impression')}")
     turns = [{"from": "human", "value": q}] + _call_turns(result, "cxr_classification", {}) + [{"from": "gpt", "value": report}]
     return _dialogue(turns, [{"name": "cxr_classification", "arguments": {}}], [result])
+
+
+def _ct_report(view: CaseView, rng) -> Dialogue:
+    """A report request on a CT, answered with the segmentation expert on the whole study (its lesions
+    and contrast phase): the findings and impression name the result's finding lists, the model writes
+    only what it sees (the body region of the slice)."""
+    args = {"targets": "lesions"}
+    result = tool_result_from_truth("ct", view.truth, args, rng)
+    report = (f"Findings: CT of the {view.facts['region']}, read with the CT segmentation expert on the whole study. "
+              f"Present: {_ref('positive findings')}. Absent: {_ref('negative findings')}. Impression: {_ref('impression')}")
+    turns = [{"from": "human", "value": caption_prompt(rng)}] + _call_turns(result, "ct_segmentation", args) + [{"from": "gpt", "value": report}]
+    return _dialogue(turns, [{"name": "ct_segmentation", "arguments": args}], [result])
 
 
 def _dialogue(turns: list[dict], calls: list[dict], results: list) -> Dialogue:

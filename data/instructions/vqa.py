@@ -4,6 +4,10 @@ Categories: presence, location, laterality, count, size, modality, region, compa
 sequence (MRI) and heart size (radiograph). Each question is phrased from several templates through
 ``paraphrase.phrase``; answers are short canonical strings (exact-match scorable). Yes and no answers
 are balanced per case by asking about present and absent findings alike.
+
+A CT or MRI picture is one slice of a study, so two kinds of question coexist: "on this slice" questions
+are answered from the picture (facts of the slice), patient-level ones ("Does the patient have a liver
+tumor?", "Is there necrosis?") by the expert that reads the whole study (facts of the study).
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ class QA:
     """One question with its canonical answer. answer_type: "closed" (yes/no or a choice) or "open".
 
     expert / key / arguments: a question an expert answers better than the picture does (a radiograph
-    finding, the brain tumour and its side, the CT contrast phase) is answered by calling ``expert`` with
-    ``arguments`` and naming its result field ``key`` (``[[pneumothorax?]]`` → "yes (probability 0.87)",
-    ``[[hemisphere]]`` → "left hemisphere", ``[[phase]]`` → "arterial phase")."""
+    finding, the brain tumour and its side, a lesion type anywhere in a CT study, the CT contrast phase)
+    is answered by calling ``expert`` with ``arguments`` and naming its result field ``key``
+    (``[[pneumothorax?]]`` → "yes (probability 0.87)", ``[[hemisphere]]`` → "left hemisphere",
+    ``[[phase]]`` → "arterial phase")."""
 
     question: str
     answer: str
@@ -63,6 +68,21 @@ def _phase_expert(key: str) -> tuple[str, str, dict]:  # the phase is read from 
     return "ct_segmentation", key, {"targets": "aorta"}
 
 
+def _lesion_expert(lesion: str) -> tuple[str, str, dict]:
+    return "ct_segmentation", lesion + "?", {"targets": lesion}
+
+
+def _pick(templates: tuple[str, ...], rng) -> str:
+    return templates[int(rng.integers(len(templates)))]
+
+
+def _balanced(names: list[str], present: list[str], rng) -> str:
+    """A present name or an absent one, each half of the time when both exist (yes and no balanced)."""
+    absent = [n for n in names if n not in present]
+    pool = present if present and (rng.random() < 0.5 or not absent) else absent
+    return pool[int(rng.integers(len(pool)))]
+
+
 def _yn(flag: bool) -> str:
     return "yes" if flag else "no"
 
@@ -70,6 +90,13 @@ def _yn(flag: bool) -> str:
 _PRESENCE = ("{Is there|Do you see|Can you see|Does this image show} {a|any} <x> {in this image|here|}?",
              "Is there {any |}evidence of {a|} <x> {in this image|}?",
              "{Does the patient have|Is there} {a|any} <x>?", "<x>: {present or absent|yes or no}?")
+# A CT or MRI picture is one slice of a study: "on this slice" asks the picture, the patient-level
+# phrasings ask the whole study, which the expert reads.
+_SLICE_PRESENCE = ("{Is there|Do you see|Can you see} {a|any} <x> {in this slice|on this slice}?",
+                   "Is {a|any} <x> {visible|shown} {in this slice|on this slice}?")
+_STUDY_PRESENCE = ("{Does the patient have|Is there} {a|any} <x>{ in this study| in this scan| anywhere in the scan|}?",
+                   "Is there {any |}evidence of {a|} <x>{ in this study| in the scan|}?",
+                   "<x>: {present or absent|yes or no}?")
 _MODALITY_Q = ("What {imaging |}modality {is this|was used|is shown}?", "{Which|What} kind of {scan|image} is this?",
                "How was this image {acquired|taken}?")
 
@@ -97,7 +124,10 @@ def _ct(view: CaseView, rng) -> list[QA]:
     pool = present if present and (rng.random() < 0.5 or not absent) else absent
     if pool:
         k = pool[int(rng.integers(len(pool)))]
-        out.append(QA(phrase(_PRESENCE[int(rng.integers(len(_PRESENCE)))], rng, x=k), _yn(k in present), "closed", "presence"))
+        out.append(QA(phrase(_pick(_SLICE_PRESENCE, rng), rng, x=k), _yn(k in present), "closed", "presence"))
+    in_study = [k for k in kinds if view.truth["lesion_counts"][k] > 0]
+    k = _balanced(kinds, in_study, rng)
+    out.append(QA(phrase(_pick(_STUDY_PRESENCE, rng), rng, x=k), _yn(k in in_study), "closed", "presence", *_lesion_expert(k)))
     organ_pool = list(f["organ_area_px"])
     organ = organ_pool[int(rng.integers(len(organ_pool)))]
     if organ in f["organs"] or f["organ_area_px"][organ] == 0:
@@ -139,15 +169,19 @@ def _ct(view: CaseView, rng) -> list[QA]:
 def _mri(view: CaseView, rng) -> list[QA]:
     f = view.facts
     out = _modality(view, rng) + _region(view, rng)
+    t = view.truth  # the expert's questions are about the whole study, the picture's about this slice
+    sub = t["subregion_volumes_ml"]
+    out.append(QA(phrase(_pick(_STUDY_PRESENCE, rng), rng, x="tumor"), _yn(t["tumor_present"]), "closed", "presence", *_brain_expert("tumor?")))
     if "tumor" not in view.ambiguous:
-        out.append(QA(phrase(_PRESENCE[int(rng.integers(len(_PRESENCE)))], rng, x="tumor"), _yn(f["tumor_visible"]), "closed", "presence", *_brain_expert("tumor?")))
+        out.append(QA(phrase(_pick(_SLICE_PRESENCE, rng), rng, x="tumor"), _yn(f["tumor_visible"]), "closed", "presence"))
+    if t["tumor_present"]:
+        out.append(QA(phrase("{Which hemisphere|Which side of the brain} {is the <x> in|contains the <x>}?", rng, x="tumor"), t["hemisphere"], "closed", "laterality", *_brain_expert("hemisphere")))
+        out.append(QA(phrase("Is the <x> in the left or {the |}right hemisphere?", rng, x="tumor"), t["hemisphere"], "closed", "laterality", *_brain_expert("hemisphere")))
+        out.append(QA(phrase("{Does the <x> enhance|Is there enhancement} {after contrast|on T1c|on the post-contrast image}?", rng, x="tumor"), _yn(sub["enhancing tumor"] > 0), "closed", "presence", *_brain_expert("enhancing tumor?")))
+        out.append(QA(phrase("{Is there|Do you see} {a necrotic core|central necrosis|necrosis} {in the <x>|}?", rng, x="tumor"), _yn(sub["necrotic core"] > 0), "closed", "presence", *_brain_expert("necrosis?")))
+        out.append(QA(phrase("{Is there|Do you see} {surrounding|peritumoral|} <x>?", rng, x="edema"), _yn(sub["edema"] > 0), "closed", "presence", *_brain_expert("edema?")))
     if f["tumor_visible"]:
-        out.append(QA(phrase("{Which hemisphere|Which side of the brain} {is the <x> in|contains the <x>}?", rng, x="tumor"), f["hemisphere"], "closed", "laterality", *_brain_expert("hemisphere")))
-        out.append(QA(phrase("Is the <x> in the left or {the |}right hemisphere?", rng, x="tumor"), f["hemisphere"], "closed", "laterality", *_brain_expert("hemisphere")))
         out.append(QA(phrase("{In which lobe|Which lobe} is the <x> {located|}?", rng, x="tumor"), f["lobe"], "open", "location"))
-        out.append(QA(phrase("{Does the <x> enhance|Is there enhancement} {after contrast|on T1c|on the post-contrast image}?", rng, x="tumor"), _yn(f["enhancing"]), "closed", "presence", *_brain_expert("enhancing tumor?")))
-        out.append(QA(phrase("{Is there|Do you see} {a necrotic core|central necrosis|necrosis} {in the <x>|}?", rng, x="tumor"), _yn(f["necrosis"]), "closed", "presence", *_brain_expert("necrosis?")))
-        out.append(QA(phrase("{Is there|Do you see} {surrounding|peritumoral|} <x>?", rng, x="edema"), _yn(f["edema"]), "closed", "presence", *_brain_expert("edema?")))
         out.append(QA(phrase("Is the <x> small, medium or large?", rng, x="tumor"), f["size"], "closed", "size"))
         px = f["subregion_px"]
         if px["edema"] and (px["enhancing tumor"] + px["necrotic core"]) and abs(px["edema"] - px["enhancing tumor"] - px["necrotic core"]) > 20:
@@ -169,7 +203,7 @@ def _cxr(view: CaseView, rng) -> list[QA]:
     for flag, pool in ((True, present), (False, absent)):
         if pool:
             k = pool[int(rng.integers(len(pool)))]
-            out.append(QA(phrase(_PRESENCE[int(rng.integers(len(_PRESENCE)))], rng, x=k), _yn(flag), "closed", "presence", *_chest_expert(k + "?")))
+            out.append(QA(phrase(_pick(_PRESENCE, rng), rng, x=k), _yn(flag), "closed", "presence", *_chest_expert(k + "?")))
     sided = [k for k in present if lat[k]]
     if sided:
         k = sided[int(rng.integers(len(sided)))]

@@ -1,6 +1,7 @@
 """``m3 eval`` through the real agent loop and the experts' interface on held-out phantoms.
 
-An oracle backend that answers every turn with the reference text must score perfectly (so the
+An oracle backend that answers every turn with the reference text (a CT report: plus the study's
+findings the shown slice misses) must score perfectly (so the
 harness, the scorers and the finding vocabulary agree with the data); a backend that always says
 "no" must not.
 """
@@ -40,7 +41,10 @@ class OracleBackend:
             return
         done = sum(1 for m in messages if m["role"] == "assistant")
         gpt = [t["value"] for t in rec["conversations"] if t["from"] == "gpt"]
-        yield gpt[done]
+        meta = rec["meta"]
+        beyond = [f for f in meta.get("findings", []) if f not in meta.get("picture_findings", meta.get("findings", []))]
+        # a CT report states the whole study's findings, the caption only the slice's: the perfect model adds the rest
+        yield gpt[done] + (f" Elsewhere in the study: {', '.join(beyond)}." if beyond else "")
 
 
 class NoBackend:
@@ -74,7 +78,7 @@ def test_a_perfect_model_scores_perfectly(test_data, tmp_path):
     # the oracle answers from the picture: with another case's picture it knows nothing
     assert h["closed_accuracy_other_picture"] == 0.0 and report["vqa"]["n_other_picture"] > 0
     assert 0.3 < h["closed_prior_baseline"] <= 1.0
-    assert h["finding_f1"] == 1.0 and h["bleu4"] > 99
+    assert h["finding_f1"] == 1.0 and h["bleu4"] > 90
     assert h["call_precision"] == 1.0 and h["call_recall"] == 1.0
     items = [DialogueItem(**{**d, "expected_calls": [tuple(c) for c in d["expected_calls"]],
                              "predicted_calls": [tuple(c) for c in d["predicted_calls"]], "answers": [tuple(a) for a in d["answers"]]})

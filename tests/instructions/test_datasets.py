@@ -116,11 +116,14 @@ def test_captions_name_the_findings_in_the_picture(built):
         text = r["conversations"][1]["value"]
         assert "Findings:" in text and "Impression:" in text
         m = r["meta"]
-        if m["kind"] == "ct":
-            labels = _case("ct", m["seed"]).labels[:, :, m["slice_index"]]
+        if m["kind"] == "ct":  # the caption names the slice's lesions; a report must name the study's
+            case = _case("ct", m["seed"])
+            labels = case.labels[:, :, m["slice_index"]]
             for name in ("liver tumor", "lung nodule", "kidney cyst"):
-                if name in m["findings"]:
+                if name in m["picture_findings"]:
                     assert (labels == CT_VALUE[name]).any()
+                assert (name in m["findings"]) == (case.truth["lesion_counts"][name] > 0)
+            assert set(m["picture_findings"]) <= set(m["findings"])
         if m["kind"] == "cxr":
             truth = _case("cxr", m["seed"]).truth
             assert set(m["findings"]) == set(truth["labels"])
@@ -206,31 +209,58 @@ def test_radiograph_report_requests_are_written_with_the_classifier():
     assert 5 <= reports <= 25
 
 
+def test_ct_report_requests_are_written_with_the_segmentation_expert():
+    """A report request on a CT calls the segmentation expert on the study's lesions; the filled-in report
+    states exactly the study's lesion types (``study_findings``), also those the shown slice misses."""
+    from data.instructions import study_findings
+    from vlm.eval.metrics import extract_findings
+    from vlm.eval.report import FINDING_VOCABULARY
+
+    reports, beyond_slice = 0, 0
+    for seed in range(40):
+        case = _case("ct", seed)
+        rng = np.random.default_rng(seed)
+        view = make_view(case, rng)
+        d = expert_dialogue(view, rng)
+        if not d.turns[-1]["value"].startswith("Findings:"):
+            continue
+        reports += 1
+        assert d.tool_calls == [{"name": "ct_segmentation", "arguments": {"targets": "lesions"}}] and len(d.turns) == 4
+        assert d.turns[0]["value"] and "[[" not in d.turns[0]["value"]
+        text, missing = resolve_references(d.turns[-1]["value"], [d.turns[2]["value"]])
+        assert not missing
+        assert extract_findings(text, FINDING_VOCABULARY["ct"]) == set(study_findings(view)) == \
+            {k for k, n in case.truth["lesion_counts"].items() if n}
+        beyond_slice += set(study_findings(view)) != {les["type"] for les in view.facts["lesions"]}
+    assert 5 <= reports <= 20 and beyond_slice
+
+
 def test_questions_an_expert_answers_call_it_and_name_the_answering_field(built):
-    """Radiograph finding questions go through the classifier, brain-tumour presence and side through the
-    tumour expert, the CT contrast phase through the segmentation expert (read from the aorta); the
-    resolved answer agrees with the reference wherever the slice and the study agree."""
+    """Radiograph finding questions go through the classifier, brain-tumour questions through the tumour
+    expert, CT lesion presence in the study through the segmentation expert (targets: that lesion), the
+    contrast phase through it too (read from the aorta); an expert's question is about the whole study, so
+    its resolved answer always agrees with the reference, and "on this slice" stays a picture question."""
     from vlm.eval.metrics import closed_match
 
     _, data = built
     routed = [r for r in data["ift"] if "tool_calls" in r["meta"]]
     by_kind = Counter((r["meta"]["kind"], r["meta"]["category"]) for r in routed)
-    assert by_kind[("cxr", "presence")] and by_kind[("cxr", "heart size")] and by_kind[("mri", "presence")]
+    assert by_kind[("cxr", "presence")] and by_kind[("cxr", "heart size")] and by_kind[("mri", "presence")] and by_kind[("ct", "presence")]
     assert all(r["meta"]["answer_type"] == "closed" for r in routed)
-    assert {r["meta"]["category"] for r in routed if r["meta"]["kind"] == "ct"} == {"phase"}
-    assert all(r["meta"]["tool_calls"] == [{"name": "ct_segmentation", "arguments": {"targets": "aorta"}}] for r in routed if r["meta"]["kind"] == "ct")
-    agree = 0
+    assert {r["meta"]["category"] for r in routed if r["meta"]["kind"] == "ct"} == {"phase", "presence"}
+    for r in routed:
+        if r["meta"]["kind"] == "ct":  # the phase from the aorta; a lesion type is asked with that lesion as the target
+            targets = r["meta"]["tool_calls"][0]["arguments"]["targets"]
+            assert targets == "aorta" if r["meta"]["category"] == "phase" else r["conversations"][3]["value"] == f"[[{targets}?]]"
     for r in routed:
         human, call, tool, answer = r["conversations"]
         name = r["meta"]["tool_calls"][0]["name"]
         assert call["value"] == format_tool_call(name, r["meta"]["tool_calls"][0]["arguments"]) and json.loads(tool["value"])["expert"] == name
         assert re.fullmatch(r"\[\[[a-z ]+\??\]\]", answer["value"])
         text, missing = resolve_references(answer["value"], [tool["value"]])
-        assert missing == []
-        agree += closed_match(text, r["meta"]["answer"])
-    whole_study = [r for r in routed if r["meta"]["kind"] in ("cxr", "ct")]  # a radiograph, a CT's phase: the slice is the study
-    assert all(closed_match(resolve_references(r["conversations"][3]["value"], [r["conversations"][2]["value"]])[0], r["meta"]["answer"])
-               for r in whole_study)
-    assert agree >= 0.8 * len(routed)
+        assert missing == [] and closed_match(text, r["meta"]["answer"]), (human["value"], text, r["meta"]["answer"])
+    assert not any("slice" in r["conversations"][0]["value"] for r in routed)
+    slice_questions = [r for r in data["ift"] if r["meta"]["category"] == "presence" and "on this slice" in r["conversations"][0]["value"]]
+    assert slice_questions and all(len(r["conversations"]) == 2 for r in slice_questions)
     # picture questions stay picture questions
     assert any(r["meta"]["kind"] == "cxr" and r["meta"]["category"] == "laterality" and len(r["conversations"]) == 2 for r in data["ift"])

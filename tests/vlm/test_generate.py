@@ -133,10 +133,11 @@ def test_yes_no_questions_are_told_from_choices():
     from vlm.generate import yes_no_question
 
     for q in ("Is there a pneumothorax?", "Could you tell me: do you see edema? Please answer briefly.", "Mass: present or absent?",
-              "Can you check: collapsed lung: yes or no? Thanks.", "Was this scan acquired with contrast?"):
+              "Can you check: collapsed lung: yes or no? Thanks.", "Was this scan acquired with contrast?",
+              "Looking at the image, does the patient have any tumour?"):
         assert yes_no_question(q), q
     for q in ("Is the lesion in the left or the right hemisphere?", "Is the nodule small, medium or large?", "Which hemisphere is it in?",
-              "What is the liver volume?", "Is this scan a CT or an MRI?"):
+              "What is the liver volume?", "Is this scan a CT or an MRI?", "Looking at it, which side is the effusion on?"):
         assert not yes_no_question(q), q
 
 

@@ -26,6 +26,6 @@ class RECIPE(Recipe):
                          mix={"ift": 0.8, "align": 0.2}, checkpoint_every=500),
         "medical-ift": StageSpec(steps=6000, batch_size=64, lr=2e-4, train=("projector", "llm"), lora=LoraSpec(r=64, alpha=128),
                                  mix={"medical-ift": 0.6, "ift": 0.3, "align": 0.1}, checkpoint_every=500,
-                                 leave_out={"align": ("cxr",)}),  # radiograph reports are written with the classifier from here on
+                                 leave_out={"align": ("cxr", "ct")}),  # radiograph and CT reports are written with their expert from here on
     })
     threads: int = 0  # all cores

@@ -24,7 +24,7 @@ class RECIPE(Recipe):
         "ift": StageSpec(steps=10, batch_size=4, lr=3e-3, train=("projector", "llm"), mix={"ift": 0.8, "align": 0.2}, checkpoint_every=5),
         "medical-ift": StageSpec(steps=12, batch_size=4, lr=3e-3, train=("projector", "llm"),
                                  mix={"medical-ift": 0.7, "ift": 0.2, "align": 0.1}, checkpoint_every=5,
-                                 leave_out={"align": ("cxr",)}),
+                                 leave_out={"align": ("cxr", "ct")}),
     })
     mixed_precision: str = "no"
     threads: int = 1

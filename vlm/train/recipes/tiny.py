@@ -33,7 +33,7 @@ class RECIPE(Recipe):
                          mix={"ift": 0.75, "align": 0.25}, checkpoint_every=100),
         "medical-ift": StageSpec(steps=550, batch_size=16, lr=8e-4, weight_decay=0.01, train=("projector", "llm"),
                                  mix={"medical-ift": 0.55, "ift": 0.3, "align": 0.15}, checkpoint_every=100,
-                                 leave_out={"align": ("cxr",)}),  # radiograph reports are written with the classifier from here on
+                                 leave_out={"align": ("cxr", "ct")}),  # radiograph and CT reports are written with their expert from here on
     })
     mixed_precision: str = "no"
     threads: int = 1
