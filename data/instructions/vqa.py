@@ -121,9 +121,8 @@ def _ct(view: CaseView, rng) -> list[QA]:
     kinds = ["liver tumor", "lung nodule", "kidney cyst"]
     present = [k for k in kinds if f["lesion_counts"][k] > 0]
     absent = [k for k in kinds if f["lesion_counts"][k] == 0 and k not in view.ambiguous]
-    pool = present if present and (rng.random() < 0.5 or not absent) else absent
-    if pool:
-        k = pool[int(rng.integers(len(pool)))]
+    if present or absent:
+        k = _balanced(present + absent, present, rng)
         out.append(QA(phrase(_pick(_SLICE_PRESENCE, rng), rng, x=k), _yn(k in present), "closed", "presence"))
     in_study = [k for k in kinds if view.truth["lesion_counts"][k] > 0]
     k = _balanced(kinds, in_study, rng)
