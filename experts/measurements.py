@@ -91,6 +91,21 @@ def drop_small_components(labels: np.ndarray, value: int, min_voxels: int) -> in
     return int(len(small))
 
 
+def drop_components_without(labels: np.ndarray, value: int, inside: np.ndarray, min_voxels: int) -> int:
+    """Set components of ``value`` holding fewer than ``min_voxels`` voxels of the mask ``inside`` to
+    background (in place); returns how many were dropped (a brain "tumour" of oedema alone, no core)."""
+    found = _components(labels, value)
+    if found is None:
+        return 0
+    box, comps, count = found
+    held = np.bincount(comps[inside[box]].ravel(), minlength=count + 1)
+    bare = np.flatnonzero(held < min_voxels)
+    bare = bare[bare > 0]
+    if len(bare):
+        labels[box][np.isin(comps, bare)] = 0
+    return int(len(bare))
+
+
 def keep_largest_component(labels: np.ndarray, value: int) -> int:
     """Keep only the largest connected component of ``value`` (an organ is one piece); the other
     components become background (in place). Returns how many voxels were removed."""

@@ -17,7 +17,7 @@ import torch
 from data.phantoms.labels import MRI_LABELS, MRI_SEQUENCES
 from data.study import Volume
 from experts.base import Expert, ExpertError, ExpertResult, Finding, Measurement
-from experts.measurements import drop_small_components, lesion_stats
+from experts.measurements import drop_components_without, drop_small_components, lesion_stats
 from experts.model_files import load_expert_files
 from experts.overlay import render_overlay
 from experts.preprocess import check_volume, labels_to_input_grid, pick_device, same_grid, to_model_grid
@@ -41,6 +41,7 @@ class BrainTumorConfig:
     sequences: tuple[str, ...] = MRI_SEQUENCES
     min_tumor_ml: float = 1.0  # smaller whole-tumour components are specks, not tumour (phantom tumours are >= 7 mL)
     min_subregion_ml: float = 0.5  # a sub-region (enhancing, necrosis) is reported present from this volume
+    min_core_ml: float = 0.1  # a whole-tumour component needs this much tumour core (oedema alone is not reported as a tumour)
     num_classes: int = len(MRI_LABELS) + 1
 
     @classmethod
@@ -136,6 +137,7 @@ class BrainTumorExpert(Expert):
         ref, labels = self.segment(volumes)
         whole = (labels > 0).astype(np.int16)
         drop_small_components(whole, 1, max(1, int(round(self.config.min_tumor_ml / ref.voxel_volume_ml))))
+        drop_components_without(whole, 1, np.isin(labels, (_NEC, _ENH)), max(1, int(round(self.config.min_core_ml / ref.voxel_volume_ml))))
         labels[whole == 0] = 0
         vml = ref.voxel_volume_ml
         vols = {v: float(np.count_nonzero(labels == v)) * vml for v in MRI_LABELS}

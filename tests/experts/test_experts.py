@@ -93,6 +93,14 @@ def test_mri_segments_the_tumour_and_names_missing_sequences(reg):
         reg.run("mri_brain_tumor", case.volumes["T1"])
 
 
+def test_mri_reports_no_tumour_in_a_tumour_free_brain(reg):
+    case = data.phantoms.generate("mri", 20_023)  # a validation brain where the network marks a few mL of oedema alone
+    assert not case.truth["tumor_present"]
+    res = reg.run("mri_brain_tumor", case.volumes)
+    assert not next(f.present for f in res.findings if f.label == "tumor")
+    assert res.summary == "No brain tumour found." and not res.label_volume.array.any()
+
+
 def test_mri_sequences_on_different_grids_are_resampled_onto_t1c(reg):
     case = data.phantoms.generate("mri", 30_003, tumor=True)
     flair = case.volumes["FLAIR"]

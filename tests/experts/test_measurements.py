@@ -9,7 +9,7 @@ import torch
 from scipy import ndimage
 
 from data.study import Volume
-from experts.measurements import drop_detached_components, drop_small_components, keep_largest_component, lesion_stats
+from experts.measurements import drop_components_without, drop_detached_components, drop_small_components, keep_largest_component, lesion_stats
 from experts.preprocess import channel_argmax
 
 C26 = ndimage.generate_binary_structure(3, 3)
@@ -65,6 +65,19 @@ def test_lesion_stats_count_and_volume():
     _, n = ndimage.label(lab == 2, structure=C26)
     assert s.count == n and s.total_volume_ml == pytest.approx((lab == 2).sum() * 0.012)
     assert s.largest_diameter_mm > 0
+
+
+def test_components_without_enough_core_are_dropped():
+    whole = np.zeros((30, 30, 30), dtype=np.int16)
+    whole[2:10, 2:10, 2:10] = 1  # oedema with a 2x2x2 core
+    whole[15:25, 15:25, 15:25] = 1  # oedema alone
+    whole[2:6, 20:24, 20:24] = 1  # oedema with a 1-voxel core
+    core = np.zeros(whole.shape, dtype=bool)
+    core[5:7, 5:7, 5:7] = True
+    core[3, 21, 21] = True
+    assert drop_components_without(whole, 1, core, 2) == 2
+    assert whole[2:10, 2:10, 2:10].all() and not whole[15:25, 15:25, 15:25].any() and not whole[2:6, 20:24, 20:24].any()
+    assert drop_components_without(np.zeros_like(whole), 1, core, 2) == 0
 
 
 def test_channel_argmax_equals_torch_argmax_with_ties():
