@@ -185,13 +185,19 @@ def _mri(view: CaseView, rng) -> Dialogue:
     sub = ", ".join(f"{n} {_ref(n + ' volume')}" for n in MRI_LABELS.values())
     turns.append({"from": "gpt", "value": f"Brain tumor: {_ref('tumor')}. Whole tumor {_ref('whole tumor')} ({sub})."})
     if _m(result, "whole tumor", "volume").value > 0:
-        follow = rng.choice(["core", "enhancing", "side"])
+        follow = rng.choice(["core", "enhancing", "necrosis", "edema", "side"])
         if follow == "core":
             turns += [{"from": "human", "value": phrase("{And|What is} the tumor core volume?", rng, polite=False)},
                       {"from": "gpt", "value": f"The tumor core (enhancing tumor plus necrotic core) is {_ref('tumor core volume')}."}]
         elif follow == "enhancing":
             turns += [{"from": "human", "value": phrase("Does it enhance{ after contrast|}?", rng, polite=False)},
                       {"from": "gpt", "value": f"Enhancing tumor: {_ref('enhancing tumor')}; volume {_ref('enhancing tumor volume')}."}]
+        elif follow == "necrosis":
+            turns += [{"from": "human", "value": phrase("{Is there|Any|Do you see} {central necrosis|a necrotic core|necrosis}?", rng, polite=False)},
+                      {"from": "gpt", "value": f"Necrosis: {_ref('necrosis')}; necrotic core volume {_ref('necrotic core volume')}."}]
+        elif follow == "edema":
+            turns += [{"from": "human", "value": phrase("{Is there|Any|Do you see} {peritumoral|surrounding|} edema?", rng, polite=False)},
+                      {"from": "gpt", "value": f"Edema: {_ref('edema')}; volume {_ref('edema volume')}."}]
         else:
             turns += [{"from": "human", "value": phrase("Which {side|hemisphere} is it on?", rng, polite=False)},
                       {"from": "gpt", "value": f"The tumor is in the {_ref('hemisphere')}."}]

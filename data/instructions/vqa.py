@@ -127,9 +127,9 @@ def _ct(view: CaseView, rng) -> list[QA]:
     in_study = [k for k in kinds if view.truth["lesion_counts"][k] > 0]
     k = _balanced(kinds, in_study, rng)
     out.append(QA(phrase(_pick(_STUDY_PRESENCE, rng), rng, x=k), _yn(k in in_study), "closed", "presence", *_lesion_expert(k)))
-    organ_pool = list(f["organ_area_px"])
-    organ = organ_pool[int(rng.integers(len(organ_pool)))]
-    if organ in f["organs"] or f["organ_area_px"][organ] == 0:
+    clear = [o for o, px in f["organ_area_px"].items() if o in f["organs"] or px == 0]  # cut clearly, or not at all
+    if clear:
+        organ = _balanced(clear, f["organs"], rng)
         out.append(QA(phrase("{Is|Can you see} the <o> {visible|shown|included} {in this slice|in this image|here}?", rng, o=organ),
                       _yn(organ in f["organs"]), "closed", "presence"))
     for k in present:

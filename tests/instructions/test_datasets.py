@@ -16,12 +16,13 @@ from data.instructions import build_datasets, expert_dialogue, make_view, tool_r
 from data.instructions.expert_dialogues import CT_TARGETS, format_tool_call
 from data.tool_text import resolve_references
 from data.phantoms import generate
-from data.phantoms.labels import CT_LABELS
+from data.phantoms.labels import CT_LABELS, CT_ORGANS
 from experts.base import tool_message
 
 COUNTS = {"ct": 14, "mri": 5, "cxr": 14}
 SMALL_MRI = {"mri": {"shape": (64, 64, 32)}}
 CT_VALUE = {v: k for k, v in CT_LABELS.items()}
+ORGANS = [CT_LABELS[v] for v in CT_ORGANS]
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,6 +92,27 @@ def test_ct_answers_are_true_to_the_slice(built):
             assert not np.isin(labels, [10, 11, 12]).any()
             checked += 1
     assert checked >= 4
+
+
+def test_organ_visibility_questions_are_true_to_the_slice_and_balanced():
+    from data.instructions.vqa import _ct
+
+    answers = []
+    for seed in range(6):
+        case = _case("ct", seed)
+        for j in range(6):
+            rng = np.random.default_rng(100 * seed + j)
+            view = make_view(case, rng)
+            for qa in _ct(view, rng):
+                q = qa.question.lower()
+                organ = next((o for o in sorted(ORGANS, key=len, reverse=True) if f"the {o} " in q), None)
+                if qa.category != "presence" or organ is None:
+                    continue
+                area = int((case.labels[:, :, view.slice_index] == CT_VALUE[organ]).sum())
+                assert (qa.answer == "no") == (area == 0), (q, area)  # never asked of an organ the slice only grazes
+                answers.append(qa.answer)
+    assert len(answers) >= 20
+    assert 0.3 <= answers.count("yes") / len(answers) <= 0.7  # an organ drawn from all nine would be mostly "yes"
 
 
 def test_vqa_covers_categories_balances_yes_no_and_varies_phrasing(built):
@@ -173,6 +195,27 @@ def test_tool_turn_is_tool_message_of_ground_truth_and_answer_quotes_it(kind):
             assert {k: v.startswith("yes") for k, v in body["findings"].items()} == truth["findings"]
         seen += 1
     assert seen >= 6
+
+
+def test_brain_tumour_follow_ups_ask_each_sub_region_and_answer_from_the_result():
+    asked = Counter()
+    for seed in range(40):
+        case = generate("mri", seed, **SMALL_MRI["mri"])
+        rng = np.random.default_rng(seed)
+        d = expert_dialogue(make_view(case, rng), rng)
+        humans = [i for i, t in enumerate(d.turns) if t["from"] == "human"]
+        if d.task == "no-expert" or len(humans) < 2:
+            continue
+        q = d.turns[humans[1]]["value"].lower()
+        answer, _ = resolve_references(d.turns[humans[1] + 1]["value"], [t["value"] for t in d.turns if t["from"] == "tool"])
+        sub = case.truth["subregion_volumes_ml"]
+        for word, region in (("necro", "necrotic core"), ("edema", "edema")):
+            if word in q:
+                asked[region] += 1
+                assert answer.lower().startswith(("necrosis:", "edema:")), answer
+                assert ("not present" in answer) == (sub[region] == 0), (q, answer)
+                assert f"{sub[region]:.1f} mL" in answer
+    assert asked["necrotic core"] >= 2 and asked["edema"] >= 2
 
 
 def test_training_templates_match_the_expert_and_agent_contracts():
