@@ -96,7 +96,7 @@ def test_a_perfect_model_scores_perfectly(test_data, tmp_path):
 def test_a_model_that_always_says_no_fails_the_bars(test_data, tmp_path):
     from vlm.eval.harness import evaluate_model
 
-    report = evaluate_model(NoBackend(), test_data, tmp_path, experts="truth", progress=False, limit=6)
+    report = evaluate_model(NoBackend(), test_data, tmp_path, experts="truth", progress=False)
     h = report["headline"]
     assert h["call_recall"] == 0.0
     assert h["closed_accuracy"] < 0.9
