@@ -142,3 +142,12 @@ def test_picture_control_swaps_in_the_next_case_of_the_same_kind():
     got = {r["conversations"][0]["value"]: r.get("images") or r["image"] for r in out}
     assert got == {"a": "ct2.png", "b": "ct2.png", "c": "ct3.png", "d": "ct1.png", "e": ["m6a.png", "m6b.png"], "g": ["m4a.png", "m4b.png"]}
     assert all(r["meta"]["seed"] == o["meta"]["seed"] for r, o in zip(out, [x for x in records if x["meta"]["kind"] != "cxr"]))
+
+
+def test_limit_spreads_the_items_over_the_file(tmp_path):
+    from vlm.eval.harness import _records
+
+    path = tmp_path / "ift_test.json"
+    path.write_text(json.dumps([{"id": i} for i in range(10)]))
+    assert [r["id"] for r in _records(path, 4)] == [0, 3, 6, 9]
+    assert len(_records(path, 0)) == 10 and _records(tmp_path / "missing.json", 4) == []
