@@ -176,6 +176,17 @@ def _ct(view: CaseView, rng) -> Dialogue:
     return _dialogue(turns, [{"name": "ct_segmentation", "arguments": args}], [result])
 
 
+# A follow-up on a brain-tumour result, answered from the same result: question template, answer naming the fields.
+_MRI_FOLLOW_UPS = {
+    "core": ("{And|What is} the tumor core volume?", f"The tumor core (enhancing tumor plus necrotic core) is {_ref('tumor core volume')}."),
+    "enhancing": ("Does it enhance{ after contrast|}?", f"Enhancing tumor: {_ref('enhancing tumor')}; volume {_ref('enhancing tumor volume')}."),
+    "necrosis": ("{Is there|Any|Do you see} {central necrosis|a necrotic core|necrosis}?",
+                 f"Necrosis: {_ref('necrosis')}; necrotic core volume {_ref('necrotic core volume')}."),
+    "edema": ("{Is there|Any|Do you see} {peritumoral|surrounding|} edema?", f"Edema: {_ref('edema')}; volume {_ref('edema volume')}."),
+    "side": ("Which {side|hemisphere} is it on?", f"The tumor is in the {_ref('hemisphere')}."),
+}
+
+
 def _mri(view: CaseView, rng) -> Dialogue:
     truth = view.truth
     args: dict = {}
@@ -185,22 +196,8 @@ def _mri(view: CaseView, rng) -> Dialogue:
     sub = ", ".join(f"{n} {_ref(n + ' volume')}" for n in MRI_LABELS.values())
     turns.append({"from": "gpt", "value": f"Brain tumor: {_ref('tumor')}. Whole tumor {_ref('whole tumor')} ({sub})."})
     if _m(result, "whole tumor", "volume").value > 0:
-        follow = rng.choice(["core", "enhancing", "necrosis", "edema", "side"])
-        if follow == "core":
-            turns += [{"from": "human", "value": phrase("{And|What is} the tumor core volume?", rng, polite=False)},
-                      {"from": "gpt", "value": f"The tumor core (enhancing tumor plus necrotic core) is {_ref('tumor core volume')}."}]
-        elif follow == "enhancing":
-            turns += [{"from": "human", "value": phrase("Does it enhance{ after contrast|}?", rng, polite=False)},
-                      {"from": "gpt", "value": f"Enhancing tumor: {_ref('enhancing tumor')}; volume {_ref('enhancing tumor volume')}."}]
-        elif follow == "necrosis":
-            turns += [{"from": "human", "value": phrase("{Is there|Any|Do you see} {central necrosis|a necrotic core|necrosis}?", rng, polite=False)},
-                      {"from": "gpt", "value": f"Necrosis: {_ref('necrosis')}; necrotic core volume {_ref('necrotic core volume')}."}]
-        elif follow == "edema":
-            turns += [{"from": "human", "value": phrase("{Is there|Any|Do you see} {peritumoral|surrounding|} edema?", rng, polite=False)},
-                      {"from": "gpt", "value": f"Edema: {_ref('edema')}; volume {_ref('edema volume')}."}]
-        else:
-            turns += [{"from": "human", "value": phrase("Which {side|hemisphere} is it on?", rng, polite=False)},
-                      {"from": "gpt", "value": f"The tumor is in the {_ref('hemisphere')}."}]
+        question, answer = _MRI_FOLLOW_UPS[rng.choice(list(_MRI_FOLLOW_UPS))]
+        turns += [{"from": "human", "value": phrase(question, rng, polite=False)}, {"from": "gpt", "value": answer}]
     return _dialogue(turns, [{"name": "mri_brain_tumor", "arguments": args}], [result])
 
 
