@@ -37,3 +37,22 @@ def test_cli_key_values():
     assert _key_values(["a=1", " crop_ratios.liver tumor = 8 "]) == {"a": "1", "crop_ratios.liver tumor": "8"}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         _key_values(["lesion_weight"])
+
+
+@pytest.mark.parametrize("flag, expected", [([], None), (["--bf16", "on"], True), (["--bf16", "off"], False)])
+def test_bf16_flag_defaults_to_what_the_cpu_does_natively(monkeypatch, flag, expected):
+    import experts.train
+    from app.main import main
+
+    seen = {}
+    monkeypatch.setattr(experts.train, "train_expert", lambda cfg: seen.setdefault("cfg", cfg) and {})
+    assert main(["experts", "train", "cxr_classification", *flag]) == 0
+    assert seen["cfg"].bf16 is expected
+
+
+def test_native_bf16_is_a_plain_answer_about_this_cpu():
+    import torch
+
+    from experts.train import native_bf16
+
+    assert native_bf16() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
