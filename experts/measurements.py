@@ -83,12 +83,7 @@ def drop_small_components(labels: np.ndarray, value: int, min_voxels: int) -> in
     if found is None:
         return 0
     box, comps, _ = found
-    sizes = np.bincount(comps.ravel())
-    small = np.flatnonzero(sizes < min_voxels)
-    small = small[small > 0]
-    if len(small):
-        labels[box][np.isin(comps, small)] = 0
-    return int(len(small))
+    return _drop_counted_under(labels, box, comps, np.bincount(comps.ravel()), min_voxels)
 
 
 def drop_components_without(labels: np.ndarray, value: int, inside: np.ndarray, min_voxels: int) -> int:
@@ -98,12 +93,16 @@ def drop_components_without(labels: np.ndarray, value: int, inside: np.ndarray, 
     if found is None:
         return 0
     box, comps, count = found
-    held = np.bincount(comps[inside[box]].ravel(), minlength=count + 1)
-    bare = np.flatnonzero(held < min_voxels)
-    bare = bare[bare > 0]
-    if len(bare):
-        labels[box][np.isin(comps, bare)] = 0
-    return int(len(bare))
+    return _drop_counted_under(labels, box, comps, np.bincount(comps[inside[box]].ravel(), minlength=count + 1), min_voxels)
+
+
+def _drop_counted_under(labels: np.ndarray, box: tuple, comps: np.ndarray, counts: np.ndarray, min_voxels: int) -> int:
+    """Zero, in ``labels[box]``, the components (numbered in ``comps``) whose ``counts`` fall under ``min_voxels``."""
+    under = np.flatnonzero(counts < min_voxels)
+    under = under[under > 0]
+    if len(under):
+        labels[box][np.isin(comps, under)] = 0
+    return int(len(under))
 
 
 def keep_largest_component(labels: np.ndarray, value: int) -> int:

@@ -45,7 +45,12 @@ def test_bf16_flag_defaults_to_what_the_cpu_does_natively(monkeypatch, flag, exp
     from app.main import main
 
     seen = {}
-    monkeypatch.setattr(experts.train, "train_expert", lambda cfg: seen.setdefault("cfg", cfg) and {})
+
+    def record(cfg):
+        seen["cfg"] = cfg
+        return {}
+
+    monkeypatch.setattr(experts.train, "train_expert", record)
     assert main(["experts", "train", "cxr_classification", *flag]) == 0
     assert seen["cfg"].bf16 is expected
 
