@@ -85,13 +85,19 @@ def train_expert(cfg: TrainConfig) -> dict[str, Any]:
             log.warning("checkpoint %s was made with another recipe; starting afresh", ckpt)
 
     t_data = time.perf_counter()
-    task.prepare_data()
+    refresh = getattr(task, "refresh", None)  # tasks whose training set is renewed during the run
+    if refresh:
+        task.prepare_data(start_step=state["step"])
+    else:
+        task.prepare_data()
     log.info("%s: %d training / %d validation phantoms ready in %.1f s", cfg.name, rc.n_train, rc.n_val, time.perf_counter() - t_data)
     rng = np.random.default_rng([cfg.seed, state["step"]])
     bar = tqdm(total=rc.steps, initial=state["step"], desc=f"train {cfg.name}", unit="step", dynamic_ncols=True)
     t0 = time.perf_counter() - state["seconds"]
     model.train()
     while state["step"] < rc.steps:
+        if refresh:
+            refresh(state["step"])
         x, y = task.batch(rng)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # ~2x faster convolutions on CPUs with native bf16
             logits = model(x)

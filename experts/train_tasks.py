@@ -17,9 +17,17 @@ import torch
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS
 from experts.base import ExpertError
 
-__all__ = ["Recipe", "make_task", "dice_per_class", "TRAIN_SEED", "VAL_SEED", "TEST_SEED"]
+__all__ = ["Recipe", "make_task", "dice_per_class", "fresh_seed", "TRAIN_SEED", "VAL_SEED", "TEST_SEED"]
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 10_000, 20_000, 30_000
+FRESH_SEED = 1_000_000  # phantoms drawn during training (``refresh_every``): seed FRESH_SEED + run seed * 100_000 + k
+
+
+def fresh_seed(run_seed: int, k: int) -> int:
+    """Seed of the ``k``-th (1, 2, ...) phantom drawn during a run; never a validation or test seed."""
+    if not 1 <= k < 100_000:
+        raise ValueError(f"fresh phantom index {k} out of range 1..99999")
+    return FRESH_SEED + run_seed * 100_000 + k
 
 
 @dataclass
@@ -37,6 +45,7 @@ class Recipe:
     lesion_weight: float = 1.0  # class weight of lesion labels in the loss (small structures learn late)
     lesion_rate: float = 0.9  # probability of each lesion type in a training phantom
     crop_ratios: dict[str, float] = field(default_factory=dict)  # structure name -> patch-centre sampling ratio
+    refresh_every: int = 0  # every this many steps a new phantom replaces the oldest training one (0: a fixed set)
 
 
 def make_task(name: str, cfg: Any):
@@ -128,14 +137,27 @@ class CTTask:
         pad = SpatialPad(self.recipe.patch)
         img, lab = pad(img).as_tensor(), pad(lab).as_tensor().round().to(torch.uint8)
         indices = ClassesToIndices(num_classes=c.num_classes)(lab)
-        return {"image": img, "label": lab, "indices": indices}
+        return {"image": img, "label": lab, "indices": indices, "seed": seed}
 
-    def prepare_data(self) -> None:
+    def prepare_data(self, start_step: int = 0) -> None:
+        """The training set as it stands at ``start_step`` (a resumed run sees the phantoms it would have seen)."""
         from tqdm.auto import tqdm
 
         r = self.recipe
         self.train_cases = [self._case(TRAIN_SEED + self.seed * 1000 + i, lesion_rate=r.lesion_rate) for i in tqdm(range(r.n_train), desc="phantoms", leave=False)]
         self.val_cases = [self._case(VAL_SEED + i, lesion_rate=0.9) for i in range(r.n_val)]
+        if r.refresh_every and start_step > 0:
+            last = (start_step - 1) // r.refresh_every
+            for k in range(max(1, last - r.n_train + 1), last + 1):
+                self.refresh(k * r.refresh_every)
+
+    def refresh(self, step: int) -> None:
+        """At each multiple of ``refresh_every``: a newly drawn phantom takes the oldest training phantom's place."""
+        r = self.recipe
+        if r.refresh_every <= 0 or step <= 0 or step % r.refresh_every:
+            return
+        k = step // r.refresh_every
+        self.train_cases[(k - 1) % r.n_train] = self._case(fresh_seed(self.seed, k), lesion_rate=r.lesion_rate)
 
     def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         from monai.transforms import RandCropByLabelClasses

@@ -61,3 +61,49 @@ def test_native_bf16_is_a_plain_answer_about_this_cpu():
     from experts.train import native_bf16
 
     assert native_bf16() is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _seeds_only(task):
+    task._case = lambda seed, **options: {"seed": seed}  # the slot bookkeeping, without drawing phantoms
+    return task
+
+
+def test_refresh_replaces_the_oldest_training_phantom_with_a_new_seed():
+    from experts.train_tasks import TEST_SEED, TRAIN_SEED, VAL_SEED, fresh_seed
+
+    task = _seeds_only(make_task("ct_segmentation", TrainConfig(name="ct_segmentation", n_train=3, n_val=1, overrides={"refresh_every": "2"})))
+    task.prepare_data()
+    assert [c["seed"] for c in task.train_cases] == [TRAIN_SEED, TRAIN_SEED + 1, TRAIN_SEED + 2]
+    for step in range(1, 9):
+        task.refresh(step)
+    # steps 2, 4, 6, 8 drew fresh phantoms 1..4 into slots 0, 1, 2, 0
+    assert [c["seed"] for c in task.train_cases] == [fresh_seed(0, 4), fresh_seed(0, 2), fresh_seed(0, 3)]
+    fresh = {fresh_seed(s, k) for s in range(10) for k in (1, 99_999)}
+    assert not fresh & (set(range(VAL_SEED, VAL_SEED + 1000)) | set(range(TEST_SEED, TEST_SEED + 1000)))
+    with pytest.raises(ValueError):
+        fresh_seed(0, 0)
+
+
+def test_a_resumed_run_sees_the_training_set_it_had_at_that_step():
+    def cases_at(step: int, resumed: bool) -> list[int]:
+        task = _seeds_only(make_task("ct_segmentation", TrainConfig(name="ct_segmentation", n_train=3, n_val=1, overrides={"refresh_every": "2"})))
+        if resumed:
+            task.prepare_data(start_step=step)
+        else:
+            task.prepare_data()
+            for s in range(step):
+                task.refresh(s)
+        task.refresh(step)  # the loop's call before the batch of ``step``
+        return [c["seed"] for c in task.train_cases]
+
+    for step in (1, 2, 7, 8, 13):
+        assert cases_at(step, resumed=True) == cases_at(step, resumed=False), step
+
+
+def test_without_refresh_the_training_set_stays_fixed():
+    task = _seeds_only(make_task("ct_segmentation", TrainConfig(name="ct_segmentation", n_train=2, n_val=1)))
+    task.prepare_data(start_step=50)
+    before = [c["seed"] for c in task.train_cases]
+    for step in range(1, 20):
+        task.refresh(step)
+    assert [c["seed"] for c in task.train_cases] == before
