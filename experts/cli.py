@@ -43,7 +43,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                     help="bfloat16 forward pass; auto: only where the CPU has native bfloat16 (emulated it is ~30x slower)")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="recipe setting, e.g. lesion_weight=2, lesion_rate=0.9, 'crop_ratios.liver tumor=8', refresh_every=4 (a new phantom every 4 steps; repeatable)")
+                    help="recipe setting, e.g. lesion_weight=2, lesion_rate=0.9, 'crop_ratios.liver tumor=8', refresh_every=4 (ct_segmentation: a new phantom every 4 steps; repeatable)")
     tr.set_defaults(func=cmd_train)
 
 

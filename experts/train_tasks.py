@@ -62,6 +62,9 @@ def make_task(name: str, cfg: Any):
             setattr(task.recipe, key, value)
     for key, value in (getattr(cfg, "overrides", None) or {}).items():
         apply_override(task.recipe, key, value)
+    if task.recipe.refresh_every and not hasattr(task, "refresh"):
+        raise ExpertError(f"refresh_every is not available for {name}: its training set is fixed (only ct_segmentation "
+                          "draws new phantoms during training); leave refresh_every out.")
     task.seed = cfg.seed
     return task
 

@@ -107,3 +107,10 @@ def test_without_refresh_the_training_set_stays_fixed():
     for step in range(1, 20):
         task.refresh(step)
     assert [c["seed"] for c in task.train_cases] == before
+
+
+@pytest.mark.parametrize("name", ["mri_brain_tumor", "cxr_classification"])
+def test_refresh_is_refused_where_the_training_set_is_fixed(name):
+    with pytest.raises(ExpertError, match=f"refresh_every is not available for {name}"):
+        make_task(name, TrainConfig(name=name, overrides={"refresh_every": "4"}))
+    assert make_task(name, TrainConfig(name=name, overrides={"refresh_every": "0"})).recipe.refresh_every == 0
