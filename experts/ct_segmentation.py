@@ -18,13 +18,13 @@ import torch
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CT_TARGETS, ct_target_values
 from data.study import Volume
 from experts.base import Expert, ExpertError, ExpertResult, Finding, Measurement
-from experts.measurements import (contrast_phase, drop_detached_components, drop_small_components, keep_largest_component, lesion_stats,
+from experts.measurements import (contrast_phase, drop_components_without, drop_detached_components, drop_small_components, keep_largest_component, lesion_stats,
                                   mean_attenuation, structure_volume_ml)
 from experts.model_files import load_expert_files
 from experts.overlay import render_overlay
 from experts.preprocess import check_volume, labels_to_input_grid, pick_device, to_model_grid
 
-__all__ = ["CTSegConfig", "CTSegmentationExpert", "build_ct_network", "ct_input", "ct_targets", "TARGET_CHOICES"]
+__all__ = ["CTSegConfig", "CTSegmentationExpert", "build_ct_network", "ct_input", "ct_targets", "keep_confident_lesions", "TARGET_CHOICES"]
 
 NAME = "ct_segmentation"
 TARGET_CHOICES: list[str] = CT_TARGETS
@@ -50,6 +50,7 @@ class CTSegConfig:
     organ_largest_component: bool = True  # an organ is one piece: stray islands of an organ label become background
     lesion_max_gap_mm: float = 3.0  # lesion components farther than this from their organ are dropped (< 0: keep all)
     lesion_logit_offset: float = 0.0  # subtracted from the lesion logits before the argmax (> 0: fewer, surer lesions)
+    lesion_seed_margin: float = 0.0  # > 0: a lesion component needs a model voxel whose logit beats all others by this (its extent stays the argmax's)
     body_hu: float = -500.0  # voxels above this are the body (for the left-right position channel)
     position_scale_mm: float = 150.0
     num_classes: int = len(CT_LABELS) + 1
@@ -157,8 +158,13 @@ class CTSegmentationExpert(Expert):
 
     def segment(self, volume: Volume) -> np.ndarray:
         """All labels (``CT_LABELS`` values) as an ``int16`` array on ``volume``'s grid, before the
-        connected-component clean-up of ``postprocess``."""
-        return labels_to_input_grid(self.scores(volume), volume)
+        connected-component clean-up of ``postprocess`` (with ``lesion_seed_margin``, lesion components
+        the network is nowhere sure of are already background)."""
+        scores = self.scores(volume)
+        labels = labels_to_input_grid(scores, volume)
+        if self.config.lesion_seed_margin > 0:
+            keep_confident_lesions(labels, scores, volume, self.config.lesion_seed_margin)
+        return labels
 
     def postprocess(self, labels: np.ndarray, volume: Volume) -> np.ndarray:
         """Clean ``labels`` (all ``CT_LABELS`` values, on ``volume``'s grid) in place and return it: the
@@ -213,6 +219,26 @@ class CTSegmentationExpert(Expert):
             summary="CT segmentation: " + "; ".join(parts) + ".",
             overlay_renderer=render_overlay,
         )
+
+
+def keep_confident_lesions(labels: np.ndarray, scores, volume: Volume, margin: float) -> int:
+    """Hysteresis on lesions: set to background (in place) each lesion component of ``labels`` (on
+    ``volume``'s grid) that holds no seed, a model-grid voxel where that lesion's logit in ``scores``
+    (``(C, X, Y, Z)`` ``MetaTensor``) beats every other class by ``margin``. Faint false positives go,
+    true lesions keep the extent of the plain argmax. Returns how many components were dropped."""
+    top = torch.as_tensor(scores).float().topk(2, dim=0)
+    sure = (top.values[0] - top.values[1]) >= margin
+    to_input = np.linalg.inv(volume.affine) @ np.asarray(scores.affine, dtype=np.float64)  # model index → input index
+    dropped = 0
+    for value in CT_LESIONS:
+        idx = torch.nonzero(sure & (top.indices[0] == value)).numpy()
+        inside = np.zeros(labels.shape, dtype=bool)
+        if len(idx):
+            pts = np.rint(idx @ to_input[:3, :3].T + to_input[:3, 3]).astype(int)
+            pts = pts[((pts >= 0) & (pts < np.asarray(labels.shape))).all(axis=1)]
+            inside[tuple(pts.T)] = True
+        dropped += drop_components_without(labels, value, inside, 1)
+    return dropped
 
 
 def _phase(volume: Volume, labels: np.ndarray) -> tuple[list[Finding], list[Measurement], list[str]]:

@@ -84,3 +84,30 @@ def test_channel_argmax_equals_torch_argmax_with_ties():
     g = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 4, (6, 9, 8, 7), generator=g).float()  # many ties
     assert torch.equal(channel_argmax(scores), torch.argmax(scores, dim=0))
+
+
+def test_lesion_hysteresis_drops_unsure_components_and_keeps_the_extent_of_sure_ones():
+    from monai.data import MetaTensor
+
+    from experts.ct_segmentation import keep_confident_lesions
+
+    # input grid 1 mm, model grid 2 mm shifted by 1 mm: model voxel m sits on input voxel 2m + 1
+    vol = Volume(array=np.zeros((40, 40, 40), dtype=np.float32), affine=np.eye(4), modality="CT")
+    model_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    model_affine[:3, 3] = 1.0
+    scores = torch.zeros(13, 20, 20, 20)
+    scores[0] = 1.0  # background wins everywhere ...
+    scores[10, 2:6, 2:6, 2:6] = 1.5  # ... but for a faint liver tumour (margin 0.5)
+    scores[10, 12:16, 12:16, 12:16] = 1.5  # and a tumour whose centre is sure (margin 4)
+    scores[10, 13:15, 13:15, 13:15] = 5.0
+    labels = np.zeros((40, 40, 40), dtype=np.int16)
+    labels[5:13, 5:13, 5:13] = 10
+    labels[25:33, 25:33, 25:33] = 10
+    labels[26, 26, 26] = 11  # a lung nodule voxel with no sure seed at all
+    kept = labels.copy()
+    dropped = keep_confident_lesions(kept, MetaTensor(scores, affine=torch.as_tensor(model_affine)), vol, margin=2.0)
+    assert dropped == 2
+    assert (kept[5:13, 5:13, 5:13] == 0).all() and kept[26, 26, 26] == 0
+    sure = labels[25:33, 25:33, 25:33] == 10
+    assert (kept[25:33, 25:33, 25:33][sure] == 10).all()  # the whole argmax extent, not only the sure core
+    assert keep_confident_lesions(labels.copy(), MetaTensor(scores, affine=torch.as_tensor(model_affine)), vol, margin=0.4) == 1
