@@ -177,6 +177,7 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
 
 _AUXILIARY = re.compile(r"(?:^|[:.,?!]\s*)(?:is|are|does|do|did|can|was|were|has|have)\b")
 _YES_NO_CHOICE = re.compile(r"\b(?:yes or no|present or absent)\b")
+_WH_WORD = re.compile(r"\b(?:which|what|where|how|when|who)\b")
 
 
 def yes_no_question(question: str) -> bool:
@@ -186,7 +187,9 @@ def yes_no_question(question: str) -> bool:
     q = " ".join(question.lower().split())
     if _YES_NO_CHOICE.search(q):
         return True
-    return bool(_AUXILIARY.search(q)) and " or " not in q
+    # "Can you check: which side…?": a polite lead-in's auxiliary does not make the question after it yes / no
+    asked = q.split(":", 1)[1].strip() if ":" in q and q.split(":", 1)[1].strip() else q
+    return bool(_AUXILIARY.search(asked)) and " or " not in asked
 
 
 def _reference_processor_base() -> type:
@@ -204,7 +207,8 @@ class ReferenceConstraint(_reference_processor_base()):
     agent still shows "(not in the expert result)" rather than another structure's value. Text outside
     references is untouched. ``input_ids`` are the generated tokens (the prompt goes in as embeddings);
     with a text prompt pass ``prompt_length``. A reference that opens the answer (no words before it, as in
-    a closed question's "[[edema?]]") takes its subject from ``question``: the fields the question names.
+    a closed question's "[[edema?]]") takes its subject from ``question``: the fields the question names;
+    after a wh-question ("Which side of the brain…?") never a yes / no field, named or not.
     """
 
     # lead-matched key masking over the vocabulary: transformers offers the hook, not this constraint
@@ -224,7 +228,8 @@ class ReferenceConstraint(_reference_processor_base()):
         if from_question and yes_no_question(self.question):
             # a yes / no question is answered by some finding's yes / no field; which one is the model's to
             # read ("Does the tumor enhance?" names the tumour but asks about enhancement)
-            return {k for k in self.keys if k.endswith("?")}
+            yes_no = {k for k in self.keys if k.endswith("?")}
+            return self._named_findings(yes_no) or yes_no
         phrase = self.question.lower() if from_question else re.split(r"[.;,\n]\s|;|\]\]", lead.lower())[-1]
         sides = set(re.findall(r"\b(left|right)\b", phrase))
         named: list[str] = []
@@ -234,7 +239,19 @@ class ReferenceConstraint(_reference_processor_base()):
                 continue
             if pattern.search(phrase) and not any(key in longer for longer in named):
                 named.append(key)
-        return {k for k in self.keys for n in named if k in (n, n + "?") or k.startswith(n + " ")}
+        picked = {k for k in self.keys for n in named if k in (n, n + "?") or k.startswith(n + " ")}
+        if from_question and _WH_WORD.search(self.question.lower()):
+            # "Which side…?", "How large…?" are never answered by a finding's yes / no field
+            return {k for k in (picked if named else self.keys) if not k.endswith("?")}
+        return picked
+
+    def _named_findings(self, yes_no: set[str]) -> set[str]:
+        """The yes / no fields whose finding the question names, each word by its stem ("Is there central
+        necrosis?" → ``necrosis?``, "Does the tumour enhance?" → ``enhancing tumor?``; a field inside a
+        longer named one gives way to it); empty when it names none."""
+        words = re.findall(r"[a-z]+", self.question.lower())
+        named = {k for k in yes_no if all(any(w[:4] in q for q in words) for w in k[:-1].split())}
+        return {k for k in named if not any(k != o and re.search(r"\b" + re.escape(k[:-1]) + r"\b", o) for o in named)}
 
     def ok(self, partial: str, keys: set[str]) -> bool:
         """Whether the text after an open ``[[`` can still become (or already closes) one of ``keys``."""

@@ -115,17 +115,24 @@ def test_a_reference_opening_the_answer_names_what_the_question_names(m3_tokeniz
     pieces = _token_texts(tok)
     keys = ["tumor", "tumor?", "edema", "edema?", "edema volume", "hemisphere", "left hemisphere"]
     c = ReferenceConstraint(tok, keys, question="Could you tell me: do you see edema? Please answer yes or no.")
-    assert c.allowed("") == c.allowed(" ") == {"edema?", "tumor?"}  # a yes / no question: a finding's yes / no field
-    assert ReferenceConstraint(tok, keys, question="How large is the edema?").allowed("") == {"edema", "edema?", "edema volume"}
+    assert c.allowed("") == c.allowed(" ") == {"edema?"}  # a yes / no question: the yes / no field of the finding it names
+    assert ReferenceConstraint(tok, keys, question="How large is the edema?").allowed("") == {"edema", "edema volume"}
     row = _scores_after(c, tok, "[[")
     allowed = [pieces[i].lower() for i in range(len(pieces)) if row[i] == 0]
     assert allowed and not any(p.startswith("h") for p in allowed)  # never "hemisphere" for a yes / no question
     assert c.allowed("The tumor is in the ") == {"tumor", "tumor?"}  # words of its own: the answer's subject
     side = ReferenceConstraint(tok, keys, question="Is the lesion in the left or the right hemisphere?")
     assert side.allowed("") == {"hemisphere"}  # a choice of sides asks for the side, not the "left hemisphere" finding
-    assert ReferenceConstraint(tok, keys, question="Does the mass enhance?").allowed("") == {"tumor?", "edema?"}
-    # a question naming no field, and not a yes / no one, leaves the reference to the model, as before
-    assert ReferenceConstraint(tok, keys, question="Where is the mass?").allowed("") == set()
+    assert ReferenceConstraint(tok, keys, question="Does the mass enhance?").allowed("") == {"tumor?", "edema?"}  # names none: any
+    brain = keys + ["necrosis", "necrosis?", "enhancing tumor", "enhancing tumor?"]
+    for q, field in (("Please tell me: is there central necrosis?", "necrosis?"), ("Does the tumour enhance after contrast?", "enhancing tumor?"),
+                     ("Is there surrounding oedema?", "edema?"), ("Is there a tumor in this study?", "tumor?")):
+        assert ReferenceConstraint(tok, brain, question=q).allowed("") == {field}, q
+    # a wh-question naming no field: any field but a yes / no one ("Which side…?" is never answered "yes")
+    for q in ("Where is the mass?", "Can you check: which side of the brain contains the lesion? Thanks."):
+        assert ReferenceConstraint(tok, keys, question=q).allowed("") == {"tumor", "edema", "edema volume", "hemisphere", "left hemisphere"}
+    # neither a yes / no question nor a wh-question, naming no field: left to the model, as before
+    assert ReferenceConstraint(tok, keys, question="Tell me about the mass.").allowed("") == set()
     assert torch.all(_scores_after(ReferenceConstraint(tok, keys), tok, "[[") == 0)
 
 
@@ -137,7 +144,8 @@ def test_yes_no_questions_are_told_from_choices():
               "Looking at the image, does the patient have any tumour?"):
         assert yes_no_question(q), q
     for q in ("Is the lesion in the left or the right hemisphere?", "Is the nodule small, medium or large?", "Which hemisphere is it in?",
-              "What is the liver volume?", "Is this scan a CT or an MRI?", "Looking at it, which side is the effusion on?"):
+              "What is the liver volume?", "Is this scan a CT or an MRI?", "Looking at it, which side is the effusion on?",
+              "Can you check: which side of the brain contains the lesion? Thanks.", "Could you tell me: what is the liver volume?"):
         assert not yes_no_question(q), q
 
 
