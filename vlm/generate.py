@@ -188,7 +188,7 @@ def yes_no_question(question: str) -> bool:
     if _YES_NO_CHOICE.search(q):
         return True
     # "Can you check: which side…?": a polite lead-in's auxiliary does not make the question after it yes / no
-    asked = q.split(":", 1)[1].strip() if ":" in q and q.split(":", 1)[1].strip() else q
+    asked = q.partition(":")[2].strip() or q
     return bool(_AUXILIARY.search(asked)) and " or " not in asked
 
 
@@ -226,8 +226,8 @@ class ReferenceConstraint(_reference_processor_base()):
         when it names none. With no words in ``lead``, the fields the whole question names."""
         from_question = not re.search(r"[a-z]", lead.lower()) and bool(self.question)
         if from_question and yes_no_question(self.question):
-            # a yes / no question is answered by some finding's yes / no field; which one is the model's to
-            # read ("Does the tumor enhance?" names the tumour but asks about enhancement)
+            # a yes / no question is answered by the yes / no field of the finding it names; naming none
+            # ("Does the mass enhance?"), by any finding's, the model's to pick
             yes_no = {k for k in self.keys if k.endswith("?")}
             return self._named_findings(yes_no) or yes_no
         phrase = self.question.lower() if from_question else re.split(r"[.;,\n]\s|;|\]\]", lead.lower())[-1]
@@ -249,8 +249,8 @@ class ReferenceConstraint(_reference_processor_base()):
         """The yes / no fields whose finding the question names, each word by its stem ("Is there central
         necrosis?" → ``necrosis?``, "Does the tumour enhance?" → ``enhancing tumor?``; a field inside a
         longer named one gives way to it); empty when it names none."""
-        words = re.findall(r"[a-z]+", self.question.lower())
-        named = {k for k in yes_no if all(any(w[:4] in q for q in words) for w in k[:-1].split())}
+        asked = re.findall(r"[a-z]+", self.question.lower())
+        named = {k for k in yes_no if all(any(word[:4] in a for a in asked) for word in k[:-1].split())}
         return {k for k in named if not any(k != o and re.search(r"\b" + re.escape(k[:-1]) + r"\b", o) for o in named)}
 
     def ok(self, partial: str, keys: set[str]) -> bool:
