@@ -75,11 +75,14 @@ class ChatEngine:
     def enabled(self) -> bool:
         return self.backend is not None
 
-    def stream(self, state: SessionState, question: str, user: str, view_image: np.ndarray | None = None) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+    def stream(self, state: SessionState, question: str, user: str, view_image: np.ndarray | None = None,
+               view_slice: int | None = None) -> Iterator[tuple[list[dict[str, Any]], bool]]:
         """Yield ``(chat history, overlay changed)`` as the answer to ``question`` streams in.
 
         view_image: the slice on screen ``(H, W, 3)`` uint8; the model sees it with the question when it
-        differs from the last picture it was given."""
+        differs from the last picture it was given. view_slice: its index on the volume's own third axis
+        when it is an axial slice (an expert then says what that slice of its mask shows, for "in this
+        slice" questions), else None."""
         history = state.history + [{"role": "user", "content": question}]
         if not self.enabled:
             yield history + [_assistant(NO_MODEL_MESSAGE + " Use the expert buttons to measure.")], False
@@ -90,6 +93,7 @@ class ChatEngine:
         from vlm.agent import Agent
 
         _attach_view(state, view_image)
+        state.conversation.shown_slice = view_slice
         agent = Agent(self.backend, SessionRegistry(self.registry, state), max_rounds=self.max_rounds)
         answer = ""
         steps: dict[int, int] = {}  # id(tool_call) → index of its step message in history

@@ -21,6 +21,7 @@ from app.chat import ChatEngine, expert_inputs, result_message
 from app.report import Report, ReportError, draft_from_results, draft_with_model, write_markdown, write_pdf
 from app.session import SessionState
 from app.viewer import PLANES, default_window, preset_window, render_view, window_presets
+from data.display import native_axial_index
 from data.errors import IngestError
 from experts.base import ExpertError
 from vlm.tools import ToolCallError
@@ -214,13 +215,16 @@ class AppEvents:
             yield (state, state.history, "", *self._viewer_outputs(state))
             return
         vol = state.volume
-        on_screen = None
+        on_screen, shown_slice = None, None
         takes_images = self.engine.backend is not None and getattr(self.engine.backend.info, "takes_images", False)
         if vol is not None and takes_images:  # the slice the clinician is looking at, without overlay, for the model
             plane = state.view.plane if not vol.is_2d else "axial"
-            on_screen = render_view(vol, plane, state.view.slices.get(plane), state.view.window, None).image
+            view = render_view(vol, plane, state.view.slices.get(plane), state.view.window, None)
+            on_screen = view.image
+            if plane == "axial":  # "is the spleen in this slice?" is answered from the expert's mask on it
+                shown_slice = native_axial_index(vol, view.index)
         any_change = False
-        for history, changed in self.engine.stream(state, question, _user(request), on_screen):
+        for history, changed in self.engine.stream(state, question, _user(request), on_screen, shown_slice):
             if changed:
                 state.view.slices.pop(state.view.plane, None)
                 any_change = True

@@ -16,7 +16,7 @@ import numpy as np
 from data.study import Volume
 
 __all__ = ["WINDOW_PRESETS", "window", "window_for", "default_window", "percentile_window", "Reformat", "reformat",
-           "PLANES"]
+           "PLANES", "native_axial_index"]
 
 # (centre, width) in HU; common radiology defaults.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -117,6 +117,21 @@ def reformat(volume: Volume, plane: str = "axial", index: int | None = None, *,
         image, px = np.swapaxes(array[index, ::-1, ::-1], 0, 1), (sz, sy)
     out = Reformat(image=image, plane=plane, index=index, pixel_spacing_mm=(float(px[0]), float(px[1])))
     return _square(out) if square_pixels else out
+
+
+def native_axial_index(volume: Volume, index: int) -> int | None:
+    """The volume's own third-axis index ``k`` (``array[:, :, k]``) of the axial view's slice ``index``;
+    None for a 2D image or a volume whose third axis is not the head–foot one (its axial view is a
+    reformat across slices)."""
+    from nibabel.orientations import io_orientation
+
+    if volume.is_2d:
+        return None
+    ornt = io_orientation(volume.affine)
+    if int(ornt[2, 0]) != 2:
+        return None
+    n = volume.shape[2]
+    return int(index) if ornt[2, 1] > 0 else n - 1 - int(index)
 
 
 def _canonical(volume: Volume) -> tuple[np.ndarray, tuple[float, float, float]]:

@@ -14,9 +14,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from data.study import Volume
+from data.slice_facts import slice_findings
 from data.tool_text import Finding, Measurement, ToolResult, format_tool_result
 
-__all__ = ["Expert", "ExpertResult", "ExpertError", "Measurement", "Finding", "tool_message"]
+__all__ = ["Expert", "ExpertResult", "ExpertError", "Measurement", "Finding", "tool_message", "with_slice_findings"]
 
 
 class ExpertError(Exception):
@@ -113,3 +114,16 @@ def tool_message(result: ExpertResult) -> str:
     """The one text form of an expert result given to the VLM as a ``tool`` message, in training data
     and at inference alike (``data.tool_text.format_tool_result``)."""
     return format_tool_result(result)
+
+
+def with_slice_findings(result: ExpertResult, slice_index: int) -> ExpertResult:
+    """A copy of ``result`` that ends with what axial slice ``slice_index`` of its mask shows ("kidney cyst
+    in this slice: yes", ``data.slice_facts``), for a question about the slice on screen; ``result``
+    itself when it has no mask, the slice is off its grid, or the expert has no such findings."""
+    from dataclasses import replace
+
+    labels = result.label_volume
+    if labels is None or not 0 <= int(slice_index) < labels.shape[2]:
+        return result
+    extra = slice_findings(result.expert, labels.array[:, :, int(slice_index)], result.label_names, result.measurements)
+    return replace(result, findings=list(result.findings) + extra) if extra else result

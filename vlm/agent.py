@@ -2,7 +2,8 @@
 
 A turn: (modality check) → generate → parse tool calls → validate → run the expert on the right
 volumes → append a ``tool`` message (``experts.base.tool_message``: the same text as in training data;
-plus the overlay as an image when the model takes images) → generate again, at most ``max_rounds``
+plus the overlay as an image when the model takes images; for a yes / no question about the slice on
+screen, the result also says what that slice of the expert's mask shows) → generate again, at most ``max_rounds``
 tool rounds. A malformed call or an expert error goes back to the model as a tool error. Field
 references in the answer (``[[liver volume]]``) are filled from the conversation's tool results
 (``data.tool_text.resolve_references``; the history keeps the model's own text). Numbers in the final
@@ -19,9 +20,10 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from data.slice_facts import asks_about_shown_slice
 from data.study import Volume
 from data.tool_text import reference_keys, resolve_references
-from experts.base import Expert, ExpertError, tool_message
+from experts.base import Expert, ExpertError, tool_message, with_slice_findings
 from vlm.backends.base import ChatBackend, GenerationConfig
 from vlm.conversation import AgentEvent, AgentTurn, Conversation, ToolCall
 from vlm.safety import modality_mismatch, ungrounded_numbers
@@ -192,6 +194,8 @@ class Agent:
                 call.arguments = legacy_arguments(call.arguments, expert.parameters)
                 volumes = volumes_for(expert, conversation.volumes)
                 call.result = self.registry.run(call.name, volumes, **call.arguments)
+                if conversation.shown_slice is not None and asks_about_shown_slice(turn.question):
+                    call.result = with_slice_findings(call.result, conversation.shown_slice)
             except (ToolCallError, ExpertError) as exc:
                 call.error = str(exc)
             except Exception as exc:  # an expert bug must not end the chat: the model sees it as a tool error

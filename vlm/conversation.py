@@ -67,6 +67,7 @@ class Conversation:
     turns: list[AgentTurn] = field(default_factory=list)
     cache_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     images_shown: int = 0  # how many of ``images`` are already in the history
+    shown_slice: int | None = None  # axial index (volume grid) of the slice on screen, for "in this slice" questions
 
     @classmethod
     def from_study(cls, study: Any, images: list[np.ndarray] | None = None) -> "Conversation":

@@ -25,6 +25,7 @@ from typing import Any, Hashable, Iterator, Sequence
 import numpy as np
 import torch
 
+from data.slice_facts import IN_SLICE, asks_about_shown_slice
 from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from vlm.backends.base import GenerationConfig
 
@@ -208,7 +209,8 @@ class ReferenceConstraint(_reference_processor_base()):
     references is untouched. ``input_ids`` are the generated tokens (the prompt goes in as embeddings);
     with a text prompt pass ``prompt_length``. A reference that opens the answer (no words before it, as in
     a closed question's "[[edema?]]") takes its subject from ``question``: the fields the question names;
-    after a wh-question ("Which side of the brain…?") never a yes / no field, named or not.
+    after a wh-question ("Which side of the brain…?") never a yes / no field, named or not; after a yes /
+    no question about the slice on screen only an "in this slice" field, after any other never one.
     """
 
     # lead-matched key masking over the vocabulary: transformers offers the hook, not this constraint
@@ -229,6 +231,12 @@ class ReferenceConstraint(_reference_processor_base()):
             # a yes / no question is answered by the yes / no field of the finding it names; naming none
             # ("Does the mass enhance?"), by any finding's, the model's to pick
             yes_no = {k for k in self.keys if k.endswith("?")}
+            # one about the slice on screen by an "in this slice" field, any other by the rest
+            on_slice = {k for k in yes_no if k.endswith(IN_SLICE + "?")}
+            if on_slice and asks_about_shown_slice(self.question):
+                yes_no = on_slice
+            elif yes_no - on_slice:
+                yes_no -= on_slice
             return self._named_findings(yes_no) or yes_no
         phrase = self.question.lower() if from_question else re.split(r"[.;,\n]\s|;|\]\]", lead.lower())[-1]
         sides = set(re.findall(r"\b(left|right)\b", phrase))
@@ -250,7 +258,7 @@ class ReferenceConstraint(_reference_processor_base()):
         necrosis?" → ``necrosis?``, "Does the tumour enhance?" → ``enhancing tumor?``; a field inside a
         longer named one gives way to it); empty when it names none."""
         asked = re.findall(r"[a-z]+", self.question.lower())
-        named = {k for k in yes_no if all(any(word[:4] in a for a in asked) for word in k[:-1].split())}
+        named = {k for k in yes_no if all(any(word[:4] in a for a in asked) for word in k[:-1].removesuffix(IN_SLICE).split())}
         return {k for k in named if not any(k != o and re.search(r"\b" + re.escape(k[:-1]) + r"\b", o) for o in named)}
 
     def ok(self, partial: str, keys: set[str]) -> bool:

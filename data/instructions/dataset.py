@@ -24,6 +24,7 @@ from data.instructions.expert_dialogues import expert_dialogue, tool_result_from
 from data.instructions.views import CaseView, make_view
 from data.instructions.vqa import vqa_items
 from data.phantoms import generate
+from data.slice_facts import asks_about_shown_slice
 from data.tool_text import format_tool_call, format_tool_result, value_reference
 
 __all__ = ["build_dataset", "build_datasets", "STAGES", "SPLIT_SEEDS", "case_seeds"]
@@ -142,6 +143,7 @@ def _vqa_answer(view: CaseView, qa, j: int) -> list[dict]:
     if not qa.expert:
         return [{"from": "gpt", "value": qa.answer}]
     arguments = dict(qa.arguments or {})
-    result = tool_result_from_truth(view.kind, view.truth, arguments, np.random.default_rng([view.seed, 0xE7, j]))
+    shown = view.facts if asks_about_shown_slice(qa.question) else None  # the agent adds the slice's findings then
+    result = tool_result_from_truth(view.kind, view.truth, arguments, np.random.default_rng([view.seed, 0xE7, j]), shown)
     return [{"from": "gpt", "value": format_tool_call(qa.expert, arguments)}, {"from": "tool", "value": format_tool_result(result)},
             {"from": "gpt", "value": value_reference(qa.key)}]

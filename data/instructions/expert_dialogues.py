@@ -23,6 +23,7 @@ import numpy as np
 from data.instructions.captions import caption_prompt
 from data.instructions.paraphrase import phrase
 from data.instructions.views import CaseView
+from data.slice_facts import measured_structures, slice_finding_name
 from data.tool_text import REF_OPEN, Finding, Measurement, ToolResult, format_tool_call, format_tool_result, resolve_references, value_reference
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CT_TARGETS, CXR_FINDINGS, MRI_LABELS, ct_target_values
 
@@ -48,8 +49,21 @@ class Dialogue:
     results: list = field(default_factory=list)
 
 
-def tool_result_from_truth(kind: str, truth: dict, arguments: dict, rng: np.random.Generator):
-    """The ``ToolResult`` the expert would return if it were perfect on this case."""
+def tool_result_from_truth(kind: str, truth: dict, arguments: dict, rng: np.random.Generator, shown: dict | None = None):
+    """The ``ToolResult`` the expert would return if it were perfect on this case. ``shown``: the facts of
+    the slice on screen (``CaseView.facts``) when the question asks about it; the result then ends with
+    the "<structure> in this slice" findings the agent adds at inference (``data.slice_facts``)."""
+    result = _truth_result(kind, truth, arguments, rng)
+    if shown is not None and kind in ("ct", "mri"):
+        if kind == "mri":
+            result.findings.append(Finding(slice_finding_name("tumor"), bool(shown["tumor_visible"])))
+        else:
+            result.findings += [Finding(slice_finding_name(s), shown["lesion_counts"][s] > 0 if lesion else s in shown["organs"])
+                                for s, lesion in measured_structures(result.measurements)]
+    return result
+
+
+def _truth_result(kind: str, truth: dict, arguments: dict, rng: np.random.Generator):
     if kind == "ct":
         findings, measurements = [], []
         for value in ct_target_values(arguments.get("targets", "everything")):

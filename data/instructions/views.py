@@ -16,11 +16,11 @@ from scipy import ndimage
 
 from data.phantoms import PhantomCase
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, MRI_LABELS, MRI_SEQUENCES
+from data.slice_facts import ORGAN_MIN_PX, TUMOR_MIN_PX, lesion_components
 from data.study import Volume
 
 __all__ = ["CaseView", "make_view", "window_slice", "size_category"]
 
-_MIN_VISIBLE_PX = 4  # a structure cut by fewer pixels is not asked about (too ambiguous to see)
 
 
 @dataclass
@@ -78,16 +78,14 @@ def _ct_view(case: PhantomCase, rng: np.random.Generator) -> CaseView:
     k = min(k, vol.shape[2] - 1)
     sl = lab[:, :, k]
     px_mm2 = abs(vol.spacing[0] * vol.spacing[1])
-    organs = [CT_LABELS[v] for v in CT_ORGANS if area[v, k] >= 20]
+    organs = [CT_LABELS[v] for v in CT_ORGANS if area[v, k] >= ORGAN_MIN_PX]  # the experts' "in this slice" rule
     ambiguous: set[str] = set()
     found: list[dict] = []
     for v in CT_LESIONS:
-        comps, n = ndimage.label(sl == v, structure=np.ones((3, 3)))
-        for c in range(1, n + 1):
-            m = comps == c
-            if m.sum() < _MIN_VISIBLE_PX:
-                ambiguous.add(CT_LABELS[v])
-                continue
+        shown, tiny = lesion_components(sl == v)  # a component too small to see is never asked about
+        if tiny:
+            ambiguous.add(CT_LABELS[v])
+        for m in shown:
             ij = np.argwhere(m).mean(0)
             organ = _organ_around(sl, m)
             diam = 2.0 * np.sqrt(m.sum() * px_mm2 / np.pi)  # equivalent-circle in-plane diameter
@@ -127,8 +125,8 @@ def _mri_view(case: PhantomCase, rng: np.random.Generator) -> CaseView:
     px_mm2 = abs(t1c.spacing[0] * t1c.spacing[1])
     sl = lab[:, :, k]
     whole = sl > 0
-    ambiguous = {"tumor"} if 0 < whole.sum() < 10 else set()
-    visible = bool(whole.sum() >= 10)
+    ambiguous = {"tumor"} if 0 < whole.sum() < TUMOR_MIN_PX else set()
+    visible = bool(whole.sum() >= TUMOR_MIN_PX)
     sub = {MRI_LABELS[v]: int((sl == v).sum()) for v in (1, 2, 3)}
     diam = 2.0 * np.sqrt(whole.sum() * px_mm2 / np.pi)
     side = None

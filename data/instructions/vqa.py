@@ -6,7 +6,8 @@ sequence (MRI) and heart size (radiograph). Each question is phrased from severa
 are balanced per case by asking about present and absent findings alike.
 
 A CT or MRI picture is one slice of a study, so two kinds of question coexist: "on this slice" questions
-are answered from the picture (facts of the slice), patient-level ones ("Does the patient have a liver
+are about the picture (facts of the slice; the expert's mask on the slice on screen answers those asking
+whether a structure is shown: ``[[kidney cyst in this slice?]]``), patient-level ones ("Does the patient have a liver
 tumor?", "Is there necrosis?") by the expert that reads the whole study (facts of the study).
 """
 
@@ -19,6 +20,7 @@ import numpy as np
 from data.instructions.paraphrase import phrase
 from data.instructions.views import CaseView
 from data.phantoms.labels import CXR_FINDINGS
+from data.slice_facts import slice_finding_name
 
 __all__ = ["QA", "vqa_items", "CATEGORIES"]
 
@@ -31,7 +33,8 @@ class QA:
 
     expert / key / arguments: a question an expert answers better than the picture does (a radiograph
     finding, the brain tumour and its side, a lesion type anywhere in a CT study, the CT contrast phase)
-    is answered by calling ``expert`` with ``arguments`` and naming its result field ``key``
+    is answered by calling ``expert`` with ``arguments`` and naming its result field ``key``; so is whether
+    the slice on screen shows a structure (``[[spleen in this slice?]]``, from the expert's mask there)
     (``[[pneumothorax?]]`` → "yes (probability 0.87)", ``[[hemisphere]]`` → "left hemisphere",
     ``[[phase]]`` → "arterial phase")."""
 
@@ -70,6 +73,13 @@ def _phase_expert(key: str) -> tuple[str, str, dict]:  # the phase is read from 
 
 def _lesion_expert(lesion: str) -> tuple[str, str, dict]:
     return "ct_segmentation", lesion + "?", {"targets": lesion}
+
+
+def _slice_expert(kind: str, structure: str) -> tuple[str, str, dict]:
+    """A question about the slice on screen is answered from the expert's mask on that slice."""
+    if kind == "mri":
+        return "mri_brain_tumor", slice_finding_name("tumor") + "?", {}
+    return "ct_segmentation", slice_finding_name(structure) + "?", {"targets": structure}
 
 
 def _pick(templates: tuple[str, ...], rng) -> str:
@@ -123,15 +133,16 @@ def _ct(view: CaseView, rng) -> list[QA]:
     absent = [k for k in kinds if f["lesion_counts"][k] == 0 and k not in view.ambiguous]
     if present or absent:
         k = _balanced(present + absent, present, rng)
-        out.append(QA(phrase(_pick(_SLICE_PRESENCE, rng), rng, x=k), _yn(k in present), "closed", "presence"))
+        out.append(QA(phrase(_pick(_SLICE_PRESENCE, rng), rng, x=k), _yn(k in present), "closed", "presence", *_slice_expert("ct", k)))
     in_study = [k for k in kinds if view.truth["lesion_counts"][k] > 0]
     k = _balanced(kinds, in_study, rng)
     out.append(QA(phrase(_pick(_STUDY_PRESENCE, rng), rng, x=k), _yn(k in in_study), "closed", "presence", *_lesion_expert(k)))
     clear = [o for o, px in f["organ_area_px"].items() if o in f["organs"] or px == 0]  # cut clearly, or not at all
     if clear:
         organ = _balanced(clear, f["organs"], rng)
-        out.append(QA(phrase("{Is|Can you see} the <o> {visible|shown|included} {in this slice|in this image|here}?", rng, o=organ),
-                      _yn(organ in f["organs"]), "closed", "presence"))
+        # "in this slice", never "in this image": paraphrases turn that into "in this study", a question about the study
+        out.append(QA(phrase("{Is|Can you see} the <o> {visible|shown|included} {in this slice|on this slice|here}?", rng, o=organ),
+                      _yn(organ in f["organs"]), "closed", "presence", *_slice_expert("ct", organ)))
     for k in present:
         items = [les for les in f["lesions"] if les["type"] == k]
         organs = sorted({les["organ"] for les in items})
@@ -140,12 +151,12 @@ def _ct(view: CaseView, rng) -> list[QA]:
             if items[0]["side"] and k != "liver tumor":
                 out.append(QA(phrase("Is the <x> on the left or {the |}right{ side|}?", rng, x=k), items[0]["side"], "closed", "laterality"))
         if k not in view.ambiguous:
-            out.append(QA(phrase("How many <x>s {are there|can you see|are visible} {in this image|in this slice|on this slice}?", rng, x=k),
+            out.append(QA(phrase("How many <x>s {are there|can you see|are visible} {here|in this slice|on this slice}?", rng, x=k),
                           str(len(items)), "open", "count"))
         if len(items) == 1:
             out.append(QA(phrase("Is the <x> small, medium or large?", rng, x=k), items[0]["size"], "closed", "size"))
     if not f["lesions"] and not view.ambiguous:
-        out.append(QA(phrase("How many {focal |}lesions {are there|can you see} {in this image|in this slice|on this slice}?", rng), "0", "open", "count"))
+        out.append(QA(phrase("How many {focal |}lesions {are there|can you see} {here|in this slice|on this slice}?", rng), "0", "open", "count"))
     lesions = f["lesions"]
     if len(lesions) >= 2:
         a, b = (lesions[i] for i in rng.choice(len(lesions), 2, replace=False))
@@ -172,7 +183,7 @@ def _mri(view: CaseView, rng) -> list[QA]:
     sub = t["subregion_volumes_ml"]
     out.append(QA(phrase(_pick(_STUDY_PRESENCE, rng), rng, x="tumor"), _yn(t["tumor_present"]), "closed", "presence", *_brain_expert("tumor?")))
     if "tumor" not in view.ambiguous:
-        out.append(QA(phrase(_pick(_SLICE_PRESENCE, rng), rng, x="tumor"), _yn(f["tumor_visible"]), "closed", "presence"))
+        out.append(QA(phrase(_pick(_SLICE_PRESENCE, rng), rng, x="tumor"), _yn(f["tumor_visible"]), "closed", "presence", *_slice_expert("mri", "tumor")))
     if t["tumor_present"]:
         out.append(QA(phrase("{Which hemisphere|Which side of the brain} {is the <x> in|contains the <x>}?", rng, x="tumor"), t["hemisphere"], "closed", "laterality", *_brain_expert("hemisphere")))
         out.append(QA(phrase("Is the <x> in the left or {the |}right hemisphere?", rng, x="tumor"), t["hemisphere"], "closed", "laterality", *_brain_expert("hemisphere")))

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data.display import WINDOW_PRESETS, percentile_window, reformat, window, window_for
+from data.display import WINDOW_PRESETS, native_axial_index, percentile_window, reformat, window, window_for
 from data.study import Volume
 
 RAS_AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
@@ -86,3 +86,17 @@ def test_2d_volume_gives_its_native_image():
     view = reformat(Volume(array, np.diag([0.5, 0.25, 1.0, 1.0])), "coronal")
     assert view.plane == "native" and view.image.shape == (3, 4) and view.image[0, 1] == array[1, 0, 0]
     assert view.aspect == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("z_step", [2.5, -2.5])
+def test_the_axial_views_slice_maps_back_to_the_volumes_own_index(z_step):
+    """Each slice k holds the value k: the axial view's slice i shows native slice ``native_axial_index(i)``,
+    whichever way the volume's third axis runs."""
+    array = np.broadcast_to(np.arange(6, dtype=np.float32), (4, 5, 6)).copy()
+    vol = Volume(array, np.diag([1.0, 1.0, z_step, 1.0]), modality="CT")
+    for i in range(6):
+        k = native_axial_index(vol, i)
+        assert np.all(reformat(vol, "axial", i).image == k)
+    assert native_axial_index(vol, 0) == (0 if z_step > 0 else 5)
+    coronal_stack = Volume(array, np.array([[1.0, 0, 0, 0], [0, 0, 2.0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]]), modality="CT")
+    assert native_axial_index(coronal_stack, 0) is None  # its third axis runs front to back: no native axial slice

@@ -75,6 +75,8 @@ def test_same_seed_same_files_and_splits_are_disjoint(built, tmp_path):
 
 
 def test_ct_answers_are_true_to_the_slice(built):
+    from data.slice_facts import asks_about_shown_slice  # a question about the whole study is the expert's
+
     _, data = built
     checked = 0
     for r in data["ift"]:
@@ -84,7 +86,7 @@ def test_ct_answers_are_true_to_the_slice(built):
         q = r["conversations"][0]["value"].lower()
         labels = _case("ct", m["seed"]).labels[:, :, m["slice_index"]]
         lesion = next((t for t in ("liver", "lung", "kidney", "renal", "hepatic", "pulmonary") if t in q), None)
-        if m["category"] == "presence" and lesion and ("tumo" in q or "nodul" in q or "cyst" in q or "mass" in q or "lesion" in q) and "visible" not in q and "included" not in q and "shown" not in q:
+        if m["category"] == "presence" and asks_about_shown_slice(q) and lesion and ("tumo" in q or "nodul" in q or "cyst" in q or "mass" in q or "lesion" in q) and "visible" not in q and "included" not in q and "shown" not in q:
             value = {"liver": 10, "hepatic": 10, "lung": 11, "pulmonary": 11, "kidney": 12, "renal": 12}[lesion]
             assert (m["answer"] == "yes") == bool((labels == value).sum() >= 4), q
             checked += 1
@@ -281,8 +283,11 @@ def test_ct_report_requests_are_written_with_the_segmentation_expert():
 def test_questions_an_expert_answers_call_it_and_name_the_answering_field(built):
     """Radiograph finding questions go through the classifier, brain-tumour questions through the tumour
     expert, CT lesion presence in the study through the segmentation expert (targets: that lesion), the
-    contrast phase through it too (read from the aorta); an expert's question is about the whole study, so
-    its resolved answer always agrees with the reference, and "on this slice" stays a picture question."""
+    contrast phase through it too (read from the aorta); whether the slice on screen shows a structure
+    through the expert's mask on that slice (``[[spleen in this slice?]]``). Every resolved answer agrees
+    with the reference; the tool turn holds "in this slice" findings exactly when the question asks about
+    the slice on screen."""
+    from data.slice_facts import asks_about_shown_slice
     from vlm.eval.metrics import closed_match
 
     _, data = built
@@ -292,9 +297,10 @@ def test_questions_an_expert_answers_call_it_and_name_the_answering_field(built)
     assert all(r["meta"]["answer_type"] == "closed" for r in routed)
     assert {r["meta"]["category"] for r in routed if r["meta"]["kind"] == "ct"} == {"phase", "presence"}
     for r in routed:
-        if r["meta"]["kind"] == "ct":  # the phase from the aorta; a lesion type is asked with that lesion as the target
+        if r["meta"]["kind"] == "ct":  # the phase from the aorta; a structure is asked with that structure as the target
             targets = r["meta"]["tool_calls"][0]["arguments"]["targets"]
-            assert targets == "aorta" if r["meta"]["category"] == "phase" else r["conversations"][3]["value"] == f"[[{targets}?]]"
+            on_slice = " in this slice" if asks_about_shown_slice(r["conversations"][0]["value"]) else ""
+            assert targets == "aorta" if r["meta"]["category"] == "phase" else r["conversations"][3]["value"] == f"[[{targets}{on_slice}?]]"
     for r in routed:
         human, call, tool, answer = r["conversations"]
         name = r["meta"]["tool_calls"][0]["name"]
@@ -302,8 +308,8 @@ def test_questions_an_expert_answers_call_it_and_name_the_answering_field(built)
         assert re.fullmatch(r"\[\[[a-z ]+\??\]\]", answer["value"])
         text, missing = resolve_references(answer["value"], [tool["value"]])
         assert missing == [] and closed_match(text, r["meta"]["answer"]), (human["value"], text, r["meta"]["answer"])
-    assert not any("slice" in r["conversations"][0]["value"] for r in routed)
-    slice_questions = [r for r in data["ift"] if r["meta"]["category"] == "presence" and "on this slice" in r["conversations"][0]["value"]]
-    assert slice_questions and all(len(r["conversations"]) == 2 for r in slice_questions)
+        assert ("in this slice" in tool["value"]) == (asks_about_shown_slice(human["value"]) and r["meta"]["kind"] != "cxr")
+    slice_questions = [r for r in data["ift"] if r["meta"]["kind"] != "cxr" and asks_about_shown_slice(r["conversations"][0]["value"])]
+    assert slice_questions and all(r in routed and "in this slice?]]" in r["conversations"][-1]["value"] for r in slice_questions)
     # picture questions stay picture questions
     assert any(r["meta"]["kind"] == "cxr" and r["meta"]["category"] == "laterality" and len(r["conversations"]) == 2 for r in data["ift"])

@@ -231,3 +231,21 @@ def test_calls_and_answers_stay_on_the_side_asked_and_measured(registry):
     failed = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "right kidney"}), "Done."])  # not in the enum: no result
     Agent(failed, registry, max_rounds=2).run_turn(_ct_conversation(), "Right kidney?")
     assert failed.calls[1]["answer_side"] == ""
+
+
+def test_a_question_about_the_slice_on_screen_gets_what_that_slice_of_the_mask_shows(registry):
+    """With the viewer's axial slice known, a yes / no question about it gets the expert's "in this slice"
+    finding (the fake liver mask covers 3×3 = 9 px of every slice: under the 20 px organ rule); a question
+    about the study, or no slice on screen, gets the expert's result unchanged."""
+    call = format_tool_call("ct_segmentation", {"targets": "liver"})
+    for question, slice_index, extra in (("Is the liver visible in this slice?", 2, {"liver in this slice": "no"}),
+                                         ("What is the liver volume?", 2, {}), ("Is the liver visible in this slice?", None, {})):
+        backend = ScriptedBackend([call, "[[liver in this slice?]]"])
+        conv = _ct_conversation()
+        conv.shown_slice = slice_index
+        turn = Agent(backend, registry).run_turn(conv, question)
+        tool_text = backend.calls[1]["messages"][-1]["content"]
+        assert ("in this slice" in tool_text) == bool(extra), question
+        found = {f.label: "yes" if f.present else "no" for f in turn.tool_calls[0].result.findings}
+        assert found == extra
+        assert turn.answer == ("no" if extra else "(not in the expert result)")

@@ -204,3 +204,20 @@ def test_agent_sends_the_question_side_to_the_backend():
     assert seen == ["right", ""]
     Agent(Backend(), Registry(), constrain_references=False).run_turn(Conversation(), "The left lung?")
     assert seen[-1] == ""
+
+
+def test_a_question_about_the_slice_on_screen_is_answered_by_its_in_this_slice_field(m3_tokenizer):
+    from vlm.generate import ReferenceConstraint
+
+    keys = ["kidney cyst", "kidney cyst?", "kidney cyst count", "contrast?", "arterial phase?", "kidney cyst in this slice?",
+            "spleen volume", "spleen in this slice?"]
+    for q, field in (("Looking at the image, is a kidney cyst shown in this slice?", {"kidney cyst in this slice?"}),
+                     ("Could you tell me: can you see the spleen included here? Thanks.", {"spleen in this slice?"}),
+                     # a synonym names no field: any slice field, never the study's
+                     ("Is any cystic renal lesion visible on this slice?", {"kidney cyst in this slice?", "spleen in this slice?"}),
+                     ("Is there a kidney cyst anywhere in the scan?", {"kidney cyst?"}),
+                     ("Does the patient have any cystic renal lesion in this study?", {"kidney cyst?", "contrast?", "arterial phase?"})):
+        assert ReferenceConstraint(m3_tokenizer, keys, question=q).allowed("") == field, q
+    # without slice fields (the result was not asked about the slice) the study's fields answer, as before
+    study = [k for k in keys if "slice" not in k]
+    assert ReferenceConstraint(m3_tokenizer, study, question="Is a kidney cyst shown in this slice?").allowed("") == {"kidney cyst?"}

@@ -273,7 +273,7 @@ class _CaseCache:
             case = self.case(meta["kind"], meta["seed"])
             if isinstance(registry, TruthRegistry):
                 registry.case = case
-            return Conversation(volumes=dict(case.volumes), images=images)
+            return Conversation(volumes=dict(case.volumes), images=images, shown_slice=meta.get("slice_index"))
         return Conversation(volumes={}, images=images)
 
 
