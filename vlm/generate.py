@@ -25,6 +25,7 @@ from typing import Any, Hashable, Iterator, Sequence
 import numpy as np
 import torch
 
+from data.instructions.paraphrase import SYNONYMS
 from data.slice_facts import IN_SLICE, asks_about_shown_slice
 from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from vlm.backends.base import GenerationConfig
@@ -179,6 +180,8 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
 _AUXILIARY = re.compile(r"(?:^|[:.,?!]\s*)(?:is|are|does|do|did|can|was|were|has|have)\b")
 _YES_NO_CHOICE = re.compile(r"\b(?:yes or no|present or absent)\b")
 _WH_WORD = re.compile(r"\b(?:which|what|where|how|when|who)\b")
+FINDING_SYNONYMS = {name: tuple(w.lower() for w in words) for name, words in SYNONYMS.items() if "image" not in name}
+_WHICH_SIDE = re.compile(r"\b(?:which|what) (?:side|hemisphere)\b")
 
 
 def yes_no_question(question: str) -> bool:
@@ -209,7 +212,8 @@ class ReferenceConstraint(_reference_processor_base()):
     references is untouched. ``input_ids`` are the generated tokens (the prompt goes in as embeddings);
     with a text prompt pass ``prompt_length``. A reference that opens the answer (no words before it, as in
     a closed question's "[[edema?]]") takes its subject from ``question``: the fields the question names;
-    after a wh-question ("Which side of the brain…?") never a yes / no field, named or not; after a yes /
+    after a wh-question never a yes / no field, named or not ("Which side of the brain…?": the
+    ``hemisphere`` field when a result has one); after a yes /
     no question about the slice on screen only an "in this slice" field, after any other never one.
     """
 
@@ -248,6 +252,8 @@ class ReferenceConstraint(_reference_processor_base()):
             if pattern.search(phrase) and not any(key in longer for longer in named):
                 named.append(key)
         picked = {k for k in self.keys for n in named if k in (n, n + "?") or k.startswith(n + " ")}
+        if from_question and "hemisphere" in self.keys and _WHICH_SIDE.search(self.question.lower()):
+            return {"hemisphere"}  # "Which side of the brain contains the tumor?" asks for the side, not the tumour
         if from_question and _WH_WORD.search(self.question.lower()):
             # "Which side…?", "How large…?" are never answered by a finding's yes / no field
             return {k for k in (picked if named else self.keys) if not k.endswith("?")}
@@ -257,7 +263,10 @@ class ReferenceConstraint(_reference_processor_base()):
         """The yes / no fields whose finding the question names, each word by its stem ("Is there central
         necrosis?" → ``necrosis?``, "Does the tumour enhance?" → ``enhancing tumor?``; a field inside a
         longer named one gives way to it); empty when it names none."""
-        asked = re.findall(r"[a-z]+", self.question.lower())
+        text = " ".join(self.question.lower().split())
+        # "mass" is the tumour, "collapsed lung" the pneumothorax: the words the data names each finding with
+        also = [name for name, words in FINDING_SYNONYMS.items() if any(re.search(rf"\b{re.escape(w)}\b", text) for w in words)]
+        asked = re.findall(r"[a-z]+", " ".join([text, *also]))
         named = {k for k in yes_no if all(any(word[:4] in a for a in asked) for word in k[:-1].removesuffix(IN_SLICE).split())}
         return {k for k in named if not any(k != o and re.search(r"\b" + re.escape(k[:-1]) + r"\b", o) for o in named)}
 

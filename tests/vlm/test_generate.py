@@ -123,14 +123,18 @@ def test_a_reference_opening_the_answer_names_what_the_question_names(m3_tokeniz
     assert c.allowed("The tumor is in the ") == {"tumor", "tumor?"}  # words of its own: the answer's subject
     side = ReferenceConstraint(tok, keys, question="Is the lesion in the left or the right hemisphere?")
     assert side.allowed("") == {"hemisphere"}  # a choice of sides asks for the side, not the "left hemisphere" finding
-    assert ReferenceConstraint(tok, keys, question="Does the mass enhance?").allowed("") == {"tumor?", "edema?"}  # names none: any
+    assert ReferenceConstraint(tok, keys, question="Is it abnormal?").allowed("") == {"tumor?", "edema?"}  # names none: any
     brain = keys + ["necrosis", "necrosis?", "enhancing tumor", "enhancing tumor?"]
     for q, field in (("Please tell me: is there central necrosis?", "necrosis?"), ("Does the tumour enhance after contrast?", "enhancing tumor?"),
-                     ("Is there surrounding oedema?", "edema?"), ("Is there a tumor in this study?", "tumor?")):
+                     ("Is there surrounding oedema?", "edema?"), ("Is there a tumor in this study?", "tumor?"),
+                     ("Does the mass enhance?", "enhancing tumor?")):
         assert ReferenceConstraint(tok, brain, question=q).allowed("") == {field}, q
     # a wh-question naming no field: any field but a yes / no one ("Which side…?" is never answered "yes")
-    for q in ("Where is the mass?", "Can you check: which side of the brain contains the lesion? Thanks."):
-        assert ReferenceConstraint(tok, keys, question=q).allowed("") == {"tumor", "edema", "edema volume", "hemisphere", "left hemisphere"}
+    assert ReferenceConstraint(tok, keys, question="Where is the mass?").allowed("") == {"tumor", "edema", "edema volume", "hemisphere", "left hemisphere"}
+    # which side: the side field, not the tumour it names ("present." was the answer)
+    for q in ("Can you check: which side of the brain contains the lesion? Thanks.", "Could you tell me: which side of the brain contains the tumor?",
+              "Which hemisphere is the tumour in?"):
+        assert ReferenceConstraint(tok, keys, question=q).allowed("") == {"hemisphere"}, q
     # neither a yes / no question nor a wh-question, naming no field: left to the model, as before
     assert ReferenceConstraint(tok, keys, question="Tell me about the mass.").allowed("") == set()
     assert torch.all(_scores_after(ReferenceConstraint(tok, keys), tok, "[[") == 0)
@@ -213,11 +217,26 @@ def test_a_question_about_the_slice_on_screen_is_answered_by_its_in_this_slice_f
             "spleen volume", "spleen in this slice?"]
     for q, field in (("Looking at the image, is a kidney cyst shown in this slice?", {"kidney cyst in this slice?"}),
                      ("Could you tell me: can you see the spleen included here? Thanks.", {"spleen in this slice?"}),
-                     # a synonym names no field: any slice field, never the study's
-                     ("Is any cystic renal lesion visible on this slice?", {"kidney cyst in this slice?", "spleen in this slice?"}),
+                     ("Is any cystic renal lesion visible on this slice?", {"kidney cyst in this slice?"}),
+                     # naming no field: any slice field, never the study's
+                     ("Is anything abnormal shown in this slice?", {"kidney cyst in this slice?", "spleen in this slice?"}),
                      ("Is there a kidney cyst anywhere in the scan?", {"kidney cyst?"}),
-                     ("Does the patient have any cystic renal lesion in this study?", {"kidney cyst?", "contrast?", "arterial phase?"})):
+                     ("Does the patient have any cystic renal lesion in this study?", {"kidney cyst?"}),
+                     ("Is there anything abnormal in this study?", {"kidney cyst?", "contrast?", "arterial phase?"})):
         assert ReferenceConstraint(m3_tokenizer, keys, question=q).allowed("") == field, q
     # without slice fields (the result was not asked about the slice) the study's fields answer, as before
     study = [k for k in keys if "slice" not in k]
     assert ReferenceConstraint(m3_tokenizer, study, question="Is a kidney cyst shown in this slice?").allowed("") == {"kidney cyst?"}
+
+
+def test_a_yes_no_question_naming_a_finding_by_a_synonym_reads_that_findings_field(m3_tokenizer):
+    from vlm.generate import ReferenceConstraint
+
+    brain = ["tumor", "tumor?", "enhancing tumor?", "necrosis?", "edema?", "left hemisphere?", "hemisphere"]
+    chest = ["cardiomegaly?", "pleural effusion?", "nodule?", "pneumothorax?", "consolidation?"]
+    for keys, q, field in ((brain, "Looking at the image, is there a mass in this study? Thank you.", "tumor?"),
+                           (chest, "Looking at the image, does the patient have any collapsed lung? Thank you.", "pneumothorax?"),
+                           (chest, "Please tell me: does the patient have an enlarged heart? Thanks.", "cardiomegaly?"),
+                           (chest, "Is there a pleural fluid collection?", "pleural effusion?"),
+                           (chest, "Is there any nodular opacity?", "nodule?")):
+        assert ReferenceConstraint(m3_tokenizer, keys, question=q).allowed("") == {field}, q
