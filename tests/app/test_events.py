@@ -105,3 +105,22 @@ def scripted_module():
     import scripted_backend
 
     return scripted_backend
+
+
+def test_a_question_knows_the_axial_slice_on_screen(tmp_path, scripted_module):
+    """The agent is told the volume index of the axial slice the clinician looks at (for "in this slice"
+    questions); none when the view is another plane."""
+    from dataclasses import replace
+
+    from data.display import native_axial_index
+
+    events, state = _events(tmp_path, scripted_module), SessionState()
+    events.engine.backend.info = replace(events.engine.backend.info, takes_images=True)
+    events.example("Example CT", state, _Request(), progress=_no_progress)
+    events.set_slice(3, state)  # the slider counts from 1
+    list(events.ask("Is dense tissue shown in this slice?", state, _Request()))
+    assert state.conversation.shown_slice == native_axial_index(state.volume, 2) is not None
+    events.set_plane("coronal", state)
+    list(events.ask("And here?", state, _Request()))
+    assert state.conversation.shown_slice is None
+    state.close()
