@@ -93,7 +93,8 @@ class ChatEngine:
         from vlm.agent import Agent
 
         _attach_view(state, view_image)
-        state.conversation.shown_slice = view_slice
+        if view_image is not None:
+            state.conversation.shown_slice = view_slice
         agent = Agent(self.backend, SessionRegistry(self.registry, state), max_rounds=self.max_rounds)
         answer = ""
         steps: dict[int, int] = {}  # id(tool_call) → index of its step message in history

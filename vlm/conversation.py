@@ -71,7 +71,8 @@ class Conversation:
 
     @classmethod
     def from_study(cls, study: Any, images: list[np.ndarray] | None = None) -> "Conversation":
-        """Volumes of a ``Study`` by name (MR by sequence, else modality), and its middle slice(s)."""
+        """Volumes of a ``Study`` by name (MR by sequence, else modality), and its middle slice (the slice
+        on screen) unless ``images`` are given."""
         volumes: dict[str, Volume] = {}
         for series in study.series:
             v = series.volume
@@ -80,9 +81,11 @@ class Conversation:
             while name in volumes:
                 name, n = f"{base}_{n}", n + 1
             volumes[name] = v
-        if images is None:
-            images = [slice_image(next(iter(volumes.values())))] if volumes else []
-        return cls(volumes=volumes, images=list(images))
+        shown = None
+        if images is None and volumes:  # the middle slice, which "in this slice" questions are then about
+            first = next(iter(volumes.values()))
+            images, shown = [slice_image(first)], (None if first.is_2d else first.shape[2] // 2)
+        return cls(volumes=volumes, images=list(images or []), shown_slice=shown)
 
     @property
     def modalities(self) -> list[str]:

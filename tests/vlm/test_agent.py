@@ -249,3 +249,13 @@ def test_a_question_about_the_slice_on_screen_gets_what_that_slice_of_the_mask_s
         found = {f.label: "yes" if f.present else "no" for f in turn.tool_calls[0].result.findings}
         assert found == extra
         assert turn.answer == ("no" if extra else "(not in the expert result)")
+
+
+def test_a_conversation_on_a_study_shows_the_middle_slice_and_knows_it():
+    from types import SimpleNamespace
+
+    ct = _vol("CT", shape=(8, 8, 5))
+    study = SimpleNamespace(series=[SimpleNamespace(volume=ct, modality="CT")])
+    conv = Conversation.from_study(study)
+    assert len(conv.images) == 1 and conv.shown_slice == 2  # the picture the model sees is the slice "in this slice" means
+    assert Conversation.from_study(study, images=[]).shown_slice is None
