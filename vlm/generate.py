@@ -213,8 +213,8 @@ class ReferenceConstraint(_reference_processor_base()):
     with a text prompt pass ``prompt_length``. A reference that opens the answer (no words before it, as in
     a closed question's "[[edema?]]") takes its subject from ``question``: the fields the question names;
     after a wh-question never a yes / no field, named or not ("Which side of the brain…?": the
-    ``hemisphere`` field when a result has one); after a yes /
-    no question about the slice on screen only an "in this slice" field, after any other never one.
+    ``hemisphere`` field when a result has one); after a yes / no question about the slice on screen
+    only an "in this slice" field, after any other never one.
     """
 
     # lead-matched key masking over the vocabulary: transformers offers the hook, not this constraint
@@ -233,7 +233,7 @@ class ReferenceConstraint(_reference_processor_base()):
         from_question = not re.search(r"[a-z]", lead.lower()) and bool(self.question)
         if from_question and yes_no_question(self.question):
             # a yes / no question is answered by the yes / no field of the finding it names; naming none
-            # ("Does the mass enhance?"), by any finding's, the model's to pick
+            # ("Is it abnormal?"), by any finding's, the model's to pick
             yes_no = {k for k in self.keys if k.endswith("?")}
             # one about the slice on screen by an "in this slice" field, any other by the rest
             on_slice = {k for k in yes_no if k.endswith(IN_SLICE + "?")}
