@@ -19,13 +19,12 @@ from scipy import ndimage
 from data.tool_text import Finding
 
 __all__ = ["ORGAN_MIN_PX", "LESION_MIN_PX", "TUMOR_MIN_PX", "IN_SLICE", "organ_shown", "lesion_components", "tumor_shown",
-           "slice_finding_name", "asks_about_shown_slice", "measured_structures", "slice_findings", "SLICE_EXPERTS"]
+           "slice_finding_name", "asks_about_shown_slice", "measured_structures", "slice_findings"]
 
 ORGAN_MIN_PX = 20
 LESION_MIN_PX = 4
 TUMOR_MIN_PX = 10
 IN_SLICE = " in this slice"
-SLICE_EXPERTS = ("ct_segmentation", "mri_brain_tumor")  # the experts whose masks answer "in this slice" questions
 
 # the question's own clause opens with the verb ("is this image a CT…" asks something else) and names the picture
 _SHOWN = re.compile(r"^(?:is|are|can|do|does)\s+(?!this\b)[^?]*\b(?:this slice|this image|here)\b")
