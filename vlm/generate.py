@@ -25,7 +25,7 @@ from typing import Any, Hashable, Iterator, Sequence
 import numpy as np
 import torch
 
-from data.instructions.paraphrase import SYNONYMS
+from data.phantoms.labels import FINDING_SYNONYMS
 from data.slice_facts import IN_SLICE, asks_about_shown_slice
 from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from vlm.backends.base import GenerationConfig
@@ -180,7 +180,6 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
 _AUXILIARY = re.compile(r"(?:^|[:.,?!]\s*)(?:is|are|does|do|did|can|was|were|has|have)\b")
 _YES_NO_CHOICE = re.compile(r"\b(?:yes or no|present or absent)\b")
 _WH_WORD = re.compile(r"\b(?:which|what|where|how|when|who)\b")
-FINDING_SYNONYMS = {name: tuple(w.lower() for w in words) for name, words in SYNONYMS.items() if "image" not in name}
 _WHICH_SIDE = re.compile(r"\b(?:which|what) (?:side|hemisphere)\b")
 
 
@@ -265,7 +264,7 @@ class ReferenceConstraint(_reference_processor_base()):
         longer named one gives way to it); empty when it names none."""
         text = " ".join(self.question.lower().split())
         # "mass" is the tumour, "collapsed lung" the pneumothorax: the words the data names each finding with
-        also = [name for name, words in FINDING_SYNONYMS.items() if any(re.search(rf"\b{re.escape(w)}\b", text) for w in words)]
+        also = [name for name, words in FINDING_SYNONYMS.items() if any(re.search(rf"\b{re.escape(w.lower())}\b", text) for w in words)]
         asked = re.findall(r"[a-z]+", " ".join([text, *also]))
         named = {k for k in yes_no if all(any(word[:4] in a for a in asked) for word in k[:-1].removesuffix(IN_SLICE).split())}
         return {k for k in named if not any(k != o and re.search(r"\b" + re.escape(k[:-1]) + r"\b", o) for o in named)}

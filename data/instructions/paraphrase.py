@@ -13,20 +13,13 @@ import re
 
 import numpy as np
 
+from data.phantoms.labels import FINDING_SYNONYMS
+
 __all__ = ["phrase", "paraphrase", "expand", "fix_articles", "plural", "SYNONYMS"]
 
 # Synonyms applied to whole words or phrases (case-insensitive on the first letter).
 SYNONYMS: dict[str, tuple[str, ...]] = {
-    "liver tumor": ("liver tumor", "liver tumour", "liver lesion", "hepatic tumor", "hepatic mass", "liver mass"),
-    "lung nodule": ("lung nodule", "pulmonary nodule", "nodule in the lung", "lung lesion"),
-    "kidney cyst": ("kidney cyst", "renal cyst", "cyst in the kidney", "cystic renal lesion"),
-    "pleural effusion": ("pleural effusion", "effusion", "pleural fluid collection"),
-    "pneumothorax": ("pneumothorax", "collapsed lung", "pleural air collection"),
-    "consolidation": ("consolidation", "airspace opacity", "consolidated lung"),
-    "cardiomegaly": ("cardiomegaly", "an enlarged heart", "enlargement of the heart"),
-    "nodule": ("nodule", "pulmonary nodule", "nodular opacity"),
-    "edema": ("edema", "oedema", "peritumoral edema", "vasogenic edema"),
-    "tumor": ("tumor", "tumour", "mass", "lesion"),
+    **FINDING_SYNONYMS,
     "image": ("image", "picture", "scan"),
     "this image": ("this image", "this scan", "the image", "this study", "the picture"),
 }

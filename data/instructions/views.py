@@ -22,7 +22,6 @@ from data.study import Volume
 __all__ = ["CaseView", "make_view", "window_slice", "size_category"]
 
 
-
 @dataclass
 class CaseView:
     """Pictures of one case plus the facts they show.

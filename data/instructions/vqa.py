@@ -33,10 +33,10 @@ class QA:
 
     expert / key / arguments: a question an expert answers better than the picture does (a radiograph
     finding, the brain tumour and its side, a lesion type anywhere in a CT study, the CT contrast phase)
-    is answered by calling ``expert`` with ``arguments`` and naming its result field ``key``; so is whether
-    the slice on screen shows a structure (``[[spleen in this slice?]]``, from the expert's mask there)
+    is answered by calling ``expert`` with ``arguments`` and naming its result field ``key``
     (``[[pneumothorax?]]`` → "yes (probability 0.87)", ``[[hemisphere]]`` → "left hemisphere",
-    ``[[phase]]`` → "arterial phase")."""
+    ``[[phase]]`` → "arterial phase"); so is whether the slice on screen shows a structure
+    (``[[spleen in this slice?]]``, from the expert's mask there)."""
 
     question: str
     answer: str

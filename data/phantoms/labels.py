@@ -6,6 +6,7 @@ One place, so a mask value means the same structure everywhere.
 from __future__ import annotations
 
 __all__ = [
+    "FINDING_SYNONYMS",
     "CT_LABELS",
     "CT_ORGANS",
     "CT_LESIONS",
@@ -58,3 +59,19 @@ def ct_target_values(targets: str | list[str]) -> list[int]:
             raise ValueError(f"targets must be among {CT_TARGETS}, got {t!r}.")
         chosen += [v for v in values if v not in chosen]
     return sorted(chosen)
+
+
+# The words each finding goes by in questions: the question generators phrase with them, and the reference
+# constraint reads a question's finding through them ("collapsed lung" → pneumothorax).
+FINDING_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "liver tumor": ("liver tumor", "liver tumour", "liver lesion", "hepatic tumor", "hepatic mass", "liver mass"),
+    "lung nodule": ("lung nodule", "pulmonary nodule", "nodule in the lung", "lung lesion"),
+    "kidney cyst": ("kidney cyst", "renal cyst", "cyst in the kidney", "cystic renal lesion"),
+    "pleural effusion": ("pleural effusion", "effusion", "pleural fluid collection"),
+    "pneumothorax": ("pneumothorax", "collapsed lung", "pleural air collection"),
+    "consolidation": ("consolidation", "airspace opacity", "consolidated lung"),
+    "cardiomegaly": ("cardiomegaly", "an enlarged heart", "enlargement of the heart"),
+    "nodule": ("nodule", "pulmonary nodule", "nodular opacity"),
+    "edema": ("edema", "oedema", "peritumoral edema", "vasogenic edema"),
+    "tumor": ("tumor", "tumour", "mass", "lesion"),
+}
