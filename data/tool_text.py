@@ -27,6 +27,7 @@ __all__ = [
     "resolve_references",
     "reference_keys",
     "parse_tool_result",
+    "size_category",
 ]
 
 TOOL_CALL_OPEN = "<tool_call>"
@@ -72,6 +73,11 @@ class ToolResult:
     arguments: dict[str, Any] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     measurements: list[Measurement] = field(default_factory=list)
+
+
+def size_category(diameter_mm: float) -> str:
+    """small (< 10 mm), medium (10–30 mm) or large (> 30 mm): how a lesion's size is named in questions and answers."""
+    return "small" if diameter_mm < 10.0 else ("medium" if diameter_mm <= 30.0 else "large")
 
 
 def format_tool_result(result: ToolResult) -> str:
@@ -129,7 +135,9 @@ def resolve_references(text: str, tool_texts: Sequence[str]) -> tuple[str, list[
     tumor" → "2 found, volume 12.3 mL, largest diameter 25.1 mm" or "none found"); a finding
     ("cardiomegaly" → "present (probability 0.87)" / "not present (probability 0.12)"); a finding asked
     as a closed question ("cardiomegaly?" → "yes (probability 0.87)" / "no (probability 0.12)"); a measured
-    structure ("whole tumor" → "volume 52.1 mL, largest diameter 40.2 mm"); the last word of present
+    structure ("whole tumor" → "volume 52.1 mL, largest diameter 40.2 mm"); a size ("liver tumor in this
+    slice size" → "large (largest diameter 34.2 mm)", from "<x> largest diameter" by ``size_category``); a side
+    ("kidney cyst in this slice side" → "right", from the present findings "<x> on the <side>"); the last word of present
     findings ("hemisphere" → "left hemisphere"); or, for a result with findings, the findings as a
     report states them: "positive findings" ("cardiomegaly (0.87), nodule (0.64)" or "none"),
     "negative findings" (the others, same form) and "impression" ("Cardiomegaly; nodule." or "No
@@ -163,6 +171,8 @@ def reference_keys(tool_texts: Sequence[str]) -> list[str]:
         for k in measurements:  # structures: "liver tumor largest diameter" → "liver", "liver tumor", …
             words = k.split()
             candidates += [" ".join(words[:i]) for i in range(1, len(words))]
+        candidates += [k[: -len(" largest diameter")] + " size" for k in measurements if k.endswith(" largest diameter")]
+        candidates += [k.split(" on the ")[0] + " side" for k in findings if " on the " in k]
         candidates += [k.split()[-1] for k in findings] + [k + "?" for k in findings] + (list(_FINDING_LISTS) if findings else [])
         for key in candidates:
             if key not in keys and _resolve(key, measurements, findings) is not None:
@@ -173,6 +183,16 @@ def reference_keys(tool_texts: Sequence[str]) -> list[str]:
 def _resolve(key: str, measurements: dict[str, str], findings: dict[str, str]) -> str | None:
     if key in measurements:
         return measurements[key]
+    if key.endswith(" size") and measurements.get(key[:-5] + " largest diameter", "").endswith(" mm"):
+        diameter = measurements[key[:-5] + " largest diameter"]
+        try:
+            return f"{size_category(float(diameter[:-3]))} (largest diameter {diameter})"
+        except ValueError:
+            return None
+    if key.endswith(" side"):
+        sides = [k[len(key) + 3:] for k, v in findings.items() if k.startswith(key[:-5] + " on the ") and v.startswith("yes")]
+        if sides:
+            return " and ".join(sides)
     own = {k[len(key) + 1:]: v for k, v in measurements.items() if k.startswith(key + " ")}
     if "count" in own:
         n = own.pop("count")

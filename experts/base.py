@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from data.study import Volume
-from data.slice_facts import slice_findings
+from data.slice_facts import slice_details, slice_findings
 from data.tool_text import Finding, Measurement, ToolResult, format_tool_result
 
 __all__ = ["Expert", "ExpertResult", "ExpertError", "Measurement", "Finding", "tool_message", "with_slice_findings"]
@@ -118,12 +118,16 @@ def tool_message(result: ExpertResult) -> str:
 
 def with_slice_findings(result: ExpertResult, slice_index: int) -> ExpertResult:
     """A copy of ``result`` that ends with what axial slice ``slice_index`` of its mask shows ("kidney cyst
-    in this slice: yes", ``data.slice_facts``), for a question about the slice on screen; ``result``
+    in this slice: yes", the lesions' sides and sizes there, ``data.slice_facts``), for a question about the slice on screen; ``result``
     itself when it has no mask, the slice is off its grid, or the expert has no such findings."""
     from dataclasses import replace
 
     labels = result.label_volume
     if labels is None or not 0 <= int(slice_index) < labels.shape[2]:
         return result
-    extra = slice_findings(result.expert, labels.array[:, :, int(slice_index)], result.label_names, result.measurements)
-    return replace(result, findings=list(result.findings) + extra) if extra else result
+    k = int(slice_index)
+    extra = slice_findings(result.expert, labels.array[:, :, k], result.label_names, result.measurements)
+    sides, sizes = slice_details(result.expert, labels.array[:, :, k], result.label_names, result.measurements, labels.affine, k)
+    if not (extra or sides or sizes):
+        return result
+    return replace(result, findings=list(result.findings) + extra + sides, measurements=list(result.measurements) + sizes)

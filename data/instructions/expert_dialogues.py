@@ -23,7 +23,7 @@ import numpy as np
 from data.instructions.captions import caption_prompt
 from data.instructions.paraphrase import phrase
 from data.instructions.views import CaseView
-from data.slice_facts import measured_structures, slice_finding_name
+from data.slice_facts import lesion_side_finding, measured_structures, slice_diameter, slice_finding_name
 from data.tool_text import REF_OPEN, Finding, Measurement, ToolResult, format_tool_call, format_tool_result, resolve_references, value_reference
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CT_TARGETS, CXR_FINDINGS, MRI_LABELS, ct_target_values
 
@@ -57,9 +57,16 @@ def tool_result_from_truth(kind: str, truth: dict, arguments: dict, rng: np.rand
     if shown is not None and kind in ("ct", "mri"):
         if kind == "mri":
             result.findings.append(Finding(slice_finding_name("tumor"), bool(shown["tumor_visible"])))
+            if shown["tumor_visible"]:
+                result.measurements.append(slice_diameter("tumor", shown["diameter_mm"]))
         else:
+            structures = measured_structures(result.measurements)
             result.findings += [Finding(slice_finding_name(s), shown["lesion_counts"][s] > 0 if lesion else s in shown["organs"])
-                                for s, lesion in measured_structures(result.measurements)]
+                                for s, lesion in structures]
+            for s in (s for s, lesion in structures if lesion and shown["lesion_counts"][s] > 0):
+                seen = [les for les in shown["lesions"] if les["type"] == s]
+                result.findings += [lesion_side_finding(s, side) for side in ("left", "right") if any(les["midline_side"] == side for les in seen)]
+                result.measurements.append(slice_diameter(s, max(les["diameter_mm"] for les in seen)))
     return result
 
 

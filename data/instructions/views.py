@@ -16,8 +16,9 @@ from scipy import ndimage
 
 from data.phantoms import PhantomCase
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, MRI_LABELS, MRI_SEQUENCES
-from data.slice_facts import ORGAN_MIN_PX, TUMOR_MIN_PX, lesion_components
+from data.slice_facts import ORGAN_MIN_PX, TUMOR_MIN_PX, equivalent_diameter_mm, lesion_components, midline_side
 from data.study import Volume
+from data.tool_text import size_category
 
 __all__ = ["CaseView", "make_view", "window_slice", "size_category"]
 
@@ -48,11 +49,6 @@ def window_slice(volume: Volume, k: int) -> np.ndarray:
     else:
         lo, hi = np.percentile(plane, [1, 99])
     return (np.clip((plane - lo) / max(float(hi - lo), 1e-6), 0, 1) * 255).round().astype(np.uint8)
-
-
-def size_category(diameter_mm: float) -> str:
-    """small (< 10 mm), medium (10–30 mm) or large (> 30 mm)."""
-    return "small" if diameter_mm < 10.0 else ("medium" if diameter_mm <= 30.0 else "large")
 
 
 def make_view(case: PhantomCase, rng: np.random.Generator) -> CaseView:
@@ -87,8 +83,8 @@ def _ct_view(case: PhantomCase, rng: np.random.Generator) -> CaseView:
         for m in shown:
             ij = np.argwhere(m).mean(0)
             organ = _organ_around(sl, m)
-            diam = 2.0 * np.sqrt(m.sum() * px_mm2 / np.pi)  # equivalent-circle in-plane diameter
-            found.append({"type": CT_LABELS[v], "organ": organ, "side": _side(organ), "diameter_mm": round(float(diam), 1),
+            diam = equivalent_diameter_mm(m, px_mm2)
+            found.append({"type": CT_LABELS[v], "organ": organ, "side": _side(organ), "midline_side": midline_side(m, vol.affine, k), "diameter_mm": round(float(diam), 1),
                           "size": size_category(diam), "area_px": int(m.sum()), "centre_px": [int(ij[0]), int(ij[1])]})
     chest = area[5, k] + area[6, k] + area[7, k]
     belly = area[1, k] + area[2, k] + area[3, k] + area[4, k]
@@ -127,7 +123,7 @@ def _mri_view(case: PhantomCase, rng: np.random.Generator) -> CaseView:
     ambiguous = {"tumor"} if 0 < whole.sum() < TUMOR_MIN_PX else set()
     visible = bool(whole.sum() >= TUMOR_MIN_PX)
     sub = {MRI_LABELS[v]: int((sl == v).sum()) for v in (1, 2, 3)}
-    diam = 2.0 * np.sqrt(whole.sum() * px_mm2 / np.pi)
+    diam = equivalent_diameter_mm(whole, px_mm2)
     side = None
     if visible:
         x = (t1c.affine @ np.r_[np.argwhere(whole).mean(0), k, 1.0])[0]

@@ -36,7 +36,8 @@ class QA:
     is answered by calling ``expert`` with ``arguments`` and naming its result field ``key``
     (``[[pneumothorax?]]`` → "yes (probability 0.87)", ``[[hemisphere]]`` → "left hemisphere",
     ``[[phase]]`` → "arterial phase"); so is whether the slice on screen shows a structure
-    (``[[spleen in this slice?]]``, from the expert's mask there)."""
+    (``[[spleen in this slice?]]``, from the expert's mask there), and the size or side of a lesion it shows
+    (``[[liver tumor in this slice size]]`` → "large (largest diameter 34.2 mm)")."""
 
     question: str
     answer: str
@@ -75,11 +76,13 @@ def _lesion_expert(lesion: str) -> tuple[str, str, dict]:
     return "ct_segmentation", lesion + "?", {"targets": lesion}
 
 
-def _slice_expert(kind: str, structure: str) -> tuple[str, str, dict]:
-    """A question about the slice on screen is answered from the expert's mask on that slice."""
+def _slice_expert(kind: str, structure: str, asked: str = "?") -> tuple[str, str, dict]:
+    """A question about the slice on screen is answered from the expert's mask on that slice: whether it
+    shows ``structure`` (``asked`` "?"), or the ``"size"`` or ``"side"`` of what it shows."""
+    key = slice_finding_name("tumor" if kind == "mri" else structure) + ("?" if asked == "?" else " " + asked)
     if kind == "mri":
-        return "mri_brain_tumor", slice_finding_name("tumor") + "?", {}
-    return "ct_segmentation", slice_finding_name(structure) + "?", {"targets": structure}
+        return "mri_brain_tumor", key, {}
+    return "ct_segmentation", key, {"targets": structure}
 
 
 def _pick(templates: tuple[str, ...], rng) -> str:
@@ -149,12 +152,13 @@ def _ct(view: CaseView, rng) -> list[QA]:
         if len(organs) == 1:
             out.append(QA(phrase("{Where|In which organ} is the <x> {located|seen|}?", rng, x=k), organs[0], "open", "location"))
             if items[0]["side"] and k != "liver tumor":
-                out.append(QA(phrase("Is the <x> on the left or {the |}right{ side|}?", rng, x=k), items[0]["side"], "closed", "laterality"))
+                out.append(QA(phrase("Is the <x> on the left or {the |}right{ side|}?", rng, x=k), items[0]["side"], "closed", "laterality",
+                              *_slice_expert("ct", k, "side")))
         if k not in view.ambiguous:
             out.append(QA(phrase("How many <x>s {are there|can you see|are visible} {here|in this slice|on this slice}?", rng, x=k),
                           str(len(items)), "open", "count"))
         if len(items) == 1:
-            out.append(QA(phrase("Is the <x> small, medium or large?", rng, x=k), items[0]["size"], "closed", "size"))
+            out.append(QA(phrase("Is the <x> small, medium or large?", rng, x=k), items[0]["size"], "closed", "size", *_slice_expert("ct", k, "size")))
     if not f["lesions"] and not view.ambiguous:
         out.append(QA(phrase("How many {focal |}lesions {are there|can you see} {here|in this slice|on this slice}?", rng), "0", "open", "count"))
     lesions = f["lesions"]
@@ -192,7 +196,7 @@ def _mri(view: CaseView, rng) -> list[QA]:
         out.append(QA(phrase("{Is there|Do you see} {surrounding|peritumoral|} <x>?", rng, x="edema"), _yn(sub["edema"] > 0), "closed", "presence", *_brain_expert("edema?")))
     if f["tumor_visible"]:
         out.append(QA(phrase("{In which lobe|Which lobe} is the <x> {located|}?", rng, x="tumor"), f["lobe"], "open", "location"))
-        out.append(QA(phrase("Is the <x> small, medium or large?", rng, x="tumor"), f["size"], "closed", "size"))
+        out.append(QA(phrase("Is the <x> small, medium or large?", rng, x="tumor"), f["size"], "closed", "size", *_slice_expert("mri", "tumor", "size")))
         px = f["subregion_px"]
         if px["edema"] and (px["enhancing tumor"] + px["necrotic core"]) and abs(px["edema"] - px["enhancing tumor"] - px["necrotic core"]) > 20:
             core_bigger = px["enhancing tumor"] + px["necrotic core"] > px["edema"]

@@ -68,7 +68,7 @@ def phantom_conversations(tmp_path_factory):
     from data.instructions import build_datasets
 
     out = tmp_path_factory.mktemp("conv")
-    return build_datasets({"ct": 1, "cxr": 1}, out, seed=0, split="test", questions_per_case=2)
+    return build_datasets({"ct": 2, "cxr": 2}, out, seed=0, split="test", questions_per_case=2)
 
 
 def test_vlm_batches_are_what_the_lm_sees_in_the_vlm(phantom_conversations):
@@ -80,8 +80,8 @@ def test_vlm_batches_are_what_the_lm_sees_in_the_vlm(phantom_conversations):
 
     model_dir = ROOT / "vlm/weights/default"
     files = [phantom_conversations["medical-ift"], phantom_conversations["ift"]]
-    batches = vlm_batches(model_dir, files, per_file=2, batch_size=2)
-    assert calibration_size(batches) == 4
+    batches = vlm_batches(model_dir, files, per_file=4, batch_size=2)
+    assert calibration_size(batches) == 8
     b = batches[0]
     assert b["inputs_embeds"].ndim == 3 and b["labels"].shape == b["attention_mask"].shape == b["inputs_embeds"].shape[:2]
     scored = b["labels"] != -100

@@ -283,8 +283,9 @@ def test_ct_report_requests_are_written_with_the_segmentation_expert():
 def test_questions_an_expert_answers_call_it_and_name_the_answering_field(built):
     """Radiograph finding questions go through the classifier, brain-tumour questions through the tumour
     expert, CT lesion presence in the study through the segmentation expert (targets: that lesion), the
-    contrast phase through it too (read from the aorta); whether the slice on screen shows a structure
-    through the expert's mask on that slice (``[[spleen in this slice?]]``). Every resolved answer agrees
+    contrast phase through it too (read from the aorta); whether the slice on screen shows a structure, and
+    the size or side of a lesion it shows, through the expert's mask on that slice (``[[spleen in this slice?]]``,
+    ``[[liver tumor in this slice size]]``). Every resolved answer agrees
     with the reference; the tool turn holds "in this slice" findings exactly when the question asks about
     the slice on screen."""
     from data.slice_facts import asks_about_shown_slice
@@ -295,12 +296,14 @@ def test_questions_an_expert_answers_call_it_and_name_the_answering_field(built)
     by_kind = Counter((r["meta"]["kind"], r["meta"]["category"]) for r in routed)
     assert by_kind[("cxr", "presence")] and by_kind[("cxr", "heart size")] and by_kind[("mri", "presence")] and by_kind[("ct", "presence")]
     assert all(r["meta"]["answer_type"] == "closed" for r in routed)
-    assert {r["meta"]["category"] for r in routed if r["meta"]["kind"] == "ct"} == {"phase", "presence"}
+    assert {r["meta"]["category"] for r in routed if r["meta"]["kind"] == "ct"} == {"phase", "presence", "size", "laterality"}
+    assert ("mri", "size") in by_kind
     for r in routed:
         if r["meta"]["kind"] == "ct":  # the phase from the aorta; a structure is asked with that structure as the target
             targets = r["meta"]["tool_calls"][0]["arguments"]["targets"]
             on_slice = " in this slice" if asks_about_shown_slice(r["conversations"][0]["value"]) else ""
-            assert targets == "aorta" if r["meta"]["category"] == "phase" else r["conversations"][3]["value"] == f"[[{targets}{on_slice}?]]"
+            asked = {"size": " size", "laterality": " side"}.get(r["meta"]["category"], "?")
+            assert targets == "aorta" if r["meta"]["category"] == "phase" else r["conversations"][3]["value"] == f"[[{targets}{on_slice}{asked}]]"
     for r in routed:
         human, call, tool, answer = r["conversations"]
         name = r["meta"]["tool_calls"][0]["name"]
@@ -310,6 +313,6 @@ def test_questions_an_expert_answers_call_it_and_name_the_answering_field(built)
         assert missing == [] and closed_match(text, r["meta"]["answer"]), (human["value"], text, r["meta"]["answer"])
         assert ("in this slice" in tool["value"]) == (asks_about_shown_slice(human["value"]) and r["meta"]["kind"] != "cxr")
     slice_questions = [r for r in data["ift"] if r["meta"]["kind"] != "cxr" and asks_about_shown_slice(r["conversations"][0]["value"])]
-    assert slice_questions and all(r in routed and "in this slice?]]" in r["conversations"][-1]["value"] for r in slice_questions)
+    assert slice_questions and all(r in routed and re.search(r"in this slice(\?| size| side)\]\]$", r["conversations"][-1]["value"]) for r in slice_questions)
     # picture questions stay picture questions
     assert any(r["meta"]["kind"] == "cxr" and r["meta"]["category"] == "laterality" and len(r["conversations"]) == 2 for r in data["ift"])

@@ -79,3 +79,26 @@ def test_a_finding_asked_as_a_closed_question_reads_yes_or_no():
     from data.tool_text import reference_keys
 
     assert {"cardiomegaly?", "pneumothorax?"} <= set(reference_keys([CXR]))
+
+
+def test_sizes_and_sides_of_what_the_slice_shows():
+    """A lesion's size is named from its largest diameter (small < 10 mm, medium 10–30 mm, large > 30 mm) and
+    cites it (named from the diameter as printed, what the reader sees); its side comes from the "<x> on the <side>" findings; both are reference keys."""
+    from data.tool_text import reference_keys
+
+    shown = format_tool_result(ToolResult("ct_segmentation", {}, [
+        Finding("kidney cyst in this slice", True), Finding("kidney cyst in this slice on the right", True),
+        Finding("lung nodule in this slice on the left", True), Finding("lung nodule in this slice on the right", True)], [
+        Measurement("kidney cyst in this slice", "largest diameter", 9.94, "mm"),
+        Measurement("lung nodule in this slice", "largest diameter", 30.0, "mm"),
+        Measurement("liver tumor in this slice", "largest diameter", 30.06, "mm")]))
+    text, missing = resolve_references("[[kidney cyst in this slice size]] | [[lung nodule in this slice size]] | "
+                                       "[[liver tumor in this slice size]] | [[kidney cyst in this slice side]] | "
+                                       "[[lung nodule in this slice side]] | [[liver tumor in this slice side]]", [shown])
+    assert text.split(" | ") == ["small (largest diameter 9.9 mm)", "medium (largest diameter 30.0 mm)",
+                                 "large (largest diameter 30.1 mm)", "right", "left and right", "(not in the expert result)"]
+    assert missing == ["liver tumor in this slice side"]
+    keys = reference_keys([shown])
+    assert {"kidney cyst in this slice size", "kidney cyst in this slice side", "lung nodule in this slice side"} <= set(keys)
+    assert "liver tumor in this slice side" not in keys
+    assert resolve_references("[[liver tumor size]]", [CT])[0] == "medium (largest diameter 25.1 mm)"  # the study's largest

@@ -25,6 +25,9 @@ from experts.base import ExpertResult, with_slice_findings
     ("Which is larger in this slice: the tumor core or the edema?", False),
     ("Is there a kidney cyst anywhere in the scan?", False),
     ("What do you see here?", False),
+    ("Quick question: is the liver tumour small, medium or large?", True),  # the size or side of what the slice shows
+    ("Is the renal cyst on the left or the right side? Thank you.", True),
+    ("Is the tumor in the left or right hemisphere?", False),  # the study's tumour, from the expert's whole-brain result
 ])
 def test_questions_about_the_slice_on_screen_are_told_apart(question, asked):
     assert asks_about_shown_slice(question) is asked
@@ -62,11 +65,13 @@ def test_a_perfect_expert_on_the_shown_slice_gives_the_training_datas_slice_find
     truth = tool_result_from_truth(kind, case.truth, args, np.random.default_rng(0), shown=view.facts)
     plain = tool_result_from_truth(kind, case.truth, args, np.random.default_rng(0))
     expected = truth.findings[len(plain.findings):]
-    assert expected and all(f.label.endswith(" in this slice") for f in expected)
+    assert expected and all(" in this slice" in f.label for f in expected)
     names = {v: CT_LABELS[v] for v in range(1, 13)} if kind == "ct" else dict(case.label_names)
     result = ExpertResult(expert="ct_segmentation" if kind == "ct" else "mri_brain_tumor", findings=list(plain.findings),
                           measurements=list(plain.measurements), label_volume=case.volume.like(case.labels.astype(np.int16)), label_names=names)
     got = with_slice_findings(result, view.slice_index)
     assert [(f.label, f.present) for f in got.findings[len(plain.findings):]] == [(f.label, f.present) for f in expected]
+    sizes = truth.measurements[len(plain.measurements):]  # the sizes of what the slice shows, in the same words
+    assert [m.text() for m in got.measurements[len(plain.measurements):]] == [m.text() for m in sizes]
     assert len(result.findings) == len(plain.findings)  # the expert's own (cached) result is left as it was
     assert with_slice_findings(result, case.volume.shape[2]) is result  # off the grid: nothing added
