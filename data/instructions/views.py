@@ -20,7 +20,7 @@ from data.slice_facts import ORGAN_MIN_PX, TUMOR_MIN_PX, equivalent_diameter_mm,
 from data.study import Volume
 from data.tool_text import size_category
 
-__all__ = ["CaseView", "make_view", "window_slice", "size_category"]
+__all__ = ["CaseView", "make_view", "window_slice"]
 
 
 @dataclass
@@ -124,10 +124,7 @@ def _mri_view(case: PhantomCase, rng: np.random.Generator) -> CaseView:
     visible = bool(whole.sum() >= TUMOR_MIN_PX)
     sub = {MRI_LABELS[v]: int((sl == v).sum()) for v in (1, 2, 3)}
     diam = equivalent_diameter_mm(whole, px_mm2)
-    side = None
-    if visible:
-        x = (t1c.affine @ np.r_[np.argwhere(whole).mean(0), k, 1.0])[0]
-        side = "left" if x < 0 else "right"
+    side = midline_side(whole, t1c.affine, k) if visible else None
     facts = {
         "modality": "MRI", "region": "brain", "sequences": list(MRI_SEQUENCES), "tumor_visible": visible,
         "subregion_px": sub, "enhancing": visible and sub["enhancing tumor"] >= 4, "necrosis": visible and sub["necrotic core"] >= 4,
