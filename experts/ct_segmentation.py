@@ -22,7 +22,7 @@ from experts.measurements import (contrast_phase, drop_components_without, drop_
                                   mean_attenuation, structure_volume_ml)
 from experts.model_files import load_expert_files
 from experts.overlay import render_overlay
-from experts.preprocess import check_volume, labels_to_input_grid, pick_device, to_model_grid
+from experts.preprocess import channel_argmax, check_volume, labels_to_input_grid, pick_device, to_model_grid
 
 __all__ = ["CTSegConfig", "CTSegmentationExpert", "build_ct_network", "ct_input", "ct_targets", "keep_confident_lesions", "TARGET_CHOICES"]
 
@@ -40,7 +40,9 @@ class CTSegConfig:
     hu_max: float = 1000.0
     soft_min: float = -160.0  # soft-tissue window (centre 40, width 400): organ and lesion contrast
     soft_max: float = 240.0
-    roi_size: tuple[int, int, int] = (96, 96, 96)  # sliding-window patch (model voxels)
+    # Sliding-window patch (model voxels). Along z it stays within the training patch (64): a taller window
+    # pads short series with zeros above and below, a context the network never saw in training.
+    roi_size: tuple[int, int, int] = (96, 96, 64)
     channels: tuple[int, ...] = (16, 32, 64, 128)  # 4x the parameters of (8..64) at ~the same CPU step time (memory-bound)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 1
@@ -142,18 +144,17 @@ class CTSegmentationExpert(Expert):
 
         cfg = self.config
         img = ct_input(volume, cfg)
-        with torch.inference_mode():
+        with torch.inference_mode():  # a plain tensor in: MetaTensor bookkeeping on every window costs seconds on a big volume
             logits = sliding_window_inference(
-                img[None].to(self.device), cfg.roi_size, cfg.sw_batch_size, self.network,
+                img.as_tensor()[None].to(self.device), cfg.roi_size, cfg.sw_batch_size, self.network,
                 overlap=cfg.overlap, mode="gaussian", device=torch.device("cpu"),
             )
+            scores = logits[0]
+            if cfg.lesion_logit_offset:
+                for value in CT_LESIONS:
+                    scores[value] -= cfg.lesion_logit_offset  # in place: no second copy of a (C, X, Y, Z) array
         from monai.data import MetaTensor
 
-        scores = logits[0].as_subclass(torch.Tensor)
-        if cfg.lesion_logit_offset:
-            offset = torch.zeros(scores.shape[0], 1, 1, 1)
-            offset[CT_LESIONS] = cfg.lesion_logit_offset
-            scores = scores - offset
         return MetaTensor(scores, affine=img.affine)
 
     def segment(self, volume: Volume) -> np.ndarray:
@@ -161,9 +162,10 @@ class CTSegmentationExpert(Expert):
         connected-component clean-up of ``postprocess`` (with ``lesion_seed_margin``, lesion components
         the network is nowhere sure of are already background)."""
         scores = self.scores(volume)
-        labels = labels_to_input_grid(scores, volume)
+        winner = channel_argmax(scores)
+        labels = labels_to_input_grid(scores, volume, argmax=winner)
         if self.config.lesion_seed_margin > 0:
-            keep_confident_lesions(labels, scores, volume, self.config.lesion_seed_margin)
+            keep_confident_lesions(labels, scores, volume, self.config.lesion_seed_margin, winner=winner)
         return labels
 
     def postprocess(self, labels: np.ndarray, volume: Volume) -> np.ndarray:
@@ -221,17 +223,20 @@ class CTSegmentationExpert(Expert):
         )
 
 
-def keep_confident_lesions(labels: np.ndarray, scores, volume: Volume, margin: float) -> int:
+def keep_confident_lesions(labels: np.ndarray, scores, volume: Volume, margin: float, *, winner: torch.Tensor | None = None) -> int:
     """Hysteresis on lesions: set to background (in place) each lesion component of ``labels`` (on
     ``volume``'s grid) that holds no seed, a model-grid voxel where that lesion's logit in ``scores``
     (``(C, X, Y, Z)`` ``MetaTensor``) beats every other class by ``margin``. Faint false positives go,
-    true lesions keep the extent of the plain argmax. Returns how many components were dropped."""
-    top = torch.as_tensor(scores).float().topk(2, dim=0)
-    sure = (top.values[0] - top.values[1]) >= margin
+    true lesions keep the extent of the plain argmax. Returns how many components were dropped.
+    ``winner``: ``channel_argmax(scores)`` when the caller has it already."""
+    plain = torch.as_tensor(scores).as_subclass(torch.Tensor).float()
+    winner = channel_argmax(plain) if winner is None else winner
     to_input = np.linalg.inv(volume.affine) @ np.asarray(scores.affine, dtype=np.float64)  # model index → input index
     dropped = 0
     for value in CT_LESIONS:
-        idx = torch.nonzero(sure & (top.indices[0] == value)).numpy()
+        where = torch.nonzero(winner == value)  # the margin is only needed where the lesion wins (few voxels)
+        top = plain[:, where[:, 0], where[:, 1], where[:, 2]].topk(2, dim=0).values if len(where) else torch.zeros(2, 0)
+        idx = where[(top[0] - top[1]) >= margin].numpy()
         inside = np.zeros(labels.shape, dtype=bool)
         if len(idx):
             pts = np.rint(idx @ to_input[:3, :3].T + to_input[:3, 3]).astype(int)

@@ -107,19 +107,20 @@ def channel_argmax(scores: torch.Tensor) -> torch.Tensor:
     return index
 
 
-def labels_to_input_grid(scores, volume: Volume, *, channels: Sequence[int] | None = None) -> np.ndarray:
+def labels_to_input_grid(scores, volume: Volume, *, channels: Sequence[int] | None = None, argmax: torch.Tensor | None = None) -> np.ndarray:
     """Argmax of the ``(C, X, Y, Z)`` model-grid ``scores`` (a ``MetaTensor`` with its affine) on the
     grid of ``volume``, as an ``int16`` array of ``volume.shape``.
 
     Each channel is resampled linearly on its own and a running maximum kept (memory: two float arrays
     of the output size, not C of them); only ``channels`` (default: those winning somewhere on the
     model grid, plus background) are resampled, since the others cannot win after smooth resampling.
+    ``argmax``: ``channel_argmax(scores)`` when the caller has it already.
     """
     from monai.transforms import SpatialResample
 
     src_affine = torch.as_tensor(np.asarray(scores.affine), dtype=torch.float64)
     dst_affine = torch.as_tensor(volume.affine, dtype=torch.float64)
-    coarse = channel_argmax(scores)
+    coarse = channel_argmax(scores) if argmax is None else argmax
     exact = _index_map(np.asarray(src_affine), volume.affine, tuple(coarse.shape), volume.shape)
     if exact is not None:  # same voxels, only reordered/flipped (e.g. LPS-stored input, RAS model grid)
         order, index = exact

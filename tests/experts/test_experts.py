@@ -144,3 +144,15 @@ def test_contrast_phase_follows_the_aorta_and_liver_enhancement():
     image[3:9, 3:9, 3:9] = 300.0  # the core; the one-voxel rim reads as the neighbour
     assert mean_attenuation(image, labels, 8) == pytest.approx(300.0)
     assert mean_attenuation(image, labels, 1) is None
+
+
+def test_ct_window_stays_within_the_training_patch_along_z(reg):
+    """A window taller than the training patch pads a short series with zeros above and below; the network,
+    never trained on that, called the liver dome at the series' edge a tumour (held-out phantom 30016)."""
+    expert = reg.get("ct_segmentation")
+    patch_z = expert.card["training"]["recipe"]["patch"][2]
+    assert expert.config.roi_size[2] <= patch_z
+    case = data.phantoms.generate("ct", 30_016)  # chest series ending in the liver dome, no liver tumour
+    assert case.truth["lesion_counts"]["liver tumor"] == 0
+    res = reg.run("ct_segmentation", case.volumes["CT"], targets="liver tumor")
+    assert next(m.value for m in res.measurements if m.quantity == "count") == 0

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_ct_segmentation_meets_the_dice_bars():
-    m = evaluate_ct(default_registry().get("ct_segmentation"), n_cases=10)
+    m = evaluate_ct(default_registry().get("ct_segmentation"), n_cases=30)
     assert m["mean_organ_dice"] >= 0.90, m
     assert m["contrast_phase_accuracy"] >= 0.90, m  # read from the segmented aorta and liver
     assert m["mean_lesion_dice"] >= 0.75, m
