@@ -33,7 +33,9 @@ class BrainTumorConfig:
     """Network and grid of the brain-tumour expert (saved as ``network`` in ``config.json``)."""
 
     spacing_mm: tuple[float, float, float] = (2.5, 2.5, 2.5)
-    roi_size: tuple[int, int, int] = (96, 96, 96)
+    # Sliding-window patch (model voxels): the training patch. A larger window pads the brain's model grid (~92 x 92 x 69)
+    # with zeros on every side, a context the network never saw in training (enhancing Dice 0.749 -> 0.867 on validation).
+    roi_size: tuple[int, int, int] = (48, 48, 48)
     channels: tuple[int, ...] = (8, 16, 32, 64)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 1
