@@ -112,7 +112,7 @@ class CTTask:
         from experts.ct_segmentation import CTSegConfig
 
         self.net_cfg = CTSegConfig()
-        self.recipe = Recipe(steps=600, batch_size=2, lr=4e-3, n_train=32, n_val=3, n_test=10, val_every=150, patch=(64, 64, 64),
+        self.recipe = Recipe(steps=600, batch_size=2, lr=4e-3, n_train=32, n_val=3, n_test=30, val_every=150, patch=(64, 64, 64),
                              lesion_weight=4.0)
         self.seed = 0
         self.train_cases: list[dict] = []

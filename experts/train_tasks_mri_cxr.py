@@ -24,7 +24,7 @@ class BrainTumorTask:
         from experts.mri_brain_tumor import BrainTumorConfig
 
         self.net_cfg = BrainTumorConfig()
-        self.recipe = Recipe(steps=600, batch_size=2, lr=4e-3, n_train=32, n_val=3, n_test=10, val_every=150, patch=(48, 48, 48))
+        self.recipe = Recipe(steps=600, batch_size=2, lr=4e-3, n_train=32, n_val=3, n_test=30, val_every=150, patch=(48, 48, 48))
         self.seed = 0
 
     def build_model(self) -> torch.nn.Module:
