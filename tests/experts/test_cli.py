@@ -63,3 +63,16 @@ def test_nibabel_anatomical_is_refused_clearly_by_each_expert(tmp_path, capsys):
     assert "missing MRI sequences T1, T1c, T2, FLAIR" in capsys.readouterr().err
     assert main(["experts", "run", "cxr_classification", str(ANATOMICAL), "--out", str(tmp_path / "c")]) == 1
     assert "DX or CR" in capsys.readouterr().err
+
+
+def test_run_cxr_gives_every_finding_with_its_probability_and_threshold(tmp_path, capsys):
+    case = data.phantoms.generate("cxr", 30_008)  # effusion, pneumothorax, consolidation; normal heart
+    study = data.phantoms.write_study(case, tmp_path / "cxr")
+    assert main(["experts", "run", "cxr_classification", str(study / "dicom"), "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().out.startswith("Chest X-ray:")
+    findings = {f["label"]: f for f in json.loads((tmp_path / "o" / "findings.json").read_text())["findings"]}
+    assert set(case.truth["findings"]) <= set(findings)
+    assert all(0.0 <= f["probability"] <= 1.0 and 0.0 < f["threshold"] < 1.0 for f in findings.values())
+    for label in ("pleural effusion", "pneumothorax", "cardiomegaly"):
+        assert findings[label]["present"] == case.truth["findings"][label], label
+    assert (tmp_path / "o" / "overlay.png").is_file()
