@@ -128,12 +128,12 @@ class BrainTumorExpert(Expert):
 
         cfg = self.config
         ref, img = stack_sequences(volumes, cfg)
-        with torch.inference_mode():
-            logits = sliding_window_inference(img[None].to(self.device), cfg.roi_size, 1, self.network,
+        with torch.inference_mode():  # a plain tensor in, as in ct_segmentation: no MetaTensor bookkeeping per window
+            logits = sliding_window_inference(img.as_tensor()[None].to(self.device), cfg.roi_size, 1, self.network,
                                               overlap=cfg.overlap, mode="gaussian", device=torch.device("cpu"))
         from monai.data import MetaTensor
 
-        return ref, labels_to_input_grid(MetaTensor(logits[0].as_subclass(torch.Tensor), affine=img.affine), ref)
+        return ref, labels_to_input_grid(MetaTensor(logits[0], affine=img.affine), ref)
 
     def _run(self, volumes: Volume | Mapping[str, Volume]) -> ExpertResult:
         ref, labels = self.segment(volumes)

@@ -151,9 +151,9 @@ def test_sliding_windows_stay_within_the_training_patch(reg):
     never trained on that, called the liver dome at the series' edge a tumour (held-out phantom 30016)."""
     from experts.model_files import load_expert_files
 
-    expert = reg.get("ct_segmentation")
-    assert expert.config.roi_size[2] <= expert.card["training"]["recipe"]["patch"][2]
-    mri = load_expert_files("mri_brain_tumor")[0]  # the brain grid is smaller than (96, 96, 96) on every axis
+    ct, mri = (load_expert_files(name)[0] for name in ("ct_segmentation", "mri_brain_tumor"))
+    assert ct["network"]["roi_size"][2] <= ct["training"]["recipe"]["patch"][2]
+    # the brain grid is smaller than (96, 96, 96) on every axis
     assert all(w <= p for w, p in zip(mri["network"]["roi_size"], mri["training"]["recipe"]["patch"]))
     case = data.phantoms.generate("ct", 30_016)  # chest series ending in the liver dome, no liver tumour
     assert case.truth["lesion_counts"]["liver tumor"] == 0
