@@ -12,30 +12,34 @@ import json
 import time
 from typing import Any, Iterator, Mapping
 
-import numpy as np
 
 from app.audit import AuditLog, AuditRecord, tool_call_records
 from app.session import SessionState
 from data.study import Series, Study, Volume
 from experts.base import ExpertResult
+from vlm.conversation import study_volumes
+from vlm.study_chat import StudyChat, TurnSettings
 
-__all__ = ["ChatEngine", "SessionRegistry", "expert_inputs", "result_message", "NO_MODEL_MESSAGE"]
+__all__ = ["ChatEngine", "SessionRegistry", "expert_inputs", "series_name", "result_message", "NO_MODEL_MESSAGE"]
 
 NO_MODEL_MESSAGE = "No language model configured: experts and viewer only."
 STREAM_INTERVAL_S = 0.05  # least time between two streamed updates of the answer
 
 
 def expert_inputs(expert: Any, study: Study | None, series: Series) -> Volume | dict[str, Volume]:
-    """What ``expert`` (an ``Expert``) is given when run from its button: the series on screen when the
-    expert reads that modality and one volume; otherwise the study's volumes it takes, chosen as the
-    agent chooses them (``vlm.agent.volumes_for``: e.g. every MR sequence, by name)."""
-    from vlm.agent import volumes_for
-    from vlm.conversation import Conversation
+    """What ``expert`` (an ``Expert``) is given when run from its button: the study's volumes it chooses
+    (``Expert.select_inputs``: the series on screen, or every MR sequence for the brain-tumour expert)."""
+    if study is None:
+        return expert.select_inputs({"image": series.volume})
+    volumes = study_volumes(study)
+    return expert.select_inputs(volumes, series_name(study, series))
 
-    if series.modality in expert.modalities and not getattr(expert, "sequences", None):
-        return series.volume
-    volumes = Conversation.from_study(study, images=[]).volumes if study is not None else {"image": series.volume}
-    return volumes_for(expert, volumes)
+
+def series_name(study: Study, series: Series) -> str | None:
+    """The name ``vlm.conversation.study_volumes`` gives ``series`` of ``study``."""
+    names = list(study_volumes(study))
+    index = next((i for i, s in enumerate(study.series) if s is series), None)
+    return None if index is None or index >= len(names) else names[index]
 
 
 class SessionRegistry:
@@ -75,14 +79,13 @@ class ChatEngine:
     def enabled(self) -> bool:
         return self.backend is not None
 
-    def stream(self, state: SessionState, question: str, user: str, view_image: np.ndarray | None = None,
-               view_slice: int | None = None) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+    def stream(self, state: SessionState, question: str, user: str, view_slice: int | None = None,
+               on_screen: bool = True) -> Iterator[tuple[list[dict[str, Any]], bool]]:
         """Yield ``(chat history, overlay changed)`` as the answer to ``question`` streams in.
 
-        view_image: the slice on screen ``(H, W, 3)`` uint8; the model sees it with the question when it
-        differs from the last picture it was given. view_slice: its index on the volume's own third axis
-        when it is an axial slice (an expert then says what that slice of its mask shows, for "in this
-        slice" questions), else None."""
+        view_slice: the axial slice the model is shown (index on the volume's own third axis; None: the one it
+        holds, first the middle), through ``vlm.study_chat.StudyChat``, the path training, ``m3 ask`` and
+        ``m3 eval`` share. on_screen: that axial slice is on screen, so "in this slice" questions are about it."""
         history = state.history + [{"role": "user", "content": question}]
         if not self.enabled:
             yield history + [_assistant(NO_MODEL_MESSAGE + " Use the expert buttons to measure.")], False
@@ -90,17 +93,15 @@ class ChatEngine:
         if state.series is None:
             yield history + [_assistant("Load a study first (upload one or open an example).")], False
             return
-        from vlm.agent import Agent
-
-        _attach_view(state, view_image)
-        if view_image is not None:
-            state.conversation.shown_slice = view_slice
-        agent = Agent(self.backend, SessionRegistry(self.registry, state), max_rounds=self.max_rounds)
+        if state.chat is None:
+            state.chat = StudyChat(self.backend, SessionRegistry(self.registry, state), state.study,
+                                   settings=TurnSettings(max_rounds=self.max_rounds), primary=series_name(state.study, state.series))
+        state.chat.look_at(view_slice, on_screen=on_screen)
         answer = ""
         steps: dict[int, int] = {}  # id(tool_call) → index of its step message in history
         history = history + [_assistant("")]
         t0 = last_yield = time.perf_counter()
-        for event in agent.stream_turn(state.conversation, question):
+        for event in state.chat.stream(question):
             changed = False
             if event.kind == "token":
                 answer += event.text
@@ -180,14 +181,3 @@ def _step(name: str, arguments: Mapping[str, Any], status: str) -> dict[str, Any
 
 def _assistant(text: str) -> dict[str, Any]:
     return {"role": "assistant", "content": text}
-
-
-def _attach_view(state: SessionState, view_image: np.ndarray | None) -> None:
-    """Start the conversation on the study if needed; add the slice on screen when it is a new picture."""
-    from vlm.conversation import Conversation
-
-    if state.conversation is None:
-        state.conversation = Conversation.from_study(state.study, images=[] if view_image is not None else None)
-    images = state.conversation.images
-    if view_image is not None and not (images and images[-1].shape == view_image.shape and np.array_equal(images[-1], view_image)):
-        images.append(view_image)

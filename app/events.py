@@ -214,17 +214,9 @@ class AppEvents:
         if not question:
             yield (state, state.history, "", *self._viewer_outputs(state))
             return
-        vol = state.volume
-        on_screen, shown_slice = None, None
-        takes_images = self.engine.backend is not None and getattr(self.engine.backend.info, "takes_images", False)
-        if vol is not None and takes_images:  # the slice the clinician is looking at, without overlay, for the model
-            plane = state.view.plane if not vol.is_2d else "axial"
-            view = render_view(vol, plane, state.view.slices.get(plane), state.view.window, None)
-            on_screen = view.image
-            if plane == "axial":  # "is the spleen in this slice?" is answered from the expert's mask on it
-                shown_slice = native_axial_index(vol, view.index)
+        view_slice, on_screen = self._model_slice(state)
         any_change = False
-        for history, changed in self.engine.stream(state, question, _user(request), on_screen, shown_slice):
+        for history, changed in self.engine.stream(state, question, _user(request), view_slice, on_screen):
             if changed:
                 state.view.slices.pop(state.view.plane, None)
                 any_change = True
@@ -232,6 +224,17 @@ class AppEvents:
             yield (state, history, "", *(self._viewer_outputs(state) if changed else (gr.skip(),) * 5))
         if any_change:  # the final value carries the viewer too (API clients see only the last one)
             yield (state, state.history, "", *self._viewer_outputs(state))
+
+    @staticmethod
+    def _model_slice(state: SessionState) -> tuple[int | None, bool]:
+        """(axial slice the model is shown, on the volume's own third axis; whether it is on screen): the axial
+        slice on screen, or while another plane is shown the last axial one (the middle at first)."""
+        vol = state.volume
+        if vol is None or vol.is_2d:
+            return None, True
+        axial = state.view.slices.get("axial")
+        k = native_axial_index(vol, axial) if axial is not None else None
+        return k, state.view.plane == "axial"
 
     # -- report -------------------------------------------------------------------------------------
     def draft_report(self, state: SessionState, progress=gr.Progress()) -> tuple:

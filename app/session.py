@@ -45,7 +45,7 @@ class ViewState:
 class SessionState:
     """Everything one browser session has. ``results`` are keyed ``(input series UIDs, expert, arguments)``
     so a question asked twice does not run the expert twice; ``active_result`` is the key shown in the
-    viewer. ``history`` is the chat as Gradio ``messages`` dicts; ``conversation`` the agent's own record."""
+    viewer. ``history`` is the chat as Gradio ``messages`` dicts; ``chat`` the model's own record (``StudyChat``)."""
 
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     user: str = ""
@@ -55,7 +55,7 @@ class SessionState:
     results: dict[ResultKey, ExpertResult] = field(default_factory=dict)
     active_result: ResultKey | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
-    conversation: Any = None  # vlm.agent.Conversation, created with the first question on a series
+    chat: Any = None  # vlm.study_chat.StudyChat, created with the first question on a series
     report: dict[str, str] = field(default_factory=dict)  # findings / impression (editable draft)
     created: float = field(default_factory=time.time)
     picture_count: int = 0  # viewer pictures written to the workdir
@@ -80,7 +80,7 @@ class SessionState:
         self.results.clear()
         self.active_result = None
         self.history = []
-        self.conversation = None
+        self.chat = None
         self.report = {}
         self.pacs_study = ""
 
@@ -93,7 +93,7 @@ class SessionState:
         if index != self.series_index:
             self.series_index = index
             self.view = ViewState()
-            self.conversation = None
+            self.chat = None
             self.history = []
             self.active_result = None
         return self.study.series[index]
@@ -160,7 +160,7 @@ class SessionState:
             self._workdir = None
         self.study = None
         self.results.clear()
-        self.conversation = None
+        self.chat = None
         self.history = []
         self.pacs_hits = []
         self.pacs_study = ""

@@ -70,8 +70,17 @@ class Expert(ABC):
     name: str = ""
     description: str = ""  # model-card text the VLM reads as the tool's description
     modalities: tuple[str, ...] = ()
+    sequences: tuple[str, ...] = ()  # series roles taken together (the MR sequences), by ``Volume.sequence``; empty: one series
     parameters: Mapping[str, Any] = {"type": "object", "properties": {}}  # JSON schema of the arguments
     version: str = ""
+    # argument → {choice: the words a question names it by}: lets a call be kept on what the question names
+    vocabulary: Mapping[str, Mapping[str, tuple[str, ...]]] = {}
+
+    def covers(self, argument: str, value: Any, choice: str) -> bool:
+        """Whether ``value`` given for ``argument`` (a choice or a list of choices) includes ``choice``; experts
+        whose choices name groups ("lesions") expand them here."""
+        values = [value] if isinstance(value, str) else list(value or [])
+        return choice in values
 
     def tool_schema(self) -> dict[str, Any]:
         """The tool definition given to ``apply_chat_template(..., tools=[...])``."""
@@ -104,6 +113,19 @@ class Expert(ABC):
         result.expert = self.name
         result.version = result.version or self.version
         return result
+
+    def select_inputs(self, volumes: Mapping[str, Volume], primary: str | None = None) -> Volume | dict[str, Volume]:
+        """What this expert runs on, chosen from a study's volumes (name → ``Volume``): the series on screen
+        (``primary``) when it is of a modality the expert reads, else the study's first such series; an expert
+        with ``sequences`` gets every series of its modalities by sequence role (``run`` names any missing).
+        Raises ``ExpertError`` when the study has none."""
+        match = {n: v for n, v in volumes.items() if not self.modalities or v.modality in self.modalities}
+        if not match:
+            have = ", ".join(dict.fromkeys(v.modality for v in volumes.values())) or "no images"
+            raise ExpertError(f"{self.name} needs a {'/'.join(self.modalities)} volume; this study has {have}.")
+        if self.sequences:
+            return {(v.sequence or n): v for n, v in match.items()}
+        return match[primary] if primary in match else next(iter(match.values()))
 
     @abstractmethod
     def _run(self, volumes: Volume | Mapping[str, Volume], **arguments: Any) -> ExpertResult: ...

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CT_TARGETS, ct_target_values
+from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CT_TARGETS, FINDING_SYNONYMS, ct_target_values
 from data.study import Volume
 from experts.base import Expert, ExpertError, ExpertResult, Finding, Measurement
 from experts.measurements import (contrast_phase, drop_components_without, drop_detached_components, drop_small_components, keep_largest_component, lesion_stats,
@@ -28,6 +28,19 @@ __all__ = ["CTSegConfig", "CTSegmentationExpert", "build_ct_network", "ct_input"
 
 NAME = "ct_segmentation"
 TARGET_CHOICES: list[str] = CT_TARGETS
+# the words a question names each structure by (a word shared by two choices names both: "kidneys")
+TARGET_WORDS: dict[str, tuple[str, ...]] = {
+    "liver": ("liver", "hepatic"),
+    "spleen": ("spleen", "splenic"),
+    "left kidney": ("left kidney", "left renal", "kidney", "renal"),
+    "right kidney": ("right kidney", "right renal", "kidney", "renal"),
+    "left lung": ("left lung", "lung"),
+    "right lung": ("right lung", "lung"),
+    "heart": ("heart", "cardiac"),
+    "aorta": ("aorta", "aortic"),
+    "spine": ("spine", "spinal", "vertebra", "vertebrae", "vertebral column"),
+    **{lesion: FINDING_SYNONYMS[lesion] for lesion in ("liver tumor", "lung nodule", "kidney cyst")},
+}
 _LESION_ORGANS = {10: (1,), 11: (5, 6), 12: (3, 4)}  # liver tumour in the liver, nodule in a lung, cyst in a kidney
 
 
@@ -127,6 +140,16 @@ class CTSegmentationExpert(Expert):
         },
         "additionalProperties": False,
     }
+    vocabulary = {"targets": TARGET_WORDS}
+
+    def covers(self, argument: str, value: Any, choice: str) -> bool:
+        """``targets`` groups ("organs", "lesions", "everything") include their structures."""
+        if argument != "targets" or choice not in TARGET_CHOICES:
+            return super().covers(argument, value, choice)
+        try:
+            return set(ct_targets(choice)) <= set(ct_targets(value if value else "everything"))
+        except ValueError:  # a value outside the choices covers nothing
+            return False
 
     def __init__(self, weights_root: str | None = None, device: str | torch.device | None = None) -> None:
         files, state = load_expert_files(NAME, weights_root)

@@ -105,6 +105,7 @@ def stack_sequences(volumes: Mapping[str, Volume] | Volume, cfg: BrainTumorConfi
 class BrainTumorExpert(Expert):
     name = NAME
     modalities = ("MR",)
+    sequences = MRI_SEQUENCES
     description = (
         "Brain tumour segmentation on MRI (BraTS roles): takes the four sequences T1, T1c, T2 and FLAIR and returns a "
         "mask of necrotic core, edema and enhancing tumor with their volumes in mL, the whole-tumour and tumour-core "

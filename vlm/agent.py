@@ -21,10 +21,10 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from data.slice_facts import asks_about_shown_slice
-from data.study import Volume
-from data.tool_text import reference_keys, resolve_references
+from data.tool_text import TOOL_CALL_OPEN, format_tool_call, reference_keys, resolve_references
 from experts.base import Expert, ExpertError, tool_message, with_slice_findings
 from vlm.backends.base import ChatBackend, GenerationConfig
+from vlm.call_repair import repair_arguments
 from vlm.conversation import AgentEvent, AgentTurn, Conversation, ToolCall
 from vlm.safety import modality_mismatch, ungrounded_numbers
 from vlm.tools import ReferenceFilter, ToolCallError, ToolCallFilter, legacy_arguments, parse_tool_calls, tool_error_message
@@ -192,7 +192,11 @@ class Agent:
                 if expert is None:
                     raise ToolCallError(f"unknown expert {call.name!r}; available experts: {', '.join(experts) or 'none'}.")
                 call.arguments = legacy_arguments(call.arguments, expert.parameters)
-                volumes = volumes_for(expert, conversation.volumes)
+                call.arguments, call.repairs = repair_arguments(expert, call.arguments, turn.question)
+                if call.repairs:
+                    log.info("expert call %s kept on the question: %s", call.name, "; ".join(call.repairs))
+                    _rewrite_call(conversation, call)
+                volumes = expert.select_inputs(conversation.volumes, conversation.primary)
                 call.result = self.registry.run(call.name, volumes, **call.arguments)
                 if conversation.shown_slice is not None and asks_about_shown_slice(turn.question):
                     call.result = with_slice_findings(call.result, conversation.shown_slice)
@@ -256,17 +260,13 @@ class Agent:
         yield AgentEvent("done", text=answer, turn=turn)
 
 
-def volumes_for(expert: Expert, volumes: Mapping[str, Volume]) -> Volume | dict[str, Volume]:
-    """The study's volumes an expert takes: the one volume of its modality, or a dict by sequence name
-    when several match (the MR sequences); raises ``ToolCallError`` when the study has none."""
-    wanted = set(expert.modalities)
-    match = {name: v for name, v in volumes.items() if not wanted or v.modality in wanted}
-    if not match:
-        have = ", ".join(dict.fromkeys(v.modality for v in volumes.values())) or "no images"
-        raise ToolCallError(f"{expert.name} needs a {'/'.join(expert.modalities)} volume; this study has {have}.")
-    if len(match) == 1 and not getattr(expert, "sequences", None):
-        return next(iter(match.values()))
-    return {(v.sequence or name): v for name, v in match.items()}
+def _rewrite_call(conversation: Conversation, call: ToolCall) -> None:
+    """The history's last assistant message with ``call`` as it was run (its repaired arguments), so the model
+    reads the result beside the call that produced it."""
+    message = conversation.messages[-1] if conversation.messages else None
+    legacy = not call.raw.lstrip().startswith(TOOL_CALL_OPEN)  # a VILA-M3 trigger keeps the model's own wording
+    if message is not None and message["role"] == "assistant" and not legacy and call.raw in message["content"]:
+        message["content"] = message["content"].replace(call.raw, format_tool_call(call.name, call.arguments), 1)
 
 
 def run_agent_turn(backend: ChatBackend, registry: Any, conversation: Conversation, question: str, max_rounds: int = 3) -> AgentTurn:

@@ -8,10 +8,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from data.model_view import model_pictures
 from data.study import Volume
 from experts.base import ExpertResult
 
-__all__ = ["ToolCall", "AgentEvent", "AgentTurn", "Conversation", "slice_image"]
+__all__ = ["ToolCall", "AgentEvent", "AgentTurn", "Conversation", "study_volumes"]
 
 
 @dataclass
@@ -24,6 +25,7 @@ class ToolCall:
     error: str | None = None  # validation or expert error, shown to the model as a tool error
     seconds: float = 0.0
     raw: str = ""  # the model's text of the call (JSON in <tool_call> or a legacy trigger)
+    repairs: list[str] = field(default_factory=list)  # arguments changed to what the question names (``vlm.call_repair``)
 
 
 @dataclass
@@ -68,24 +70,22 @@ class Conversation:
     cache_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     images_shown: int = 0  # how many of ``images`` are already in the history
     shown_slice: int | None = None  # axial index (volume grid) of the slice on screen, for "in this slice" questions
+    picture_slice: int | None = None  # axial index (volume grid) of the slice the model's pictures show
+    primary: str | None = None  # name (in ``volumes``) of the series on screen
 
     @classmethod
-    def from_study(cls, study: Any, images: list[np.ndarray] | None = None) -> "Conversation":
-        """Volumes of a ``Study`` by name (MR by sequence, else modality), and its middle slice (the slice
-        on screen) unless ``images`` are given."""
-        volumes: dict[str, Volume] = {}
-        for series in study.series:
-            v = series.volume
-            name = v.sequence or series.modality or v.modality
-            base, n = name, 2
-            while name in volumes:
-                name, n = f"{base}_{n}", n + 1
-            volumes[name] = v
-        shown = None
-        if images is None and volumes:  # the middle slice, which "in this slice" questions are then about
-            first = next(iter(volumes.values()))
-            images, shown = [slice_image(first)], (None if first.is_2d else first.shape[2] // 2)
-        return cls(volumes=volumes, images=list(images or []), shown_slice=shown)
+    def from_study(cls, study: Any, slice_index: int | None = None, *, primary: str | None = None,
+                   on_screen: bool = True) -> "Conversation":
+        """A conversation on a ``Study``: its volumes by name (``study_volumes``) and the model's picture(s) of
+        axial slice ``slice_index`` (default the middle one; ``data.model_view.model_pictures``, the pictures the
+        model was trained on). primary: the name of the series on screen. on_screen: that slice is the one the
+        clinician sees, so "in this slice" questions are about it (False while another plane is shown)."""
+        volumes = study_volumes(study)
+        if not volumes:
+            return cls()
+        pictures = model_pictures(volumes, slice_index, primary)
+        return cls(volumes=volumes, images=pictures.as_list, picture_slice=pictures.slice_index,
+                   shown_slice=pictures.slice_index if on_screen else None, primary=primary)
 
     @property
     def modalities(self) -> list[str]:
@@ -100,21 +100,15 @@ class Conversation:
         return [im for m in self.messages for im in m.get("images", ())]
 
 
-def slice_image(volume: Volume, index: int | None = None) -> np.ndarray:
-    """An axial slice as a displayable ``(rows, cols)`` (or ``(rows, cols, 3)``) uint8 picture.
-
-    index: slice ``k`` (default the middle one). Intensities use the volume's window when it has one,
-    else its 1st–99th percentiles.
-    """
-    k = volume.shape[2] // 2 if index is None else index
-    plane = volume.array[:, :, k]
-    if plane.ndim == 3:  # colour (I, J, 3) → (rows, cols, 3)
-        return np.ascontiguousarray(np.transpose(plane, (1, 0, 2)).astype(np.uint8))
-    plane = plane.T.astype(np.float32)  # array is [column, row]
-    if volume.window is not None:
-        centre, width = volume.window
-        lo, hi = centre - width / 2, centre + width / 2
-    else:
-        lo, hi = np.percentile(plane, [1, 99]) if plane.size else (0.0, 1.0)
-    scaled = (np.clip(plane, lo, hi) - lo) / max(float(hi - lo), 1e-6)
-    return (scaled * 255).round().astype(np.uint8)
+def study_volumes(study: Any) -> dict[str, Volume]:
+    """A ``Study``'s volumes by name: MR series by sequence role (``T1``, ``T1c``, ``T2``, ``FLAIR``), others by
+    modality; repeated names get ``_2``, ``_3``…"""
+    volumes: dict[str, Volume] = {}
+    for series in study.series:
+        v = series.volume
+        name = v.sequence or series.modality or v.modality
+        base, n = name, 2
+        while name in volumes:
+            name, n = f"{base}_{n}", n + 1
+        volumes[name] = v
+    return volumes

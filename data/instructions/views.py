@@ -2,8 +2,8 @@
 
 Questions and captions must be answerable from the picture, so a CT view describes the one axial slice
 it shows (organs and lesions cut by that slice, counted as 2D components), an MRI view the slice through
-the tumour on all four sequences, a radiograph view the whole image. Pictures are windowed with the
-volume's own window exactly as the app shows a slice (``[column, row]`` array → ``(rows, cols)`` uint8),
+the tumour on all four sequences, a radiograph view the whole image. Pictures come from
+``data.model_view.model_pictures``, the one function chat, ``m3 ask``, ``m3 eval`` and the app show the model,
 so training and inference see the same pixels.
 """
 
@@ -17,10 +17,10 @@ from scipy import ndimage
 from data.phantoms import PhantomCase
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, MRI_LABELS, MRI_SEQUENCES
 from data.slice_facts import ORGAN_MIN_PX, TUMOR_MIN_PX, equivalent_diameter_mm, lesion_components, midline_side
-from data.study import Volume
+from data.model_view import model_pictures
 from data.tool_text import size_category
 
-__all__ = ["CaseView", "make_view", "window_slice"]
+__all__ = ["CaseView", "make_view"]
 
 
 @dataclass
@@ -38,17 +38,6 @@ class CaseView:
     truth: dict
     slice_index: int | None = None
     ambiguous: set[str] = field(default_factory=set)  # findings barely cut by the slice: never asked
-
-
-def window_slice(volume: Volume, k: int) -> np.ndarray:
-    """Slice ``k`` as ``(rows, cols)`` uint8 using the volume's window (1st–99th percentile if none)."""
-    plane = volume.array[:, :, k].T.astype(np.float32)
-    if volume.window is not None:
-        c, w = volume.window
-        lo, hi = c - w / 2, c + w / 2
-    else:
-        lo, hi = np.percentile(plane, [1, 99])
-    return (np.clip((plane - lo) / max(float(hi - lo), 1e-6), 0, 1) * 255).round().astype(np.uint8)
 
 
 def make_view(case: PhantomCase, rng: np.random.Generator) -> CaseView:
@@ -94,7 +83,7 @@ def _ct_view(case: PhantomCase, rng: np.random.Generator) -> CaseView:
         "lesion_counts": {CT_LABELS[v]: sum(1 for f in found if f["type"] == CT_LABELS[v]) for v in CT_LESIONS},
         "organ_area_px": {CT_LABELS[v]: int(area[v, k]) for v in CT_ORGANS},
     }
-    return CaseView("ct", case.seed, {"CT": window_slice(vol, k)}, facts, case.truth, k, ambiguous)
+    return CaseView("ct", case.seed, model_pictures({"CT": vol}, k).images, facts, case.truth, k, ambiguous)
 
 
 def _organ_around(sl: np.ndarray, lesion: np.ndarray) -> str:
@@ -131,7 +120,7 @@ def _mri_view(case: PhantomCase, rng: np.random.Generator) -> CaseView:
         "edema": visible and sub["edema"] >= 4, "hemisphere": side, "lobe": case.truth["lobe"] if visible else None,
         "diameter_mm": round(float(diam), 1), "size": size_category(diam) if visible else None,
     }
-    images = {seq: window_slice(case.volumes[seq], k) for seq in MRI_SEQUENCES}
+    images = model_pictures({seq: case.volumes[seq] for seq in MRI_SEQUENCES}, k, primary="FLAIR").images
     return CaseView("mri", case.seed, images, facts, case.truth, k, ambiguous)
 
 
@@ -139,4 +128,4 @@ def _cxr_view(case: PhantomCase) -> CaseView:
     t = case.truth
     facts = {"modality": "X-ray", "region": "chest", "view": t["view"], "findings": dict(t["findings"]),
              "laterality": dict(t["laterality"]), "ctr": t["ctr"], "details": t["details"]}
-    return CaseView("cxr", case.seed, {"DX": window_slice(case.volume, 0)}, facts, t, None, set())
+    return CaseView("cxr", case.seed, model_pictures({"DX": case.volume}).images, facts, t, None, set())

@@ -119,8 +119,8 @@ def test_a_question_knows_the_axial_slice_on_screen(tmp_path, scripted_module):
     events.example("Example CT", state, _Request(), progress=_no_progress)
     events.set_slice(3, state)  # the slider counts from 1
     list(events.ask("Is dense tissue shown in this slice?", state, _Request()))
-    assert state.conversation.shown_slice == native_axial_index(state.volume, 2) is not None
+    assert state.chat.conversation.shown_slice == native_axial_index(state.volume, 2) is not None
     events.set_plane("coronal", state)
     list(events.ask("And here?", state, _Request()))
-    assert state.conversation.shown_slice is None
+    assert state.chat.conversation.shown_slice is None
     state.close()

@@ -258,4 +258,4 @@ def test_a_conversation_on_a_study_shows_the_middle_slice_and_knows_it():
     study = SimpleNamespace(series=[SimpleNamespace(volume=ct, modality="CT")])
     conv = Conversation.from_study(study)
     assert len(conv.images) == 1 and conv.shown_slice == 2  # the picture the model sees is the slice "in this slice" means
-    assert Conversation.from_study(study, images=[]).shown_slice is None
+    assert Conversation.from_study(study, on_screen=False).shown_slice is None

@@ -297,7 +297,7 @@ def _truth_expert(cls: type, registry: TruthRegistry) -> Expert:
             result.overlay_renderer = render_overlay
         return result
 
-    attrs = {k: getattr(cls, k) for k in ("name", "description", "modalities", "parameters", "version")}
+    attrs = {k: getattr(cls, k) for k in ("name", "description", "modalities", "sequences", "parameters", "version")}
     attrs["_run"] = _run
     return type(f"Truth{cls.__name__}", (Expert,), attrs)()
 

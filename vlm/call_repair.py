@@ -1,0 +1,48 @@
+"""Keeping an expert call on what the question names.
+
+A small model sometimes calls the right expert with the wrong choice ("What is the liver volume?" →
+``ct_segmentation`` with ``targets: "lesions"``): the result then holds nothing the answer needs. When the
+question names choices of an argument through the expert's own vocabulary (``Expert.vocabulary``) and the
+call's value covers none of them (``Expert.covers``, so "organs" covers "liver"), the argument is set to the
+named choices. A call whose value already covers what the question names is left as the model wrote it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from experts.base import Expert
+
+__all__ = ["named_choices", "repair_arguments"]
+
+
+def named_choices(question: str, words: Mapping[str, tuple[str, ...]]) -> list[str]:
+    """The choices ``question`` names (in ``words`` order), longest phrase first, each stretch of the question
+    read once ("kidney cyst" is not also "kidney"); plurals count ("kidneys")."""
+    text = " " + re.sub(r"[^a-z0-9]+", " ", question.lower()) + " "
+    phrases = sorted({p.lower() for ps in words.values() for p in ps}, key=len, reverse=True)
+    found: set[str] = set()
+    for phrase in phrases:
+        pattern = re.compile(rf" {re.escape(phrase)}(?:s|es)? ")
+        if pattern.search(text):
+            found.add(phrase)
+            text = pattern.sub(" | ", text)
+    return [choice for choice, ps in words.items() if any(p.lower() in found for p in ps)]
+
+
+def repair_arguments(expert: Expert, arguments: Mapping[str, Any], question: str) -> tuple[dict[str, Any], list[str]]:
+    """(arguments kept on what ``question`` names, notes saying what was changed). Only arguments with a
+    vocabulary are touched; a value covering at least one named choice is kept."""
+    out = dict(arguments)
+    notes: list[str] = []
+    for argument, words in expert.vocabulary.items():
+        named = named_choices(question, words)
+        if not named or argument not in out:  # a missing argument takes the expert's default, which covers all
+            continue
+        value = out[argument]
+        if any(expert.covers(argument, value, choice) for choice in named):
+            continue
+        out[argument] = named[0] if len(named) == 1 else named
+        notes.append(f"{argument} {value!r} → {out[argument]!r} (named in the question)")
+    return out, notes
