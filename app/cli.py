@@ -1,5 +1,5 @@
-"""``m3 serve``, ``m3 demo``, ``m3 hash-password`` (and ``m3 health`` from ``app.health``): thin argparse
-layers over ``app.server.serve`` and ``app.auth.hash_password``."""
+"""``m3 serve``, ``m3 demo``, ``m3 hash-password``, ``m3 manifest`` (and ``m3 health`` from ``app.health``): thin
+argparse layers over ``app.server.serve``, ``app.auth.hash_password`` and ``experts.manifest``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     h = sub.add_parser("hash-password", help="print a salted scrypt hash for a users file or $M3_USERS")
     h.add_argument("--user", default="", help="also print the 'user:hash' form for $M3_USERS")
     h.set_defaults(func=_hash_password)
+
+    m = sub.add_parser("manifest", help="verify a model folder against its manifest.json, or sign it after editing its card",
+                       description="verify: list every file that differs from the folder's manifest (exit 1 if any). "
+                                   "write: record every file's SHA-256 (after editing a model card or metrics by hand).")
+    m.add_argument("action", choices=("verify", "write"))
+    m.add_argument("folder", type=Path, help="model folder (e.g. vlm/weights/default, experts/weights/ct_segmentation)")
+    m.set_defaults(func=_manifest)
 
     from app.health import add_parsers as add_health
 
@@ -55,6 +62,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     return _serve(args)
+
+
+def _manifest(args: argparse.Namespace) -> int:
+    from experts.manifest import verify_manifest, write_manifest
+
+    if args.action == "write":
+        print(f"wrote {write_manifest(args.folder)}")
+        return 0
+    files = verify_manifest(args.folder)["files"]  # ManifestError → "m3: error: ..." and exit 1
+    print(f"{args.folder}: all {len(files)} files match the manifest")
+    return 0
 
 
 def _hash_password(args: argparse.Namespace) -> int:

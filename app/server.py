@@ -35,7 +35,7 @@ from app.pacs_panel import PacsComponents, PacsPanel  # noqa: E402
 from app.session import close_session, live_sessions, new_session  # noqa: E402
 from app.viewer import PLANES  # noqa: E402
 
-__all__ = ["ServeOptions", "ModelStatus", "load_backend", "manifest_problem", "build_blocks", "build_app", "serve", "RunningServer",
+__all__ = ["ServeOptions", "ModelStatus", "load_backend", "build_blocks", "build_app", "serve", "RunningServer",
            "embedded_model_dir"]
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,15 @@ class ModelStatus:
 
     backend: Any = None
     source: str = ""  # folder it came from
-    problem: str = ""
+    problem: str = ""  # why there is no chat, in plain words for a clinician
+    admin_hint: str = ""  # what the administrator runs to fix it
 
     @property
     def banner(self) -> str:
         if self.backend is None:
-            why = f" ({self.problem})" if self.problem else ""
-            return f"### {NO_MODEL_MESSAGE}{why}"
+            why = f": {self.problem}" if self.problem else ""
+            return (f"### Chat is off{why}.\nQuestions cannot be answered. You can still open studies, scroll them and run "
+                    "the experts with the buttons under the chat.")
         info = self.backend.info
         version = f" `{info.version}`" if info.version else ""
         return f"**Model:** {info.name}{version} · **Intended use:** {_intended_use(info.model_card)}"
@@ -97,44 +99,40 @@ def embedded_model_dir() -> Path | None:
 def load_backend(config: AppConfig) -> ModelStatus:
     """The chat backend from ``config.models.model_dir``, else the embedded bundle, else none.
 
-    A folder holding an ``m3 export`` manifest is checked against it first (SHA-256 of every file): a
-    configured model that fails refuses the start (``ConfigError``); the embedded one is not loaded and
-    the banner says why.
+    Loads through ``vlm.backends.load_backend`` (the loader of every command, which verifies a folder's
+    ``manifest.json`` first): a configured model that fails refuses the start (``ConfigError``); when the embedded
+    one fails, chat is off and the banner and ``/healthz`` say why.
     """
+    from experts.manifest import ManifestError
+    from vlm.backends import load_backend as load_model_folder
+
     folder = config.models.model_dir or embedded_model_dir()
     if folder is None:
-        return ModelStatus(problem="no model folder configured and no embedded default model in this build")
-    problem = manifest_problem(folder)
-    if problem:
-        if config.models.model_dir is not None:
-            raise ConfigError(f"models.model_dir {folder} was refused: {problem}")
-        log.error("embedded model refused: %s", problem)
-        return ModelStatus(problem=f"the embedded model was refused because its files do not match its manifest: {problem}")
+        return ModelStatus(problem="this installation carries no language model and none is configured",
+                           admin_hint="set models.model_dir (or M3_MODELS_MODEL_DIR) to a model folder and restart.")
     try:
-        from vlm.backends.hf_vlm import HFVLMBackend
-
-        return ModelStatus(backend=HFVLMBackend.from_pretrained(folder), source=str(folder))
+        return ModelStatus(backend=load_model_folder(folder), source=str(folder))
+    except ManifestError as exc:
+        if config.models.model_dir is not None:
+            raise ConfigError(f"models.model_dir {folder} was refused: {exc}") from exc
+        log.error("embedded model refused: %s", exc)
+        return ModelStatus(problem="the built-in language model failed its integrity check (its files changed after release)",
+                           admin_hint=f"{exc} Reinstall m3, or in a source checkout run `git checkout -- {_shown(folder)}`; "
+                                      f"`m3 manifest verify {_shown(folder)}` then lists no problem.")
     except (OSError, ValueError, ImportError) as exc:  # ModelLoadError is a ValueError
         if config.models.model_dir is not None:  # an explicitly configured model must load
             raise ConfigError(f"models.model_dir {folder} could not be loaded: {exc}") from exc
         log.warning("embedded model not loaded: %s", exc)
-        return ModelStatus(problem=f"the embedded model could not be loaded: {exc}")
+        return ModelStatus(problem="the built-in language model could not be loaded",
+                           admin_hint=f"{type(exc).__name__}: {exc} Reinstall m3 or set models.model_dir to a model folder.")
 
 
-def manifest_problem(folder: Path) -> str | None:
-    """Why a model folder fails the ``manifest.json`` written by ``m3 export`` (``vlm.export.verify_manifest``:
-    SHA-256 and size of every file), or ``None`` when it matches or has no manifest (published checkpoints)."""
-    if not (Path(folder) / "manifest.json").is_file():
-        return None
-    from vlm.export import ManifestError, verify_manifest
-
+def _shown(folder: Path | str) -> str:
+    """A model folder as the admin would type it: relative to the working folder when under it."""
     try:
-        verify_manifest(folder)
-    except ManifestError as exc:
-        return str(exc)
-    except (ValueError, KeyError, TypeError) as exc:  # not JSON, or entries without sha256 / bytes
-        return f"Build {folder} has an unreadable manifest.json ({type(exc).__name__}: {exc}); re-export it with `m3 export`."
-    return None
+        return str(Path(folder).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(folder)
 
 
 def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str], options: ServeOptions, concurrency: int,
@@ -146,6 +144,9 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
     with gr.Blocks(title="m3 — imaging assistant", delete_cache=(300, 900)) as blocks:
         state = gr.State(new_session, time_to_live=options.session_ttl_s, delete_callback=close_session)
         gr.Markdown(status.banner, elem_id="m3-banner")
+        if status.admin_hint:
+            with gr.Accordion("Details for the administrator", open=False, elem_id="m3-admin-hint"):
+                gr.Markdown(status.admin_hint)
         if status.backend is not None and status.backend.info.model_card:
             with gr.Accordion("Model card", open=False):
                 gr.Markdown(status.backend.info.model_card)
@@ -255,8 +256,7 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
 
     api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     mount_health(api, config, {"sessions": lambda: (True, f"{live_sessions()} live"),
-                               "chat_model": lambda: (True, status.backend.info.name if status.backend else
-                                                      f"none (chat disabled{': ' + status.problem if status.problem else ''})")})
+                               "chat_model": lambda: _chat_health(status)})
     auth: dict[str, Any] = {}
     if header:
         auth["auth_dependency"] = TrustedHeaderAuth(header, options.trusted_proxies)
@@ -295,6 +295,13 @@ def serve(config: AppConfig, *, backend: Any = None, registry: Any = None, optio
             raise ConfigError(f"the app did not start on {config.server.host}:{config.server.port}; is the port in use?")
         time.sleep(0.05)
     return RunningServer(f"http://{config.server.host}:{config.server.port}", server, thread, blocks)
+
+
+def _chat_health(status: ModelStatus) -> tuple[bool, str]:
+    """The ``/healthz`` chat check: failing (HTTP 503) when chat was meant to be on and the model was refused."""
+    if status.backend is not None:
+        return True, status.backend.info.name
+    return False, f"chat disabled: {status.problem or 'no language model'}"
 
 
 def _intended_use(card: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -147,8 +146,7 @@ def train_expert(cfg: TrainConfig) -> dict[str, Any]:
     config["metrics"] = metrics
     config["training"]["evaluation_seconds"] = round(time.perf_counter() - t_eval, 1)
     card = task.model_card(config)
-    save_expert_files(cfg.name, config, model.state_dict(), card, cfg.weights_root)
-    shutil.copyfile(curve, folder / "loss_curve.png")
+    save_expert_files(cfg.name, config, model.state_dict(), card, cfg.weights_root, extras={"loss_curve.png": curve})
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("%s: weights in %s; held-out metrics %s", cfg.name, folder, metrics)
     return metrics

@@ -9,7 +9,6 @@ masks, or int8 weight-only weights through torchao), ``vision_tower/``, ``mm_pro
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from experts.manifest import MANIFEST_FILENAME, ManifestError, write_manifest, verify_manifest  # noqa: F401 (re-exported)
 from vlm.compress.depth import RECIPE_FILENAME, load_pruned_lm, save_pruned_lm
 from vlm.compress.masks_io import MASKS_FILENAME, load_masks, save_masks
 from vlm.compress.targets import apply_masks, prunable_linears
@@ -30,17 +30,12 @@ __all__ = ["ExportConfig", "ExportError", "ManifestError", "export_build", "writ
            "to_semi_structured", "int8_available", "MANIFEST_FILENAME"]
 
 log = logging.getLogger(__name__)
-MANIFEST_FILENAME = "manifest.json"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _REPO = Path(__file__).resolve().parents[1]
 
 
 class ExportError(Exception):
     """A source folder or an option that cannot make a build (message: what was expected, what was found, what to do)."""
-
-
-class ManifestError(Exception):
-    """A build whose files do not match its manifest: the build was altered or copied incompletely."""
 
 
 @dataclass
@@ -114,45 +109,6 @@ def export_build(src: str | Path, out: str | Path, config: ExportConfig | None =
     return out
 
 
-def write_manifest(folder: str | Path) -> Path:
-    """Write ``manifest.json``: SHA-256 and byte size of every file under ``folder`` (except the manifest)."""
-    folder = Path(folder)
-    files = {p.relative_to(folder).as_posix(): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_FILENAME}
-    path = folder / MANIFEST_FILENAME
-    path.write_text(json.dumps({"format": "m3-build-manifest-v1", "files": files}, indent=2))
-    return path
-
-
-def verify_manifest(folder: str | Path) -> dict:
-    """Check every file of a build against its manifest; raise :class:`ManifestError` on any difference.
-
-    Missing, changed (size or SHA-256) and unlisted files are all errors. Returns the manifest.
-    """
-    folder = Path(folder)
-    path = folder / MANIFEST_FILENAME
-    if not path.is_file():
-        raise ManifestError(f"Build {folder} has no {MANIFEST_FILENAME}; it was not made by `m3 export`. Re-export the model.")
-    manifest = json.loads(path.read_text())
-    listed = manifest.get("files", {})
-    problems = []
-    for rel, entry in listed.items():
-        file = folder / rel
-        if not file.is_file():
-            problems.append(f"missing {rel}")
-        elif file.stat().st_size != entry["bytes"] or _sha256(file) != entry["sha256"]:
-            problems.append(f"changed {rel}")
-    extra = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILENAME
-             and p.relative_to(folder).as_posix() not in listed]
-    problems += [f"unlisted {rel}" for rel in sorted(extra)]
-    if problems:
-        raise ManifestError(
-            f"Build {folder} does not match its manifest ({len(problems)} problem(s): {', '.join(problems[:5])}). "
-            "Expected every file unchanged since `m3 export`; copy the build again or re-export it."
-        )
-    return manifest
-
-
 def to_semi_structured(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> list[str]:
     """On a CUDA GPU, swap each masked LM linear's weight for ``torch.sparse.to_sparse_semi_structured``.
 
@@ -196,14 +152,6 @@ def _quantize_int8(llm_dir: Path) -> None:
     for weights in llm_dir.glob("model*.safetensors"):
         weights.unlink()
     lm.save_pretrained(llm_dir)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _count_params(folder: Path) -> int:

@@ -48,7 +48,7 @@ def test_mri_example_has_four_sequences_and_a_ct_expert_says_why_it_cannot_run(t
 def test_without_a_model_chat_is_disabled_but_experts_and_viewer_work(tmp_path, scripted_module):
     from app.server import ModelStatus
 
-    assert "No language model configured: experts and viewer only" in ModelStatus(problem="none here").banner
+    assert "Chat is off: none here" in ModelStatus(problem="none here").banner
     events, state = _events(tmp_path, scripted_module, backend=None), SessionState()
     events.example("Example CT", state, _Request(), progress=_no_progress)
     reply = list(events.ask("What is the dense tissue volume?", state, _Request()))[-1][1]

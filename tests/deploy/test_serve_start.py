@@ -7,6 +7,7 @@ Slow variant: the same command from the package installed by the Dockerfile's RU
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import shutil
@@ -158,6 +159,8 @@ def test_a_tampered_build_is_refused_before_loading(tiny_build, tmp_path, monkey
     import app.server
     from app.main import main
     from app.server import load_backend
+    from experts.manifest import ManifestError
+    from vlm.backends import load_backend as load_model_folder
 
     src, build = tiny_build
     assert load_backend(AppConfig(models=_models(build))).backend is not None  # an intact build loads
@@ -175,8 +178,32 @@ def test_a_tampered_build_is_refused_before_loading(tiny_build, tmp_path, monkey
     monkeypatch.setattr(app.server, "embedded_model_dir", lambda: tampered)
     status = load_backend(AppConfig())
     assert status.backend is None
-    assert "embedded model was refused because its files do not match its manifest" in status.banner
-    assert "changed mm_projector/model.safetensors" in status.banner
+    assert "Chat is off: the built-in language model failed its integrity check" in status.banner
+    assert "tampered" not in status.banner and "manifest" not in status.banner  # plain words for clinicians
+    assert "changed mm_projector/model.safetensors" in status.admin_hint and "m3 manifest verify" in status.admin_hint
+    with pytest.raises(ManifestError, match="changed mm_projector"):  # m3 chat / ask / eval / serve-lm load the same way
+        load_model_folder(tampered)
+
+
+def test_healthz_fails_when_the_embedded_model_was_refused(tiny_build, tmp_path, monkeypatch):
+    import httpx
+
+    import app.server
+    from app.server import serve
+
+    _, build = tiny_build
+    monkeypatch.setattr(app.server, "embedded_model_dir", lambda: _tampered_copy(build, tmp_path / "tampered"))
+    config = AppConfig()
+    config.server = dataclasses.replace(config.server, port=free_port())
+    config.audit = dataclasses.replace(config.audit, log_path=tmp_path / "audit.jsonl")
+    running = serve(config, block=False)
+    try:
+        health = httpx.get(f"{running.url}/healthz", timeout=5)
+        assert health.status_code == 503
+        chat = health.json()["checks"]["chat_model"]
+        assert chat["ok"] is False and "integrity check" in chat["detail"]
+    finally:
+        running.close()
 
 
 def _models(folder: Path):
