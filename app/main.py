@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the CLI's last line of defence: one clear line, no traceback spam
         known = ("IngestError", "ExpertError", "ToolCallError", "ModelLoadError", "ConfigError", "PacsError",
              "RemoteBackendError", "ServeError", "LaunchError", "ManifestError", "TrainError",
-             "CompressError", "ExportError", "PublicFormatError")
+             "CompressError", "ExportError", "PublicFormatError", "AskError")
         if type(exc).__name__ in known:
             print(f"m3: error: {exc}", file=sys.stderr)
             return 1

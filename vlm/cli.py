@@ -1,4 +1,4 @@
-"""``m3 chat`` (one agent turn on a study, from the shell), plus the other vlm commands.
+"""``m3 chat`` (one agent turn on a study, from the shell), ``m3 ask`` (a question file), plus the other vlm commands.
 
 The training, evaluation, compression and LM-serving commands live in their own modules; each defines
 ``add_parsers(subparsers)`` and is registered here when it is installed.
@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
 import sys
+from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parsers", "chat"]
+__all__ = ["add_parsers", "chat", "ask"]
 
 _OTHER_COMMANDS = ("vlm.train.cli", "vlm.eval.cli", "vlm.compress.cli", "vlm.serve_lm")
 
@@ -20,13 +22,22 @@ _OTHER_COMMANDS = ("vlm.train.cli", "vlm.eval.cli", "vlm.compress.cli", "vlm.ser
 def add_parsers(sub: Any) -> None:
     """Register ``chat`` and the commands of the other vlm modules that exist."""
     p = sub.add_parser("chat", help="ask one question about a study; the model may call experts",
-                       description="Load a study and a model, run one agent turn, print the answer and the expert calls.")
-    p.add_argument("--model", required=True, help="checkpoint folder (m3, VILA layout, or an image-text-to-text model)")
-    p.add_argument("--max-rounds", type=int, default=3, help="most expert-calling rounds (default 3)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per generation (default 256)")
+                       description="Load a study and a model, run one agent turn (the app's path), print the answer and the expert calls.")
+    _model_arguments(p)
     p.add_argument("study", help="study folder, DICOM / NIfTI file, image or zip")
     p.add_argument("question", help="the question, in quotes")
     p.set_defaults(func=_chat_command)
+
+    a = sub.add_parser("ask", help="ask a list of questions about a study (site acceptance); one JSON line per answer",
+                       description="Ask each question of a JSON-lines file in a fresh conversation on STUDY, through the app's "
+                                   "path (pictures, agent, experts, generation settings), optionally at a slice and plane. "
+                                   "Writes answer, expert calls with arguments, results and errors, flags and latency per line.")
+    _model_arguments(a)
+    a.add_argument("study", help="study folder, DICOM / NIfTI file, image or zip")
+    a.add_argument("--questions", required=True, help='JSON lines: {"question": ..., "slice": N, "plane": "axial", "expect": ..., '
+                                                    '"expect_expert": ...}; only "question" is required')
+    a.add_argument("--out", required=True, help="answers file to write (JSON lines)")
+    a.set_defaults(func=_ask_command)
     for name in _OTHER_COMMANDS:
         try:
             spec = importlib.util.find_spec(name)
@@ -36,21 +47,17 @@ def add_parsers(sub: Any) -> None:
             importlib.import_module(name).add_parsers(sub)
 
 
-def chat(model: str, study: str, question: str, *, max_rounds: int = 3, max_new_tokens: int = 256, out: Any = None) -> Any:
-    """Run one agent turn on ``study`` with the model in folder ``model``; prints as it streams and
-    returns the ``AgentTurn``."""
+def chat(model: str | None, study: str, question: str, *, max_rounds: int = 3, max_new_tokens: int = 256, out: Any = None) -> Any:
+    """Run one agent turn on ``study`` with the model in folder ``model`` (default: the embedded one) through
+    ``vlm.study_chat.StudyChat`` (the app's path); prints as it streams and returns the ``AgentTurn``."""
     from data import load_study
-    from experts.registry import default_registry
-    from vlm.agent import Agent
-    from vlm.backends import load_backend
-    from vlm.backends.base import GenerationConfig
-    from vlm.conversation import Conversation
+    from vlm.study_chat import StudyChat, TurnSettings
 
     out = out or sys.stdout
-    conversation = Conversation.from_study(load_study(study))
-    agent = Agent(load_backend(model), default_registry(), max_rounds, generation=GenerationConfig(max_new_tokens=max_new_tokens))
+    backend, registry = _load(model)
+    session = StudyChat(backend, registry, load_study(study), settings=TurnSettings(max_rounds, max_new_tokens))
     turn = None
-    for event in agent.stream_turn(conversation, question):
+    for event in session.stream(question):
         if event.kind == "token":
             out.write(event.text)
             out.flush()
@@ -65,6 +72,49 @@ def chat(model: str, study: str, question: str, *, max_rounds: int = 3, max_new_
     for flag in turn.flags:
         out.write(f"[flag] {flag}\n")
     return turn
+
+
+def ask(model: str | None, study: str, questions: str, out: str, *, max_rounds: int = 3, max_new_tokens: int = 256) -> list[dict]:
+    """``m3 ask``: every question of the JSON-lines file ``questions`` about ``study``, one fresh conversation each
+    (``vlm.ask``); answers written to ``out`` line by line as they come. Returns the records."""
+    from data import load_study
+    from vlm.ask import ask_questions, load_questions, summarise_answers
+    from vlm.study_chat import TurnSettings
+
+    items = load_questions(questions)  # a bad file fails before any model loads
+    backend, registry = _load(model)
+    records = []
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for record in ask_questions(backend, registry, load_study(study), items, settings=TurnSettings(max_rounds, max_new_tokens)):
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            records.append(record)
+    print(summarise_answers(records))
+    print(f"answers: {path}")
+    return records
+
+
+def _load(model: str | None) -> tuple[Any, Any]:
+    """(chat backend, expert registry): ``vlm.backends.load_backend`` (manifest checked) on ``model`` or the embedded
+    default model, and the built-in experts."""
+    from experts.registry import default_registry
+    from vlm.backends import load_backend
+
+    folder = Path(model) if model else Path(__file__).parent / "weights" / "default"
+    return load_backend(folder), default_registry()
+
+
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="checkpoint folder (m3, VILA layout, or an image-text-to-text model; default: the embedded model)")
+    p.add_argument("--max-rounds", type=int, default=3, help="most expert-calling rounds (default 3, as in the app)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per generation (default 256, as in the app)")
+
+
+def _ask_command(args: argparse.Namespace) -> int:
+    ask(args.model, args.study, args.questions, args.out, max_rounds=args.max_rounds, max_new_tokens=args.max_new_tokens)
+    return 0
 
 
 def _chat_command(args: argparse.Namespace) -> int:

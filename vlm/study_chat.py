@@ -39,7 +39,7 @@ class StudyChat:
     """One clinician's chat about ``study`` (a ``data.study.Study``) with ``backend`` and the expert
     ``registry``; ``primary`` names the series on screen (``vlm.conversation.study_volumes`` names)."""
 
-    def __init__(self, backend: ChatBackend, registry: Any, study: Any, *, settings: TurnSettings | None = None,
+    def __init__(self, backend: ChatBackend, registry: Any, study: Any = None, *, settings: TurnSettings | None = None,
                  primary: str | None = None) -> None:
         self.backend = backend
         self.registry = registry
@@ -48,11 +48,20 @@ class StudyChat:
         self.primary = primary
         self.conversation: Conversation | None = None
 
+    @classmethod
+    def on_pictures(cls, backend: ChatBackend, registry: Any, images: list, *, settings: TurnSettings | None = None) -> "StudyChat":
+        """A chat about pictures alone (a public VQA set's image files): no volumes, so no expert can run."""
+        chat = cls(backend, registry, None, settings=settings)
+        chat.conversation = Conversation(images=list(images))
+        return chat
+
     def look_at(self, slice_index: int | None = None, *, on_screen: bool = True) -> Conversation:
         """Put axial slice ``slice_index`` (volume grid; None: the middle) in front of the model. on_screen:
         the clinician sees that axial slice ("in this slice" questions are about it); False while another plane
         is shown. A slice other than the one the model holds starts a new conversation."""
         conv = self.conversation
+        if self.study is None:
+            raise ValueError("look_at needs a study; this chat was opened on pictures alone (StudyChat.on_pictures).")
         wanted = conv.picture_slice if (conv is not None and slice_index is None) else slice_index
         if conv is None or (wanted is not None and wanted != conv.picture_slice):
             conv = Conversation.from_study(self.study, wanted, primary=self.primary, on_screen=on_screen)

@@ -25,7 +25,7 @@ import numpy as np
 from data.phantoms.labels import CT_LABELS, MRI_LABELS
 from data.study import Volume
 
-__all__ = ["PhantomCase", "generate", "write_study", "synthesize", "KINDS", "DICOM_DIRNAME"]
+__all__ = ["PhantomCase", "generate", "write_study", "study_files", "synthesize", "KINDS", "DICOM_DIRNAME"]
 
 KINDS = ("ct", "mri", "cxr")
 DICOM_DIRNAME = "dicom"
@@ -51,6 +51,12 @@ class PhantomCase:
     def volume(self) -> Volume:
         """The main volume (CT, T1c or DX)."""
         return self.volumes.get("CT") or self.volumes.get("T1c") or self.volumes["DX"]
+
+
+def study_files(study_dir: str | Path) -> list[Path]:
+    """The DICOM files of a study written by ``write_study`` (images only, not the truth files), in name order:
+    what an upload of that study hands to ``data.load_study``."""
+    return sorted(p for p in (Path(study_dir) / DICOM_DIRNAME).rglob("*") if p.is_file())
 
 
 def generate(kind: str, seed: int, **options) -> PhantomCase:

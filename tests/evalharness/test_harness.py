@@ -139,8 +139,8 @@ def test_picture_control_swaps_in_the_next_case_of_the_same_kind():
                rec("ct", 3, "d", ["ct3.png"]), rec("mri", 4, "e", ["m4a.png", "m4b.png"]), rec("cxr", 5, "f", ["x5.png"]),
                rec("mri", 6, "g", ["m6a.png", "m6b.png"])]
     out = _other_pictures(records)
-    got = {r["conversations"][0]["value"]: r.get("images") or r["image"] for r in out}
-    assert got == {"a": "ct2.png", "b": "ct2.png", "c": "ct3.png", "d": "ct1.png", "e": ["m6a.png", "m6b.png"], "g": ["m4a.png", "m4b.png"]}
+    got = {r["conversations"][0]["value"]: r["other_pictures"] for r in out}
+    assert got == {"a": ["ct2.png"], "b": ["ct2.png"], "c": ["ct3.png"], "d": ["ct1.png"], "e": ["m6a.png", "m6b.png"], "g": ["m4a.png", "m4b.png"]}
     assert all(r["meta"]["seed"] == o["meta"]["seed"] for r, o in zip(out, [x for x in records if x["meta"]["kind"] != "cxr"]))
 
 

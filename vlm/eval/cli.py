@@ -30,7 +30,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--experts", choices=("auto", "real", "truth"), default="auto",
                    help="experts behind tool calls: trained (real), phantom ground truth (truth), real if present (auto)")
     p.add_argument("--limit", type=int, default=0, help="items per part (0: all)")
-    p.add_argument("--max-new-tokens", type=int, default=160, help="longest answer (default 160)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per generation (default 256, as in the app)")
     p.add_argument("--compare-projectors", metavar="RECIPE", help="train and score mlp_downsample vs token merging on RECIPE's budget")
     p.add_argument("--steps-scale", type=float, default=1.0, help="with --compare-projectors: scale the recipe's steps (default 1)")
     p.set_defaults(func=_run)

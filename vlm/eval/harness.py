@@ -1,6 +1,7 @@
-"""``m3 eval`` on held-out phantoms: every question goes through the real agent loop (``vlm.agent``) with
-the experts behind its tool calls, on the case's real volumes and the pictures the model was trained
-to see.
+"""``m3 eval`` on held-out phantoms, through the app's path: each case is written as DICOM and ingested as an
+upload is (``data.load_study``), and every question is asked through ``vlm.study_chat.StudyChat`` — the pictures
+(``data.model_view``), agent, experts and generation settings of the app — at the slice the question is about, as
+a clinician who scrolled there would ask it.
 
 Three parts, one per test file written by ``data.instructions.build_datasets(split="test")``:
 VQA (``ift_test.json``), reports (``align_test.json``), expert conversations (``medical-ift_test.json``,
@@ -18,7 +19,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -66,9 +67,10 @@ class TruthRegistry:
 
 
 def evaluate_model(model: str | Path, data_dir: str | Path, out_dir: str | Path, *, experts: str = "auto", limit: int = 0,
-                   max_new_tokens: int = 160, progress: bool = True) -> dict[str, Any]:
+                   max_new_tokens: int = 256, progress: bool = True) -> dict[str, Any]:
     """Evaluate ``model`` (a model folder, or a ``ChatBackend``) on the test files in ``data_dir``; returns
-    the metrics (also written to ``out_dir``). limit: questions / reports / conversations per part (0: all)."""
+    the metrics (also written to ``out_dir``). limit: questions / reports / conversations per part (0: all).
+    max_new_tokens: per generation, as the app's (``vlm.study_chat.TurnSettings``) by default."""
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     backend = _backend(model)
@@ -78,8 +80,8 @@ def evaluate_model(model: str | Path, data_dir: str | Path, out_dir: str | Path,
     parts: dict[str, Any] = {}
     vqa = _records(data_dir / "ift_test.json", limit)
     if vqa:
-        items = [_ask_vqa(backend, registry, cases, r, 24) for r in _bar(vqa, "eval vqa", progress)]
-        parts["vqa"] = score_vqa(items) | _picture_control(backend, registry, cases, vqa, out_dir, progress)
+        items = [_ask_vqa(backend, registry, cases, r, max_new_tokens) for r in _bar(vqa, "eval vqa", progress)]
+        parts["vqa"] = score_vqa(items) | _picture_control(backend, registry, cases, vqa, out_dir, progress, max_new_tokens)
         _dump(out_dir / "vqa_answers.json", items)
     reports = _records(data_dir / "align_test.json", limit)
     if reports:
@@ -115,9 +117,9 @@ def evaluate_vqa_file(model: str | Path, path: str | Path, out_dir: str | Path, 
     registry, expert_mode = _registry(experts)
     cases = _CaseCache(Path(path).parent)
     t0 = time.perf_counter()
-    items = [_ask_vqa(backend, registry, cases, r, 24) for r in _bar(records, f"eval {Path(path).name}", progress)]
+    items = [_ask_vqa(backend, registry, cases, r, 256) for r in _bar(records, f"eval {Path(path).name}", progress)]
     _dump(out_dir / "vqa_answers.json", items)
-    parts = {"vqa": score_vqa(items) | _picture_control(backend, registry, cases, records, out_dir, progress)}
+    parts = {"vqa": score_vqa(items) | _picture_control(backend, registry, cases, records, out_dir, progress, 256)}
     report = {"model": _name(model), "data": str(path), "format": fmt, "expert_mode": expert_mode,
               "seconds": round(time.perf_counter() - t0, 1), **parts, "headline": _headline(parts)}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -140,35 +142,28 @@ def load_picture(path: str | Path) -> np.ndarray:
 
 
 # ---- the three parts ---------------------------------------------------------------------------------
-def _agent(backend: Any, registry: Any, max_new_tokens: int) -> Any:
-    from vlm.agent import Agent
-    from vlm.backends.base import GenerationConfig
-
-    return Agent(backend, registry, max_rounds=2, generation=GenerationConfig(max_new_tokens=max_new_tokens))
-
-
 def _first_question(record: dict) -> str:
     return record["conversations"][0]["value"].replace("<image>\n", "").replace("<image>", "").strip()
 
 
 def _ask_vqa(backend: Any, registry: Any, cases: "_CaseCache", record: dict, max_new_tokens: int) -> VQAItem:
-    conv = cases.conversation(record, registry)
-    turn = _agent(backend, registry, max_new_tokens).run_turn(conv, _first_question(record))
+    turn = cases.chat(record, backend, registry, max_new_tokens).ask(_first_question(record))
     meta = record.get("meta", {})
     expected = [c["name"] for c in meta.get("tool_calls", [])]
     return VQAItem(_first_question(record), str(meta.get("answer", record["conversations"][-1]["value"])), answer_text(turn.answer),
                    meta.get("answer_type", "open"), meta.get("category", ""), meta.get("kind", ""),
-                   expected[0] if expected else "", [c.name for c in turn.tool_calls])
+                   expected[0] if expected else "", [c.name for c in turn.tool_calls], [dict(c.arguments) for c in turn.tool_calls])
 
 
-def _picture_control(backend: Any, registry: Any, cases: "_CaseCache", records: list[dict], out_dir: Path, progress: bool) -> dict[str, Any]:
+def _picture_control(backend: Any, registry: Any, cases: "_CaseCache", records: list[dict], out_dir: Path, progress: bool,
+                     max_new_tokens: int) -> dict[str, Any]:
     """The closed questions asked again, each with another case's picture(s) (``_other_pictures``): a model
     that reads the picture falls towards ``closed_prior_baseline``; one answering from the question alone
     keeps its score. Study volumes stay the question's own, so an expert call still sees the right case."""
     swapped = _other_pictures([r for r in records if r.get("meta", {}).get("answer_type") == "closed"])
     if not swapped:
         return {}
-    items = [_ask_vqa(backend, registry, cases, r, 24) for r in _bar(swapped, "eval vqa, other pictures", progress)]
+    items = [_ask_vqa(backend, registry, cases, r, max_new_tokens) for r in _bar(swapped, "eval vqa, other pictures", progress)]
     _dump(out_dir / "vqa_other_picture_answers.json", items)
     return {"closed_accuracy_other_picture": score_vqa(items)["closed_accuracy"], "n_other_picture": len(items)}
 
@@ -190,13 +185,12 @@ def _other_pictures(records: list[dict]) -> list[dict]:
         if len(pool) < 2:
             continue
         other = pool[(pool.index(own) + 1) % len(pool)]
-        out.append({**r, "images": list(other)} if "images" in r else {**r, "image": other[0]})
+        out.append({**r, "other_pictures": list(other)})
     return out
 
 
 def _ask_report(backend: Any, registry: Any, cases: "_CaseCache", record: dict, max_new_tokens: int) -> ReportItem:
-    conv = cases.conversation(record, registry)
-    turn = _agent(backend, registry, max_new_tokens).run_turn(conv, _first_question(record))
+    turn = cases.chat(record, backend, registry, max_new_tokens).ask(_first_question(record))
     meta = record["meta"]
     return ReportItem(answer_text(turn.answer), record["conversations"][1]["value"], list(meta.get("findings", [])), meta["kind"])
 
@@ -217,8 +211,7 @@ def quotes_expert(reference: str, turns: list[dict]) -> bool:
 def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict, max_new_tokens: int) -> DialogueItem:
     from experts.base import tool_message
 
-    conv = cases.conversation(record, registry)
-    agent = _agent(backend, registry, max_new_tokens)
+    chat = cases.chat(record, backend, registry, max_new_tokens)
     turns = record["conversations"]
     meta = record["meta"]
     item = DialogueItem(expected_calls=[(c["name"], c["arguments"]) for c in meta.get("tool_calls", [])], predicted_calls=[],
@@ -229,7 +222,7 @@ def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict
         nxt = next((j for j in range(k + 1, len(turns)) if turns[j]["from"] == "human"), len(turns))
         reference = next((turns[j]["value"] for j in range(nxt - 1, k, -1) if turns[j]["from"] == "gpt"), "")
         question = t["value"].replace("<image>\n", "").strip()
-        turn = agent.run_turn(conv, question)
+        turn = chat.ask(question)
         for call in turn.tool_calls:
             item.predicted_calls.append((call.name, dict(call.arguments)))
             if call.result is not None:
@@ -246,35 +239,50 @@ def _ask_dialogue(backend: Any, registry: Any, cases: "_CaseCache", record: dict
 
 # ---- cases -------------------------------------------------------------------------------------------
 class _CaseCache:
-    """Phantom cases of the test records, regenerated from their seeds (the volumes the experts run on)."""
+    """The test records' phantom cases, regenerated from their seeds, written as DICOM and ingested as an upload
+    (the study the app would hold); one case is kept at a time."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         spec = data_dir / "data_spec.json"
         self.options = json.loads(spec.read_text()).get("phantom_options", {}) if spec.is_file() else {}
-        self._cases: dict[tuple[str, int], Any] = {}
+        self._key: tuple[str, int] | None = None
+        self._case: Any = None
+        self._study: Any = None
 
-    def case(self, kind: str, seed: int) -> Any:
-        from data.phantoms import generate
+    def case(self, kind: str, seed: int) -> tuple[Any, Any]:
+        """(phantom case, its study as ingested from DICOM)."""
+        import tempfile
+
+        from data import load_study
+        from data.phantoms import generate, study_files, write_study
 
         key = (kind, int(seed))
-        if key not in self._cases:
-            self._cases.clear()  # records of one case come together; keep memory flat
-            self._cases[key] = generate(kind, int(seed), **self.options.get(kind, {}))
-        return self._cases[key]
+        if key != self._key:
+            case = generate(kind, int(seed), **self.options.get(kind, {}))
+            with tempfile.TemporaryDirectory(prefix="m3-eval-") as tmp:
+                study = load_study([str(p) for p in study_files(write_study(case, Path(tmp)))])
+            self._key, self._case, self._study = key, case, study
+        return self._case, self._study
 
-    def conversation(self, record: dict, registry: Any) -> Any:
-        from vlm.conversation import Conversation
+    def chat(self, record: dict, backend: Any, registry: Any, max_new_tokens: int) -> Any:
+        """A ``StudyChat`` on the record's case at the record's slice (the app's path); a record without a phantom
+        case (a public VQA file) gets its picture file alone."""
+        from vlm.study_chat import StudyChat, TurnSettings
 
-        paths = list(record.get("images") or [record["image"]])
-        images = [load_picture(p if Path(p).is_absolute() else self.data_dir / p) for p in paths]
+        settings = TurnSettings(max_new_tokens=max_new_tokens)
         meta = record.get("meta", {})
-        if "kind" in meta and "seed" in meta:
-            case = self.case(meta["kind"], meta["seed"])
-            if isinstance(registry, TruthRegistry):
-                registry.case = case
-            return Conversation(volumes=dict(case.volumes), images=images, shown_slice=meta.get("slice_index"))
-        return Conversation(volumes={}, images=images)
+        if "kind" not in meta or "seed" not in meta:
+            images = [load_picture(p if Path(p).is_absolute() else self.data_dir / p) for p in record.get("images") or [record["image"]]]
+            return StudyChat.on_pictures(backend, registry, images, settings=settings)
+        case, study = self.case(meta["kind"], meta["seed"])
+        if isinstance(registry, TruthRegistry):
+            registry.case = case
+        chat = StudyChat(backend, registry, study, settings=settings)
+        chat.look_at(meta.get("slice_index"))
+        if record.get("other_pictures"):  # the picture control: another case's pictures, this case's volumes
+            chat.conversation.images = [load_picture(p if Path(p).is_absolute() else self.data_dir / p) for p in record["other_pictures"]]
+        return chat
 
 
 def _truth_expert(cls: type, registry: TruthRegistry) -> Expert:

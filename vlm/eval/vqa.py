@@ -34,6 +34,7 @@ class VQAItem:
     kind: str = ""
     expert: str = ""  # the expert the question is answered with ("" for a picture question)
     called: list[str] = field(default_factory=list)  # the experts the model called
+    arguments: list[dict] = field(default_factory=list)  # the arguments of each call, as run
 
 
 def score_vqa(items: Iterable[VQAItem]) -> dict:
