@@ -5,24 +5,36 @@ Users come from a TOML or JSON file (``[users]`` table / ``{"users": {...}}``, u
 environment variable ``M3_USERS`` (``alice:scrypt$...;bob:pbkdf2_sha256$...``). Hashes are made with
 ``m3 hash-password``. Plain-text passwords are never accepted. Binding to anything but a loopback
 address without one of the two methods configured is refused (``require_auth_for_host``).
+
+``RouteGuard`` keeps every route but the page, ``/login``, static assets and ``/healthz`` behind a session
+and rate-limits sign-ins per client address (``app.login_limits``); the proxy header and X-Forwarded-For
+are believed only from ``auth.trusted_proxies``.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import inspect
 import ipaddress
 import json
+import logging
+import math
 import os
+import re
 import secrets
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from app.config import ConfigError
+from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocketClose
+
+from app.config import AppConfig, ConfigError
+from app.login_limits import LoginLimiter
 
 __all__ = [
     "hash_password",
@@ -30,12 +42,25 @@ __all__ = [
     "load_users",
     "PasswordAuth",
     "TrustedHeaderAuth",
+    "valid_username",
+    "client_address",
+    "RouteGuard",
+    "guard_routes",
+    "PUBLIC_PATHS",
     "is_loopback",
     "require_auth_for_host",
 ]
 
+log = logging.getLogger(__name__)
 USERS_ENV = "M3_USERS"
+MAX_USERNAME_CHARS = 64
+# Paths under the Gradio mount that answer without a session: the page (it shows the login form), the
+# login itself and static assets. Everything else needs a session (RouteGuard).
+PUBLIC_PATHS = frozenset({"/", "/login", "/login/", "/favicon.ico", "/theme.css", "/gradio_api/theme.css", "/robots.txt",
+                          "/manifest.json", "/pwa_icon"})
+PUBLIC_PREFIXES = ("/static/", "/assets/", "/svelte/", "/pwa_icon/")
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
+_USERNAME = re.compile(rf"[A-Za-z0-9._@-]{{1,{MAX_USERNAME_CHARS}}}")
 
 
 def hash_password(password: str, *, n: int = 2**14, r: int = 8, p: int = 1) -> str:
@@ -118,38 +143,25 @@ def load_users(path: str | os.PathLike | None = None, env: Mapping[str, str] | N
 class PasswordAuth:
     """The callable Gradio's login form calls: ``(username, password) -> bool``.
 
-    After ``max_failures`` wrong passwords for a username, that name is locked for ``lockout_s`` seconds
-    (slows guessing; the lock is per process, in memory).
+    Holds no counter per user name (a lock per name would let anyone lock a colleague out): attempts are
+    rate-limited per client address by ``RouteGuard`` with an ``app.login_limits.LoginLimiter``.
     """
 
     users: dict[str, str]
-    max_failures: int = 5
-    lockout_s: float = 60.0
-    _failures: dict[str, list[float]] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __call__(self, username: str, password: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            recent = [t for t in self._failures.get(username, []) if now - t < self.lockout_s]
-            self._failures[username] = recent
-            if len(recent) >= self.max_failures:
-                return False
         encoded = self.users.get(username)
         # Hash even for unknown users so response time does not reveal which names exist.
-        ok = verify_password(password, encoded or _DUMMY_HASH) and encoded is not None
-        if not ok:
-            with self._lock:
-                self._failures.setdefault(username, []).append(now)
-        return ok
+        return verify_password(password, encoded or _DUMMY_HASH) and encoded is not None
 
 
 @dataclass
 class TrustedHeaderAuth:
     """Reads the user name a hospital's reverse proxy put in ``header`` (e.g. ``X-Forwarded-User``).
 
-    Only requests coming from ``trusted_proxies`` (IPs or CIDR networks) are believed; any other request,
-    or one without the header, is refused with 401 by Gradio.
+    Only requests whose TCP peer is in ``trusted_proxies`` (IPs or CIDR networks, ``auth.trusted_proxies``)
+    are believed, and only names that pass ``valid_username``; anything else is refused (401). The peer is
+    the raw connection's address: ``serve`` turns uvicorn's own X-Forwarded-For rewriting off.
     """
 
     header: str = "X-Forwarded-User"
@@ -157,17 +169,113 @@ class TrustedHeaderAuth:
 
     def __call__(self, request: Any) -> str | None:
         client = getattr(getattr(request, "client", None), "host", None)
-        if not client or not self._trusted(client):
+        if not client or not _in_networks(client, _networks(tuple(self.trusted_proxies))):
             return None
         user = request.headers.get(self.header, "").strip()
-        return user or None
+        if not user:
+            return None
+        if not valid_username(user):
+            log.warning("refused the %s header from proxy %s: a user name must be 1-%d letters, digits or . _ @ -",
+                        self.header, client, MAX_USERNAME_CHARS)
+            return None
+        return user
 
-    def _trusted(self, host: str) -> bool:
+
+def valid_username(name: str) -> bool:
+    """True for 1-64 characters of ASCII letters, digits and ``. _ @ -`` (what a proxy's login header may carry)."""
+    return _USERNAME.fullmatch(name) is not None
+
+
+def client_address(peer: str, forwarded_for: str, trusted_proxies: tuple[str, ...]) -> str:
+    """The address a request came from: ``peer`` (the TCP peer), or, when ``peer`` is a trusted proxy, the
+    nearest address in ``X-Forwarded-For`` that is not one (proxies append what they saw on the right)."""
+    networks = _networks(tuple(trusted_proxies))
+    if not forwarded_for or not _in_networks(peer, networks):
+        return peer
+    hops = [_strip_port(h) for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in_networks(hop, networks):
+            return hop
+    return hops[0] if hops else peer
+
+
+class RouteGuard:
+    """ASGI middleware in front of the app with Gradio mounted at ``mount_path``.
+
+    Only the page (``/``), ``/login``, static assets and the paths in ``open_paths`` (``/healthz``) answer
+    without a session; everything else (``/gradio_api/cancel``, ``/openapi.json``, …) gets 401.
+    ``session_user(connection)`` names the signed-in user or returns ``None``. With a ``limiter``, each
+    ``POST /login`` is admitted or refused (429 with ``Retry-After``) by its client address first.
+    """
+
+    def __init__(self, app: Any, *, session_user: Callable[[HTTPConnection], Any], mount_path: str = "/",
+                 limiter: LoginLimiter | None = None, trusted_proxies: tuple[str, ...] = (),
+                 open_paths: tuple[str, ...] = ("/healthz",)):
+        self.app = app
+        self.session_user = session_user
+        self.mount = mount_path.rstrip("/")
+        self.limiter = limiter
+        self.trusted_proxies = trusted_proxies
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        path = _route_path(scope)
+        if path in self.open_paths:
+            return await self.app(scope, receive, send)
+        page_path = (path[len(self.mount):] or "/") if path == self.mount or path.startswith(self.mount + "/") else None
+        if page_path is not None and (page_path in PUBLIC_PATHS or page_path.startswith(PUBLIC_PREFIXES)):
+            if self.limiter is not None and page_path in ("/login", "/login/") and scope.get("method") == "POST":
+                return await self._sign_in(scope, receive, send)
+            return await self.app(scope, receive, send)
+        user = self.session_user(HTTPConnection(scope))
+        if inspect.isawaitable(user):
+            user = await user
+        if user is not None:
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await WebSocketClose(code=1008)(scope, receive, send)
+        return await JSONResponse({"detail": "Not authenticated"}, status_code=401)(scope, receive, send)
+
+    async def _sign_in(self, scope: dict, receive: Callable, send: Callable) -> None:
+        connection = HTTPConnection(scope)
+        peer = connection.client.host if connection.client else ""
+        forwarded = ",".join(connection.headers.getlist("x-forwarded-for"))
+        admission = self.limiter.admit(client_address(peer, forwarded, self.trusted_proxies))
+        if not admission.admitted:
+            wait = math.ceil(admission.wait_s)
+            return await JSONResponse({"detail": f"Too many failed sign-ins from this address; try again in {wait} s."},
+                                      status_code=429, headers={"Retry-After": str(wait)})(scope, receive, send)
+        status = 0
+
+        async def watch(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
         try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in ipaddress.ip_network(net, strict=False) for net in self.trusted_proxies)
+            await self.app(scope, receive, watch)
+        finally:
+            self.limiter.settle(admission, succeeded=status == 200)  # Gradio answers 400 to wrong credentials
+
+
+def guard_routes(api: Any, config: AppConfig) -> None:
+    """Put a ``RouteGuard`` in front of ``api``, a FastAPI app with the Gradio app mounted at ``server.root_path``:
+    sessions as Gradio sees them; sign-ins rate-limited (password login only) with state in
+    ``config.login_state_file``."""
+    from gradio.routes import App as GradioApp
+
+    gradio_app = next(r.app for r in api.routes if isinstance(getattr(r, "app", None), GradioApp))
+    limiter = None
+    if not config.auth.trusted_header:
+        limiter = LoginLimiter(config.login_state_file, failures_before_delay=config.auth.failures_before_delay,
+                               max_delay_s=config.auth.max_delay_s,
+                               global_failures_per_minute=config.auth.global_failures_per_minute)
+    api.add_middleware(RouteGuard, session_user=lambda connection: _gradio_user(gradio_app, connection),
+                       mount_path=config.server.root_path or "/", limiter=limiter,
+                       trusted_proxies=config.auth.trusted_proxies)
 
 
 def is_loopback(host: str) -> bool:
@@ -187,6 +295,49 @@ def require_auth_for_host(host: str, auth_configured: bool) -> None:
             f"refusing to listen on {host!r} without authentication: anyone on the network could read studies. "
             f"Configure users (a users file or ${USERS_ENV}) or a trusted proxy header, or bind to 127.0.0.1."
         )
+
+
+def _gradio_user(gradio_app: Any, connection: HTTPConnection) -> Any:
+    """The signed-in user exactly as Gradio's own ``/gradio_api/user`` finds it (``gradio.routes``
+    ``get_current_user``): its auth dependency, else the session cookie set by ``/login``."""
+    if gradio_app.auth_dependency is not None:
+        return gradio_app.auth_dependency(connection)
+    token = (connection.cookies.get(f"access-token-{gradio_app.cookie_id}")
+             or connection.cookies.get(f"access-token-unsecure-{gradio_app.cookie_id}"))
+    return gradio_app.tokens.get(token)
+
+
+def _route_path(scope: dict) -> str:
+    """The path the router matches: ``scope["path"]`` less ``root_path`` (as Starlette's routing does)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root):] or "/"
+    return path
+
+
+@functools.lru_cache(maxsize=32)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def _in_networks(host: str, networks: tuple) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in net for net in networks)
+
+
+def _strip_port(hop: str) -> str:
+    """``"[::1]:80"`` → ``"::1"``, ``"10.0.0.1:5000"`` → ``"10.0.0.1"``, anything else stripped as is."""
+    hop = hop.strip()
+    if hop.startswith("[") and "]" in hop:
+        return hop[1:hop.index("]")]
+    if hop.count(":") == 1:
+        return hop.split(":", 1)[0]
+    return hop
 
 
 def _b64(raw: bytes) -> str:

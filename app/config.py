@@ -16,6 +16,7 @@ Example file (every key optional)::
     experts_dir = "/models/experts"
     [auth]
     users_file = "/etc/m3/users.toml"
+    trusted_proxies = ["127.0.0.1/32", "::1/128"]
     [pacs]
     url = "http://pacs.example.org:8042/dicom-web"
     writeback_enabled = true
@@ -28,6 +29,7 @@ Example file (every key optional)::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import typing
 from dataclasses import dataclass, field
@@ -81,6 +83,12 @@ class ModelsConfig:
 class AuthConfig:
     users_file: Path | None = None  # users and password hashes (read by app.auth)
     trusted_header: str = ""  # user name header set by the hospital's reverse proxy, e.g. "X-Remote-User"
+    # Reverse proxies (IPs or CIDR networks) believed for trusted_header and for X-Forwarded-For.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    state_file: Path | None = None  # sign-in counters (addresses, counts); None = login-state.json beside audit.log_path
+    failures_before_delay: int = 5  # failed sign-ins per client address before each further one doubles its wait
+    max_delay_s: float = 900.0  # the longest wait one address is given
+    global_failures_per_minute: int = 60  # failed sign-ins per minute from all addresses without a recent sign-in
 
     @property
     def configured(self) -> bool:
@@ -129,6 +137,11 @@ class AppConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     source: str = "defaults"  # where the settings came from (file path and/or "env"), for the banner
 
+    @property
+    def login_state_file(self) -> Path:
+        """Where sign-in rate-limit counters are kept: ``auth.state_file``, else beside the audit log."""
+        return self.auth.state_file or self.audit.log_path.parent / "login-state.json"
+
     def validate(self) -> "AppConfig":
         """Raise ``ConfigError`` for settings that cannot work; returns ``self``."""
         if not 0 < self.server.port < 65536:
@@ -152,6 +165,24 @@ class AppConfig:
                 "pacs.retries and pacs.backoff_s must be >= 0 and pacs.timeout_s > 0, got "
                 f"{self.pacs.retries}, {self.pacs.backoff_s}, {self.pacs.timeout_s}."
             )
+        for proxy in self.auth.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"auth.trusted_proxies must be IP addresses or CIDR networks like '10.0.0.0/8', got {proxy!r} "
+                    f"(from {self.source})."
+                ) from None
+        if self.auth.trusted_header and not self.auth.trusted_proxies:
+            raise ConfigError(
+                f"auth.trusted_proxies must list the reverse proxy that sets auth.trusted_header "
+                f"({self.auth.trusted_header}), got an empty list (from {self.source})."
+            )
+        for name in ("failures_before_delay", "global_failures_per_minute"):
+            if getattr(self.auth, name) < 1:
+                raise ConfigError(f"auth.{name} must be >= 1, got {getattr(self.auth, name)}.")
+        if not self.auth.max_delay_s >= 1:
+            raise ConfigError(f"auth.max_delay_s must be >= 1, got {self.auth.max_delay_s}.")
         for name in ("max_upload_mb", "max_files", "concurrency"):
             if getattr(self.limits, name) < 1:
                 raise ConfigError(f"limits.{name} must be >= 1, got {getattr(self.limits, name)}.")
@@ -239,6 +270,12 @@ def _apply_env(config: AppConfig, env: Mapping[str, str]) -> bool:
 def _coerce(section: Any, name: str, value: Any, where: str) -> Any:
     """``value`` (from TOML or an env string) converted to the field's declared type."""
     hint = typing.get_type_hints(type(section))[name]
+    if typing.get_origin(hint) is tuple:  # a TOML list, or comma-separated text from the environment
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{where} must be a list of text like [\"10.0.0.0/8\"] (comma-separated in the environment), "
+                              f"got {value!r}.")
+        return tuple(i.strip() for i in items if i.strip())
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     optional = type(None) in typing.get_args(hint)
     target = args[0] if args else hint

@@ -27,7 +27,7 @@ from typing import Any  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from app.audit import AuditLog  # noqa: E402
-from app.auth import PasswordAuth, TrustedHeaderAuth, load_users, require_auth_for_host  # noqa: E402
+from app.auth import PasswordAuth, TrustedHeaderAuth, guard_routes, load_users, require_auth_for_host  # noqa: E402
 from app.chat import NO_MODEL_MESSAGE, ChatEngine  # noqa: E402
 from app.config import AppConfig, ConfigError  # noqa: E402
 from app.events import EXAMPLES, AppEvents, UploadLimits  # noqa: E402
@@ -51,7 +51,6 @@ class ServeOptions:
     max_rounds: int = 3  # tool-call rounds per answer
     expert_concurrency: int = 2  # simultaneous direct expert runs (the experts share the CPU/GPU)
     ingest_concurrency: int = 4
-    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")  # who may set the trusted user header
 
 
 @dataclass
@@ -259,7 +258,7 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
                                "chat_model": lambda: _chat_health(status)})
     auth: dict[str, Any] = {}
     if header:
-        auth["auth_dependency"] = TrustedHeaderAuth(header, options.trusted_proxies)
+        auth["auth_dependency"] = TrustedHeaderAuth(header, config.auth.trusted_proxies)
     elif users:
         auth["auth"] = PasswordAuth(users)
         auth["auth_message"] = "Sign in with your hospital account."
@@ -269,6 +268,8 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
         max_file_size=f"{config.limits.max_upload_mb}mb", css_paths=[ASSETS / "m3.css"], theme=gr.themes.Default(),
         **auth,
     )
+    if auth:  # only /, /login, static assets and /healthz without a session; sign-ins rate-limited per address
+        guard_routes(api, config)
     return api, blocks, status
 
 
@@ -282,7 +283,8 @@ def serve(config: AppConfig, *, backend: Any = None, registry: Any = None, optio
     log.info("m3 app on http://%s:%d (model: %s)", config.server.host, config.server.port,
              status.backend.info.name if status.backend else "none")
     server = uvicorn.Server(uvicorn.Config(api, host=config.server.host, port=config.server.port, log_level="warning",
-                                           root_path=config.server.root_path or "", timeout_graceful_shutdown=3))
+                                           root_path=config.server.root_path or "", timeout_graceful_shutdown=3,
+                                           proxy_headers=False))  # raw peer: only RouteGuard reads X-Forwarded-For, from auth.trusted_proxies
     if block:
         server.run()
         return None

@@ -1,4 +1,5 @@
-"""Login and bind rules: hashes verify, plain text is refused, an open bind without auth refuses to start."""
+"""Login and bind rules: hashes verify, plain text is refused, an open bind without auth refuses to start, the proxy's
+user header is believed only from configured proxies and only for plain user names."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 
 import pytest
 
-from app.auth import PasswordAuth, TrustedHeaderAuth, hash_password, load_users, require_auth_for_host, verify_password
+from app.auth import (PasswordAuth, TrustedHeaderAuth, client_address, hash_password, load_users, require_auth_for_host,
+                      valid_username, verify_password)
 from app.config import ConfigError
 
 
@@ -40,12 +42,11 @@ def test_plain_text_password_in_users_file_is_refused(tmp_path):
         load_users(f, env={})
 
 
-def test_password_auth_locks_a_name_after_repeated_failures():
-    auth = PasswordAuth({"alice": hash_password("right")}, max_failures=3, lockout_s=60)
-    assert auth("alice", "right")
-    for _ in range(3):
-        assert not auth("alice", "wrong")
-    assert not auth("alice", "right")  # locked now, even with the right password
+def test_password_auth_has_no_per_name_lockout_that_others_could_trigger():
+    auth = PasswordAuth({"alice": hash_password("right")})
+    for _ in range(20):
+        assert not auth("alice", "wrong")  # someone else guessing alice's password ...
+    assert auth("alice", "right")  # ... does not lock alice out (rate limits are per address: test_login_limits)
     assert not auth("mallory", "right")  # unknown user
 
 
@@ -67,8 +68,55 @@ def test_trusted_header_only_believed_from_trusted_proxies():
 
     auth = TrustedHeaderAuth("X-Remote-User", ("10.0.0.0/8",))
     assert auth(Req("10.2.3.4", {"X-Remote-User": "dr.who"})) == "dr.who"
+    assert auth(Req("::ffff:10.2.3.4", {"X-Remote-User": "jane.doe@hospital.org"})) == "jane.doe@hospital.org"
     assert auth(Req("192.168.1.5", {"X-Remote-User": "dr.who"})) is None
+    assert auth(Req("not-an-ip", {"X-Remote-User": "dr.who"})) is None
     assert auth(Req("10.2.3.4", {})) is None
+
+
+@pytest.mark.parametrize("name", ["<script>alert(1)</script>", "dr\x00who", "dr\nwho", "a" * 65, "dr who", "Müller",
+                                  "../admin", ""])
+def test_trusted_header_user_names_outside_letters_digits_and_dot_underscore_at_dash_are_refused(name):
+    class Req:
+        client = type("C", (), {"host": "127.0.0.1"})()
+        headers = {"X-Remote-User": name}
+
+    assert not valid_username(name)
+    assert TrustedHeaderAuth("X-Remote-User")(Req()) is None
+    assert valid_username("a" * 64) and valid_username("dr.o-neil_2@icu")
+
+
+def test_client_address_believes_x_forwarded_for_only_from_trusted_proxies():
+    proxies = ("127.0.0.1/32", "10.0.0.0/8")
+    assert client_address("127.0.0.1", "203.0.113.7", proxies) == "203.0.113.7"
+    # a client that forges the header gets its forgery on the left; the proxy appends what it saw
+    assert client_address("127.0.0.1", "198.51.100.1, 203.0.113.7", proxies) == "203.0.113.7"
+    assert client_address("127.0.0.1", "203.0.113.7:5123, 10.1.1.1", proxies) == "203.0.113.7"
+    assert client_address("192.0.2.9", "203.0.113.7", proxies) == "192.0.2.9"  # not a proxy: header ignored
+    assert client_address("127.0.0.1", "", proxies) == "127.0.0.1"
+
+
+def test_trusted_proxies_come_from_the_config_file_or_environment(tmp_path):
+    from app.config import load_config
+
+    file = tmp_path / "m3.toml"
+    file.write_text('[auth]\ntrusted_header = "X-Remote-User"\ntrusted_proxies = ["10.0.0.0/8", "192.168.1.1"]\n'
+                    'state_file = "/var/lib/m3/login.json"\nfailures_before_delay = 3\n')
+    config = load_config(file, env={})
+    assert config.auth.trusted_proxies == ("10.0.0.0/8", "192.168.1.1")
+    assert str(config.login_state_file) == "/var/lib/m3/login.json" and config.auth.failures_before_delay == 3
+    from_env = load_config(env={"M3_AUTH_TRUSTED_PROXIES": "172.16.0.0/12, ::1"})
+    assert from_env.auth.trusted_proxies == ("172.16.0.0/12", "::1")
+    assert from_env.login_state_file == from_env.audit.log_path.parent / "login-state.json"
+    with pytest.raises(ConfigError, match=r"auth.trusted_proxies must be IP addresses or CIDR networks .*got 'nginx'"):
+        load_config(env={"M3_AUTH_TRUSTED_PROXIES": "10.0.0.0/8,nginx"})
+    file.write_text("[auth]\ntrusted_proxies = 7\n")
+    with pytest.raises(ConfigError, match="auth.trusted_proxies must be a list of text"):
+        load_config(file, env={})
+    with pytest.raises(ConfigError, match="auth.trusted_proxies must list the reverse proxy that sets auth.trusted_header"):
+        load_config(env={"M3_AUTH_TRUSTED_HEADER": "X-Remote-User", "M3_AUTH_TRUSTED_PROXIES": ""})
+    with pytest.raises(ConfigError, match="auth.global_failures_per_minute must be >= 1, got 0"):
+        load_config(env={"M3_AUTH_GLOBAL_FAILURES_PER_MINUTE": "0"})
 
 
 def test_m3_serve_on_an_open_address_without_users_refuses_to_start(monkeypatch, capsys):
