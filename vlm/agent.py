@@ -24,7 +24,7 @@ from data.slice_facts import asks_about_shown_slice
 from data.tool_text import TOOL_CALL_OPEN, format_tool_call, reference_keys, resolve_references
 from experts.base import Expert, ExpertError, tool_message, with_slice_findings
 from vlm.backends.base import ChatBackend, GenerationConfig
-from vlm.call_repair import repair_arguments
+from vlm.call_repair import repair_arguments, repair_expert
 from vlm.conversation import AgentEvent, AgentTurn, Conversation, ToolCall
 from vlm.safety import modality_mismatch, ungrounded_numbers
 from vlm.tools import ReferenceFilter, ToolCallError, ToolCallFilter, legacy_arguments, parse_tool_calls, tool_error_message
@@ -186,13 +186,17 @@ class Agent:
         images: list[np.ndarray] = []
         if call.error is None:
             try:
-                expert = experts.get(call.name)
                 if call.name in unavailable:
                     raise ToolCallError(f"{call.name} is unavailable: {unavailable[call.name]}")
+                name, note = repair_expert(call.name, experts, conversation.volumes)
+                if note:  # the model's arguments were for another expert: the substitute runs on its defaults
+                    call.name, call.arguments, call.repairs = name, {}, [note]
+                expert = experts.get(call.name)
                 if expert is None:
                     raise ToolCallError(f"unknown expert {call.name!r}; available experts: {', '.join(experts) or 'none'}.")
                 call.arguments = legacy_arguments(call.arguments, expert.parameters)
-                call.arguments, call.repairs = repair_arguments(expert, call.arguments, turn.question)
+                call.arguments, notes = repair_arguments(expert, call.arguments, turn.question)
+                call.repairs += notes
                 if call.repairs:
                     log.info("expert call %s kept on the question: %s", call.name, "; ".join(call.repairs))
                     _rewrite_call(conversation, call)

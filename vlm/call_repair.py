@@ -1,6 +1,9 @@
-"""Keeping an expert call on what the question names.
+"""Keeping an expert call on the study and on what the question names.
 
-A small model sometimes calls the right expert with the wrong choice ("What is the liver volume?" →
+A call to an expert that does not exist or cannot read this study (``ct_segmentation`` on a brain MRI) goes to
+the one expert whose inputs the study holds (``Expert.select_inputs``), with its default arguments, when exactly
+one does; otherwise it stays an error the model sees. A small model also sometimes calls the right expert with the
+wrong choice ("What is the liver volume?" →
 ``ct_segmentation`` with ``targets: "lesions"``): the result then holds nothing the answer needs. When the
 question names choices of an argument through the expert's own vocabulary (``Expert.vocabulary``) and the
 call's value covers none of them (``Expert.covers``, so "organs" covers "liver"), the argument is set to the
@@ -12,9 +15,31 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from experts.base import Expert
+from experts.base import Expert, ExpertError
 
-__all__ = ["named_choices", "repair_arguments"]
+__all__ = ["named_choices", "repair_arguments", "study_experts", "repair_expert"]
+
+
+def study_experts(experts: Mapping[str, Expert], volumes: Mapping[str, Any]) -> list[str]:
+    """The names of the experts whose inputs the study's ``volumes`` hold (``Expert.select_inputs`` succeeds)."""
+    names = []
+    for name, expert in experts.items():
+        try:
+            expert.select_inputs(volumes)
+        except ExpertError:
+            continue
+        names.append(name)
+    return names
+
+
+def repair_expert(name: str, experts: Mapping[str, Expert], volumes: Mapping[str, Any]) -> tuple[str, str]:
+    """(the expert to run, a note) for a call to ``name``: ``name`` itself when it exists and reads this study;
+    else the one expert that does (note says so); else ``name`` unchanged (the call then fails with a clear error)."""
+    readers = study_experts(experts, volumes)
+    if name in readers or len(readers) != 1:
+        return name, ""
+    why = "does not exist" if name not in experts else "cannot read this study"
+    return readers[0], f"expert {name!r} {why}; ran {readers[0]!r}, the one expert for this study"
 
 
 def named_choices(question: str, words: Mapping[str, tuple[str, ...]]) -> list[str]:

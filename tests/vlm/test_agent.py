@@ -90,7 +90,7 @@ def _ct_conversation():
 def test_several_tool_rounds_then_a_grounded_answer(registry):
     backend = ScriptedBackend([
         "Let me measure. " + format_tool_call("ct_segmentation", {"targets": "liver"}),
-        format_tool_call("cxr_classification", {}),
+        format_tool_call("ct_segmentation", {"targets": "liver", "colour": "red"}),
         "The liver volume is 1523.4 mL.",
     ])
     assert isinstance(backend, ChatBackend)
@@ -98,9 +98,9 @@ def test_several_tool_rounds_then_a_grounded_answer(registry):
     turn = Agent(backend, registry, max_rounds=3).run_turn(conv, "What is the liver volume?")
     assert turn.answer == "Let me measure. The liver volume is 1523.4 mL."
     assert turn.rounds == 3 and turn.flags == []
-    ct, cxr = turn.tool_calls
+    ct, bad = turn.tool_calls
     assert ct.result.measurements[0].value == 1523.4 and ct.arguments == {"targets": "liver"}
-    assert cxr.result is None and "needs a DX/CR volume" in cxr.error
+    assert bad.result is None and "invalid" in bad.error and "colour" in bad.error
     assert len(turn.overlays) == 1 and turn.overlays[0].shape == (8, 8, 3)
     # what the model saw: tools every round, the slice first, then the overlay with the tool message
     second = backend.calls[1]
@@ -110,6 +110,16 @@ def test_several_tool_rounds_then_a_grounded_answer(registry):
     assert '"error"' in backend.calls[2]["messages"][-1]["content"]
     assert "</tool_call>" in second["stop"] and all(c["cache_key"] == conv.cache_id for c in backend.calls)
     assert conv.messages[-1] == {"role": "assistant", "content": "Let me measure. The liver volume is 1523.4 mL."}
+
+
+def test_a_call_to_an_expert_that_cannot_read_the_study_runs_the_one_that_can(registry):
+    backend = ScriptedBackend([format_tool_call("cxr_classification", {}), "The liver volume is 1523.4 mL."])
+    conv = _ct_conversation()
+    turn = Agent(backend, registry).run_turn(conv, "What is the liver volume?")
+    (call,) = turn.tool_calls
+    assert call.name == "ct_segmentation" and call.error is None and call.result.measurements[0].value == 1523.4
+    assert "cannot read this study" in call.repairs[0]
+    assert format_tool_call("ct_segmentation", {}) in conv.messages[2]["content"]  # the history holds the call as run
 
 
 def test_follow_up_keeps_history_and_shows_the_image_once(registry):
@@ -131,7 +141,8 @@ def test_malformed_call_and_unknown_expert_go_back_as_tool_errors(registry):
         format_tool_call("ct_segmentation", {"targets": "pancreas"}),
         "I could not run the expert.",
     ])
-    turn = Agent(backend, registry, max_rounds=3).run_turn(_ct_conversation(), "Liver volume?")
+    two_readers = Conversation(volumes={"CT": _vol("CT"), "DX": _vol("DX")}, images=[np.zeros((16, 16), np.uint8)])
+    turn = Agent(backend, registry, max_rounds=3).run_turn(two_readers, "Organ volumes?")  # no one expert to repair to
     errors = [c.error for c in turn.tool_calls]
     assert "JSON" in errors[0] and "unknown expert 'pet_uptake'" in errors[1] and "invalid targets" in errors[2]
     assert turn.answer == "I could not run the expert." and turn.rounds == 4

@@ -37,3 +37,35 @@ def test_a_call_that_covers_the_named_structure_is_kept(ct, value):
 
 def test_a_call_without_the_argument_keeps_the_experts_default(ct):
     assert repair_arguments(ct, {}, "What is the liver volume?") == ({}, [])
+
+
+def test_a_call_to_an_expert_that_cannot_read_the_study_goes_to_the_one_that_can(registry_like):
+    from vlm.call_repair import repair_expert
+
+    experts, volumes = registry_like
+    assert repair_expert("ct_segmentation", experts, volumes) == ("mri_brain_tumor", "expert 'ct_segmentation' cannot read this study; "
+                                                                 "ran 'mri_brain_tumor', the one expert for this study")
+    assert repair_expert("ct_classification", experts, volumes)[0] == "mri_brain_tumor"
+    assert repair_expert("mri_brain_tumor", experts, volumes) == ("mri_brain_tumor", "")
+    both = {**volumes, "CT": _volume("CT")}
+    assert repair_expert("cxr_classification", experts, both) == ("cxr_classification", "")  # two readers: ambiguous, no change
+
+
+def _volume(modality, sequence=""):
+    import numpy as np
+
+    from data.study import Volume
+
+    return Volume(np.zeros((4, 4, 4), np.int16), np.eye(4), modality=modality, sequence=sequence)
+
+
+@pytest.fixture()
+def registry_like():
+    from experts.cxr_classification import CXRClassificationExpert
+    from experts.mri_brain_tumor import BrainTumorExpert
+
+    experts = {"ct_segmentation": CTSegmentationExpert.__new__(CTSegmentationExpert),
+               "mri_brain_tumor": BrainTumorExpert.__new__(BrainTumorExpert),
+               "cxr_classification": CXRClassificationExpert.__new__(CXRClassificationExpert)}
+    volumes = {s: _volume("MR", s) for s in ("T1", "T1c", "T2", "FLAIR")}
+    return experts, volumes
