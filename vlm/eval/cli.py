@@ -2,6 +2,7 @@
 SLAKE, PathVQA); ``--compare-projectors`` trains and scores the projector options on one budget.
 
     m3 eval --model vlm/weights/default --data runs/tiny/data               # VQA + reports + expert calls
+    m3 eval --model vlm/weights/default --data runs/tiny/data --baseline keyword   # and a keyword router beside it
     m3 eval --model MODEL --data VQA_RAD/"VQA_RAD Dataset Public.json" --format vqa-rad
     m3 eval --compare-projectors micro --out runs/projectors
 """
@@ -18,6 +19,7 @@ __all__ = ["add_parsers"]
 
 def add_parsers(sub: Any) -> None:
     """Register ``eval``."""
+    from vlm.eval.baselines import BASELINES
     from vlm.eval.vqa import VQA_FORMATS
 
     p = sub.add_parser("eval", help="evaluate a VLM: VQA, reports, expert calls, grounding (Markdown table + plots)",
@@ -31,6 +33,8 @@ def add_parsers(sub: Any) -> None:
                    help="experts behind tool calls: trained (real), phantom ground truth (truth), real if present (auto)")
     p.add_argument("--limit", type=int, default=0, help="items per part (0: all)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per generation (default 256, as in the app)")
+    p.add_argument("--baseline", choices=sorted(BASELINES), default=None,
+                   help="also score a baseline on the same items in the same run: keyword (a keyword router over the same experts)")
     p.add_argument("--compare-projectors", metavar="RECIPE", help="train and score mlp_downsample vs token merging on RECIPE's budget")
     p.add_argument("--steps-scale", type=float, default=1.0, help="with --compare-projectors: scale the recipe's steps (default 1)")
     p.set_defaults(func=_run)
@@ -51,9 +55,15 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs/eval") / Path(args.model).name
     data = Path(args.data)
     if data.is_dir():
-        report = evaluate_model(args.model, data, out, experts=args.experts, limit=args.limit, max_new_tokens=args.max_new_tokens)
+        report = evaluate_model(args.model, data, out, experts=args.experts, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                                baseline=args.baseline or "")
+    elif args.baseline:
+        raise SystemExit(f"m3 eval: error: --baseline scores the test files of a --data folder; {data} is a file. "
+                         "Give the folder of `m3 data instructions --split test`, or drop --baseline.")
     else:
         report = evaluate_vqa_file(args.model, data, out, fmt=args.format, image_root=args.image_root, experts=args.experts, limit=args.limit)
     print((out / "eval.md").read_text())
     print(json.dumps(report["headline"]))
+    if "baseline" in report:
+        print(json.dumps({"baseline": report["baseline"]["headline"]}))
     return 0

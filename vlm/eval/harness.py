@@ -9,7 +9,8 @@ each human turn asked in order in one conversation). Experts: ``real`` (the trai
 registry), ``truth`` (the same experts' interface answering from the phantom's ground truth, to
 measure the VLM alone), ``auto`` (real when all their weights exist). Closed questions are asked a
 second time with another case's picture, beside a no-picture prior baseline: how much of the closed
-accuracy comes from reading the picture. Outputs ``metrics.json``,
+accuracy comes from reading the picture. A baseline (``vlm.eval.baselines``: a keyword router over the same
+experts) can be scored in the same run on the same items, beside the model. Outputs ``metrics.json``,
 ``eval.md`` (Markdown tables) and ``eval.png``.
 """
 
@@ -25,6 +26,7 @@ import numpy as np
 
 from data.tool_text import resolve_references
 from experts.base import Expert, ExpertResult
+from vlm.eval.baselines import BASELINES
 from vlm.eval.report import ReportItem, score_reports
 from vlm.eval.tables import TARGETS, write_model_card, write_tables
 from vlm.eval.tools import DialogueItem, score_dialogues
@@ -67,37 +69,58 @@ class TruthRegistry:
 
 
 def evaluate_model(model: str | Path, data_dir: str | Path, out_dir: str | Path, *, experts: str = "auto", limit: int = 0,
-                   max_new_tokens: int = 256, progress: bool = True) -> dict[str, Any]:
+                   max_new_tokens: int = 256, progress: bool = True, baseline: str = "") -> dict[str, Any]:
     """Evaluate ``model`` (a model folder, or a ``ChatBackend``) on the test files in ``data_dir``; returns
     the metrics (also written to ``out_dir``). limit: questions / reports / conversations per part (0: all).
-    max_new_tokens: per generation, as the app's (``vlm.study_chat.TurnSettings``) by default."""
+    max_new_tokens: per generation, as the app's (``vlm.study_chat.TurnSettings``) by default. baseline: a name of
+    ``vlm.eval.baselines.BASELINES`` ("keyword") scored in the same run on the same items, registry and path; its
+    metrics go under ``"baseline"`` (answers in ``baseline_*_answers.json``), "": none."""
+    if baseline and baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {sorted(BASELINES)} or empty, got {baseline!r}.")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     backend = _backend(model)
     registry, expert_mode = _registry(experts)
     cases = _CaseCache(data_dir)
     t0 = time.perf_counter()
-    parts: dict[str, Any] = {}
-    vqa = _records(data_dir / "ift_test.json", limit)
-    if vqa:
-        items = [_ask_vqa(backend, registry, cases, r, max_new_tokens) for r in _bar(vqa, "eval vqa", progress)]
-        parts["vqa"] = score_vqa(items) | _picture_control(backend, registry, cases, vqa, out_dir, progress, max_new_tokens)
-        _dump(out_dir / "vqa_answers.json", items)
-    reports = _records(data_dir / "align_test.json", limit)
-    if reports:
-        items = [_ask_report(backend, registry, cases, r, max_new_tokens) for r in _bar(reports, "eval reports", progress)]
-        parts["reports"] = score_reports(items)
-        _dump(out_dir / "report_answers.json", items)
-    dialogues = _records(data_dir / "medical-ift_test.json", limit)
-    if dialogues:
-        items = [_ask_dialogue(backend, registry, cases, r, max_new_tokens) for r in _bar(dialogues, "eval experts", progress)]
-        parts["experts"] = score_dialogues(items)
-        _dump(out_dir / "dialogue_answers.json", items)
+    parts = _score_parts(backend, registry, cases, data_dir, out_dir, limit, max_new_tokens, progress)
     report = {"model": _name(model), "expert_mode": expert_mode, "seconds": round(time.perf_counter() - t0, 1), **parts}
     report["headline"] = _headline(parts)
+    if baseline:
+        t0 = time.perf_counter()
+        rival = BASELINES[baseline]()
+        # a baseline never reads the pictures, so the other-picture control would repeat its closed accuracy: not run
+        base = _score_parts(rival, registry, cases, data_dir, out_dir, limit, max_new_tokens, progress, prefix="baseline_",
+                            picture_control=False)
+        report["baseline"] = {"name": baseline, "backend": rival.info.name, "seconds": round(time.perf_counter() - t0, 1), **base,
+                              "headline": _headline(base)}
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     write_tables(report, out_dir)
     return report
+
+
+def _score_parts(backend: Any, registry: Any, cases: "_CaseCache", data_dir: Path, out_dir: Path, limit: int, max_new_tokens: int,
+                 progress: bool, *, prefix: str = "", picture_control: bool = True) -> dict[str, Any]:
+    """The three parts' scores for ``backend``; the answers go to ``out_dir / f"{prefix}<part>_answers.json"``."""
+    parts: dict[str, Any] = {}
+    vqa = _records(data_dir / "ift_test.json", limit)
+    if vqa:
+        items = [_ask_vqa(backend, registry, cases, r, max_new_tokens) for r in _bar(vqa, f"eval {prefix}vqa", progress)]
+        parts["vqa"] = score_vqa(items)
+        if picture_control:
+            parts["vqa"] |= _picture_control(backend, registry, cases, vqa, out_dir, progress, max_new_tokens)
+        _dump(out_dir / f"{prefix}vqa_answers.json", items)
+    reports = _records(data_dir / "align_test.json", limit)
+    if reports:
+        items = [_ask_report(backend, registry, cases, r, max_new_tokens) for r in _bar(reports, f"eval {prefix}reports", progress)]
+        parts["reports"] = score_reports(items)
+        _dump(out_dir / f"{prefix}report_answers.json", items)
+    dialogues = _records(data_dir / "medical-ift_test.json", limit)
+    if dialogues:
+        items = [_ask_dialogue(backend, registry, cases, r, max_new_tokens) for r in _bar(dialogues, f"eval {prefix}experts", progress)]
+        parts["experts"] = score_dialogues(items)
+        _dump(out_dir / f"{prefix}dialogue_answers.json", items)
+    return parts
 
 
 def evaluate_vqa_file(model: str | Path, path: str | Path, out_dir: str | Path, *, fmt: str = "llava", image_root: str | Path | None = None,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TARGETS", "METRIC_NAMES", "write_tables", "write_model_card", "markdown_table", "DISCLAIMER"]
+__all__ = ["TARGETS", "METRIC_NAMES", "write_tables", "write_model_card", "markdown_table", "baseline_rows", "DISCLAIMER"]
 
 # the default model's quality bars (issue 6)
 TARGETS = {"closed_accuracy": 0.90, "call_precision": 0.95, "call_recall": 0.95, "finding_f1": 0.85, "grounded_answer_rate": 0.95}
@@ -43,6 +43,20 @@ def headline_rows(headline: dict[str, Any]) -> list[list[Any]]:
     return rows
 
 
+def baseline_rows(report: dict[str, Any]) -> list[list[Any]]:
+    """Per headline metric: name, the model's value, the baseline's and the ratio model / baseline (None where
+    either is missing or the baseline scores 0); [] without a baseline in ``report``."""
+    base = report.get("baseline", {}).get("headline")
+    if not base:
+        return []
+    rows = []
+    for key, name in METRIC_NAMES.items():
+        model, rival = report["headline"].get(key), base.get(key)
+        ratio = model / rival if model is not None and rival else None
+        rows.append([name, model, rival, ratio])
+    return rows
+
+
 def write_tables(report: dict[str, Any], out_dir: str | Path) -> Path:
     """``eval.md`` (headline, VQA by category, reports, expert calls) and ``eval.png``; returns the .md."""
     out_dir = Path(out_dir)
@@ -50,6 +64,17 @@ def write_tables(report: dict[str, Any], out_dir: str | Path) -> Path:
              f"Experts behind the tool calls: **{report['expert_mode']}**" + (" (phantom ground truth through the experts' "
              "interface: measures the VLM alone)" if report["expert_mode"] == "truth" else " (the trained experts)") + ".", "",
              markdown_table(["metric", "value", "target", "met"], headline_rows(report["headline"]))]
+    base = report.get("baseline")
+    if base:
+        parts += ["", f"## Model and baseline ({base['backend']}) on the same items", "",
+                  "The baseline routes each question to an expert by keywords and answers with a templated sentence; it never "
+                  "reads the pictures (its other-picture control is not run).", "",
+                  markdown_table(["metric", "model", "baseline", "model / baseline"], baseline_rows(report))]
+        kinds = sorted(set(report.get("vqa", {}).get("by_kind", {})) | set(base.get("vqa", {}).get("by_kind", {})))
+        if kinds:
+            score = lambda part, k: part.get("vqa", {}).get("by_kind", {}).get(k, {}).get("score")  # noqa: E731
+            parts += ["", markdown_table(["image kind (VQA)", "model", "baseline", "n"],
+                                         [[k, score(report, k), score(base, k), base["vqa"]["by_kind"].get(k, {}).get("n")] for k in kinds])]
     vqa = report.get("vqa")
     if vqa:
         parts += ["", f"## VQA ({vqa['n_closed']} closed, {vqa['n_open']} open)", "",
@@ -108,6 +133,8 @@ def write_model_card(model_dir: str | Path, recipe: Any, report: dict[str, Any],
         markdown_table(["metric", "value", "target", "met"], headline_rows(report["headline"])), "",
         ("All quality bars are met." if not missed else
          "Bars **not** met: " + ", ".join(METRIC_NAMES[k] for k in missed) + ". The numbers above are what this model does."), "",
+        *([f"Beside a keyword-router baseline over the same experts, same items, same run ({report['baseline']['backend']}):", "",
+           markdown_table(["metric", "model", "baseline", "model / baseline"], baseline_rows(report)), ""] if report.get("baseline") else []),
         "## Intended use", "", DISCLAIMER, "",
     ]
     path = model_dir / "model_card.md"
