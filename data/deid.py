@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -92,6 +93,7 @@ class Manifest:
     """
 
     actions: set = field(default_factory=set)  # {(keyword, action)}
+    unreadable: set = field(default_factory=set)  # keywords / tags of elements that could not be read (removed)
     datasets: int = 0
     burned_in_annotation: bool = False
     options: tuple[str, ...] = ()
@@ -101,6 +103,7 @@ class Manifest:
 
     def merge(self, other: "Manifest") -> None:
         self.actions |= other.actions
+        self.unreadable |= other.unreadable
         self.datasets += other.datasets
         self.burned_in_annotation |= other.burned_in_annotation
         self.options = self.options or other.options
@@ -153,14 +156,16 @@ def deidentify(
     ds = dataset if in_place else copy.deepcopy(dataset)
     manifest = manifest if manifest is not None else Manifest()
     secret = secret or _PROCESS_SECRET
+    tokens = _identity_tokens(ds)  # before unreadable elements go: their raw bytes still name the patient
+    run = _Run(options, manifest, secret, 0, None, tokens)
+    run.drop_unreadable(ds)
     patient_id = str(ds.get("PatientID", "") or "")
     shift = _shift_days(patient_id, secret, options.max_shift_days) if options.shift_dates else 0
     study_uid = str(ds.get("StudyInstanceUID", "") or "")
     key = key_for(remap_uid(study_uid, secret) if study_uid else "", shift)
     if key is not None:
         key.record_identity(ds)
-    tokens = _identity_tokens(ds)
-    run = _Run(options, manifest, secret, shift, key, tokens)
+    run.shift, run.key = shift, key
 
     if getattr(ds, "file_meta", None) is not None:
         meta = ds.file_meta
@@ -205,7 +210,21 @@ class _Run:
             self.key.record_uid(new, original)
         return new
 
+    def drop_unreadable(self, ds: Dataset) -> None:
+        """Remove the elements of ``ds`` (this level) that pydicom cannot convert; removing is always safe."""
+        for tag in list(ds.keys()):
+            try:
+                ds[tag]
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception:  # pydicom's converters raise many types on malformed values (unknown VR, bad length)
+                del ds[tag]
+                keyword = keyword_for_tag(tag) or f"({tag.group:04X},{tag.element:04X})"
+                self.manifest.record(keyword, "X")
+                self.manifest.unreadable.add(keyword)
+
     def dataset(self, ds: Dataset) -> None:
+        self.drop_unreadable(ds)
         for tag in list(ds.keys()):
             elem = ds[tag]
             keyword = elem.keyword or f"({tag.group:04X},{tag.element:04X})"
@@ -332,18 +351,36 @@ def _code_item(value: str, meaning: str) -> Dataset:
     return item
 
 
+_IDENTITY_KEYWORDS = frozenset(("PatientID", "OtherPatientIDs", "AccessionNumber", "InstitutionName",
+                                 "InstitutionAddress", "PatientBirthDate", "StationName", "IssuerOfPatientID",
+                                 "PatientAddress"))
+
+
 def _identity_tokens(ds: Dataset) -> list[str]:
-    """Words of the patient's identity (names, IDs, institution, birth date) to scrub from descriptors."""
+    """Words of the patient's identity (names, IDs, institution, birth date) to scrub from descriptors.
+
+    An element pydicom cannot convert contributes its raw bytes (it still names the patient)."""
     words: set[str] = set()
-    for elem in ds:
-        if elem.tag.is_private:
+    for tag in list(ds.keys()):
+        if tag.is_private:
             continue
-        if elem.VR == "PN" or elem.keyword in ("PatientID", "OtherPatientIDs", "AccessionNumber", "InstitutionName",
-                                               "InstitutionAddress", "PatientBirthDate", "StationName",
-                                               "IssuerOfPatientID", "PatientAddress"):
-            values = elem.value if elem.VM > 1 else [elem.value]
-            for v in values:
-                words.update(w for w in re.split(r"[\^\s,=/]+", str(v)) if len(w) >= 3)
+        item = ds.get_item(tag)
+        try:
+            standard_vr = dictionary_VR(tag)
+        except KeyError:
+            standard_vr = None
+        if not (getattr(item, "VR", None) == "PN" or standard_vr == "PN" or keyword_for_tag(tag) in _IDENTITY_KEYWORDS):
+            continue
+        try:
+            elem = ds[tag]
+            values = [str(v) for v in (elem.value if elem.VM > 1 else [elem.value])]
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception:  # malformed value: read its bytes as text
+            raw = item.value if isinstance(item, RawDataElement) else b""
+            values = bytes(raw or b"").decode("latin-1").split("\\")
+        for v in values:
+            words.update(w for w in re.split(r"[\^\s,=/]+", v) if len(w) >= 3)
     return sorted(words, key=len, reverse=True)
 
 

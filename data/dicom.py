@@ -7,13 +7,24 @@ trip). Everything else — compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 200
 big-endian, multi-frame, colour, 1-bit, float — is decoded by pydicom's pixel-data plugins
 (:func:`decode_frames`). Grouping files into volumes lives in :mod:`data.dicom_series`.
 
+Budgets (:class:`~data.limits.IngestLimits`) are checked from the header before anything is
+allocated: Number of Frames, rows × columns × frames × bytes, and the inflated size of a Deflated
+Explicit VR file, which is inflated through a bounded stream into the upload's private folder (pydicom
+would inflate it whole in memory, even for a header read). Geometry read here is checked (spacing in
+a plausible range, orientation vectors not degenerate) at the top level and in functional groups.
+Header elements pydicom cannot convert are read through :func:`header_value`, which treats them as
+absent, so one malformed element never aborts a file or an upload.
+
 A :class:`DicomFile` carries original header values and never leaves ingest.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
+import tempfile
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,14 +35,21 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomFileLike
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from data.deid import redact
 from data.errors import IngestError
+from data.geometry import ORIGIN_LIMIT_MM, plausible_spacing, unit_orientation
+from data.limits import IngestLimits, format_bytes
 from data.study import SkippedObject
+from data.workdir import disk_error
 
-__all__ = ["DicomFile", "NonImage", "read_dicom_header", "read_native_into", "decode_frames", "frame_geometry", "is_dicom"]
+__all__ = ["DicomFile", "NonImage", "read_dicom_header", "read_native_into", "decode_frames", "frame_geometry", "is_dicom",
+           "header_value", "readable_copy"]
 
 _NATIVE_LE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 # SOP classes listed and skipped: not images a viewer or an expert reads (PS3.4 names).
@@ -39,6 +57,8 @@ _NON_IMAGE_WORDS = ("SR Storage", "Encapsulated", "Presentation State", "Wavefor
                     "Directory", "Key Object", "Raw Data", "Registration", "Surface", "Real World", "Structured",
                     "Document", "Tractography", "Plan", "Hanging", "Palette", "Implant", "Report", "Measurement")
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+_DEFLATED = DeflatedExplicitVRLittleEndian.encode()
+_CHUNK = 1 << 20
 
 
 @dataclass(slots=True)
@@ -70,6 +90,7 @@ class DicomFile:
     bits_stored: int
     signed: bool
     pixel_offset: int | None  # byte offset of native pixel values, when the fast path applies
+    decoded_bytes: int  # pixel memory once decoded and rescaled (header estimate)
     position: np.ndarray | None  # (3,) LPS mm, single-frame files
     orientation: np.ndarray | None  # (6,) row then column direction cosines (LPS)
     pixel_spacing: tuple[float, float] | None  # (between rows, between columns) mm
@@ -97,13 +118,23 @@ def is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def read_dicom_header(path: Path, name: str, *, force: bool = False) -> DicomFile | NonImage:
+def read_dicom_header(path: Path, name: str, *, force: bool = False, limits: IngestLimits | None = None,
+                      scratch: Path | None = None) -> DicomFile | NonImage:
     """Read one file's header; a :class:`NonImage` for objects that are not image series.
 
-    Raises :class:`IngestError` for unreadable, truncated or image-less files.
+    A Deflated Explicit VR file is first inflated (within ``limits``) into ``scratch``, a private folder
+    that outlives the returned :class:`DicomFile`. Raises :class:`IngestError` for unreadable, truncated,
+    image-less or over-budget files.
     """
+    limits = limits or IngestLimits()
+    size = _size(path, name)
+    deflated = _is_deflated(path, size)
+    if deflated:
+        if scratch is None:
+            raise ValueError("scratch must be a private folder to inflate a Deflated Explicit VR file into.")
+        path = _inflate(path, name, size, limits, scratch)
+        size = _size(path, name)
     try:
-        size = os.path.getsize(path)
         with open(path, "rb") as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
             pixel_tag_at = fp.tell()
@@ -111,7 +142,9 @@ def read_dicom_header(path: Path, name: str, *, force: bool = False) -> DicomFil
     except InvalidDicomError as exc:
         raise IngestError("not a DICOM file: no 'DICM' marker and no DICOM elements could be read; expected DICOM "
                           f"Part 10, NIfTI, NRRD/MHA or PNG/JPEG ({exc.__class__.__name__}).", name) from None
-    except (OSError, EOFError, ValueError, struct.error, KeyError, TypeError, NotImplementedError) as exc:
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # pydicom's parser raises many types on damaged headers; each means "unreadable"
         raise IngestError(f"unreadable DICOM header ({exc.__class__.__name__}); the file is truncated or damaged: "
                           "export it again from the source.", name) from None
     if force and not ("SOPClassUID" in ds or ("Rows" in ds and "Columns" in ds)):
@@ -120,11 +153,7 @@ def read_dicom_header(path: Path, name: str, *, force: bool = False) -> DicomFil
     raw = _RawHeader(ds)
     sop_class = raw.text(0x00080016)
     class_name = _class_name(sop_class)
-    if getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) == DeflatedExplicitVRLittleEndian:
-        # the dataset was inflated in memory: file offsets mean nothing, pydicom decodes the pixels
-        pixel_kind, value_offset, value_length = ("PixelData" if "Rows" in ds else None), None, None
-    else:
-        pixel_kind, value_offset, value_length = _pixel_element(head, pixel_tag_at, ds)
+    pixel_kind, value_offset, value_length = _pixel_element(head, pixel_tag_at, ds)
     if _is_non_image(class_name):
         study_uid = raw.text(0x0020000D)
         return NonImage(SkippedObject(name, f"{class_name}: not an image series (non-image object), listed and "
@@ -136,10 +165,34 @@ def read_dicom_header(path: Path, name: str, *, force: bool = False) -> DicomFil
         raise IngestError(f"{class_name} file has an image size but no Pixel Data (7FE0,0010); the file is "
                           "incomplete: export it again from the source.", name)
     try:
-        return _describe(ds, path, name, sop_class, pixel_kind, value_offset, value_length, size)
-    except (AttributeError, ValueError, TypeError, IndexError, KeyError, struct.error) as exc:
+        file = _describe(ds, path, name, sop_class, pixel_kind, value_offset, value_length, size, limits)
+    except IngestError:
+        raise
+    except (AttributeError, ValueError, TypeError, IndexError, KeyError, struct.error, OverflowError) as exc:
         raise IngestError(f"{class_name} header has invalid image attributes "
-                          f"({redact(f'{exc.__class__.__name__}: {exc}', ds)}).", name) from None
+                          f"({_redacted(exc, ds)}).", name) from None
+    if deflated:  # the inflated copy is Explicit VR Little Endian; the series reports what was uploaded
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    return file
+
+
+def readable_copy(path: Path, name: str, limits: IngestLimits, scratch: Path) -> Path:
+    """``path``, or for a Deflated Explicit VR file its copy inflated (within ``limits``) into ``scratch``:
+    what pydicom may read whole without inflating a bomb in memory."""
+    size = _size(path, name)
+    return _inflate(path, name, size, limits, scratch) if _is_deflated(path, size) else path
+
+
+def header_value(ds: Dataset, keyword: str, default: Any = None) -> Any:
+    """``ds.get(keyword, default)`` for an original header: an element pydicom cannot convert (unknown
+    VR, wrong length, damaged sequence) counts as absent."""
+    try:
+        value = ds.get(keyword, default)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception:  # pydicom's value converters raise many types on malformed elements
+        return default
+    return default if value is None else value
 
 
 def read_native_into(file: DicomFile, out: np.ndarray) -> None:
@@ -166,7 +219,7 @@ def decode_frames(file: DicomFile) -> np.ndarray:
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # pixel plugins raise many types; each becomes one file's IngestError
-        raise IngestError(f"pixel data could not be decoded ({redact(f'{exc.__class__.__name__}: {exc}', file.ds)}); "
+        raise IngestError(f"pixel data could not be decoded ({_redacted(exc, file.ds)}); "
                           "the transfer syntax may need a codec that is not installed, or the data is damaged.",
                           file.name) from None
     colour = arr.shape[-1] == 3 and (file.samples == 3 or file.photometric == "PALETTE COLOR")
@@ -178,15 +231,18 @@ def decode_frames(file: DicomFile) -> np.ndarray:
 
 def apply_rescale(frames: np.ndarray, file: DicomFile, frame_params: list[tuple[float, float]]) -> np.ndarray:
     """Modality LUT: the Modality LUT Sequence if present, else Rescale Slope/Intercept per frame."""
-    if file.ds.get("ModalityLUTSequence"):
+    if header_value(file.ds, "ModalityLUTSequence"):
         return apply_modality_lut(frames, file.ds)
     return frames if all(p == (1.0, 0.0) for p in frame_params) else _rescale(frames, frame_params)
 
 
 def frame_geometry(file: DicomFile) -> list[dict[str, Any]]:
-    """Per-frame position, orientation, pixel spacing and rescale (enhanced multi-frame groups first)."""
-    shared = _first(file.ds.get("SharedFunctionalGroupsSequence"))
-    per_frame = file.ds.get("PerFrameFunctionalGroupsSequence") or []
+    """Per-frame position, orientation, pixel spacing and rescale (enhanced multi-frame groups first).
+
+    ``file.frames`` was checked against the frame limit when the header was read.
+    """
+    shared = _first(header_value(file.ds, "SharedFunctionalGroupsSequence"))
+    per_frame = header_value(file.ds, "PerFrameFunctionalGroupsSequence") or []
     base = {"position": file.position, "orientation": file.orientation, "pixel_spacing": file.pixel_spacing,
             "slope": file.slope, "intercept": file.intercept}
     if shared is not None:
@@ -197,8 +253,8 @@ def frame_geometry(file: DicomFile) -> list[dict[str, Any]]:
     for f in range(file.frames):
         item = per_frame[f] if f < len(per_frame) else None
         out.append(_functional(item, base) if item is not None else dict(base))
-    if file.frames > 1 and "GridFrameOffsetVector" in file.ds and out[0]["position"] is not None:
-        offsets = [float(v) for v in file.ds.GridFrameOffsetVector]
+    offsets = _floats_any(header_value(file.ds, "GridFrameOffsetVector"))
+    if file.frames > 1 and offsets is not None and out[0]["position"] is not None and out[0]["orientation"] is not None:
         normal = np.cross(out[0]["orientation"][:3], out[0]["orientation"][3:])
         for f, geo in enumerate(out[: len(offsets)]):
             geo["position"] = np.asarray(file.position) + offsets[f] * normal
@@ -235,48 +291,184 @@ def _pixel_element(head: bytes, tag_at: int, ds: Dataset) -> tuple[str | None, i
     return kind, tag_at + 12, length
 
 
-def _describe(ds, path, name, sop_class, pixel_kind, value_offset, value_length, size) -> DicomFile:
+def _describe(ds, path, name, sop_class, pixel_kind, value_offset, value_length, size, limits) -> DicomFile:
     raw = _RawHeader(ds)
     if "Rows" not in ds or "Columns" not in ds:
         raise IngestError("Pixel Data present but Rows / Columns missing: the image size is unknown; export the "
                           "file again from the source.", name)
     rows, cols = raw.us(0x00280010), raw.us(0x00280011)
-    frames = int(raw.number(0x00280008) or 1)
+    frames_value = raw.number(0x00280008)
+    frames = frames_value or 1  # absent or 0: one frame, as pydicom reads it
     samples = raw.us(0x00280002, 1)
     bits_allocated = raw.us(0x00280100, 0)
     bits_stored = raw.us(0x00280101, bits_allocated) or bits_allocated
-    if rows <= 0 or cols <= 0 or frames <= 0:
-        raise IngestError(f"image size must be positive, got {rows} rows x {cols} columns x {frames} frames.", name)
+    if rows <= 0 or cols <= 0:
+        raise IngestError(f"image size must be positive, got {rows} rows x {cols} columns.", name)
+    if frames < 1 or frames != int(frames):
+        raise IngestError(f"Number of Frames must be a positive whole number, got {frames:g}.", name)
+    frames = int(frames)
+    if frames > limits.max_frames_per_file:
+        raise IngestError(f"header claims {frames} frames, the limit is {limits.max_frames_per_file} frames per file; "
+                          "the header is damaged, or raise IngestLimits.max_frames_per_file to load it.", name)
+    if samples not in (1, 3):
+        raise IngestError(f"Samples per Pixel must be 1 (grey) or 3 (colour), got {samples}.", name)
+    if bits_allocated not in (1, 8, 16, 32, 64) or not 1 <= bits_stored <= bits_allocated:
+        raise IngestError(f"Bits Allocated must be 1, 8, 16, 32 or 64 with 1 <= Bits Stored <= Bits Allocated, got "
+                          f"{bits_allocated} and {bits_stored}.", name)
     photometric = raw.text(0x00280004, "MONOCHROME2").upper() or "MONOCHROME2"
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    expected = rows * cols * frames * samples * max(bits_allocated, 8) // 8
-    if syntax is None or syntax in _NATIVE_LE or not UID(syntax).is_compressed:
-        if value_length is not None and value_length != 0xFFFFFFFF and value_offset + min(value_length, expected) > size:
+    slope = raw.number(0x00281053)
+    intercept = raw.number(0x00281052)
+    slope = 1.0 if slope is None or slope == 0 else slope
+    intercept = intercept or 0.0
+    pixels = rows * cols * frames
+    expected = _stored_bytes(pixels, samples, bits_allocated, photometric)
+    try:
+        compressed = syntax is not None and UID(syntax).is_compressed
+    except ValueError:
+        raise IngestError("the file meta's Transfer Syntax UID is not a transfer syntax; the file is damaged: export "
+                          "it again from the source.", name) from None
+    float_out = slope != 1 or intercept != int(intercept) or pixel_kind != "PixelData"
+    per_pixel = max(1, bits_allocated // 8, 4 if float_out and samples == 1 else 0)
+    out_samples = 3 if photometric == "PALETTE COLOR" else samples
+    decoded = pixels * out_samples * (2 if photometric == "PALETTE COLOR" else per_pixel)
+    limits.check_image_bytes(decoded, name, f"{rows} x {cols} x {frames} frames of {bits_allocated}-bit pixels",
+                             stored=size if compressed else None)
+    if not compressed and value_length is not None and value_length != 0xFFFFFFFF:
+        if value_offset + min(value_length, expected) > size:
             raise IngestError(f"file truncated: pixel data needs {min(value_length, expected)} bytes from offset "
                               f"{value_offset}, the file has {size} bytes; copy it again from the source.", name)
+        if value_length < expected:
+            raise IngestError(f"pixel data holds {format_bytes(value_length)}, the header's {rows} x {cols} x {frames} "
+                              f"frames x {samples} samples of {bits_allocated} bits need {format_bytes(expected)}; the "
+                              "header or the file is damaged: export it again from the source.", name)
     fast = (syntax in _NATIVE_LE and pixel_kind == "PixelData" and frames == 1 and samples == 1
             and bits_allocated in (8, 16, 32) and photometric in ("MONOCHROME1", "MONOCHROME2")
             and value_length not in (None, 0xFFFFFFFF) and value_length >= expected)
     spacing, source = None, "assumed"
     for tag, keyword in ((0x00280030, "PixelSpacing"), (0x00181164, "ImagerPixelSpacing"),
                          (0x00182010, "NominalScannedPixelSpacing")):
-        value = raw.floats(tag, 2)
-        if value is not None and np.all(value > 0):
-            spacing, source = (float(value[0]), float(value[1])), keyword
+        value = _spacing(raw.floats(tag, 2))
+        if value is not None:
+            spacing, source = value, keyword
             break
-    slope = raw.number(0x00281053)
-    intercept = raw.number(0x00281052)
     return DicomFile(
         name=name, path=Path(path), ds=ds,
         study_uid=raw.text(0x0020000D), series_uid=raw.text(0x0020000E), sop_uid=raw.text(0x00080018),
         sop_class=sop_class, modality=raw.text(0x00080060, "OT").upper() or "OT",
         rows=rows, cols=cols, frames=frames, samples=samples, photometric=photometric,
         bits_allocated=bits_allocated, bits_stored=bits_stored, signed=raw.us(0x00280103, 0) == 1,
-        pixel_offset=value_offset if fast else None, position=raw.floats(0x00200032, 3),
-        orientation=raw.floats(0x00200037, 6), pixel_spacing=spacing, spacing_source=source,
-        slope=1.0 if slope is None or slope == 0 else slope, intercept=intercept or 0.0,
+        pixel_offset=value_offset if fast else None, decoded_bytes=decoded, position=_position(raw.floats(0x00200032, 3)),
+        orientation=unit_orientation(raw.floats(0x00200037, 6)), pixel_spacing=spacing, spacing_source=source,
+        slope=slope, intercept=intercept,
         order=tuple(_inf(raw.number(t)) for t in (0x00200100, 0x00180086, 0x00200012, 0x00200013)),
     )
+
+
+def _stored_bytes(pixels: int, samples: int, bits_allocated: int, photometric: str) -> int:
+    """Bytes of native pixel data for ``pixels`` (rows × columns × frames), as pydicom expects them."""
+    if bits_allocated == 1:
+        return (pixels * samples + 7) // 8
+    if photometric in ("YBR_FULL_422", "YBR_PARTIAL_422") and samples == 3:
+        return pixels * 2 * (bits_allocated // 8)  # two chroma samples shared by each pair of pixels
+    return pixels * samples * (bits_allocated // 8)
+
+
+def _spacing(value: np.ndarray | None) -> tuple[float, float] | None:
+    """(between rows, between columns) mm when both are plausible, else ``None``."""
+    if value is None or not all(plausible_spacing(v) for v in value):
+        return None
+    return float(value[0]), float(value[1])
+
+
+def _position(value: np.ndarray | None) -> np.ndarray | None:
+    return value if value is not None and np.all(np.abs(value) <= ORIGIN_LIMIT_MM) else None
+
+
+def _size(path: Path, name: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError as exc:
+        raise IngestError(f"file could not be read ({type(exc).__name__}); upload it again.", name) from None
+
+
+def _is_deflated(path: Path, size: int) -> bool:
+    """Whether pydicom would inflate the file (Deflated Explicit VR Little Endian in its file meta).
+
+    The transfer syntax UID must occur in the file's bytes for that; only files that hold it are parsed.
+    """
+    if size == 0:
+        return False
+    try:
+        with open(path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            if view.find(_DEFLATED) < 0:
+                return False
+            read_preamble(fp, True)
+            meta = _read_file_meta_info(fp)
+            return meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception:  # unreadable meta: pydicom cannot read it as deflated either
+        return False
+
+
+def _inflate(path: Path, name: str, size: int, limits: IngestLimits, scratch: Path) -> Path:
+    """Inflate a Deflated Explicit VR file into ``scratch`` as Explicit VR Little Endian, never past the
+    limits (counted while inflating, so a bomb stops at the budget)."""
+    budget = limits.inflated_budget(size)
+    fd, out_name = tempfile.mkstemp(prefix="inflated-", suffix=".dcm", dir=scratch)
+    out = Path(out_name)
+    try:
+        with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+            read_preamble(src, True)
+            _read_file_meta_info(src)
+            dst.write(b"\0" * 128 + b"DICM")
+            meta = pydicom.dataset.FileMetaDataset()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            writer = DicomFileLike(dst)
+            writer.is_little_endian, writer.is_implicit_VR = True, False
+            write_file_meta_info(writer, meta, enforce_standard=False)
+            inflater, written = zlib.decompressobj(-zlib.MAX_WBITS), 0
+            while not inflater.eof:
+                chunk = inflater.unconsumed_tail or src.read(_CHUNK)
+                data = inflater.decompress(chunk, min(_CHUNK, budget - written + 1))  # bounded output per call
+                if not chunk and not data:
+                    break  # the stream ends early: pydicom reports the truncated dataset
+                written += len(data)
+                if written > budget:
+                    raise IngestError(f"Deflated DICOM inflates beyond {format_bytes(budget)} from {format_bytes(size)} "
+                                      "(decompression bomb or a damaged file); the limits are "
+                                      "IngestLimits.max_inflation_ratio and max_image_bytes_per_file.", name)
+                dst.write(data)
+    except IngestError:
+        out.unlink(missing_ok=True)
+        raise
+    except zlib.error:
+        out.unlink(missing_ok=True)
+        raise IngestError("Deflated DICOM data is damaged (zlib could not inflate it); export it again from the "
+                          "source.", name) from None
+    except OSError as exc:
+        out.unlink(missing_ok=True)
+        raise disk_error(exc) or IngestError(f"Deflated DICOM could not be inflated ({type(exc).__name__}).",
+                                             name) from None
+    except (MemoryError, KeyboardInterrupt):
+        out.unlink(missing_ok=True)
+        raise
+    except Exception as exc:  # pydicom's meta reader on a damaged file
+        out.unlink(missing_ok=True)
+        raise IngestError(f"Deflated DICOM file meta is unreadable ({type(exc).__name__}).", name) from None
+    return out
+
+
+def _redacted(exc: BaseException, ds: Dataset | None) -> str:
+    """A library's error message with the header's identity words removed (and cut short)."""
+    text = f"{exc.__class__.__name__}: {exc}"[:300]
+    try:
+        return redact(text, ds)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception:  # a header too damaged to list its identity words: keep only the error type
+        return exc.__class__.__name__
 
 
 class _RawHeader:
@@ -343,20 +535,26 @@ def _inf(value: float | None) -> float:
 
 
 def _functional(item: Dataset, base: dict[str, Any]) -> dict[str, Any]:
+    """Geometry and rescale of one functional-groups item over ``base``; implausible values keep the base."""
     out = dict(base)
-    position = _first(item.get("PlanePositionSequence"))
+    position = _first(header_value(item, "PlanePositionSequence"))
     if position is not None:
-        out["position"] = _floats(position.get("ImagePositionPatient"), 3)
-    orientation = _first(item.get("PlaneOrientationSequence"))
+        out["position"] = _position(_floats(header_value(position, "ImagePositionPatient"), 3))
+    orientation = _first(header_value(item, "PlaneOrientationSequence"))
     if orientation is not None:
-        out["orientation"] = _floats(orientation.get("ImageOrientationPatient"), 6)
-    measures = _first(item.get("PixelMeasuresSequence"))
-    if measures is not None and _floats(measures.get("PixelSpacing"), 2) is not None:
-        out["pixel_spacing"] = tuple(float(v) for v in measures.PixelSpacing)
-    transform = _first(item.get("PixelValueTransformationSequence"))
-    if transform is not None and "RescaleSlope" in transform:
-        out["slope"] = float(transform.RescaleSlope)
-        out["intercept"] = float(transform.get("RescaleIntercept", 0.0) or 0.0)
+        out["orientation"] = unit_orientation(_floats(header_value(orientation, "ImageOrientationPatient"), 6))
+    measures = _first(header_value(item, "PixelMeasuresSequence"))
+    if measures is not None:
+        spacing = _spacing(_floats(header_value(measures, "PixelSpacing"), 2))
+        if spacing is not None:
+            out["pixel_spacing"] = spacing
+    transform = _first(header_value(item, "PixelValueTransformationSequence"))
+    if transform is not None:
+        slope = _floats(header_value(transform, "RescaleSlope"), 1)
+        intercept = _floats(header_value(transform, "RescaleIntercept", 0.0) or 0.0, 1)
+        if slope is not None and slope[0] != 0:
+            out["slope"] = float(slope[0])
+            out["intercept"] = float(intercept[0]) if intercept is not None else 0.0
     return out
 
 
@@ -365,11 +563,14 @@ def _rescale(frames: np.ndarray, params: list[tuple[float, float]]) -> np.ndarra
     slopes = np.array([p[0] for p in params], dtype=np.float64)
     intercepts = np.array([p[1] for p in params], dtype=np.float64)
     shape = (-1,) + (1,) * (frames.ndim - 1)
-    if np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)) and frames.dtype.kind in "iu":
+    dtype = None
+    if np.all(slopes == 1) and np.all(intercepts == np.round(intercepts)) and np.all(np.abs(intercepts) < 2**31) \
+            and frames.dtype.kind in "iu":
         lo = int(frames.min()) + int(intercepts.min())
         hi = int(frames.max()) + int(intercepts.max())
-        dtype = next(np.dtype(t) for t in (frames.dtype, np.int16, np.int32, np.int64)
-                     if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
+        dtype = next((np.dtype(t) for t in (frames.dtype, np.int16, np.int32, np.int64)
+                      if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max), None)
+    if dtype is not None:
         out = frames if dtype == frames.dtype and frames.flags.writeable else frames.astype(dtype)
         if np.all(intercepts == intercepts[0]):
             c = int(intercepts[0])
@@ -387,7 +588,19 @@ def _rescale(frames: np.ndarray, params: list[tuple[float, float]]) -> np.ndarra
 
 
 def _first(seq) -> Dataset | None:
-    return seq[0] if seq else None
+    try:
+        item = seq[0] if seq else None
+    except (TypeError, IndexError, KeyError):
+        return None
+    return item if isinstance(item, Dataset) else None
+
+
+def _floats_any(value) -> np.ndarray | None:
+    """All values of a DS / FD element as finite floats, else ``None``."""
+    if value is None:
+        return None
+    n = 1 if isinstance(value, (str, bytes, int, float)) or not hasattr(value, "__len__") else len(value)
+    return _floats(value, n)
 
 
 def _floats(value, n: int) -> np.ndarray | None:
@@ -398,6 +611,6 @@ def _floats(value, n: int) -> np.ndarray | None:
         value = [value]
     try:
         values = np.asarray([float(v) for v in value], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return values if values.shape == (n,) and np.all(np.isfinite(values)) else None

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.dicom import DicomFile
+from data.dicom import DicomFile, header_value
+from data.geometry import plausible_spacing
 
 __all__ = ["Frame", "LPS_TO_RAS", "order_frames", "frame_affine", "positive"]
 
@@ -86,7 +87,8 @@ def frame_affine(stack: list[Frame]) -> tuple[np.ndarray, list[str], dict]:
         spacing = (1.0, 1.0)
         if modality in _NEEDS_GEOMETRY:
             warnings.append("no Pixel Spacing: 1 mm pixels are assumed; measurements are not in mm.")
-    thickness = positive(f0.ds.get("SpacingBetweenSlices")) or positive(f0.ds.get("SliceThickness")) or 1.0
+    thickness = _thickness(header_value(f0.ds, "SpacingBetweenSlices")) or _thickness(header_value(f0.ds, "SliceThickness")) \
+        or 1.0
     positions = [fr.position for fr in stack]
     placed = all(p is not None for p in positions)
     origin = positions[0] if placed else np.zeros(3)
@@ -99,15 +101,19 @@ def frame_affine(stack: list[Frame]) -> tuple[np.ndarray, list[str], dict]:
     affine[:3, 1] = col_dir * spacing[0]  # j runs down a column: row spacing
     affine[:3, 2] = step
     affine[:3, 3] = origin
-    meta["slice_thickness_mm"] = positive(f0.ds.get("SliceThickness"))
+    meta["slice_thickness_mm"] = _thickness(header_value(f0.ds, "SliceThickness"))
     return LPS_TO_RAS @ affine, warnings, meta
 
 
 def _slice_step(positions: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Median step vector between consecutive slices, with warnings for gaps, unevenness and tilt."""
-    diffs = np.diff(positions, axis=0)  # (K-1, 3)
-    dist = diffs @ normal
-    median = float(np.median(dist))
+    with np.errstate(all="ignore"):
+        diffs = np.diff(positions, axis=0)  # (K-1, 3)
+        dist = diffs @ normal
+    median = float(np.median(dist)) if np.all(np.isfinite(dist)) else float("nan")
+    if not plausible_spacing(median):
+        return normal * 1.0, [f"slice positions do not give a usable slice spacing (median step {median:.3g} mm): "
+                              "1 mm is assumed; measurements along the slice axis are not in mm."]
     step = np.median(diffs, axis=0)
     warnings = []
     tolerance = max(0.01 * median, 0.01)
@@ -131,9 +137,14 @@ def _slice_step(positions: np.ndarray, normal: np.ndarray) -> tuple[np.ndarray, 
     return step, warnings
 
 
+def _thickness(value) -> float | None:
+    v = positive(value)
+    return v if v is not None and plausible_spacing(v) else None
+
+
 def positive(value) -> float | None:
     try:
         v = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return v if v > 0 and math.isfinite(v) else None

@@ -20,7 +20,7 @@ from pydicom.uid import UID
 from tqdm.auto import tqdm
 
 from data.deid import Manifest, deidentify, note_derived_uid, pseudonymise_uids, remap_uid
-from data.dicom import DicomFile, apply_rescale, decode_frames, frame_geometry, read_native_into
+from data.dicom import DicomFile, apply_rescale, decode_frames, frame_geometry, header_value, read_native_into
 from data.dicom_geometry import LPS_TO_RAS, Frame, frame_affine, order_frames
 from data.errors import IngestError
 from data.study import Series, Volume
@@ -67,10 +67,24 @@ def mr_sequence(text: str, contrast: bool = False) -> str:
 # ---------------------------------------------------------------------------------------------------
 def _one_series(uid, group, deid_on, manifest, pool, progress) -> tuple[list[Series], list[IngestError]]:
     rep = group[0]
-    header = deidentify(rep.ds, manifest=manifest) if deid_on else rep.ds
+    rep_manifest = Manifest()
+    header = deidentify(rep.ds, manifest=rep_manifest) if deid_on else rep.ds
+    manifest.merge(rep_manifest)
+    unreadable = [f"{len(rep_manifest.unreadable)} header element(s) could not be read and were removed: "
+                  f"{', '.join(sorted(rep_manifest.unreadable)[:5])}."] if rep_manifest.unreadable else []
     if deid_on:
         _record_other_headers(group, manifest)
-    frames = [fr for f in group for fr in _frames(f)]
+    frames, errors = [], []
+    for f in group:
+        try:
+            frames.extend(_frames(f))
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # one file's unreadable functional groups: that file is reported and left out
+            errors.append(IngestError(f"frame geometry could not be read ({type(exc).__name__}); the file was left out.",
+                                      f.name))
+    if not frames:
+        return [], errors
     parts: dict[tuple, list[Frame]] = {}
     for fr in frames:
         f = fr.file
@@ -85,7 +99,7 @@ def _one_series(uid, group, deid_on, manifest, pool, progress) -> tuple[list[Ser
             stacks.append((stack, warns))
     split_note = [f"series split into {len(stacks)} volumes: its images differ in size, orientation, spacing or "
                   "repeat slice positions."] if len(stacks) > 1 else []
-    out, errors = [], []
+    out = []
     for n, (stack, warns) in enumerate(stacks):
         array, affine, geo_warnings, meta, errs = _volume(stack, pool, progress)
         errors.extend(errs)
@@ -98,18 +112,18 @@ def _one_series(uid, group, deid_on, manifest, pool, progress) -> tuple[list[Ser
         meta["frame_numbers"] = [fr.index for fr in stack]
         meta["deidentified"] = deid_on
         modality = rep.modality
-        description = str(header.get("SeriesDescription", "") or header.get("ProtocolName", "") or "").strip()
-        description = description or f"{modality} series {header.get('SeriesNumber', '') or ''}".strip()
+        description = str(header_value(header, "SeriesDescription", "") or header_value(header, "ProtocolName", "") or "").strip()
+        description = description or f"{modality} series {header_value(header, 'SeriesNumber', '') or ''}".strip()
         if len(stacks) > 1:
             description = f"{description} (part {n + 1} of {len(stacks)})"
         window = _window(header, meta)
         volume = Volume(
-            array=array, affine=affine, modality=modality, body_part=str(header.get("BodyPartExamined", "") or ""),
-            window=window, study_uid=str(header.get("StudyInstanceUID", "") or ""), series_uid=series_uid,
+            array=array, affine=affine, modality=modality, body_part=str(header_value(header, "BodyPartExamined", "") or ""),
+            window=window, study_uid=str(header_value(header, "StudyInstanceUID", "") or ""), series_uid=series_uid,
             description=description, sequence=mr_sequence(description, meta["contrast_agent"]) if modality == "MR" else "",
             meta=meta,
         )
-        warnings = split_note + warns + geo_warnings + _burned_in_warning(header, modality)
+        warnings = split_note + unreadable + warns + geo_warnings + _burned_in_warning(header, modality)
         n_files = len({fr.file.name for fr in stack})
         out.append(Series(uid=series_uid, modality=modality, description=description, volume=volume,
                           number=meta["series_number"], n_files=n_files,
@@ -130,7 +144,7 @@ def _volume(stack: list[Frame], pool: Executor, progress: bool):
     files = list(dict.fromkeys(fr.file for fr in stack))
     grey = first.samples == 1 and first.photometric != "PALETTE COLOR"
     fast = grey and all(f.fast for f in files) and len({f.stored_dtype for f in files}) == 1 \
-        and not first.ds.get("ModalityLUTSequence")
+        and not header_value(first.ds, "ModalityLUTSequence")
     result = _read_fast(stack, pool, progress) if fast else None
     if result is None:  # not native, or an integer rescale that overflowed the stored type: pydicom's way
         stack, pixels, errors = _decode(stack, files, pool, progress)
@@ -243,17 +257,19 @@ def _stored_range(f: DicomFile) -> tuple[int, int]:
 def _invert(pixels: np.ndarray, f: DicomFile, fr: Frame) -> tuple[np.ndarray, list[float]]:
     """MONOCHROME1 → MONOCHROME2: ``lo + hi - v`` over the modality-LUT output range of Bits Stored."""
     smin, smax = _stored_range(f)
-    if f.ds.get("ModalityLUTSequence"):
+    if header_value(f.ds, "ModalityLUTSequence"):
         ends = apply_modality_lut(np.array([smin, smax]), f.ds)
     else:
-        ends = np.array([smin, smax], dtype=np.float64) * fr.slope + fr.intercept
+        with np.errstate(all="ignore"):
+            ends = np.array([smin, smax], dtype=np.float64) * fr.slope + fr.intercept
     lo, hi = float(np.min(ends)), float(np.max(ends))
-    if pixels.dtype.kind in "iu" and lo == int(lo) and hi == int(hi):
+    if pixels.dtype.kind in "iu" and abs(lo) < 2**31 and abs(hi) < 2**31 and lo == int(lo) and hi == int(hi):
         inverted = int(lo) + int(hi) - pixels.astype(np.int64)
         dtype = next(np.dtype(t) for t in (pixels.dtype, np.int16, np.int32, np.int64)
                      if np.iinfo(t).min <= inverted.min() and inverted.max() <= np.iinfo(t).max)
         return inverted.astype(dtype), [lo, hi]
-    return (lo + hi - pixels).astype(np.float32 if pixels.dtype != np.float64 else np.float64), [lo, hi]
+    with np.errstate(all="ignore"):  # an absurd rescale gives infinities: shown as such, not an error
+        return (lo + hi - pixels).astype(np.float32 if pixels.dtype != np.float64 else np.float64), [lo, hi]
 
 
 def _record_other_headers(group: list[DicomFile], manifest: Manifest) -> None:
@@ -262,8 +278,13 @@ def _record_other_headers(group: list[DicomFile], manifest: Manifest) -> None:
     extra = Dataset()
     for f in group[1:]:
         for tag in f.ds.keys() - seen:
-            extra[tag] = f.ds[tag]
             seen.add(tag)
+            try:
+                extra[tag] = f.ds[tag]
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception:  # an element pydicom cannot convert is dropped with its header
+                continue
     if len(extra):
         partial = Manifest()
         deidentify(extra, manifest=partial)
@@ -273,7 +294,7 @@ def _record_other_headers(group: list[DicomFile], manifest: Manifest) -> None:
 
 def _header_meta(header: Dataset, rep: DicomFile) -> dict:
     def num(keyword):
-        value = header.get(keyword)
+        value = header_value(header, keyword)
         try:
             return float(value) if value not in (None, "") else None
         except (TypeError, ValueError):
@@ -282,22 +303,27 @@ def _header_meta(header: Dataset, rep: DicomFile) -> dict:
     syntax = getattr(getattr(rep.ds, "file_meta", None), "TransferSyntaxUID", None)
     return {
         "sop_class": UID(rep.sop_class).name if rep.sop_class else "",
-        "frame_of_reference_uid": str(header.get("FrameOfReferenceUID", "") or ""),
+        "frame_of_reference_uid": str(header_value(header, "FrameOfReferenceUID", "") or ""),
         "transfer_syntax": UID(syntax).name if syntax else "",
-        "series_number": int(header.SeriesNumber) if str(header.get("SeriesNumber", "")).strip().lstrip("-").isdigit() else None,
-        "rescale_type": str(header.get("RescaleType", "") or ("HU" if rep.modality == "CT" else "")),
+        "series_number": _series_number(header_value(header, "SeriesNumber", "")),
+        "rescale_type": str(header_value(header, "RescaleType", "") or ("HU" if rep.modality == "CT" else "")),
         "echo_time_ms": num("EchoTime"), "repetition_time_ms": num("RepetitionTime"),
         "inversion_time_ms": num("InversionTime"), "kvp": num("KVP"),
-        "contrast_agent": bool(rep.ds.get("ContrastBolusAgent") or rep.ds.get("ContrastBolusRoute")),
-        "view_position": str(header.get("ViewPosition", "") or ""),
-        "image_type": [str(v) for v in (header.get("ImageType") or [])],
-        "burned_in_annotation": str(header.get("BurnedInAnnotation", "") or ""),
-        "manufacturer": str(header.get("Manufacturer", "") or ""),
+        "contrast_agent": bool(header_value(rep.ds, "ContrastBolusAgent") or header_value(rep.ds, "ContrastBolusRoute")),
+        "view_position": str(header_value(header, "ViewPosition", "") or ""),
+        "image_type": [str(v) for v in (header_value(header, "ImageType") or [])],
+        "burned_in_annotation": str(header_value(header, "BurnedInAnnotation", "") or ""),
+        "manufacturer": str(header_value(header, "Manufacturer", "") or ""),
     }
 
 
+def _series_number(value) -> int | None:
+    text = str(value).strip()
+    return int(text) if len(text) <= 12 and text.lstrip("-").isdigit() else None
+
+
 def _window(header: Dataset, meta: dict) -> tuple[float, float] | None:
-    centre, width = header.get("WindowCenter"), header.get("WindowWidth")
+    centre, width = header_value(header, "WindowCenter"), header_value(header, "WindowWidth")
     try:
         centre = float(centre[0] if hasattr(centre, "__len__") and not isinstance(centre, str) else centre)
         width = float(width[0] if hasattr(width, "__len__") and not isinstance(width, str) else width)
@@ -312,7 +338,7 @@ def _window(header: Dataset, meta: dict) -> tuple[float, float] | None:
 
 
 def _burned_in_warning(header: Dataset, modality: str) -> list[str]:
-    flag = str(header.get("BurnedInAnnotation", "") or "").upper()
+    flag = str(header_value(header, "BurnedInAnnotation", "") or "").upper()
     if flag == "YES":
         return ["Burned In Annotation = YES: the pixels may show identifying text; review before sharing images."]
     if not flag and modality in _MAYBE_BURNED_IN:

@@ -1,4 +1,4 @@
-"""Errors raised by ingest. Messages name the file (relative to the upload) and the problem, never PHI."""
+"""Errors raised by ingest. Messages name the file (relative to the upload) and the problem, never a header value."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ __all__ = ["IngestError"]
 class IngestError(Exception):
     """A file or upload that could not be loaded.
 
-    ``path`` is the file name relative to the upload (never a patient identifier); ``reason`` says what
-    was expected, what was found and what to do.
+    ``path`` is the file name relative to the upload, shown to the uploader and never logged (it may
+    name the patient); ``None`` when the error concerns the whole upload (a limit, the server's disk).
+    ``reason`` says what was expected, what was found and what to do.
     """
 
     def __init__(self, reason: str, path: str | None = None) -> None:

@@ -2,39 +2,62 @@
 
 Grey images stay grey (8- or 16-bit), everything else becomes RGB; EXIF orientation is applied.
 There is no physical pixel size in these files: 1 mm pixels and an axial orientation are assumed
-(with a warning). Pillow's decompression-bomb limit is enforced with the ingest pixel limit.
+(with a warning). The size in the file's header is checked against :class:`~data.limits.IngestLimits`
+(pixels, decoded bytes, expansion over the file's size) before any pixel is decoded; only the PNG and
+JPEG decoders are tried, whatever the file holds.
 """
 
 from __future__ import annotations
 
+import logging
+import struct
 from pathlib import Path
 
 import numpy as np
 
 from data.deid import remap_uid
 from data.errors import IngestError
+from data.limits import ImageBudget, IngestLimits
 from data.study import Series, Volume
 
 __all__ = ["load_image", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# Pillow's DEBUG logs quote EXIF / TIFF tag values (artist, description: names, dates): never below INFO here.
+logging.getLogger("PIL").setLevel(max(logging.INFO, logging.getLogger("PIL").level))
+_FORMATS = ("PNG", "JPEG")
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBX": 4,
+                    "CMYK": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
 
 
-def load_image(path: Path, name: str, *, max_pixels: int = 2**28) -> list[Series]:
+def load_image(path: Path, name: str, *, limits: IngestLimits | None = None,
+               budget: ImageBudget | None = None) -> list[Series]:
     """Load a PNG / JPEG file as ``(I=width, J=height, 1)`` grey or ``(I, J, 1, 3)`` RGB."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    limits = limits or IngestLimits()
     try:
-        with Image.open(path) as img:
-            if img.width * img.height > max_pixels:
-                raise IngestError(f"image is {img.width}x{img.height} pixels, the limit is {max_pixels} pixels.", name)
+        with Image.open(path, formats=_FORMATS) as img:
+            pixels = img.width * img.height
+            if pixels > limits.max_image_pixels:
+                raise IngestError(f"image is {img.width}x{img.height} pixels, the limit is {limits.max_image_pixels} "
+                                  "pixels; raise IngestLimits.max_image_pixels to load it.", name)
+            # decoded mode, its RGB/grey copy and the array: three buffers at most
+            decoded = pixels * (_BYTES_PER_PIXEL.get(img.mode, 4) + 3 + 4)
+            limits.check_image_bytes(decoded, name, f"{img.width}x{img.height} image", stored=path.stat().st_size)
+            if budget is not None:
+                budget.take(decoded, name)
             img = ImageOps.exif_transpose(img)
             img.load()
             array = _to_array(img)
     except IngestError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError:  # Pillow's own guard, in open(), for sizes far over ours
+        raise IngestError(f"image is larger than {limits.max_image_pixels} pixels; raise "
+                          "IngestLimits.max_image_pixels to load it.", name) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError, KeyError,
+            IndexError, ZeroDivisionError) as exc:
         raise IngestError(f"not a readable PNG/JPEG image ({type(exc).__name__}): truncated or not an image.", name) from None
     # (rows, cols[, 3]) → (i=column, j=row, k=1[, 3])
     array = array.T[:, :, None] if array.ndim == 2 else array.transpose(1, 0, 2)[:, :, None, :]

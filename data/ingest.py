@@ -14,9 +14,9 @@ Instance UID (remapped); the original headers are dropped when loading ends.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -27,12 +27,16 @@ from typing import Iterable, Union
 
 from tqdm.auto import tqdm
 
-from data.archive import ArchiveLimits, extract_zip
+from data.archive import extract_zip
 from data.deid import Manifest, clean_descriptor, reidentification_key, remap_uid
 from data.errors import IngestError
+from data.geometry import validate_volume
+from data.limits import ArchiveLimits, ImageBudget, IngestLimits
 from data.study import Series, SkippedObject, Study
+from data.workdir import disk_error, ingest_workdir, sweep_stale_ingest_dirs
 
-__all__ = ["IngestLimits", "load_study", "load_studies", "write_deidentified", "collect_upload", "reidentification_key"]
+__all__ = ["IngestLimits", "ArchiveLimits", "load_study", "load_studies", "write_deidentified", "collect_upload",
+           "reidentification_key", "sweep_stale_ingest_dirs"]
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -44,19 +48,6 @@ _SKIP_SUFFIXES = {
     ".hdr": "Analyze / NIfTI-pair header: convert the pair to .nii", ".img": "Analyze / NIfTI-pair data: convert to .nii",
     ".py": "script", ".m": "script", ".sh": "script", ".exe": "program", ".db": "database file",
 }
-
-
-@dataclass
-class IngestLimits:
-    """Limits on one upload (sizes in bytes). Exceeding one raises :class:`IngestError`."""
-
-    max_upload_bytes: int = 8 * 2**30  # files as uploaded (a .zip counts compressed)
-    max_files: int = 50_000
-    archive: ArchiveLimits = field(default_factory=ArchiveLimits)
-    max_image_pixels: int = 2**28  # PNG / JPEG width × height
-    max_voxels: int = 2**31  # per NIfTI / ITK file
-    max_volumes_per_file: int = 64  # 4D NIfTI
-    workers: int = 8  # threads reading and decoding pixel data
 
 
 @dataclass
@@ -88,87 +79,39 @@ def load_study(path_or_paths: PathLike | Iterable[PathLike], *, deidentify: bool
 
 def load_studies(path_or_paths: PathLike | Iterable[PathLike], *, deidentify: bool = True, progress: bool = False,
                  limits: IngestLimits | None = None) -> list[Study]:
-    """Load every study of an upload (an empty-series study carries the errors when nothing loads)."""
-    from data.dicom import DicomFile, NonImage, is_dicom, read_dicom_header
-    from data.dicom_series import assemble_series
+    """Load every study of an upload (an empty-series study carries the errors when nothing loads).
 
+    Raw files (extracted archives, inflated copies) live in a private folder removed before this
+    returns or raises. Every failure is an :class:`IngestError`: a bad file is one error on the first
+    study and the rest loads; a problem of the whole upload (over a limit, the server's disk full) raises.
+    """
     limits = limits or IngestLimits()
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="m3-ingest-") as tmp, _quiet_pydicom():
-        upload = collect_upload(path_or_paths, Path(tmp), limits)
-        errors, skipped = list(upload.errors), list(upload.skipped)
-        dicom: list[DicomFile] = []
-        skipped_by_study: dict[str, list[SkippedObject]] = {}
-        other: list[Series] = []
-        candidates = [(p, n) for p, n, kind in upload.files if kind == "dicom"]
-        for path, name in tqdm(candidates, desc="Reading headers", unit="file", disable=not progress, delay=0.5,
-                               leave=False):
-            try:
-                result = read_dicom_header(path, name, force=not is_dicom(path))
-            except IngestError as exc:
-                errors.append(exc)
-                continue
-            except Exception as exc:  # one bad file never stops the upload: record it and go on
-                errors.append(IngestError(f"unexpected {type(exc).__name__} while reading the header.", name))
-                continue
-            if isinstance(result, NonImage):
-                skipped_by_study.setdefault(result.study_uid, []).append(result.skipped)
-            else:
-                dicom.append(result)
-        for path, name, kind in upload.files:
-            if kind != "dicom":
-                try:
-                    other.extend(_load_other(path, name, kind, limits))
-                except IngestError as exc:
-                    errors.append(exc)
-                except Exception as exc:
-                    errors.append(IngestError(f"unexpected {type(exc).__name__} while loading the file.", name))
-        studies: list[Study] = []
-        by_study: dict[str, list[DicomFile]] = {}
-        for f in dicom:
-            by_study.setdefault(f.study_uid, []).append(f)
-        with ThreadPoolExecutor(max_workers=max(1, limits.workers)) as pool:
-            for study_uid, files in by_study.items():
-                manifest = Manifest()
-                try:
-                    series, study_errors = assemble_series(files, deidentify_on=deidentify, manifest=manifest,
-                                                           pool=pool, progress=progress)
-                except Exception as exc:  # a study that cannot be assembled is reported, the others still load
-                    series, study_errors = [], [IngestError(f"unexpected {type(exc).__name__} while assembling "
-                                                            f"{len(files)} files into series.", files[0].name)]
-                uid = remap_uid(study_uid) if deidentify else study_uid
-                description = str(files[0].ds.get("StudyDescription", "") or "")
-                studies.append(Study(uid=uid, series=series, errors=study_errors,
-                                     skipped=skipped_by_study.pop(study_uid, []),
-                                     deid_manifest=manifest.as_dict() if deidentify else {},
-                                     description=clean_descriptor(description, files[0].ds) if deidentify else description))
-    for rest in skipped_by_study.values():
-        skipped.extend(rest)
-    if other:
-        if len(studies) == 1:
-            target = studies[0]
-        else:
-            target = Study(uid=remap_uid("upload:" + "|".join(sorted(s.uid for s in other))), description="files")
-            studies.append(target)
-        for s in other:
-            s.volume.study_uid = target.uid
-        target.series.extend(other)
-    from data.display import default_window
-
-    for study in studies:
-        for s in study.series:
-            if s.volume.window is None:
-                s.volume.window = default_window(s.volume)
-    if not studies:
-        studies.append(Study(uid=remap_uid("upload:" + "|".join(n for _, n, _ in upload.files)), description="empty"))
-    studies[0].errors[:0] = errors
-    studies[0].skipped[:0] = skipped
-    for study in studies:
-        for e in study.errors:
-            log.warning("ingest error: %s", e)
+    try:
+        with ingest_workdir() as workdir, _quiet_libraries():
+            studies, n_files = _load(path_or_paths, workdir, deidentify, progress, limits)
+    except IngestError:
+        log.warning("ingest refused an upload (the reason is shown to the uploader)")
+        raise
+    except OSError as exc:
+        log.warning("ingest failed on a storage error (%s)", type(exc).__name__)
+        raise disk_error(exc, writable_error=True) or IngestError(
+            f"the upload could not be read ({type(exc).__name__}); upload it again.") from None
+    except MemoryError:
+        log.warning("ingest ran out of memory")
+        raise IngestError("the server ran out of memory loading this upload; upload fewer series at a time, or ask "
+                          "the administrator to lower IngestLimits.max_image_bytes or add memory.") from None
+    except Exception as exc:  # a bug must not take the upload page down: the uploader gets a message
+        log.error("ingest failed unexpectedly (%s)", type(exc).__name__)
+        raise IngestError(f"unexpected {type(exc).__name__} while loading the upload; nothing was loaded: try again, "
+                          "or upload the series one at a time to find the file that causes it.") from None
+    # counts only: file names and header values may identify the patient (the uploader sees them in Study.errors)
+    n_errors = sum(len(s.errors) for s in studies)
+    if n_errors:
+        log.warning("ingest: %d file(s) or series could not be loaded (reasons are shown to the uploader)", n_errors)
     log.info("ingest: %d series in %d studies from %d files (%d skipped, %d errors) in %.2f s",
-             sum(len(s.series) for s in studies), len(studies), len(upload.files),
-             sum(len(s.skipped) for s in studies), sum(len(s.errors) for s in studies), time.perf_counter() - started)
+             sum(len(s.series) for s in studies), len(studies), n_files,
+             sum(len(s.skipped) for s in studies), n_errors, time.perf_counter() - started)
     return studies
 
 
@@ -178,42 +121,51 @@ def write_deidentified(path_or_paths: PathLike | Iterable[PathLike], out_dir: Pa
 
     Names on disk are de-identified UIDs. Returns (and writes as ``deid_manifest.json``) a summary:
     files written, skipped objects, errors and the manifest (attribute keywords and actions, no values).
+    A full output disk raises :class:`IngestError` and leaves no partly written file.
     """
     import json
 
     import pydicom
 
     from data.deid import deidentify
-    from data.dicom import is_dicom
+    from data.dicom import is_dicom, readable_copy
 
     limits = limits or IngestLimits()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     manifest, written = Manifest(), 0
-    with tempfile.TemporaryDirectory(prefix="m3-deid-") as tmp, _quiet_pydicom():
-        upload = collect_upload(path_or_paths, Path(tmp), limits)
+    with ingest_workdir("m3-deid-") as tmp, _quiet_libraries():
+        upload = collect_upload(path_or_paths, tmp, limits)
         errors, skipped = list(upload.errors), list(upload.skipped)
+        scratch = tmp / "inflated"
+        scratch.mkdir()
         for path, name, kind in upload.files:
             if kind != "dicom":
                 skipped.append(SkippedObject(name, "not DICOM: only DICOM files are de-identified and written."))
                 continue
             try:
-                ds = pydicom.dcmread(path, force=not is_dicom(path))
+                source = readable_copy(path, name, limits, scratch)
+                if os.path.getsize(source) > limits.max_image_bytes_per_file + limits.max_header_bytes:
+                    raise IngestError("file is larger than IngestLimits.max_image_bytes_per_file plus "
+                                      "max_header_bytes; raise them to de-identify it.", name)
+                ds = pydicom.dcmread(source, force=not is_dicom(source))
                 if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
                     raise IngestError("not a DICOM instance (no SOP Instance / Study Instance UID).", name)
                 clean = deidentify(ds, manifest=manifest, in_place=True)
                 target = out / str(clean.StudyInstanceUID) / str(clean.get("SeriesInstanceUID", "series")) \
                     / f"{clean.SOPInstanceUID}.dcm"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                clean.save_as(target, enforce_file_format=True)
+                _write_whole(target, lambda part, ds=clean: ds.save_as(part, enforce_file_format=True))
                 written += 1
             except IngestError as exc:
+                if exc.path is None:  # the output disk: nothing more can be written
+                    raise
                 errors.append(exc)
+            except (MemoryError, KeyboardInterrupt):
+                raise
             except Exception as exc:  # one bad file never stops the rest
                 errors.append(IngestError(f"could not be de-identified and written ({type(exc).__name__}).", name))
     summary = {"written": written, "skipped": [{"name": s.name, "reason": s.reason} for s in skipped],
                "errors": [str(e) for e in errors], "manifest": manifest.as_dict()}
-    (out / "deid_manifest.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _write_whole(out / "deid_manifest.json", lambda part: part.write_text(json.dumps(summary, indent=2) + "\n"))
     log.info("de-identified %d files (%d skipped, %d errors)", written, len(skipped), len(errors))
     return summary
 
@@ -224,20 +176,38 @@ def collect_upload(path_or_paths: PathLike | Iterable[PathLike], workdir: Path, 
     if not paths:
         raise IngestError("nothing to load: give a folder, one or more files, or a .zip archive.")
     listed: list[tuple[Path, str]] = []
+    upload = _Upload()
     for p in map(Path, paths):
-        if not p.exists():
-            raise IngestError("no such file or folder; check the path.", p.name)
-        if p.is_dir():
-            listed.extend((f, f"{p.name}/{f.relative_to(p).as_posix()}") for f in sorted(p.rglob("*")) if f.is_file())
-        else:
-            listed.append((p, p.name))
+        try:
+            if not p.exists():
+                raise IngestError("no such file or folder; check the path.", p.name)
+            if p.is_dir():
+                for f in sorted(p.rglob("*")):
+                    name = f"{p.name}/{f.relative_to(p).as_posix()}"
+                    if f.is_symlink():
+                        upload.skipped.append(SkippedObject(name, "symbolic link: not followed."))
+                    elif f.is_file():
+                        listed.append((f, name))
+            else:
+                listed.append((p, p.name))
+        except ValueError:  # a NUL byte in the name
+            raise IngestError("a file name cannot be used on this server (it holds a NUL byte); rename it.") from None
+        except OSError as exc:
+            raise IngestError(f"the upload could not be listed ({type(exc).__name__}); upload it again.",
+                              p.name) from None
     if len(listed) > limits.max_files:
-        raise IngestError(f"upload has {len(listed)} files, the limit is {limits.max_files}; split it.")
-    total = sum(os.path.getsize(f) for f, _ in listed)
+        raise IngestError(f"upload has {len(listed)} files, the limit is {limits.max_files}; split it or raise "
+                          "IngestLimits.max_files.")
+    sizes = []
+    for f, name in listed:
+        try:
+            sizes.append(os.path.getsize(f))
+        except OSError as exc:
+            raise IngestError(f"file could not be read ({type(exc).__name__}); upload it again.", name) from None
+    total = sum(sizes)
     if total > limits.max_upload_bytes:
         raise IngestError(f"upload is {total / 2**30:.1f} GiB, the limit is {limits.max_upload_bytes / 2**30:.1f} "
                           "GiB; split it or raise IngestLimits.max_upload_bytes.")
-    upload = _Upload()
     for n_zip, (path, name) in enumerate(listed):
         kind = _kind(path, name)
         if kind == "zip":
@@ -255,11 +225,129 @@ def collect_upload(path_or_paths: PathLike | Iterable[PathLike], workdir: Path, 
         else:
             upload.files.append((path, name, kind))
     if len(upload.files) > limits.max_files:
-        raise IngestError(f"upload has {len(upload.files)} files after extraction, the limit is {limits.max_files}.")
+        raise IngestError(f"upload has {len(upload.files)} files after extraction, the limit is {limits.max_files}; "
+                          "split it or raise IngestLimits.max_files.")
     return upload
 
 
 # ---------------------------------------------------------------------------------------------------
+def _load(path_or_paths, workdir: Path, deidentify: bool, progress: bool, limits: IngestLimits) -> tuple[list[Study], int]:
+    """``load_studies`` inside its private folder: (studies, number of files in the upload)."""
+    from data.dicom import DicomFile, NonImage, header_value, is_dicom, read_dicom_header
+    from data.dicom_series import assemble_series
+    from data.display import default_window
+
+    upload = collect_upload(path_or_paths, workdir, limits)
+    scratch = workdir / "inflated"
+    scratch.mkdir()
+    budget = ImageBudget(limits)
+    errors, skipped = list(upload.errors), list(upload.skipped)
+    dicom: list[DicomFile] = []
+    skipped_by_study: dict[str, list[SkippedObject]] = {}
+    other: list[Series] = []
+    candidates = [(p, n) for p, n, kind in upload.files if kind == "dicom"]
+    for path, name in tqdm(candidates, desc="Reading headers", unit="file", disable=not progress, delay=0.5,
+                           leave=False):
+        try:
+            result = read_dicom_header(path, name, force=not is_dicom(path), limits=limits, scratch=scratch)
+        except IngestError as exc:
+            if exc.path is None:  # the server's disk: nothing more can be read
+                raise
+            errors.append(exc)
+            continue
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # one bad file never stops the upload: record it and go on
+            errors.append(IngestError(f"unexpected {type(exc).__name__} while reading the header.", name))
+            continue
+        if isinstance(result, NonImage):
+            skipped_by_study.setdefault(result.study_uid, []).append(result.skipped)
+        else:
+            dicom.append(result)
+    budget.take(sum(f.decoded_bytes for f in dicom))
+    for path, name, kind in upload.files:
+        if kind != "dicom":
+            try:
+                other.extend(_load_other(path, name, kind, limits, budget))
+            except IngestError as exc:
+                if exc.path is None:
+                    raise
+                errors.append(exc)
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                errors.append(IngestError(f"unexpected {type(exc).__name__} while loading the file.", name))
+    studies: list[Study] = []
+    by_study: dict[str, list[DicomFile]] = {}
+    for f in dicom:
+        by_study.setdefault(f.study_uid, []).append(f)
+    with ThreadPoolExecutor(max_workers=max(1, limits.workers)) as pool:
+        for study_uid, files in by_study.items():
+            manifest = Manifest()
+            try:
+                series, study_errors = assemble_series(files, deidentify_on=deidentify, manifest=manifest,
+                                                       pool=pool, progress=progress)
+            except (MemoryError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # a study that cannot be assembled is reported, the others still load
+                series, study_errors = [], [IngestError(f"unexpected {type(exc).__name__} while assembling "
+                                                        f"{len(files)} files into series.", files[0].name)]
+            uid = remap_uid(study_uid) if deidentify else study_uid
+            description = str(header_value(files[0].ds, "StudyDescription", "") or "")
+            studies.append(Study(uid=uid, series=series, errors=study_errors,
+                                 skipped=skipped_by_study.pop(study_uid, []),
+                                 deid_manifest=manifest.as_dict() if deidentify else {},
+                                 description=clean_descriptor(description, files[0].ds) if deidentify else description))
+    for rest in skipped_by_study.values():
+        skipped.extend(rest)
+    if other:
+        if len(studies) == 1:
+            target = studies[0]
+        else:
+            target = Study(uid=remap_uid("upload:" + "|".join(sorted(s.uid for s in other))), description="files")
+            studies.append(target)
+        for s in other:
+            s.volume.study_uid = target.uid
+        target.series.extend(other)
+    for study in studies:
+        study.series = [s for s in study.series if _displayable(s, study.errors)]
+        for s in study.series:
+            if s.volume.window is None:
+                s.volume.window = default_window(s.volume)
+    if not studies:
+        studies.append(Study(uid=remap_uid("upload:" + "|".join(n for _, n, _ in upload.files)), description="empty"))
+    studies[0].errors[:0] = errors
+    studies[0].skipped[:0] = skipped
+    return studies, len(upload.files)
+
+
+def _displayable(series: Series, errors: list[IngestError]) -> bool:
+    """Repair a series' geometry (warnings on the series) or record why it cannot be shown."""
+    try:
+        series.warnings.extend(validate_volume(series.volume, series.description or series.uid[-12:]))
+    except IngestError as exc:
+        errors.append(exc)
+        return False
+    return True
+
+
+def _write_whole(target: Path, write) -> None:
+    """``write(part)`` to a ``.part`` file beside ``target``, then rename it: a failure leaves no partial file."""
+    part = target.with_name(target.name + ".part")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write(part)
+        os.replace(part, target)
+    except OSError as exc:
+        part.unlink(missing_ok=True)
+        code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+        raise IngestError(f"the output folder cannot be written ({code}): its disk may be full or read-only; free "
+                          "space or choose another folder and run again (files already written are complete).") from None
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
 def _kind(path: Path, name: str) -> str:
     """``dicom`` | ``nifti`` | ``itk`` | ``image`` | ``zip`` | ``skip:<reason>``."""
     from data.dicom import is_dicom
@@ -284,23 +372,24 @@ def _kind(path: Path, name: str) -> str:
     return "dicom"
 
 
-def _load_other(path: Path, name: str, kind: str, limits: IngestLimits) -> list[Series]:
+def _load_other(path: Path, name: str, kind: str, limits: IngestLimits, budget: ImageBudget) -> list[Series]:
     if kind == "nifti":
         from data.nifti import load_nifti
 
-        return load_nifti(path, name, max_volumes=limits.max_volumes_per_file, max_voxels=limits.max_voxels)
+        return load_nifti(path, name, limits=limits, budget=budget)
     if kind == "itk":
         from data.nifti import load_itk
 
-        return load_itk(path, name, max_voxels=limits.max_voxels)
+        return load_itk(path, name, limits=limits, budget=budget)
     from data.images import load_image
 
-    return load_image(path, name, max_pixels=limits.max_image_pixels)
+    return load_image(path, name, limits=limits, budget=budget)
 
 
 @contextmanager
-def _quiet_pydicom():
-    """pydicom's value-validation warnings quote header values (PHI): silence them while ingesting."""
+def _quiet_libraries():
+    """pydicom's value-validation warnings quote header values (PHI): silence them while ingesting (Pillow's
+    debug logs are capped in :mod:`data.images`, ITK's warnings in :func:`data.nifti.load_itk`)."""
     from pydicom import config
 
     previous = config.settings.reading_validation_mode

@@ -87,7 +87,12 @@ class ReidentificationKey:
         with self._lock:
             for keyword in _IDENTITY_KEPT:
                 if keyword not in self._identity and keyword in ds:
-                    self._identity[keyword] = copy.deepcopy(ds[keyword])
+                    try:
+                        self._identity[keyword] = copy.deepcopy(ds[keyword])
+                    except (MemoryError, KeyboardInterrupt):
+                        raise
+                    except Exception:  # a malformed value cannot be written back either: not kept
+                        continue
 
     def __repr__(self) -> str:
         return f"ReidentificationKey(study=…{self.study_uid[-8:]}, uids={len(self._uids)}, identity=<redacted>)"

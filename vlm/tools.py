@@ -3,7 +3,9 @@
 The model writes ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``. Published VILA-M3
 checkpoints write ``<VISTA3D(hepatic tumor)>``, ``<BRATS()>`` or ``<CXR()>``; these map onto
 ``ct_segmentation``, ``mri_brain_tumor`` and ``cxr_classification``. A call that cannot be read keeps its
-raw text and an ``error``, which the agent returns to the model as a tool error. Answers may name
+raw text and an ``error``, which the agent returns to the model as a tool error. Parsing is total: any
+string gives calls or tool errors, in time linear in its length (nesting past Python's recursion limit,
+numbers past its digit limit and arguments nested past :data:`MAX_ARGUMENT_DEPTH` are tool errors). Answers may name
 result fields (``[[liver volume]]``); ``ReferenceFilter`` fills them in a stream.
 """
 
@@ -21,6 +23,7 @@ from vlm.conversation import ToolCall
 
 __all__ = [
     "ToolCallError",
+    "MAX_ARGUMENT_DEPTH",
     "LEGACY_TRIGGERS",
     "parse_tool_calls",
     "ToolCallFilter",
@@ -41,7 +44,9 @@ LEGACY_SYNONYMS: dict[str, tuple[str, ...]] = {
     "organs": ("organs", "all"),
 }
 _JSON_CALL = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
-_LEGACY_CALL = re.compile(r"<(" + "|".join(LEGACY_TRIGGERS) + r")\((.*?)\)>", re.DOTALL)
+# a legacy argument is a few words without brackets: bounding it keeps many unclosed "<CXR(" openers linear
+_LEGACY_CALL = re.compile(r"<(" + "|".join(LEGACY_TRIGGERS) + r")\(([^<>()]{0,256})\)>")
+MAX_ARGUMENT_DEPTH = 32  # nesting of a call's arguments (objects and lists); schemas need two or three
 _OPENERS = (_OPEN,) + tuple(f"<{t}(" for t in LEGACY_TRIGGERS)
 
 
@@ -193,18 +198,46 @@ class ReferenceFilter:
 
 
 def _json_call(body: str, raw: str) -> ToolCall:
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError as exc:
-        return ToolCall(name="", arguments={}, raw=raw, error=f"tool call must be JSON {{\"name\": ..., \"arguments\": {{...}}}}; could not parse it ({exc.msg} at character {exc.pos}).")
+    data, problem = _loads(body)
+    if problem:
+        return ToolCall(name="", arguments={}, raw=raw, error=f"tool call must be JSON {{\"name\": ..., \"arguments\": "
+                                                              f"{{...}}}}; could not parse it ({problem}).")
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"]:
         return ToolCall(name="", arguments={}, raw=raw, error="tool call must be an object with a \"name\" string and an \"arguments\" object.")
     args = data.get("arguments", data.get("parameters", {}))
     if isinstance(args, str):  # some models write the arguments as a JSON string
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except json.JSONDecodeError:
-            args = None
+        args, problem = _loads(args) if args.strip() else ({}, None)
+        if problem:
+            return ToolCall(name=data["name"], arguments={}, raw=raw, error=f"arguments of {data['name']} must be a JSON object; the string given could not be parsed ({problem}).")
     if not isinstance(args, dict):
         return ToolCall(name=data["name"], arguments={}, raw=raw, error=f"arguments of {data['name']} must be a JSON object, got {type(args).__name__}.")
+    if _depth(args) > MAX_ARGUMENT_DEPTH:
+        return ToolCall(name=data["name"], arguments={}, raw=raw, error=f"arguments of {data['name']} nest more than {MAX_ARGUMENT_DEPTH} levels deep; give a flat object as the tool's schema asks.")
     return ToolCall(name=data["name"], arguments=args, raw=raw)
+
+
+def _loads(text: str) -> tuple[Any, str | None]:
+    """``json.loads(text)`` and ``None``, or ``None`` and why it failed (never an exception)."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, f"{exc.msg} at character {exc.pos}"
+    except RecursionError:
+        return None, "it nests too deeply"
+    except ValueError:  # e.g. an integer past Python's 4,300-digit conversion limit
+        return None, "a number is too long"
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of JSON-like ``value`` (a scalar is 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth + 1)
+            if deepest > MAX_ARGUMENT_DEPTH:
+                return deepest
+            stack.extend((child, depth + 1) for child in item)
+    return deepest

@@ -1,4 +1,5 @@
-"""Zip uploads: traversal, symbolic links, zip bombs, size and file-count limits, nested archives."""
+"""Zip uploads: traversal, symbolic links, zip bombs, size and file-count limits, nested archives, name clashes and
+damaged entries; the server's disk full or read-only while extracting or writing de-identified files."""
 
 from __future__ import annotations
 
@@ -95,3 +96,83 @@ def test_nested_archive_and_damaged_zip(tmp_path, series_files):
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(IngestError, match="broken.zip: not a readable zip archive"):
         load_study(tmp_path / "broken.zip")
+
+
+def test_name_clashes_long_names_and_damaged_entries_are_errors_and_the_rest_loads(tmp_path, series_files):
+    """Every bad entry is one error naming it; nothing escapes and the series still loads."""
+    entries = [(f"study/{p.name}", p.read_bytes()) for p in series_files]
+    entries += [("a", b"file named a"), ("a/b.dcm", b"under the file a"),  # a file where a folder must be
+                ("c/d.dcm", b"x"), ("c", b"a file where a folder is"),
+                (f"study/{series_files[0].name}", b"the same name again"),
+                ("x" * 300 + ".dcm", b"name longer than the file system allows"),
+                ("d/" * 100 + "deep.dcm", b"too deep")]
+    archive = _zip(tmp_path / "clash.zip", entries)
+    damaged = tmp_path / "damaged.zip"
+    with zipfile.ZipFile(damaged, "w") as zf:
+        zf.writestr("deflate.dcm", b"\x01" * 5000, compress_type=zipfile.ZIP_DEFLATED)
+        zf.writestr("lzma.dcm", b"\x02" * 5000, compress_type=zipfile.ZIP_LZMA)
+        zf.writestr("bzip2.dcm", b"\x03" * 5000, compress_type=zipfile.ZIP_BZIP2)
+    data = bytearray(damaged.read_bytes())
+    with zipfile.ZipFile(damaged) as zf:  # scramble each entry's compressed bytes
+        for info in zf.infolist():
+            start = info.header_offset + 30 + len(info.filename.encode())
+            data[start + 4: start + info.compress_size - 2] = b"\xa5" * (info.compress_size - 6)
+    damaged.write_bytes(bytes(data))
+    study = load_study([archive, damaged])
+    assert study.series[0].volume.shape[2] == 6
+    errors = {e.path.split("/", 1)[1][:12]: e.reason for e in study.errors}
+    assert "lies under a name that is a file" in errors["a/b.dcm"]
+    assert "name of a folder" in errors["c"]
+    assert "same name" in errors[f"study/{series_files[0].name}"[:12]]
+    assert "too deep" in errors["x" * 12] and "too deep" in errors["d/d/d/d/d/d/"]
+    for entry in ("deflate.dcm", "lzma.dcm", "bzip2.dcm"):
+        assert "could not be extracted" in errors[entry], errors
+    assert len(study.errors) == 8 + 2  # and the two small files that were extracted are not DICOM
+
+
+def test_disk_full_while_extracting_is_one_clear_error_and_leaves_nothing(tmp_path, series_files, monkeypatch):
+    import builtins
+
+    import data.archive
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp))
+    full = lambda path, mode="r", *args, **kwargs: builtins.open("/dev/full", mode, *args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(data.archive, "open", full, raising=False)  # every write: ENOSPC, as on a full disk
+    archive = _zip(tmp_path / "s.zip", [(p.name, p.read_bytes()) for p in series_files])
+    with pytest.raises(IngestError, match=r"temporary disk .* is full .*ask the administrator") as info:
+        load_study(archive)
+    assert info.value.path is None and "Errno" not in str(info.value)
+    assert not any(tmp.iterdir())
+
+
+def test_read_only_temporary_folder_is_one_clear_error(tmp_path, series_files, monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with pytest.raises(IngestError, match=r"temporary folder .* cannot be written \(EROFS\).*TMPDIR"):
+        load_study(series_files[0].parent)
+
+
+def test_disk_full_while_writing_deidentified_files_leaves_no_partial_file(tmp_path, series_files, monkeypatch):
+    import errno
+
+    import pydicom
+
+    from data.ingest import write_deidentified
+
+    def half_written(self, path, *args, **kwargs):  # the disk fills up in the middle of a file
+        with open(path, "wb") as fp:
+            fp.write(b"DICM" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "save_as", half_written)
+    out = tmp_path / "out"
+    with pytest.raises(IngestError, match=r"output folder cannot be written \(ENOSPC\).*free space"):
+        write_deidentified(series_files[0].parent, out)
+    assert not [p for p in out.rglob("*") if p.is_file()]

@@ -1,15 +1,26 @@
-"""DICOM series ingest: ordering, geometry, rescale, splitting, warnings, bad files, several studies."""
+"""DICOM series ingest: ordering, geometry, rescale, splitting, warnings, bad files, several studies, and the
+resource budgets and geometry checks that keep hostile headers from taking the server down."""
 
 from __future__ import annotations
+
+import io
+import struct
+import time
+import tracemalloc
+import zlib
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 from data import IngestError, load_study
-from data.ingest import load_studies
+from data.display import PLANES, reformat
+from data.ingest import IngestLimits, load_studies
+from data.limits import ImageBudget
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -165,3 +176,152 @@ def test_rgb_and_multiframe_from_pydicom_corpus():
     np.testing.assert_array_equal(rgb.array[:, :, 1, :], ds.pixel_array[1].transpose(1, 0, 2))
     enhanced = load_study(get_testdata_file("emri_small.dcm"))
     assert sum(s.volume.shape[2] for s in enhanced.series) == 10
+
+
+def _displays(study) -> None:
+    for series in study.series:
+        assert np.all(np.isfinite(series.volume.affine)) and all(0 < s < 1e4 for s in series.volume.spacing)
+        for plane in PLANES:
+            assert reformat(series.volume, plane).image.size > 0
+
+
+def test_a_header_claiming_8_million_frames_fails_fast(tmp_path, write_series, ct_volume):
+    """Before: an object per claimed frame (55 s, 2.8 GB). Now: refused from the header in milliseconds."""
+    (path,) = write_series(tmp_path / "u", ct_volume[:, :, :1], extra={"NumberOfFrames": 8_000_000})
+    tracemalloc.start()
+    started = time.perf_counter()
+    study = load_studies(path)[0]
+    seconds, peak = time.perf_counter() - started, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 2.0 and peak < 50 * 2**20
+    (error,) = study.errors
+    assert "8000000 frames" in error.reason and "IngestLimits.max_frames_per_file" in error.reason
+    (path,) = write_series(tmp_path / "v", ct_volume[:, :, :1], extra={"NumberOfFrames": 40})
+    (error,) = load_studies(path)[0].errors  # within the frame limit, but the pixel data holds one frame
+    assert "pixel data holds 240 B" in error.reason and "9.38 KiB" in error.reason
+
+
+def test_default_limits_load_a_2000_slice_ct_and_refuse_more_than_the_budget():
+    limits = IngestLimits()
+    ct = 2000 * 512 * 512 * 2  # int16
+    limits.check_image_bytes(ct, "enhanced-ct.dcm", "one enhanced CT file", stored=ct)  # one 2,000-frame file
+    ImageBudget(limits).take(ct)  # or 2,000 files
+    with pytest.raises(IngestError, match=r"the limit is 2 GiB per file.*IngestLimits.max_image_bytes_per_file"):
+        limits.check_image_bytes(3 * 2**30, "big.dcm", "a file")
+    with pytest.raises(IngestError, match=r"expand 2048-fold.*IngestLimits.max_inflation_ratio"):
+        limits.check_image_bytes(2**30, "bomb.dcm", "a file", stored=2**19)
+    budget = ImageBudget(limits)
+    budget.take(6 * 2**30)
+    with pytest.raises(IngestError, match=r"more than 8 GiB once decoded.*IngestLimits.max_image_bytes"):
+        budget.take(3 * 2**30)
+    with pytest.raises(ValueError, match="max_frames_per_file must be > 0, got 0"):
+        IngestLimits(max_frames_per_file=0)
+
+
+@pytest.mark.slow
+def test_a_2000_slice_512_ct_loads_with_default_limits(tmp_path, write_series):
+    slices = np.zeros((512, 512, 2000), dtype=np.int16)
+    slices[200:300, 200:300, :] = 1000
+    write_series(tmp_path / "ct", slices, spacing=(0.7, 0.7, 0.5))
+    volume = load_study(tmp_path / "ct").series[0].volume
+    assert volume.shape == (512, 512, 2000) and volume.array[250, 250, 1999] == 1000 - 1024
+
+
+def _deflated(ds: Dataset, pixels: int) -> bytes:
+    """``ds`` written as Deflated Explicit VR Little Endian with ``pixels`` bytes of zero pixel data."""
+    body = io.BytesIO()
+    ds.save_as(body, implicit_vr=False, little_endian=True, enforce_file_format=False)
+    deflater = zlib.compressobj(1, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [deflater.compress(body.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixels))]
+    chunk = bytes(1 << 24)
+    for _ in range(pixels // len(chunk)):
+        parts.append(deflater.compress(chunk))
+    parts.append(deflater.compress(bytes(pixels % len(chunk))) + deflater.flush())
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    out = io.BytesIO(b"\0" * 128 + b"DICM")
+    out.seek(0, io.SEEK_END)
+    writer = DicomFileLike(out)
+    writer.is_little_endian, writer.is_implicit_VR = True, False
+    write_file_meta_info(writer, meta)
+    return out.getvalue() + b"".join(parts)
+
+
+def test_deflated_dicom_is_inflated_within_the_budget(tmp_path, write_series, ct_volume):
+    """pydicom inflates a deflated file whole, even for a header read: ingest streams it into a bounded buffer."""
+    (path,) = write_series(tmp_path / "src", ct_volume[:, :, :1])
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.Rows = ds.Columns = 4096
+    ds.NumberOfFrames = 10  # 320 MiB of zeros in about 1 MiB
+    bomb = tmp_path / "bomb.dcm"
+    bomb.write_bytes(_deflated(ds, 4096 * 4096 * 10 * 2))
+    tracemalloc.start()
+    (error,) = load_studies(bomb)[0].errors
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "Deflated DICOM inflates beyond 128 MiB" in error.reason and "max_inflation_ratio" in error.reason
+    assert peak < 64 * 2**20
+    from pydicom.data import get_testdata_file
+
+    real = load_study(get_testdata_file("image_dfl.dcm")).series[0]  # a real deflated file still loads
+    reference = pydicom.dcmread(get_testdata_file("image_dfl.dcm"))
+    np.testing.assert_array_equal(real.volume.array[:, :, 0], reference.pixel_array.T)
+    assert real.volume.meta["transfer_syntax"] == "Deflated Explicit VR Little Endian"
+
+
+@pytest.mark.parametrize("bad", ["0\\0", "nan\\nan", "inf\\1", "1e308\\1e308"])
+def test_absurd_functional_group_spacing_is_refused_and_the_study_displays(tmp_path, write_series, ct_volume, bad):
+    """Enhanced multi-frame: an absurd per-frame PixelSpacing falls back to the shared one; a study always displays."""
+    (path,) = write_series(tmp_path / "u", ct_volume[:, :, :1])
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.concatenate([ct_volume[:, :, k].T for k in range(3)]).astype(np.int16).tobytes()
+    del ds.ImagePositionPatient
+    shared, measures = Dataset(), Dataset()
+    measures.PixelSpacing = [0.6, 0.6]
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    ds.PerFrameFunctionalGroupsSequence = []
+    for k in range(3):
+        item, plane, frame_measures = Dataset(), Dataset(), Dataset()
+        plane.ImagePositionPatient = [0.0, 0.0, 2.5 * k]
+        frame_measures.add_new(0x00280030, "DS", bad)
+        item.PlanePositionSequence, item.PixelMeasuresSequence = [plane], [frame_measures]
+        ds.PerFrameFunctionalGroupsSequence.append(item)
+    ds.save_as(path)
+    study = load_study(path)
+    assert study.series[0].volume.shape == (12, 10, 3)
+    np.testing.assert_allclose(study.series[0].volume.spacing, (0.6, 0.6, 2.5))
+    _displays(study)
+    ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].add_new(0x00280030, "DS", bad)
+    ds.PixelSpacing = bad
+    ds.save_as(path)
+    series = load_study(path).series[0]
+    assert series.volume.spacing[:2] == (1.0, 1.0) and any("no Pixel Spacing" in w for w in series.warnings)
+
+
+def test_absurd_positions_are_repaired_with_a_warning_and_display(tmp_path, write_series, ct_volume):
+    positions = [(0.0, 0.0, 0.0), (0.0, 0.0, 1e308), (0.0, 0.0, -1e308), (0.0, 0.0, 5e307), (0.0, 0.0, 3.0),
+                 (0.0, 0.0, 7.0)]
+    write_series(tmp_path / "u", ct_volume, positions=positions)
+    study = load_study(tmp_path / "u")
+    _displays(study)
+    warnings = " ".join(w for s in study.series for w in s.warnings)
+    assert "slice spacing" in warnings or "placed at the origin" in warnings
+
+
+def test_an_unreadable_header_element_is_dropped_and_the_upload_loads(tmp_path, write_series, ct_volume, identity):
+    """Before: NotImplementedError out of clean_descriptor aborted the whole upload."""
+    values, strings = identity
+    paths = write_series(tmp_path / "u", ct_volume, extra={"StudyDescription": f"CT for {values['PatientName']}"})
+    for path in paths:  # Patient Name with a VR pydicom does not know: every header, the study description's too
+        path.write_bytes(path.read_bytes().replace(b"\x10\x00\x10\x00PN", b"\x10\x00\x10\x00ZZ", 1))
+    with pytest.raises(NotImplementedError):
+        str(pydicom.dcmread(paths[0]).PatientName)
+    study = load_study(tmp_path / "u")
+    assert study.series[0].volume.shape == (12, 10, 6) and not study.errors
+    assert "PatientName" in study.deid_manifest["attributes"]
+    assert "1 header element(s) could not be read and were removed: PatientName." in study.series[0].warnings
+    assert not any(s.lower() in study.description.lower() for s in strings)  # still cleaned from the raw bytes
