@@ -19,9 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from experts.base import ExpertError
 from experts.model_files import save_expert_files
+from experts.train_tasks import CTTask, apply_override
+from experts.train_tasks_mri_cxr import BrainTumorTask, CXRTask
 
-__all__ = ["TrainConfig", "train_expert", "native_bf16"]
+__all__ = ["TrainConfig", "train_expert", "make_task", "native_bf16"]
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +51,29 @@ class TrainConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+def make_task(name: str, cfg: Any):
+    """The task object of expert ``name`` with ``cfg``'s (TrainConfig) overrides applied."""
+    tasks = {"ct_segmentation": CTTask, "mri_brain_tumor": BrainTumorTask, "cxr_classification": CXRTask}
+    if name not in tasks:
+        raise ExpertError(f"no training recipe for expert {name!r}; trainable experts: {', '.join(tasks)}.")
+    task = tasks[name]()
+    for key in ("steps", "batch_size", "lr", "n_train", "n_val", "n_test", "val_every"):
+        value = getattr(cfg, key, None)
+        if value is not None:
+            setattr(task.recipe, key, value)
+    for key, value in (getattr(cfg, "overrides", None) or {}).items():
+        apply_override(task.recipe, key, value)
+    if task.recipe.refresh_every and not hasattr(task, "refresh"):
+        raise ExpertError(f"refresh_every is not available for {name}: its training set is fixed (only ct_segmentation "
+                          "draws new phantoms during training); leave refresh_every out.")
+    task.seed = cfg.seed
+    return task
+
+
 def train_expert(cfg: TrainConfig) -> dict[str, Any]:
     """Train, validate, checkpoint, export and evaluate expert ``cfg.name``; returns the metrics."""
     from tqdm.auto import tqdm
 
-    from experts.train_tasks import make_task
 
     torch.set_num_threads(cfg.threads)
     bf16 = native_bf16() if cfg.bf16 is None else cfg.bf16

@@ -17,7 +17,7 @@ import torch
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS
 from experts.base import ExpertError
 
-__all__ = ["Recipe", "make_task", "dice_per_class", "fresh_seed", "TRAIN_SEED", "VAL_SEED", "TEST_SEED"]
+__all__ = ["Recipe", "CTTask", "apply_override", "dice_per_class", "fresh_seed", "TRAIN_SEED", "VAL_SEED", "TEST_SEED"]
 
 TRAIN_SEED, VAL_SEED, TEST_SEED = 10_000, 20_000, 30_000
 FRESH_SEED = 1_000_000  # phantoms drawn during training (``refresh_every``): seed FRESH_SEED + run seed * 100_000 + k
@@ -46,27 +46,6 @@ class Recipe:
     lesion_rate: float = 0.9  # probability of each lesion type in a training phantom
     crop_ratios: dict[str, float] = field(default_factory=dict)  # structure name -> patch-centre sampling ratio
     refresh_every: int = 0  # every this many steps a new phantom replaces the oldest training one (0: a fixed set)
-
-
-def make_task(name: str, cfg: Any):
-    """The task object of expert ``name`` with ``cfg``'s (TrainConfig) overrides applied."""
-    from experts.train_tasks_mri_cxr import BrainTumorTask, CXRTask
-
-    tasks = {"ct_segmentation": CTTask, "mri_brain_tumor": BrainTumorTask, "cxr_classification": CXRTask}
-    if name not in tasks:
-        raise ExpertError(f"no training recipe for expert {name!r}; trainable experts: {', '.join(tasks)}.")
-    task = tasks[name]()
-    for key in ("steps", "batch_size", "lr", "n_train", "n_val", "n_test", "val_every"):
-        value = getattr(cfg, key, None)
-        if value is not None:
-            setattr(task.recipe, key, value)
-    for key, value in (getattr(cfg, "overrides", None) or {}).items():
-        apply_override(task.recipe, key, value)
-    if task.recipe.refresh_every and not hasattr(task, "refresh"):
-        raise ExpertError(f"refresh_every is not available for {name}: its training set is fixed (only ct_segmentation "
-                          "draws new phantoms during training); leave refresh_every out.")
-    task.seed = cfg.seed
-    return task
 
 
 def apply_override(recipe: Recipe, key: str, value: Any) -> None:

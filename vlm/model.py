@@ -16,7 +16,7 @@ Images enter the LM through ``inputs_embeds``: each ``<image>`` placeholder in t
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,48 +24,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vlm.model_config import IMAGE_TOKEN, MODEL_TYPE, VILA_IMAGE_TOKEN_INDEX, M3Config, ModelLoadError
 from vlm.projector import build_projector
+from vlm.vila import config_from_vila
 from vlm.vision_tower import VisionTower
 
 __all__ = ["M3Config", "M3Model", "ModelLoadError", "load_model", "IMAGE_TOKEN", "VILA_IMAGE_TOKEN_INDEX"]
-
-IMAGE_TOKEN = "<image>"
-VILA_IMAGE_TOKEN_INDEX = -200  # VILA's placeholder id: never a real token, replaced before embedding
-MODEL_TYPE = "m3_vlm"
-
-
-class ModelLoadError(ValueError):
-    """A model folder that cannot be loaded; the message names the missing or wrong part."""
-
-
-@dataclass
-class M3Config:
-    """How the parts are joined. Saved as the checkpoint's ``config.json``.
-
-    chat_format: ``m3`` (the tokenizer's own chat template), ``llama_3`` or ``vicuna_v1`` (VILA's).
-    image_token_index: id of the image placeholder in prompts (``None``: the tokenizer's ``<image>``).
-    """
-
-    projector_type: str = "mlp_downsample"
-    projector_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"budget": 196} for token_merge
-    vision_select_layer: int = -2
-    vision_select_feature: str = "cls_patch"
-    image_aspect_ratio: str = "resize"  # resize | pad
-    chat_format: str = "m3"
-    image_token: str = IMAGE_TOKEN
-    image_token_index: int | None = None
-    system_prompt: str = ""  # default system prompt; empty = the agent's / template's own
-    source_format: str = MODEL_TYPE  # m3_vlm | llava_llama (a published VILA checkpoint)
-    version: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model_type": MODEL_TYPE, "architectures": ["M3ForConditionalGeneration"], **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "M3Config":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 class M3Model(nn.Module):
     """Vision tower + projector + causal LM (+ the LM's tokenizer).
@@ -193,8 +157,6 @@ def load_model(path: str | Path, *, dtype: torch.dtype | None = None, device: st
         if not (path / part).is_dir():
             raise ModelLoadError(f"model folder {path} must hold a {part}/ folder (VILA layout); it is missing.")
     if raw.get("model_type") == "llava_llama" or "LlavaLlamaModel" in (raw.get("architectures") or []):
-        from vlm.vila import config_from_vila
-
         config = config_from_vila(raw, path)
     elif raw.get("model_type") == MODEL_TYPE:
         config = M3Config.from_dict(raw)

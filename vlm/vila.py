@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from vlm.model import IMAGE_TOKEN, VILA_IMAGE_TOKEN_INDEX, M3Config, ModelLoadError
+from vlm.model_config import IMAGE_TOKEN, VILA_IMAGE_TOKEN_INDEX, M3Config, ModelLoadError
 
 __all__ = ["config_from_vila", "render_vila_prompt", "tokenize_with_images", "VILA_SYSTEM_PROMPTS", "VILA_CHAT_FORMATS"]
 

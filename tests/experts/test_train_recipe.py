@@ -8,7 +8,8 @@ import pytest
 from experts.base import ExpertError
 from experts.cli import _key_values
 from experts.train import TrainConfig
-from experts.train_tasks import apply_override, make_task
+from experts.train import make_task
+from experts.train_tasks import apply_override
 
 
 def test_overrides_set_typed_recipe_fields_and_crop_ratios():

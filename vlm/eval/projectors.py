@@ -35,7 +35,7 @@ def compare_projectors(recipe_name: str, out: str | Path, *, steps_scale: float 
     """Train and evaluate every variant on ``recipe_name``'s budget; returns ``projectors.md``."""
     from vlm.eval.harness import evaluate_model
     from vlm.train.build import build_data
-    from vlm.train.pipeline import prepare
+    from vlm.train.run_folder import prepare
     from vlm.train.recipes import get_recipe
     from vlm.train.stages import run_stage
 

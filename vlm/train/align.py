@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlm.train.pipeline import prepare
+from vlm.train.run_folder import prepare
 from vlm.train.recipes import Recipe
 from vlm.train.stages import run_stage
 

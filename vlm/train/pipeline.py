@@ -15,63 +15,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlm.train.build import TrainError, build_data, build_model, build_tokenizer
+from vlm.train.align import run_align
+from vlm.train.ift import run_ift
+from vlm.train.medical_ift import run_medical_ift
 from vlm.train.recipes import Recipe
+from vlm.train.run_folder import prepare, previous_model, stage_final  # noqa: F401 (re-exported)
 
 __all__ = ["prepare", "previous_model", "stage_final", "run_all", "export_model", "DEFAULT_MODEL_DIR"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "weights" / "default"
-_PREVIOUS = {"ift": "align", "medical-ift": "ift"}
-
-
-def prepare(recipe: Recipe, out: str | Path, *, progress: bool = True) -> Path:
-    """Build the recipe's data (``<out>/data``) and its freshly assembled model (``<out>/init``: trained
-    tokenizer, tower, projector, LM from config); returns the model folder."""
-    out = Path(out)
-    build_data(recipe, out / "data", progress=progress)
-    init = out / "init"
-    if (init / "config.json").is_file():
-        return init
-    if recipe.vision_stage:
-        _maybe_vision_stage(recipe, out)
-    tmp = out / "init.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = build_tokenizer(recipe, out / "data")
-    model = build_model(recipe, tokenizer)
-    model.save_pretrained(tmp)
-    recipe.save(tmp)
-    os.replace(tmp, init)
-    return init
-
-
-def stage_final(out: str | Path, stage: str) -> Path | None:
-    """The finished model of ``stage`` in run folder ``out`` (None when it has not finished)."""
-    from vlm.train.stages import STAGE_PHASES
-
-    phase_dir = Path(out) / stage / STAGE_PHASES[stage][-1]
-    final = phase_dir / "final"
-    return final if (phase_dir / "done.json").is_file() and (final / "config.json").is_file() else None
-
-
-def previous_model(out: str | Path, stage: str) -> Path:
-    """The model ``stage`` starts from: the previous stage's result in ``out``."""
-    prev = _PREVIOUS[stage]
-    found = stage_final(out, prev)
-    if found is None:
-        raise TrainError(f"`m3 train {stage}` starts from the {prev} result in {out}, which is not there; "
-                         f"run `m3 train {prev}` with the same --out first, or pass --init MODEL_DIR.")
-    return found
 
 
 def run_all(recipe: Recipe, out: str | Path, *, resume: bool = False, install_to: str | Path | None = None,
             evaluate: bool = True, experts: str = "auto", progress: bool = True, command: str = "") -> Path:
     """The whole recipe; returns the exported model folder (``<out>/final``, copied to ``install_to``)."""
-    from vlm.train.align import run_align
-    from vlm.train.ift import run_ift
-    from vlm.train.medical_ift import run_medical_ift
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clock = _Clock(out / "pipeline.json")
@@ -134,22 +93,6 @@ def install(src: str | Path, dst: str | Path) -> Path:
     os.replace(tmp, dst)
     shutil.rmtree(old, ignore_errors=True)
     return dst
-
-
-def _maybe_vision_stage(recipe: Recipe, out: Path) -> None:
-    """Stage 1 when the recipe asks for it and no trained encoder is at ``encoder_path``."""
-    from vlm.train.vision import VisionStageConfig, run_vision_stage
-
-    path = Path(recipe.model.encoder_path)
-    if not path.is_absolute():
-        path = Path(__file__).resolve().parents[2] / path
-    if (path / "model.safetensors").is_file():
-        return
-    m = recipe.model
-    cfg = VisionStageConfig(output_dir=str(out / "vision"), hidden_size=m.vision_hidden, depth=m.vision_depth, num_heads=m.vision_heads,
-                            patch_size=m.patch_size, threads=recipe.threads or 2)
-    enc = run_vision_stage(cfg)
-    recipe.model.encoder_path = str(enc)
 
 
 def _training_time(out: Path, clock: "_Clock") -> dict[str, Any]:
