@@ -1,14 +1,13 @@
 """The chat panel: runs the agent on a question and turns its events into Gradio chat messages.
 
 Tokens stream into the assistant's bubble; each expert call becomes a collapsible step (Gradio's
-"thought" messages: title = expert, log = arguments, body = findings, duration = seconds). Expert
+"thought" messages: title = the expert's title and what it was asked for, body = findings, duration = seconds). Expert
 results are kept in the session (the same call is not run twice on a series) and shown in the viewer.
 Every finished answer is written to the audit log.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Iterator, Mapping
 
@@ -20,7 +19,8 @@ from experts.base import ExpertResult
 from vlm.conversation import study_volumes
 from vlm.study_chat import StudyChat, TurnSettings
 
-__all__ = ["ChatEngine", "SessionRegistry", "expert_inputs", "series_name", "result_message", "NO_MODEL_MESSAGE"]
+__all__ = ["ChatEngine", "SessionRegistry", "expert_inputs", "series_name", "result_message", "expert_title", "plain_words",
+           "arguments_text", "flag_text", "NO_MODEL_MESSAGE"]
 
 NO_MODEL_MESSAGE = "No language model configured: experts and viewer only."
 STREAM_INTERVAL_S = 0.05  # least time between two streamed updates of the answer
@@ -111,12 +111,13 @@ class ChatEngine:
                 last_yield = time.perf_counter()
             elif event.kind == "tool_call" and event.tool_call is not None:
                 call = event.tool_call
-                step = _step(call.name, call.arguments, "pending")
+                step = _step(call.name, call.arguments, "pending", expert_title(self.registry, call.name))
                 history.insert(len(history) - 1, step)
                 steps[id(call)] = len(history) - 2
             elif event.kind == "tool_result" and event.tool_call is not None:
                 call = event.tool_call
-                message = result_message(call.name, call.arguments, call.result, call.error, call.seconds)
+                error, title = plain_words(call.error, self.registry), expert_title(self.registry, call.name)
+                message = result_message(call.name, call.arguments, call.result, error, call.seconds, title)
                 where = steps.get(id(call))
                 if where is None:
                     history.insert(len(history) - 1, message)
@@ -128,7 +129,7 @@ class ChatEngine:
             elif event.kind == "done" and event.turn is not None:
                 turn = event.turn
                 answer = turn.answer or answer
-                text = answer + ("\n\nWarning: " + "; ".join(turn.flags) if turn.flags else "")
+                text = answer + ("\n\nCheck: " + "; ".join(flag_text(f) for f in turn.flags) + "." if turn.flags else "")
                 history[-1] = _assistant(text)
                 self._audit(state, user, question, turn, time.perf_counter() - t0)
             yield list(history), changed
@@ -153,29 +154,83 @@ class ChatEngine:
         )
 
 
-def result_message(name: str, arguments: Mapping[str, Any], result: ExpertResult | None, error: str | None, seconds: float) -> dict[str, Any]:
-    """A finished expert step as a collapsed chat "thought": findings and measurements, or the error."""
+def result_message(name: str, arguments: Mapping[str, Any], result: ExpertResult | None, error: str | None, seconds: float,
+                   title: str = "") -> dict[str, Any]:
+    """A finished expert step as a collapsed chat "thought" titled ``title`` (default ``name``) and what it was
+    asked for ("CT segmentation · liver"): findings and measurements, or why it could not run."""
     if result is not None:
         lines = [f"- {m.text()}" for m in result.measurements]
         lines += [
-            f"- {f.label}: {'yes' if f.present else 'no'}" + (f" ({f.probability:.2f})" if f.probability is not None else "")
+            f"- {f.label}: {'yes' if f.present else 'no'}"
+            + (f" (probability {f.probability:.2f})" if f.probability is not None else "")
             for f in result.findings
         ]
         body = (result.summary + "\n" if result.summary else "") + "\n".join(lines)
     else:
-        body = f"Error: {error or 'no result'}"
-    message = _step(name, arguments, "done")
+        body = f"Could not run: {error or 'the expert returned no result'}"
+    message = _step(name, arguments, "done", title)
     message["content"] = body.strip() or "no findings"
     message["metadata"]["duration"] = round(float(seconds or 0.0), 2)
     return message
 
 
-def _step(name: str, arguments: Mapping[str, Any], status: str) -> dict[str, Any]:
-    args = json.dumps(dict(arguments or {}), ensure_ascii=False) if arguments else "default arguments"
+def expert_title(registry: Any, name: str) -> str:
+    """What the clinician sees for expert ``name``: its ``title`` ("CT segmentation"), else the name itself
+    (an expert the registry does not hold, or one without a title)."""
+    from experts.base import ExpertError
+
+    if name not in registry:
+        return name
+    try:
+        return registry.get(name).title or name
+    except ExpertError:  # could not load: the name is all there is
+        return name
+
+
+def plain_words(text: str | None, registry: Any) -> str | None:
+    """``text`` (an expert's or the agent's message) with every expert's name replaced by its title."""
+    if not text:
+        return text
+    for name in registry.names():
+        if name in text:
+            text = text.replace(name, expert_title(registry, name))
+    return text
+
+
+def flag_text(flag: str) -> str:
+    """An agent flag (``vlm.agent``) in a clinician's words: what to check in the answer."""
+    kind, _, detail = flag.partition(": ")
+    if flag == "malformed reference" or detail == "malformed reference":
+        return "part of the answer could not be filled in from the expert results"
+    if kind == "unresolved reference":
+        return f"no expert result gives the {detail} the answer refers to"
+    if kind == "ungrounded number":
+        return f"{detail} is not in any expert result"
+    if kind == "backend error":
+        return "the language model stopped with an error before finishing"
+    if flag == "modality mismatch":
+        return "the question is about another kind of scan than this one"
+    if flag.startswith("tool round limit reached"):
+        return "the assistant stopped after the most expert calls one question may make"
+    return flag
+
+
+def arguments_text(arguments: Mapping[str, Any] | None) -> str:
+    """An expert call's arguments in words: ``{"targets": "liver"}`` → "liver", a list → "liver, spleen",
+    other fields as "name value"; "" for none."""
+    parts = []
+    for key, value in dict(arguments or {}).items():
+        words = ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        parts.append(words if key in ("targets", "target", "structures", "findings") else f"{key.replace('_', ' ')} {words}")
+    return "; ".join(parts)
+
+
+def _step(name: str, arguments: Mapping[str, Any], status: str, title: str = "") -> dict[str, Any]:
+    asked = arguments_text(arguments)
     return {
         "role": "assistant",
         "content": "running…" if status == "pending" else "",
-        "metadata": {"title": f"Expert: {name}", "log": args, "status": status},
+        "metadata": {"title": (title or name) + (f" · {asked}" if asked else ""), "status": status},
     }
 
 

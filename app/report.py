@@ -12,7 +12,7 @@ import datetime as _dt
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -64,9 +64,11 @@ class Report:
         return {r["expert"]: r.get("version", "") for r in self.results}
 
 
-def draft_from_results(results: Iterable[ExpertResult], modality: str = "") -> tuple[str, str]:
-    """(findings, impression) written from the results alone: one findings line per measurement or
-    finding, an impression naming what was found (lesions, positive findings) or that nothing was."""
+def draft_from_results(results: Iterable[ExpertResult], modality: str = "",
+                       titles: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(findings, impression) written from the results alone: one findings line per expert result, named by
+    its title in ``titles`` (expert name → "CT segmentation"; default the name), with its measurements and
+    findings; an impression naming what was found (lesions, positive findings) or that nothing was."""
     results = list(results)
     if not results:
         raise ReportError("no expert results for this series yet; run an expert (or ask a question) before drafting a report.")
@@ -78,7 +80,8 @@ def draft_from_results(results: Iterable[ExpertResult], modality: str = "") -> t
             f"{f.label}: {'present' if f.present else 'absent'}" + (f" (p={f.probability:.2f})" if f.probability is not None else "")
             for f in r.findings
         ]
-        lines.append(f"- {r.expert}: " + ("; ".join(parts) if parts else (r.summary or "no measurable finding")) + ".")
+        name = (titles or {}).get(r.expert, r.expert)
+        lines.append(f"- {name}: " + ("; ".join(parts) if parts else (r.summary or "no measurable finding")) + ".")
         positives += [f.label for f in r.findings if f.present]
         positives += [m.structure for m in r.measurements if _is_lesion(m.structure) and m.value > 0 and m.quantity in ("volume", "count")]
     findings = "\n".join(lines)
@@ -90,8 +93,10 @@ def draft_from_results(results: Iterable[ExpertResult], modality: str = "") -> t
     return findings, impression
 
 
-def draft_with_model(backend: Any, results: Iterable[ExpertResult], modality: str = "") -> tuple[str, str, list[str]]:
-    """(findings, impression, flags) from ``backend`` (a ``ChatBackend``) given only the expert results.
+def draft_with_model(backend: Any, results: Iterable[ExpertResult], modality: str = "",
+                     titles: Mapping[str, str] | None = None) -> tuple[str, str, list[str]]:
+    """(findings, impression, flags) from ``backend`` (a ``ChatBackend``) given only the expert results
+    (``titles``: as for ``draft_from_results``).
 
     If the model's text has no Findings/Impression sections, the template draft is used and a flag
     says so; numbers the model wrote that no expert gave are flagged (they stay visible for editing).
@@ -103,7 +108,7 @@ def draft_with_model(backend: Any, results: Iterable[ExpertResult], modality: st
     text = "".join(backend.stream_chat([{"role": "user", "content": prompt}], images=None, tools=None))
     sections = _split_sections(text)
     if sections is None:
-        findings, impression = draft_from_results(results, modality)
+        findings, impression = draft_from_results(results, modality, titles)
         return findings, impression, ["the model's draft had no Findings/Impression sections; drafted from the expert results instead"]
     findings, impression = sections
     from vlm.safety import ungrounded_numbers

@@ -30,10 +30,10 @@ from app.audit import AuditLog  # noqa: E402
 from app.auth import PasswordAuth, TrustedHeaderAuth, guard_routes, load_users, require_auth_for_host  # noqa: E402
 from app.chat import NO_MODEL_MESSAGE, ChatEngine  # noqa: E402
 from app.config import AppConfig, ConfigError  # noqa: E402
-from app.events import EXAMPLES, AppEvents, UploadLimits  # noqa: E402
+from app.events import EXAMPLES, SERIES_COLUMNS, AppEvents, UploadLimits  # noqa: E402
 from app.pacs_panel import PacsComponents, PacsPanel  # noqa: E402
 from app.session import close_session, live_sessions, new_session  # noqa: E402
-from app.viewer import PLANES  # noqa: E402
+from app.viewer import PLANES, SLICE_KEYS_JS  # noqa: E402
 
 __all__ = ["ServeOptions", "ModelStatus", "load_backend", "build_blocks", "build_app", "serve", "RunningServer",
            "embedded_model_dir"]
@@ -137,8 +137,13 @@ def _shown(folder: Path | str) -> str:
 def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str], options: ServeOptions, concurrency: int,
                  pacs: PacsPanel | None = None) -> gr.Blocks:
     """The page: banner; study panel (upload, examples, series; the PACS search when ``pacs``); viewer;
-    chat; report (with "Send results to PACS" when ``pacs``)."""
+    chat with the expert buttons and their status line; report (with "Send results to PACS" when ``pacs``).
+
+    The experts are loaded here (their titles label the buttons, and the first click does not wait for weights).
+    Progress shows on one status line per event (an expert run on the line under the buttons), never over the
+    viewer, legend or chat."""
     pacs_ui = PacsComponents() if pacs is not None else None
+    expert_labels = events.expert_titles(expert_names)
     # delete_cache: every 5 min, remove cached uploads and pictures older than 15 min (raw uploads may hold PHI)
     with gr.Blocks(title="m3 — imaging assistant", delete_cache=(300, 900)) as blocks:
         state = gr.State(new_session, time_to_live=options.session_ttl_s, delete_callback=close_session)
@@ -157,8 +162,8 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
                 with gr.Row():
                     example_buttons = [gr.Button(label, size="sm", elem_classes="m3-example") for label in EXAMPLES]
                 study_status = gr.Markdown("Upload a study or open an example.", elem_id="m3-study-status")
-                table = gr.Dataframe(headers=["series", "modality", "description", "shape", "spacing mm", "files"],
-                                     interactive=False, wrap=True, max_height=260, elem_id="m3-series-table")
+                table = gr.Dataframe(headers=SERIES_COLUMNS, interactive=False, wrap=True, max_height=260,
+                                     column_widths=["6%", "18%", "26%", "22%", "28%"], elem_id="m3-series-table")
                 series = gr.Dropdown(label="Series", choices=[], elem_id="m3-series")
                 if pacs is not None:
                     pacs.search_layout(pacs_ui)
@@ -184,27 +189,32 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
                 ask = gr.Button("Ask", variant="primary", interactive=status.backend is not None, elem_id="m3-ask")
                 gr.Markdown("Run an expert directly:")
                 with gr.Row():
-                    expert_buttons = [gr.Button(name, size="sm", elem_classes="m3-expert") for name in expert_names]
+                    expert_buttons = [gr.Button(label, size="sm", elem_classes="m3-expert") for label in expert_labels]
+                expert_status = gr.Markdown(elem_id="m3-expert-status")
         with gr.Accordion("Report", open=True, elem_id="m3-report"):
             draft = gr.Button("Draft report", elem_id="m3-draft")
+            report_status = gr.Markdown(elem_id="m3-report-status")  # under Draft, where the eye is when it is pressed
             findings = gr.Textbox(label="Findings", lines=6, elem_id="m3-findings")
             impression = gr.Textbox(label="Impression", lines=3, elem_id="m3-impression")
             export = gr.Button("Export (Markdown, PDF, DICOM SR, DICOM SEG)", elem_id="m3-export")
-            report_status = gr.Markdown(elem_id="m3-report-status")
-            downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="m3-downloads")
+            downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, height=160, elem_id="m3-downloads")
             if pacs is not None:
                 pacs.send_layout(pacs_ui)
 
         viewer = [image, caption, legend, slider, shown]
         window = [preset, centre, width]
         study_out = [state, table, series, study_status, *viewer, chatbot, *window]
-        ingest = dict(concurrency_limit=options.ingest_concurrency, concurrency_id="ingest")
-        upload.upload(events.upload, [upload, state], study_out, api_name="upload", **ingest)
-        folder.upload(events.upload, [folder, state], study_out, api_name="upload_folder", **ingest)
+        ingest = dict(concurrency_limit=options.ingest_concurrency, concurrency_id="ingest", show_progress_on=[study_status])
+        # a new upload replaces the old one (the upload box is emptied); another study empties the report
+        after_study = dict(fn=events.after_study, inputs=[state], api_name=False, show_progress="hidden",
+                           outputs=[upload, findings, impression, report_status, downloads, expert_status])
+        upload.upload(events.upload, [upload, state], study_out, api_name="upload", **ingest).then(**after_study)
+        folder.upload(events.upload, [folder, state], study_out, api_name="upload_folder", **ingest).then(**after_study)
         for button in example_buttons:
-            button.click(events.example, [button, state], study_out, api_name=False, **ingest)
-        series.input(events.select_series, [series, state], [state, *viewer, chatbot, *window], api_name="select_series")
-        fast = dict(trigger_mode="always_last", concurrency_limit=None)
+            button.click(events.example, [button, state], study_out, api_name=False, **ingest).then(**after_study)
+        quiet = dict(show_progress="hidden")  # the picture changes in place; no spinner over the viewer
+        series.input(events.select_series, [series, state], [state, *viewer, chatbot, *window], api_name="select_series", **quiet)
+        fast = dict(trigger_mode="always_last", concurrency_limit=None, **quiet)
         plane.input(events.set_plane, [plane, state], [state, *viewer], api_name="plane", **fast)
         slider.input(events.set_slice, [slider, state], [state, *viewer], api_name="slice", **fast)
         preset.input(events.set_preset, [preset, state], [state, *viewer, *window], api_name="preset", **fast)
@@ -212,15 +222,22 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
             box.submit(events.set_window, [centre, width, state], [state, *viewer], api_name=False, **fast)
         opacity.input(events.set_overlay, [opacity, shown, state], [state, *viewer], api_name="overlay", **fast)
         shown.input(events.set_overlay, [opacity, shown, state], [state, *viewer], api_name=False, **fast)
+        blocks.load(None, None, None, js=SLICE_KEYS_JS)  # mouse wheel and arrow / Page keys scroll the slices
         model = dict(concurrency_limit=concurrency, concurrency_id="model")
         ask_inputs, ask_outputs = [question, state], [state, chatbot, question, *viewer]
-        question.submit(events.ask, ask_inputs, ask_outputs, api_name=False, **model)
-        ask.click(events.ask, ask_inputs, ask_outputs, api_name="ask", **model)
+        chat_progress = dict(show_progress="minimal", show_progress_on=[chatbot])
+        question.submit(events.ask, ask_inputs, ask_outputs, api_name=False, **model, **chat_progress)
+        ask.click(events.ask, ask_inputs, ask_outputs, api_name="ask", **model, **chat_progress)
         for button in expert_buttons:
-            button.click(events.run_expert, [button, state], [state, chatbot, *viewer], api_name=False,
-                         concurrency_limit=options.expert_concurrency, concurrency_id="experts")
-        draft.click(events.draft_report, [state], [state, findings, impression, report_status], api_name="draft_report", **model)
-        export.click(events.export_report, [findings, impression, state], [state, downloads, report_status], api_name="export_report")
+            button.click(events.run_expert, [button, state], [state, chatbot, *viewer, expert_status, report_status],
+                         api_name=False, concurrency_limit=options.expert_concurrency, concurrency_id="experts",
+                         show_progress_on=[expert_status])
+        on_status = dict(show_progress_on=[report_status])
+        # Draft waits for the session's expert runs outside the model's queue, then drafts in it
+        draft.click(events.wait_for_runs, [state], [report_status], api_name=False, concurrency_limit=None, **on_status).success(
+            events.draft_report, [state], [state, findings, impression, report_status], api_name="draft_report", **model, **on_status)
+        export.click(events.export_report, [findings, impression, state], [state, downloads, report_status], api_name="export_report",
+                     **on_status)
         if pacs is not None:
             pacs.wire(pacs_ui, state, study_out, findings, impression)
     return blocks

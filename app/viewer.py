@@ -19,7 +19,7 @@ from experts.base import ExpertResult
 from experts.overlay import label_colour
 
 __all__ = ["PLANES", "RenderedView", "render_view", "slice_count", "window_presets", "preset_window", "default_window",
-           "legend_html", "plane_mask_counts"]
+           "legend_html", "failure_html", "plane_mask_counts", "SLICE_KEYS_JS"]
 
 PLANES = ("axial", "coronal", "sagittal")
 DISPLAY_PX = 512  # longest side of the picture sent to the browser
@@ -61,9 +61,11 @@ def render_view(
     window_cw: tuple[float, float] | None = None,
     result: ExpertResult | None = None,
     opacity: float = 0.45,
+    title: str = "",
 ) -> RenderedView:
     """Slice ``index`` (default: the middle) of ``volume`` in ``plane`` with ``window_cw`` (centre, width;
-    default the series' own window) and ``result``'s mask blended at ``opacity`` (0..1)."""
+    default the series' own window) and ``result``'s mask blended at ``opacity`` (0..1); ``title`` names the
+    expert in the legend (default its name)."""
     plane = "axial" if volume.is_2d else _check_plane(plane)
     count = slice_count(volume, plane)
     index = count // 2 if index is None else int(np.clip(index, 0, count - 1))
@@ -91,12 +93,13 @@ def render_view(
     caption = f"{where} · window C {centre:g} / W {width:g}"
     if note:
         caption += f" · {note}"
-    return RenderedView(picture, legend_html(result, present), caption, index, count)
+    return RenderedView(picture, legend_html(result, present, title), caption, index, count)
 
 
-def legend_html(result: ExpertResult | None, present_on_slice: list[int] | None = None) -> str:
-    """The overlay legend: a colour swatch per label, with its measurement (e.g. volume in mL) when the
-    expert gave one; labels on the current slice in bold. Classifier results list their findings."""
+def legend_html(result: ExpertResult | None, present_on_slice: list[int] | None = None, title: str = "") -> str:
+    """The overlay legend under the expert's ``title`` (default its name): a colour swatch per label, with its
+    measurements (e.g. "liver volume: 1626.2 mL") when the expert gave them; labels on the current slice in bold. Classifier
+    results list their findings."""
     if result is None:
         return "<div class='m3-legend'><em>No expert overlay. Ask a question or run an expert.</em></div>"
     on_slice = set(present_on_slice or [])
@@ -110,10 +113,16 @@ def legend_html(result: ExpertResult | None, present_on_slice: list[int] | None 
             f"<li style='font-weight:{weight}'><span class='m3-swatch' style='background:rgb({r},{g},{b})'></span>{text}</li>"
         )
     for f in result.findings:
-        prob = f" ({f.probability:.2f})" if f.probability is not None else ""
+        prob = f" (probability {f.probability:.2f})" if f.probability is not None else ""
         rows.append(f"<li>{html.escape(f.label)}: {'yes' if f.present else 'no'}{prob}</li>")
-    title = html.escape(f"{result.expert} {result.version}".strip())
-    return f"<div class='m3-legend'><strong>{title}</strong><ul>{''.join(rows)}</ul></div>"
+    heading = html.escape(title or result.expert)
+    return f"<div class='m3-legend'><strong>{heading}</strong><ul>{''.join(rows)}</ul></div>"
+
+
+def failure_html(title: str, message: str) -> str:
+    """A legend box saying that expert ``title`` failed, and why (``message``, in plain words)."""
+    return (f"<div class='m3-legend m3-legend-failed' role='alert'><strong>{html.escape(title)} failed</strong>"
+            f"<p>{html.escape(message)}</p></div>")
 
 
 def plane_mask_counts(volume: Volume, mask: np.ndarray, plane: str) -> np.ndarray:
@@ -127,8 +136,55 @@ def plane_mask_counts(volume: Volume, mask: np.ndarray, plane: str) -> np.ndarra
     return ras.sum(axis=axes)
 
 
+# The mouse wheel over the viewer (down: next slice), and the arrow and Page keys while the pointer is over it or
+# after a click in it (as on the focused slider: up / right +1, Page Up +10 %), move the slice slider and fire its
+# input event, as a drag does. Runs once on page load (``Blocks.load``); nothing is fetched.
+SLICE_KEYS_JS = """
+() => {
+  if (window.m3SliceKeys) return;
+  window.m3SliceKeys = true;
+  const range = () => document.querySelector('#m3-slice input[type=range]');
+  const inViewer = (node) => !!(node && node.closest && node.closest('#m3-viewer'));
+  let hover = false, picked = false, wheel = 0;
+  const step = (delta) => {
+    const r = range();
+    if (!r || r.disabled) return;
+    const value = Math.min(Number(r.max), Math.max(Number(r.min), Number(r.value) + delta));
+    if (value === Number(r.value)) return;
+    r.value = String(value);
+    r.dispatchEvent(new Event('input', {bubbles: true}));
+  };
+  document.addEventListener('pointerover', (e) => { hover = inViewer(e.target); });
+  document.addEventListener('pointerdown', (e) => { picked = inViewer(e.target); });
+  document.addEventListener('wheel', (e) => {
+    if (!inViewer(e.target)) return;
+    e.preventDefault();
+    wheel += e.deltaMode === 1 ? e.deltaY * 40 : e.deltaY;  // lines to pixels
+    if (Math.abs(wheel) >= 50) {  // one slice per notch (~100 px); a touchpad's small steps add up to one
+      step(Math.sign(wheel));
+      wheel = 0;
+    }
+  }, {passive: false});
+  document.addEventListener('keydown', (e) => {
+    const t = e.target;
+    if (!(hover || picked) || e.altKey || e.ctrlKey || e.metaKey) return;
+    if (t && (t.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName))) return;
+    const r = range();
+    if (!r) return;
+    const page = Math.max(1, Math.round((Number(r.max) - Number(r.min) + 1) / 10));
+    // the directions of the slider itself when it has the focus: up and right go to higher slice numbers
+    const delta = {ArrowUp: 1, ArrowRight: 1, ArrowDown: -1, ArrowLeft: -1, PageUp: page, PageDown: -page}[e.key];
+    if (delta === undefined) return;
+    e.preventDefault();
+    step(delta);
+  });
+}
+"""
+
+
 # --- private helpers -------------------------------------------------------------------------------
 _PLANE_AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
+
 
 
 def _check_plane(plane: str) -> str:

@@ -68,6 +68,7 @@ class Expert(ABC):
     """Base class of every expert. Subclasses set the class attributes and implement ``_run``."""
 
     name: str = ""
+    title: str = ""  # what a clinician sees on buttons, chat steps and legends ("CT segmentation"); empty: ``name``
     description: str = ""  # model-card text the VLM reads as the tool's description
     modalities: tuple[str, ...] = ()
     sequences: tuple[str, ...] = ()  # series roles taken together (the MR sequences), by ``Volume.sequence``; empty: one series

@@ -117,6 +117,7 @@ def ct_targets(targets: str | list[str]) -> list[int]:
 
 class CTSegmentationExpert(Expert):
     name = NAME
+    title = "CT segmentation"
     modalities = ("CT",)
     description = (
         "CT segmentation of 9 organs (liver, spleen, left/right kidney, left/right lung, heart, aorta, spine) and "

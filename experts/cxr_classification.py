@@ -74,6 +74,7 @@ def cxr_tensor(volume: Volume, cfg: CXRConfig) -> torch.Tensor:
 
 class CXRClassificationExpert(Expert):
     name = NAME
+    title = "Chest X-ray findings"
     modalities = ("DX", "CR")
     description = (
         "Chest X-ray classifier for a frontal radiograph: probability and yes/no for cardiomegaly, pleural effusion, "

@@ -104,6 +104,7 @@ def stack_sequences(volumes: Mapping[str, Volume] | Volume, cfg: BrainTumorConfi
 
 class BrainTumorExpert(Expert):
     name = NAME
+    title = "Brain tumour segmentation"
     modalities = ("MR",)
     sequences = MRI_SEQUENCES
     description = (

@@ -5,6 +5,8 @@ download is never used. The chat model is the scripted test backend ``tests/scri
 language model: it emits a tool call for a measurement question and then quotes the tool's numbers),
 so these tests check the app's mechanics in a real browser. The expert is the trained CT segmentation
 when its weights are in the tree, else a threshold test expert (``tests/scripted_backend.py``).
+``flows_server`` adds a slow and a failing test expert (``tests/stand_in_experts.py``) to the built-in ones.
+A test that fails leaves a screenshot of each page it opened through ``new_page`` in tests/artifacts/.
 """
 
 from __future__ import annotations
@@ -82,6 +84,56 @@ def app_server(tmp_path_factory, scenario):
 @pytest.fixture(scope="session")
 def credentials() -> tuple[str, str]:
     return USER, PASSWORD
+
+
+@pytest.fixture(scope="module")
+def flows_server(tmp_path_factory):
+    """The real app with the scripted chat backend, no login (localhost), and these experts: the built-in ones
+    (the instances already loaded in this process), ``SlowExpert`` and ``BrokenExpert``."""
+    from stand_in_experts import BrokenExpert, SlowExpert
+
+    from app.config import AppConfig
+    from app.server import serve
+    from experts.registry import ExpertRegistry, default_registry
+
+    shared, registry = default_registry(), ExpertRegistry()
+    for name in shared.names():
+        registry.register(name, lambda expert=shared.get(name): expert)
+    for expert in (SlowExpert, BrokenExpert):
+        registry.register(expert.name, expert)
+    cfg = AppConfig()
+    cfg.server.port = free_port()
+    cfg.audit.log_path = tmp_path_factory.mktemp("e2e-flows") / "audit.jsonl"
+    server = serve(cfg, backend=scripted_backend.ScriptedBackend(), registry=registry, block=False)
+    yield server, cfg
+    server.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.m3_failed = report.failed
+
+
+@pytest.fixture()
+def new_page(request, browser, artifacts):
+    """``new_page(**context options)`` → a page in a fresh browser context; on failure each page's screenshot
+    is kept as tests/artifacts/<test>-failed-<n>.png."""
+    contexts = []
+
+    def make(**options):
+        context = browser.new_context(**{"viewport": {"width": 1600, "height": 1100}, **options})
+        contexts.append(context)
+        return context.new_page()
+
+    yield make
+    for n, context in enumerate(contexts):
+        if getattr(request.node, "m3_failed", False):
+            for k, page in enumerate(context.pages):
+                page.screenshot(path=str(artifacts / f"{request.node.name}-failed-{n}{k}.png"), full_page=True)
+        context.close()
 
 
 @pytest.fixture(scope="session")

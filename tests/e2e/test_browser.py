@@ -22,12 +22,14 @@ def _login(page, url, user, password):
     page.get_by_role("button", name=re.compile("login", re.I)).click()
 
 
-def test_clinician_session(browser, app_server, credentials, scenario, phantom_zip, artifacts):
+def test_clinician_session(new_page, app_server, credentials, scenario, phantom_zip, artifacts):
+    from app.chat import expert_title
+
     server, cfg = app_server
     user, password = credentials
-    _, question, expert, structure = scenario
-    context = browser.new_context(viewport={"width": 1600, "height": 1100})
-    page = context.new_page()
+    registry, question, expert, structure = scenario
+    page = new_page()
+    context = page.context
     outside: list[str] = []
     page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((server.url, "data:", "blob:")) else None)
 
@@ -58,7 +60,8 @@ def test_clinician_session(browser, app_server, credentials, scenario, phantom_z
     text = chat.inner_text()
     assert expert in text
     volume_ml = re.search(rf"{structure} volume: ([\d.]+) mL", text).group(1)
-    assert f"Expert: {expert}" in text  # the expert call is shown as its own step
+    steps = [t.splitlines()[0].strip() for t in chat.locator(".thought-group .title").all_inner_texts()]  # less "(5.3s)"
+    assert steps == [expert_title(registry, expert)]  # the expert call is shown as its own step, by its title
     legend = page.locator("#m3-legend")
     legend.get_by_text(structure).first.wait_for(timeout=TIMEOUT_MS)
     assert volume_ml in legend.inner_text()  # the answer quotes the expert's number, shown by the overlay legend
@@ -85,19 +88,17 @@ def test_clinician_session(browser, app_server, credentials, scenario, phantom_z
     assert outside == [], f"requests left localhost: {outside[:5]}"
     audit = cfg.audit.log_path.read_text()
     assert question in audit and "Doe" not in audit
-    context.close()
 
 
-def test_wrong_password_gets_no_data(browser, app_server, credentials, artifacts):
+def test_wrong_password_gets_no_data(new_page, app_server, credentials, artifacts):
     server, _ = app_server
-    context = browser.new_context()
-    page = context.new_page()
+    page = new_page()
+    context = page.context
     _login(page, server.url, credentials[0], "not the password")
     page.get_by_text(re.compile("incorrect", re.I)).wait_for(timeout=TIMEOUT_MS)
     page.screenshot(path=str(artifacts / "05_wrong_password.png"))
     assert page.locator("#m3-upload").count() == 0
     assert context.request.get(server.url + "/config").status == 401
-    context.close()
 
 
 def test_unauthenticated_api_call_is_refused(app_server):
