@@ -51,6 +51,8 @@ class ServeOptions:
     max_rounds: int = 3  # tool-call rounds per answer
     expert_concurrency: int = 2  # simultaneous direct expert runs (the experts share the CPU/GPU)
     ingest_concurrency: int = 4
+    sweep_interval_s: float = 600.0  # how often leftover raw-upload folders of ended ingests are removed
+
 
 
 @dataclass
@@ -255,6 +257,7 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
     from app.health import mount_health
 
     options = options or ServeOptions()
+    _start_upload_sweeper(options.sweep_interval_s)
     users = load_users(config.auth.users_file)
     header = config.auth.trusted_header
     require_auth_for_host(config.server.host, bool(users) or bool(header))
@@ -314,6 +317,26 @@ def serve(config: AppConfig, *, backend: Any = None, registry: Any = None, optio
             raise ConfigError(f"the app did not start on {config.server.host}:{config.server.port}; is the port in use?")
         time.sleep(0.05)
     return RunningServer(f"http://{config.server.host}:{config.server.port}", server, thread, blocks)
+
+
+def _start_upload_sweeper(interval_s: float) -> None:
+    """Remove raw-upload folders left by ingests that ended without cleaning up (a crash, a kill -9: they may hold
+    identified files) now, then every ``interval_s`` seconds in a daemon thread (``data.workdir``)."""
+    from data.workdir import sweep_stale_ingest_dirs
+
+    def sweep() -> None:
+        removed = sweep_stale_ingest_dirs()
+        if removed:
+            log.warning("removed %d leftover raw-upload folder(s) of ended ingests", removed)
+
+    sweep()
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval_s)
+            sweep()
+
+    threading.Thread(target=loop, name="m3-upload-sweeper", daemon=True).start()
 
 
 def _chat_health(status: ModelStatus) -> tuple[bool, str]:

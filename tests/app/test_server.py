@@ -6,6 +6,8 @@ Uses the scripted backend and the threshold test expert from conftest (mechanics
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import httpx
 import pytest
 from gradio_client import Client, handle_file
@@ -100,3 +102,21 @@ def _audit(cfg):
     import json
 
     return [json.loads(line) for line in cfg.audit.log_path.read_text().splitlines()]
+
+
+def test_the_app_sweeps_raw_upload_folders_left_by_a_killed_ingest_at_start(tmp_path, monkeypatch, scripted_module):
+    """A folder named for an ingest whose process has ended (kill -9, out of memory) is removed when the app starts."""
+    import tempfile
+
+    from app.config import AppConfig
+    from app.server import ServeOptions, build_app
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    stale = tmp_path / "m3-ingest-999999999-1-abc"  # a pid no process has
+    stale.mkdir()
+    (stale / "IM0001.dcm").write_bytes(b"Doe^Jane")
+    config = AppConfig()
+    config.audit = replace(config.audit, log_path=tmp_path / "audit.jsonl")
+    build_app(config, backend=scripted_module.ScriptedBackend(), registry=scripted_module.registry_for_tests()[0],
+              options=ServeOptions(sweep_interval_s=3600))
+    assert not stale.exists()
