@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
+from data.errors import M3Error
+
 __all__ = [
     "AppConfig",
     "ServerConfig",
@@ -59,7 +61,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-class ConfigError(Exception):
+class ConfigError(M3Error):
     """A setting that cannot be used; the message names the setting, its source and what to change."""
 
 

@@ -9,6 +9,8 @@ import importlib.util
 import logging
 import sys
 
+from data.errors import M3Error
+
 __all__ = ["main", "build_parser"]
 
 # Each module defines ``add_parsers(subparsers)`` registering its commands with ``func=``.
@@ -42,15 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # the CLI's last line of defence: one clear line, no traceback spam
-        known = ("IngestError", "ExpertError", "ToolCallError", "ModelLoadError", "ConfigError", "PacsError",
-             "RemoteBackendError", "ServeError", "LaunchError", "ManifestError", "TrainError",
-             "CompressError", "ExportError", "PublicFormatError", "AskError")
-        if type(exc).__name__ in known:
-            print(f"m3: error: {exc}", file=sys.stderr)
-            return 1
-        raise
-
+    except M3Error as exc:  # an error written for the user: one clear line, no traceback
+        print(f"m3: error: {exc}", file=sys.stderr)
+        return 1
 
 if __name__ == "__main__":
     sys.exit(main())

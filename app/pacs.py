@@ -37,6 +37,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from app.config import AppConfig, PacsConfig
+from data.errors import M3Error
 
 __all__ = [
     "PacsClient",
@@ -61,7 +62,7 @@ _STUDY_FIELDS = ("StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedS
 _CREATION_DATES = ("InstanceCreationDate", "ContentDate", "SeriesDate")
 
 
-class PacsError(Exception):
+class PacsError(M3Error):
     """A PACS operation failed. ``status`` is the HTTP status when the PACS answered, else ``None``."""
 
     def __init__(self, message: str, status: int | None = None) -> None:

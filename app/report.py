@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from data.errors import M3Error
 from experts.base import ExpertResult, tool_message
 
 __all__ = [
@@ -38,7 +39,7 @@ REPORT_PROMPT = (
 )
 
 
-class ReportError(Exception):
+class ReportError(M3Error):
     """A report could not be drafted or exported; the message says what is missing and what to do."""
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from data.errors import M3Error
 from data.study import Volume
 from data.slice_facts import slice_details, slice_findings
 from data.tool_text import Finding, Measurement, ToolResult, format_tool_result
@@ -20,7 +21,7 @@ from data.tool_text import Finding, Measurement, ToolResult, format_tool_result
 __all__ = ["Expert", "ExpertResult", "ExpertError", "Measurement", "Finding", "tool_message", "with_slice_findings"]
 
 
-class ExpertError(Exception):
+class ExpertError(M3Error):
     """An expert could not run on this input. The message says what to change; the agent shows it
     to the model as a tool error (so the model can retry or explain) and the app shows it to the user."""
 

@@ -12,13 +12,15 @@ import hashlib
 import json
 from pathlib import Path
 
+from data.errors import M3Error
+
 __all__ = ["MANIFEST_FILENAME", "ManifestError", "write_manifest", "verify_manifest"]
 
 MANIFEST_FILENAME = "manifest.json"
 _FORMAT = "m3-build-manifest-v1"
 
 
-class ManifestError(Exception):
+class ManifestError(M3Error):
     """A model folder whose files do not match its manifest: altered, or copied incompletely."""
 
 

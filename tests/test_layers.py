@@ -93,3 +93,24 @@ def test_no_import_cycles_between_the_projects_modules():
 
 def test_the_cycle_check_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_error_class_of_the_project_is_an_m3_error():
+    """One hierarchy: the ``m3`` command prints any ``M3Error`` as one line; an error class outside it would reach
+    users as a traceback."""
+    bases: dict[str, list[str]] = {}
+    for package in ALLOWED:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                if isinstance(node, ast.ClassDef):
+                    names = [b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else "" for b in node.bases]
+                    bases.setdefault(node.name, []).extend(names)
+    builtin = {"Exception", "ValueError", "RuntimeError", "OSError", "KeyError", "LookupError", "TypeError"}
+
+    def is_m3(name: str, seen: frozenset = frozenset()) -> bool:
+        return name == "M3Error" or any(b not in seen and is_m3(b, seen | {name}) for b in bases.get(name, []) if b not in builtin)
+
+    errors = [n for n, bs in bases.items()  # private control-flow exceptions (``_StopForward``) never reach a user
+              if n != "M3Error" and not n.startswith("_") and (set(bs) & builtin or n.endswith("Error"))]
+    outside = sorted(n for n in errors if not is_m3(n))
+    assert len(errors) > 20 and not outside, f"error classes outside M3Error: {outside}"

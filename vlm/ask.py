@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from data.display import PLANES, native_axial_index
+from data.errors import M3Error
 from vlm.study_chat import StudyChat, TurnSettings
 
 __all__ = ["AskQuestion", "AskError", "load_questions", "ask_questions", "summarise_answers"]
 
 
-class AskError(ValueError):
+class AskError(M3Error, ValueError):
     """A question file that cannot be read (message: the line, what was expected, what was found)."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from data.errors import M3Error
 from experts.manifest import MANIFEST_FILENAME, ManifestError, write_manifest, verify_manifest  # noqa: F401 (re-exported)
 from vlm.compress.depth import RECIPE_FILENAME, load_pruned_lm, save_pruned_lm
 from vlm.compress.masks_io import MASKS_FILENAME, load_masks, save_masks
@@ -34,7 +35,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 _REPO = Path(__file__).resolve().parents[1]
 
 
-class ExportError(Exception):
+class ExportError(M3Error):
     """A source folder or an option that cannot make a build (message: what was expected, what was found, what to do)."""
 
 

@@ -25,6 +25,7 @@ from typing import Any, Hashable, Iterator, Sequence
 import numpy as np
 import torch
 
+from data.errors import M3Error
 from data.phantoms.labels import FINDING_SYNONYMS
 from data.slice_facts import IN_SLICE, asks_about_shown_slice
 from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
@@ -36,7 +37,7 @@ __all__ = ["PrefixCache", "CacheStore", "image_key", "stream_generate", "threade
            "ReferenceConstraint", "SideConstraint", "OTHER_SIDE"]
 
 
-class GenerationError(RuntimeError):
+class GenerationError(M3Error, RuntimeError):
     """Generation failed inside the language model (the message names the cause)."""
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from data.errors import M3Error
+
 __all__ = ["M3Config", "ModelLoadError", "IMAGE_TOKEN", "VILA_IMAGE_TOKEN_INDEX", "MODEL_TYPE"]
 
 IMAGE_TOKEN = "<image>"
@@ -14,7 +16,7 @@ VILA_IMAGE_TOKEN_INDEX = -200  # VILA's placeholder id: never a real token, repl
 MODEL_TYPE = "m3_vlm"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(M3Error, ValueError):
     """A model folder that cannot be loaded; the message names the missing or wrong part."""
 
 

@@ -23,10 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from data.errors import M3Error
+
 __all__ = ["FeatureMoments", "PHISStandardizer", "PlainStandardizer", "hadamard", "equalizing_rotation", "PHISError"]
 
 
-class PHISError(ValueError):
+class PHISError(M3Error, ValueError):
     """PHI-S could not be fitted or applied (too few samples, wrong width)."""
 
 

@@ -18,6 +18,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from data.errors import M3Error
+
 __all__ = [
     "DownSample2x2",
     "MLPDownsampleProjector",
@@ -31,7 +33,7 @@ __all__ = [
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-class ProjectorError(ValueError):
+class ProjectorError(M3Error, ValueError):
     """A projector name or input shape the model cannot use."""
 
 

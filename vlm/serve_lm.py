@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from data.errors import M3Error
 from vlm.backends.base import ChatBackend, GenerationConfig
 
 __all__ = ["create_app", "serve_lm", "from_openai_messages", "add_parsers", "ServeError", "API_KEY_ENV"]
@@ -32,7 +33,7 @@ API_KEY_ENV = "M3_LM_API_KEY"
 IMAGE_PLACEHOLDER = "<image>"
 
 
-class ServeError(ValueError):
+class ServeError(M3Error, ValueError):
     """A request or a server setting that cannot be served; the message says what to change."""
 
 

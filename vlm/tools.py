@@ -15,6 +15,7 @@ import json
 import re
 from typing import Any, Callable, Mapping, Sequence
 
+from data.errors import M3Error
 from data.tool_text import REF_CLOSE, REF_OPEN
 from data.tool_text import TOOL_CALL_OPEN as _OPEN
 from data.tool_text import format_tool_call
@@ -50,7 +51,7 @@ MAX_ARGUMENT_DEPTH = 32  # nesting of a call's arguments (objects and lists); sc
 _OPENERS = (_OPEN,) + tuple(f"<{t}(" for t in LEGACY_TRIGGERS)
 
 
-class ToolCallError(ValueError):
+class ToolCallError(M3Error, ValueError):
     """A tool call the agent cannot run (unreadable JSON, unknown expert, bad arguments)."""
 
 

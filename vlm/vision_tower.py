@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from data.errors import M3Error
+
 __all__ = ["VisionTower", "VisionTowerError", "HF_VISION_TOWERS"]
 
 # vision_tower/config.json model_type → transformers class name
@@ -31,7 +33,7 @@ _CLS_TOWERS = {"clip_vision_model"}  # towers whose first token is a CLS token
 _DEFAULT_MEAN_STD = {"clip_vision_model": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))}
 
 
-class VisionTowerError(ValueError):
+class VisionTowerError(M3Error, ValueError):
     """A vision tower folder the model cannot load."""
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from data.errors import M3Error
+
 __all__ = ["vqa_record", "normalise_answer_type", "PublicFormatError"]
 
 
-class PublicFormatError(ValueError):
+class PublicFormatError(M3Error, ValueError):
     """A public VQA file that does not have the expected format; the message names the file and field."""
 
 

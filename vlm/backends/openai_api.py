@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import requests
 
+from data.errors import M3Error
 from vlm.backends.base import BackendInfo, GenerationConfig
 
 __all__ = ["OpenAIChatBackend", "RemoteBackendError", "image_data_url", "to_openai_messages", "IMAGE_PLACEHOLDER"]
@@ -29,7 +30,7 @@ IMAGE_PLACEHOLDER = "<image>"
 _MESSAGE_KEYS = ("role", "content", "name", "tool_call_id", "tool_calls")
 
 
-class RemoteBackendError(RuntimeError):
+class RemoteBackendError(M3Error, RuntimeError):
     """The remote LM server could not answer; the message says which server and what to check."""
 
 

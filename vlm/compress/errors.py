@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from data.errors import M3Error
+
 __all__ = ["CompressError"]
 
 
-class CompressError(Exception):
+class CompressError(M3Error):
     """A model, mask or dataset that compression cannot work with (wrong shape, wrong pattern, no data)."""

@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from data.errors import M3Error
+from vlm.model_config import ModelLoadError  # one error for every model folder that cannot be loaded
 from vlm.encoder.adaptors import AdaptorHead, TeacherSpec
 from vlm.encoder.cpe import CroppedPositionEmbedding
 
@@ -31,12 +33,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-class EncoderInputError(ValueError):
+class EncoderInputError(M3Error, ValueError):
     """An image batch the encoder cannot take (wrong rank, channels, or size)."""
-
-
-class ModelLoadError(RuntimeError):
-    """A checkpoint folder that cannot be loaded as this encoder."""
 
 
 @dataclass

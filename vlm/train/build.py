@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 import torch
 
+from data.errors import M3Error
 from vlm.tokenizer import CHAT_TEMPLATE, TokenizerConfig
 from vlm.train.recipes import ModelSpec, Recipe
 
@@ -36,7 +37,7 @@ _TOOLS_COMPACT = r"""{%- if tools -%}
 COMPACT_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(_TOOLS_FULL, _TOOLS_COMPACT)
 
 
-class TrainError(RuntimeError):
+class TrainError(M3Error, RuntimeError):
     """A training run that cannot go on as asked (missing data or model, a stage out of order)."""
 
 

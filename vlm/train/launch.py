@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.errors import M3Error
+
 __all__ = ["CONFIGS", "CONFIG_DIR", "LaunchError", "LaunchPlan", "config_path", "load_cluster_config", "plan_launch", "launch", "main"]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "accelerate"
@@ -34,7 +36,7 @@ CONFIGS = {
 TRAIN_MODULE = "app.main"  # each process runs `python -m app.main train STAGE ...`
 
 
-class LaunchError(Exception):
+class LaunchError(M3Error):
     """A launch that cannot work as asked (unknown config, missing rank-0 address)."""
 
 

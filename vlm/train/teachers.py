@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from data.errors import M3Error
 from data.phantoms import generate
 from data.phantoms.labels import CT_LABELS, CT_ORGANS, CXR_FINDINGS
 
@@ -36,7 +37,7 @@ SEG_FEATURE_MODULE = "model.1.submodule.1"  # (B, 2·c1, X/4, Y/4, Z/4): skip + 
 SEG_SUMMARY_MODULE = "model.1.submodule.1.submodule.1"  # (B, c2 + c3, X/8, Y/8, Z/8): bottleneck + skip
 
 
-class TeacherError(RuntimeError):
+class TeacherError(M3Error, RuntimeError):
     """A teacher could not be built or run (missing expert weights, unexpected network)."""
 
 

@@ -12,12 +12,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from data.errors import M3Error
+
 __all__ = ["Recipe", "DataSpec", "ModelSpec", "StageSpec", "LoraSpec", "RECIPES", "get_recipe", "recipe_from_dict", "RecipeError"]
 
 RECIPES = ("micro", "tiny", "base")
 
 
-class RecipeError(ValueError):
+class RecipeError(M3Error, ValueError):
     """A recipe name or field the pipeline cannot use."""
 
 
