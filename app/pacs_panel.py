@@ -100,16 +100,20 @@ class PacsPanel:
         ui.send_status = gr.Markdown("" if self.config.writeback_enabled else "Write-back to the PACS is turned off by the administrator.",
                                      elem_id="m3-pacs-send-status")
 
-    def wire(self, ui: PacsComponents, state: Any, study_out: list[Any], findings: Any, impression: Any) -> None:
-        """Connect the buttons; ``study_out`` are the study panel's outputs (as an upload fills them)."""
+    def wire(self, ui: PacsComponents, state: Any, study_out: list[Any], findings: Any, impression: Any,
+             after_study: dict[str, Any] | None = None) -> None:
+        """Connect the buttons; ``study_out`` are the study panel's outputs (as an upload fills them); ``after_study``
+        the event an opened study is followed by (the previous study's draft report is emptied, as after an upload)."""
         fields = [ui.patient_id, ui.accession, ui.date_from, ui.date_to, ui.modality, state]
         found = [state, ui.results, ui.choice, ui.status]
         ui.search.click(self.search, fields, found, api_name="pacs_search")
         for box in (ui.patient_id, ui.accession):
             box.submit(self.search, fields, found, api_name=False)
         ui.results.select(self.pick_row, None, ui.choice, api_name=False)
-        ui.load.click(self.load, [ui.choice, state], [*study_out, ui.status], api_name="pacs_load",
-                      concurrency_limit=4, concurrency_id="ingest")
+        loaded = ui.load.click(self.load, [ui.choice, state], [*study_out, ui.status], api_name="pacs_load",
+                               concurrency_limit=4, concurrency_id="ingest")
+        if after_study:
+            loaded.then(**after_study)
         ui.send.click(self.send, [findings, impression, state], [state, ui.send_status, ui.retry], api_name="pacs_send")
         ui.retry.click(self.retry, [state], [state, ui.send_status, ui.retry], api_name="pacs_retry")
 

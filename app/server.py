@@ -241,7 +241,7 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
         export.click(events.export_report, [findings, impression, state], [state, downloads, report_status], api_name="export_report",
                      **on_status)
         if pacs is not None:
-            pacs.wire(pacs_ui, state, study_out, findings, impression)
+            pacs.wire(pacs_ui, state, study_out, findings, impression, after_study)
     return blocks
 
 
