@@ -83,6 +83,8 @@ def _score(intent: str, study: str, target: str, answer: str, calls: list[Any] |
     ("either_or", "mri", "tumor", "Left.", "Yes."),
     ("either_or", "ct", "contrast phase", "Portal venous.", "Arterial."),
     ("likelihood", "cxr", "pleural effusion", "The probability of a pleural effusion is 4%.", "Pleural effusion: 0.82."),
+    ("likelihood", "cxr", "cardiomegaly", "Cardiomegaly: 0.91.", "Consolidation: 0.01."),  # another finding's number is no answer
+    ("presence_cxr", "cxr", "pleural effusion", "no (probability 0.00)", "yes (probability 0.97)"),  # the model's own form
     ("report", "cxr", "", "Findings: cardiomegaly (0.91). No pleural effusion, nodule, pneumothorax or consolidation.",
      "Findings: no cardiomegaly, pleural effusion or pneumothorax."),
     ("report", "ct", "", "Liver: one 22.8 mm lesion. Two kidney cysts. No lung nodule.", "Liver: one 22.8 mm lesion. Lung nodule 5 mm."),
@@ -184,3 +186,23 @@ def test_runner_builds_studies_the_app_way_and_looks_at_a_slice_through_the_find
     assert records[1]["truth"]["lesion_counts"]["kidney cyst"] == 3 and records[1]["tool_calls"] == []
     out = score_phrasing_answers([r["item"] for r in records], records, [r["truth"] for r in records])
     assert out["per_intent"] == {"identity": {"score": 1.0, "n": 1}, "side_slice": {"score": 0.0, "n": 1}}
+
+
+def test_the_cached_registry_runs_an_identical_call_once_and_a_different_one_again():
+    from vlm.eval.phrasing_run import CachedRegistry
+
+    class Counting:
+        runs = 0
+
+        def names(self):
+            return ["x"]
+
+        def run(self, name, volumes, **arguments):
+            Counting.runs += 1
+            return {"name": name, **arguments}
+
+    volume, registry = object(), CachedRegistry(Counting())
+    assert registry.run("x", volume, targets="liver") == registry.run("x", volume, targets="liver") == {"name": "x", "targets": "liver"}
+    registry.run("x", volume, targets="spleen")
+    registry.run("x", object(), targets="liver")
+    assert Counting.runs == 3 and registry.names() == ["x"]

@@ -35,6 +35,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per generation (default 256, as in the app)")
     p.add_argument("--baseline", choices=sorted(BASELINES), default=None,
                    help="also score a baseline on the same items in the same run: keyword (a keyword router over the same experts)")
+    p.add_argument("--phrasings", metavar="SET", help="score the frozen held-out phrasing set (tests/data/heldout_phrasings.jsonl) "
+                   "instead of --data: each phrasing asked on a phantom study through the app's path")
+    p.add_argument("--seed", type=int, default=9001, help="with --phrasings: phantom seed of the studies (default 9001)")
     p.add_argument("--compare-projectors", metavar="RECIPE", help="train and score mlp_downsample vs token merging on RECIPE's budget")
     p.add_argument("--steps-scale", type=float, default=1.0, help="with --compare-projectors: scale the recipe's steps (default 1)")
     p.set_defaults(func=_run)
@@ -47,6 +50,15 @@ def _run(args: argparse.Namespace) -> int:
         md = compare_projectors(args.compare_projectors, Path(args.out or "runs/projectors"), steps_scale=args.steps_scale,
                                 experts=args.experts, limit=args.limit)
         print(md.read_text())
+        return 0
+    if args.phrasings:
+        from vlm.eval.phrasing_run import evaluate_phrasings
+
+        out = Path(args.out or "runs/eval_phrasings")
+        evaluate_phrasings(args.model or Path(__file__).parents[1] / "weights" / "default", args.phrasings, out, seed=args.seed,
+                           baseline=args.baseline or "")
+        print((out / "phrasings.md").read_text())
+        print(f"written to {out}")
         return 0
     if not args.model or not args.data:
         raise SystemExit("m3 eval: error: --model and --data are required (or --compare-projectors RECIPE).")

@@ -516,7 +516,7 @@ def _about(pieces: list[str], target: str) -> list[str]:
 
 
 def _leading_yes_no(text: str) -> bool | None:
-    m = re.match(r"\W*(yes|yeah|yep|correct|no|nope)\b(?:\s*[,.;:!—–-]|\s*$|\s+(?:it|there|this|that|the|i|we)\b)", text)
+    m = re.match(r"\W*(yes|yeah|yep|correct|no|nope)\b(?:\s*[,.;:!—–(-]|\s*$|\s+(?:it|there|this|that|the|i|we)\b)", text)
     return None if not m else m.group(1) in ("yes", "yeah", "yep", "correct")
 
 
@@ -581,6 +581,14 @@ def _read_values(text: str, unit: str) -> list[float]:
     return vals
 
 
+def _names_other(text: str, kind: str, target: str) -> bool:
+    """Whether the answer names a structure or finding of this study other than the target and its relatives."""
+    vocab = {"ct": list(_FINDINGS["ct"]) + ["liver", "spleen", "heart", "aorta", "spine", "left kidney", "right kidney",
+                                            "left lung", "right lung"], "mri": list(_MRI_PARTS), "cxr": list(_FINDINGS["cxr"])}[kind]
+    related = {target, *_NARROWER.get(target, ()), *[t for t, n in _NARROWER.items() if target in n]}
+    return any(_finds(text, t) for t in vocab if t not in related)
+
+
 def _values(text: str, kind: str, target: str, unit: str) -> list[float]:
     """Numbers with ``unit`` stated for the target (in mm or mL; those after its name first), in order; else the
     answer's only such number."""
@@ -592,7 +600,7 @@ def _values(text: str, kind: str, target: str, unit: str) -> list[float]:
     if got:
         return got
     everything = _read_values(text, unit)
-    return everything if len(everything) == 1 else []
+    return everything if len(everything) == 1 and not _names_other(text, kind, target) else []
 
 
 def _probabilities(text: str) -> list[float]:
@@ -602,7 +610,7 @@ def _probabilities(text: str) -> list[float]:
 
 def _target_probabilities(text: str, kind: str, target: str) -> list[float]:
     got = [p for s in _about(_segments(text), target) for p in _probabilities(s)]
-    return got or (_probabilities(text) if len(_probabilities(text)) == 1 else [])
+    return got or (_probabilities(text) if len(_probabilities(text)) == 1 and not _names_other(text, kind, target) else [])
 
 
 def _sides(text: str, kind: str, target: str) -> set[str]:
@@ -612,7 +620,7 @@ def _sides(text: str, kind: str, target: str) -> set[str]:
         return found | {s for s, pat in (("left", r"\bleft\b|\blt\b"), ("right", r"\bright\b|\brt\b")) if re.search(pat, piece)}
 
     found = set().union(*[read(s) for s in _about(_segments(text), target)])
-    return found or read(text)
+    return found or (set() if _names_other(text, kind, target) else read(text))
 
 
 def _larger(text: str, kind: str, a: str, b: str) -> str | None:
