@@ -39,7 +39,10 @@ TARGET_WORDS: dict[str, tuple[str, ...]] = {
     "heart": ("heart", "cardiac"),
     "aorta": ("aorta", "aortic"),
     "spine": ("spine", "spinal", "vertebra", "vertebrae", "vertebral column"),
-    **{lesion: FINDING_SYNONYMS[lesion] for lesion in ("liver tumor", "lung nodule", "kidney cyst")},
+    # a lesion by its bare noun too ("cysts in the kidneys"): the CT expert has one lesion type of each
+    "liver tumor": (*FINDING_SYNONYMS["liver tumor"], "tumor", "tumour", "mass"),
+    "lung nodule": (*FINDING_SYNONYMS["lung nodule"], "nodule"),
+    "kidney cyst": (*FINDING_SYNONYMS["kidney cyst"], "cyst"),
 }
 _LESION_ORGANS = {10: (1,), 11: (5, 6), 12: (3, 4)}  # liver tumour in the liver, nodule in a lung, cyst in a kidney
 

@@ -20,6 +20,7 @@ def ct():
     ("Is there a liver tumour?", ["liver tumor"]),
     ("Volume of the left kidney?", ["left kidney"]),
     ("Describe the study.", []),
+    ("any cysts in the kidneys", ["left kidney", "right kidney", "kidney cyst"]),
 ])
 def test_a_question_names_the_structures_it_mentions(ct, question, named):
     assert named_choices(question, ct.vocabulary["targets"]) == named
@@ -33,6 +34,10 @@ def test_a_liver_volume_question_called_on_lesions_is_run_on_the_liver(ct):
 @pytest.mark.parametrize("value", ["liver", "organs", "everything", ["liver", "spleen"]])
 def test_a_call_that_covers_the_named_structure_is_kept(ct, value):
     assert repair_arguments(ct, {"targets": value}, "What is the liver volume?") == ({"targets": value}, [])
+
+
+def test_a_lesion_call_on_a_question_about_lesions_in_an_organ_is_kept(ct):
+    assert repair_arguments(ct, {"targets": "kidney cyst"}, "any cysts in the kidneys?") == ({"targets": "kidney cyst"}, [])
 
 
 def test_a_call_without_the_argument_keeps_the_experts_default(ct):
