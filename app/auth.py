@@ -13,6 +13,7 @@ are believed only from ``auth.trusted_proxies``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
@@ -25,6 +26,7 @@ import math
 import os
 import re
 import secrets
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -34,7 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketClose
 
 from app.config import AppConfig, ConfigError
-from app.login_limits import LoginLimiter
+from app.login_limits import LoginLimiter, client_key
 
 __all__ = [
     "hash_password",
@@ -216,6 +218,8 @@ class RouteGuard:
         self.mount = mount_path.rstrip("/")
         self.limiter = limiter
         self.trusted_proxies = trusted_proxies
+        # one sign-in at a time per address: counts stay exact without counting colleagues' pending sign-ins as failures
+        self._sign_in_turns: "weakref.WeakValueDictionary[str, asyncio.Lock]" = weakref.WeakValueDictionary()
         self.open_paths = open_paths
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -242,7 +246,16 @@ class RouteGuard:
         connection = HTTPConnection(scope)
         peer = connection.client.host if connection.client else ""
         forwarded = ",".join(connection.headers.getlist("x-forwarded-for"))
-        admission = self.limiter.admit(client_address(peer, forwarded, self.trusted_proxies))
+        address = client_address(peer, forwarded, self.trusted_proxies)
+        key = f"{id(asyncio.get_running_loop())}:{client_key(address)}"  # a lock belongs to one event loop
+        turn = self._sign_in_turns.get(key)
+        if turn is None:
+            turn = self._sign_in_turns[key] = asyncio.Lock()
+        async with turn:
+            await self._sign_in_once(scope, receive, send, address)
+
+    async def _sign_in_once(self, scope: dict, receive: Callable, send: Callable, address: str) -> None:
+        admission = self.limiter.admit(address)
         if not admission.admitted:
             wait = math.ceil(admission.wait_s)
             return await JSONResponse({"detail": f"Too many failed sign-ins from this address; try again in {wait} s."},

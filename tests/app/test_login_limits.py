@@ -77,6 +77,30 @@ def test_spraying_many_names_from_one_address_is_slowed_then_refused(tmp_path, s
     assert elapsed < 20.0  # refused at once (no password check, no sleeping server): asking faster gains nothing
 
 
+def test_colleagues_signing_in_at_once_from_one_address_all_get_in(tmp_path, scripted_module):
+    """Sixteen people behind one address (a ward's NAT, a load test) sign in at the same moment: none is refused."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.server import serve
+    from localhost import free_port
+
+    cfg = AppConfig()
+    cfg.server.port = free_port()
+    cfg.audit.log_path = tmp_path / "audit.jsonl"
+    cfg.auth.users_file = tmp_path / "users.toml"
+    cfg.auth.users_file.write_text(f'[users]\nalice = "{hash_password(PASSWORD)}"\n')
+    server = serve(cfg, backend=scripted_module.ScriptedBackend(), registry=_registry(scripted_module), block=False)
+    try:
+        def sign_in(_):
+            with httpx.Client(base_url=server.url, timeout=30) as http:
+                return http.post("/login", data={"username": "alice", "password": PASSWORD}).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            assert list(pool.map(sign_in, range(16))) == [200] * 16
+    finally:
+        server.close()
+
+
 def test_waits_grow_per_address_and_a_success_clears_them(tmp_path):
     clock = FakeClock()
     limiter = LoginLimiter(tmp_path / "state.json", failures_before_delay=3, max_delay_s=60, clock=clock)
