@@ -8,6 +8,7 @@ Every finished answer is written to the audit log.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Iterator, Mapping
 
@@ -19,7 +20,7 @@ from experts.base import ExpertResult
 from vlm.conversation import study_volumes
 from vlm.study_chat import StudyChat, TurnSettings
 
-__all__ = ["ChatEngine", "SessionRegistry", "expert_inputs", "series_name", "result_message", "expert_title", "plain_words",
+__all__ = ["ChatEngine", "SessionRegistry", "SlottedBackend", "expert_inputs", "series_name", "result_message", "expert_title", "plain_words",
            "arguments_text", "flag_text", "NO_MODEL_MESSAGE"]
 
 NO_MODEL_MESSAGE = "No language model configured: experts and viewer only."
@@ -42,13 +43,35 @@ def series_name(study: Study, series: Series) -> str | None:
     return None if index is None or index >= len(names) else names[index]
 
 
+class SlottedBackend:
+    """A chat backend used by at most ``slots`` generations at a time (the language model's share of the machine);
+    a chat turn holds a slot only while the model writes, not while its experts run, so a follow-up answered from a
+    kept result does not wait behind other sessions' expert runs."""
+
+    def __init__(self, backend: Any, slots: int) -> None:
+        if slots < 1:
+            raise ValueError(f"language-model slots must be >= 1, got {slots}.")
+        self.inner = backend
+        self.info = backend.info
+        self._slots = threading.BoundedSemaphore(slots)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def stream_chat(self, *args: Any, **kwargs: Any) -> Iterator[str]:
+        with self._slots:
+            yield from self.inner.stream_chat(*args, **kwargs)
+
+
 class SessionRegistry:
     """The expert registry seen by one session's agent: same experts, but results are kept in the session,
-    so asking twice about a series runs an expert once. Results are never shared between sessions."""
+    so asking twice about a series runs an expert once. Results are never shared between sessions. At most
+    ``slots`` (shared by all sessions) expert runs go at once."""
 
-    def __init__(self, registry: Any, state: SessionState) -> None:
+    def __init__(self, registry: Any, state: SessionState, slots: threading.BoundedSemaphore | None = None) -> None:
         self._registry = registry
         self._state = state
+        self._slots = slots
 
     def __getattr__(self, name: str) -> Any:  # names(), get(), tool_schemas(), ... of the shared registry
         return getattr(self._registry, name)
@@ -60,7 +83,11 @@ class SessionRegistry:
         cached = self._state.cached_result(name, arguments, volumes)
         if cached is not None:
             return cached
-        result = self._registry.run(name, volumes, **arguments)
+        if self._slots is None:
+            result = self._registry.run(name, volumes, **arguments)
+        else:
+            with self._slots:
+                result = self._registry.run(name, volumes, **arguments)
         self._state.add_result(result, volumes)
         return result
 
@@ -69,11 +96,13 @@ class ChatEngine:
     """Shared by all sessions: the chat backend (or None: chat disabled), the expert registry, the audit
     log. ``stream`` is the only per-session entry point."""
 
-    def __init__(self, backend: Any, registry: Any, audit: AuditLog, *, max_rounds: int = 3) -> None:
-        self.backend = backend
+    def __init__(self, backend: Any, registry: Any, audit: AuditLog, *, max_rounds: int = 3, model_slots: int = 1,
+                 expert_slots: int = 2) -> None:
+        self.backend = SlottedBackend(backend, model_slots) if backend is not None else None
         self.registry = registry
         self.audit = audit
         self.max_rounds = max_rounds
+        self.expert_slots = threading.BoundedSemaphore(expert_slots)  # experts a chat turn runs, all sessions together
 
     @property
     def enabled(self) -> bool:
@@ -94,7 +123,7 @@ class ChatEngine:
             yield history + [_assistant("Load a study first (upload one or open an example).")], False
             return
         if state.chat is None:
-            state.chat = StudyChat(self.backend, SessionRegistry(self.registry, state), state.study,
+            state.chat = StudyChat(self.backend, SessionRegistry(self.registry, state, self.expert_slots), state.study,
                                    settings=TurnSettings(max_rounds=self.max_rounds), primary=series_name(state.study, state.series))
         state.chat.look_at(view_slice, on_screen=on_screen)
         answer = ""

@@ -226,10 +226,12 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
         shown.input(events.set_overlay, [opacity, shown, state], [state, *viewer], api_name=False, **fast)
         blocks.load(None, None, None, js=SLICE_KEYS_JS)  # mouse wheel and arrow / Page keys scroll the slices
         model = dict(concurrency_limit=concurrency, concurrency_id="model")
+        # chat turns queue on the model only while it writes (ChatEngine's slots), not while their experts run
+        chat = dict(concurrency_limit=16, concurrency_id="chat")
         ask_inputs, ask_outputs = [question, state], [state, chatbot, question, *viewer]
         chat_progress = dict(show_progress="minimal", show_progress_on=[chatbot])
-        question.submit(events.ask, ask_inputs, ask_outputs, api_name=False, **model, **chat_progress)
-        ask.click(events.ask, ask_inputs, ask_outputs, api_name="ask", **model, **chat_progress)
+        question.submit(events.ask, ask_inputs, ask_outputs, api_name=False, **chat, **chat_progress)
+        ask.click(events.ask, ask_inputs, ask_outputs, api_name="ask", **chat, **chat_progress)
         for button in expert_buttons:
             button.click(events.run_expert, [button, state], [state, chatbot, *viewer, expert_status, report_status],
                          api_name=False, concurrency_limit=options.expert_concurrency, concurrency_id="experts",
@@ -267,7 +269,8 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
 
         registry = default_registry()
     audit = AuditLog(config.audit.log_path)
-    engine = ChatEngine(status.backend, registry, audit, max_rounds=options.max_rounds)
+    engine = ChatEngine(status.backend, registry, audit, max_rounds=options.max_rounds, model_slots=config.limits.concurrency,
+                        expert_slots=options.expert_concurrency)
     events = AppEvents(engine, audit, UploadLimits(config.limits.max_files, config.limits.max_upload_mb))
     pacs = PacsPanel(config.pacs, events) if config.pacs.enabled else None
     blocks = build_blocks(events, status, registry.names(), options, config.limits.concurrency, pacs)

@@ -290,3 +290,30 @@ def test_an_expert_that_fails_on_the_models_call_is_named_in_the_legend_and_logg
     assert [r.getMessage() for r in caplog.records if r.name == "app.events"] == [
         "expert broken_ct failed on a chat question: broken_ct failed internally (RuntimeError); try another question or expert."]
     state.close()
+
+
+def test_a_chat_turn_holds_the_language_model_only_while_it_writes(tmp_path, scripted_module):
+    """With one model slot, the slot is free while the turn's expert runs: another session's follow-up answered from
+    a kept result does not wait behind this expert run."""
+    from experts.registry import ExpertRegistry
+
+    seen = []
+
+    class Probe(scripted_module.ThresholdExpert):
+        def _run(self, volumes, **arguments):
+            free = engine.backend._slots.acquire(blocking=False)
+            seen.append(free)
+            if free:
+                engine.backend._slots.release()
+            return super()._run(volumes, **arguments)
+
+    reg = ExpertRegistry()
+    reg.register("threshold_volume", Probe)
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    engine = ChatEngine(scripted_module.ScriptedBackend(), reg, audit, model_slots=1)
+    events, state = AppEvents(engine, audit, UploadLimits(max_files=100, max_upload_mb=50)), SessionState()
+    events.example("Example CT", state, _Request(), progress=_no_progress)
+    list(events.ask("What is the dense tissue volume?", state, _Request()))
+    assert seen == [True]
+    assert engine.backend._slots.acquire(blocking=False)  # and released once the answer is written
+    state.close()
