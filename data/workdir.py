@@ -1,6 +1,7 @@
 """Private temporary folders for raw (identified) upload files, their clean-up, and disk errors.
 
-Ingest extracts archives and inflates compressed files into a folder made by :func:`ingest_workdir`:
+Ingest extracts archives and inflates compressed files (and a PACS retrieval may write its files) into
+a folder made by :func:`ingest_workdir`:
 mode 0700 in the system temporary folder (``$TMPDIR``), named ``m3-ingest-<pid>-<start>-<random>``
 after the process that owns it, and removed on every way out of the ``with`` block. A process killed
 with ``kill -9`` (or by the out-of-memory killer) cannot clean up; :func:`sweep_stale_ingest_dirs`,
@@ -26,8 +27,9 @@ from data.errors import IngestError
 
 __all__ = ["ingest_workdir", "sweep_stale_ingest_dirs", "disk_error", "WORKDIR_PREFIXES"]
 
-WORKDIR_PREFIXES = ("m3-ingest-", "m3-deid-")
-_OWNED = re.compile(r"^m3-(?:ingest|deid)-(\d+)-(\d+)-")
+WORKDIR_PREFIXES = ("m3-ingest-", "m3-deid-", "m3-pacs-")
+_OWNED = re.compile(r"^m3-(?:ingest|deid|pacs)-(\d+)-(\d+)-")
+_IN_USE_WITHOUT_OWNER = ("m3-pacs-",)  # made by code that does not name the owner yet: only the age tells
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR}
 
@@ -55,9 +57,9 @@ def sweep_stale_ingest_dirs(max_age_s: float = 24 * 3600.0, *, tmp_dir: str | os
     """Remove leftover ingest folders (raw upload files) from the system temporary folder.
 
     A folder goes when the process that made it has ended (its pid is gone, or now belongs to a
-    process started at another time), when its name carries no owner (made by an older version), or
-    when it is older than ``max_age_s`` seconds whatever its owner. Folders of running ingests stay.
-    Call it at start-up and then periodically. Returns the number of folders removed.
+    process started at another time), when it is an ingest folder whose name carries no owner (made
+    by an older version), or when it is older than ``max_age_s`` seconds whatever its owner. Folders of
+    running ingests stay. Call it at start-up and then periodically. Returns the number removed.
     """
     root = Path(tmp_dir) if tmp_dir is not None else Path(tempfile.gettempdir())
     try:
@@ -75,8 +77,11 @@ def sweep_stale_ingest_dirs(max_age_s: float = 24 * 3600.0, *, tmp_dir: str | os
         except OSError:
             continue
         owner = _OWNED.match(entry.name)
-        alive = owner is not None and _alive(int(owner.group(1)), int(owner.group(2)))
-        if alive and age <= max_age_s:
+        if owner is not None:
+            in_use = _alive(int(owner.group(1)), int(owner.group(2)))
+        else:
+            in_use = entry.name.startswith(_IN_USE_WITHOUT_OWNER)
+        if in_use and age <= max_age_s:
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed += not os.path.lexists(entry.path)

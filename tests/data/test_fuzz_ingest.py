@@ -22,6 +22,7 @@ import resource
 import select
 import signal
 import struct
+import sys
 import time
 import traceback
 import zipfile
@@ -179,6 +180,8 @@ class Campaign:
         folder.rmdir()
         self.counts[(family, result.outcome)] += 1
         self.counts[("all", "inputs")] += 1
+        if self.n % 500 == 0:
+            print(f"... {self.n} inputs, {len(self.failures)} failures", file=sys.stderr, flush=True)
         self.added_rss = max(self.added_rss, result.added_rss if result.input_bytes <= SMALL_INPUT else 0)
         self.slowest = max(self.slowest, result.seconds)
         if result.bad:
@@ -648,6 +651,7 @@ def test_bounded_fuzz_of_ingest(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(4 * 3600)  # about 0.2 s per input on 2 cores
 def test_fuzz_campaign_of_ingest(tmp_path):
     """The campaign: 5,000+ inputs, none escaping, over 1.5 GB, over 30 s or undisplayable once loaded."""
     examples = {"dicom mutations": 1600, "absurd dicom": 1200, "hostile zips": 800, "nifti": 700, "images": 400,

@@ -176,3 +176,20 @@ def test_raw_files_of_an_ingest_killed_with_sigkill_are_swept(tmp_path, write_se
         assert running.exists() and [p for p in tmp.iterdir()] == [running]
         assert values["PatientName"].encode() not in b"".join(p.read_bytes() for p in tmp.rglob("*") if p.is_file())
     assert not any(tmp.iterdir())  # the running one removed itself when done
+
+
+def test_sweep_keeps_folders_in_use_and_removes_the_rest(tmp_path):
+    import time
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    names = {"mine": f"m3-ingest-{os.getpid()}-0-a", "dead": f"m3-ingest-{dead.stdout.strip()}-0-b",
+             "legacy": "m3-ingest-c", "pacs_now": "m3-pacs-d", "pacs_old": "m3-pacs-e", "other": "someone-else"}
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "raw.dcm").write_bytes(b"Quixote")
+    long_ago = time.time() - 2 * 86400
+    os.utime(tmp_path / names["pacs_old"], (long_ago, long_ago))
+    assert sweep_stale_ingest_dirs(tmp_dir=tmp_path) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["mine"], names["pacs_now"], names["other"]])
+    assert sweep_stale_ingest_dirs(0.0, tmp_dir=tmp_path) == 2  # older than max_age_s: whoever owns it
+    assert [p.name for p in tmp_path.iterdir()] == ["someone-else"]

@@ -98,6 +98,7 @@ def test_a_well_formed_call_round_trips(name, arguments):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_fuzz_campaign_of_the_tool_call_parser():
     """20,000+ strings, each within 1 s and 64 MiB (plus its own size), none raising."""
     counts = {"inputs": 0}
