@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -201,17 +200,15 @@ class PacsClient:
         log.info("retrieved %d instances from the PACS", len(written))
         return dest
 
-    def load(self, study_uid: str, workdir: str | Path | None = None) -> Any:
+    def load(self, study_uid: str) -> Any:
         """Retrieve a study and ingest it like an upload: returns the de-identified ``data.Study``.
-        The original files live only in a private temporary folder, deleted before returning."""
+        The original files live only in a private temporary folder named after this process
+        (``data.workdir.ingest_workdir``), deleted before returning and swept at start-up after a crash."""
         from data import load_study
+        from data.workdir import ingest_workdir
 
-        tmp = Path(tempfile.mkdtemp(prefix="m3-pacs-", dir=workdir))
-        try:
-            os.chmod(tmp, 0o700)
+        with ingest_workdir("m3-pacs-") as tmp:
             return load_study(self.retrieve(study_uid, tmp))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     # --- STOW-RS ---------------------------------------------------------------------------------
     def store(self, datasets: Iterable[Dataset], key: Any = None, verify_study: bool = True) -> StoreReceipt:

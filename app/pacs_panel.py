@@ -161,7 +161,7 @@ class PacsPanel:
         progress(0.1, desc="Retrieving the study from the PACS")
         started = time.perf_counter()
         try:
-            study = self._client().load(hits[int(choice)].study_uid, workdir=state.workdir)
+            study = self._client().load(hits[int(choice)].study_uid)
         except (PacsError, IngestError) as exc:
             message = f"**Could not load the study from the PACS.** {_sentence(exc)}"
             return (*self.events.study_outputs(state, message), message)

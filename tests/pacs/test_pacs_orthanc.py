@@ -251,7 +251,7 @@ def test_4xx_on_stow_keeps_the_batch(archive, pacs_config, tmp_path):
     assert len(client.pending_batches()) == 1
 
 
-def test_load_ingests_deidentified_and_the_seg_of_its_volume_goes_home(archive, pacs_config, tmp_path):
+def test_load_ingests_deidentified_and_the_seg_of_its_volume_goes_home(archive, pacs_config, tmp_path, monkeypatch):
     """The app's path: PacsClient.load → de-identified Study; a SEG made from the Volume alone
     (experts.dicom_seg) is re-identified at store time and lands in the original study."""
     from experts.base import ExpertResult
@@ -259,10 +259,11 @@ def test_load_ingests_deidentified_and_the_seg_of_its_volume_goes_home(archive, 
 
     study = archive[2]
     client = PacsClient(pacs_config)
-    work = tmp_path / "work"
-    work.mkdir()
-    loaded = client.load(study.study_uid, workdir=work)
-    assert list(work.iterdir()) == []  # the original files are gone
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    loaded = client.load(study.study_uid)
+    assert not list(tmp_path.glob("m3-pacs-*"))  # the original files are gone
     assert loaded.uid != study.study_uid and len(loaded.series) == 1
     volume = loaded.series[0].volume
     assert volume.shape == (32, 32, 6) and volume.modality == "CT"
