@@ -136,6 +136,10 @@ class AppEvents:
             notes.append(f"{len(study.skipped)} object(s) skipped: " + "; ".join(f"{s.name} ({s.reason})" for s in study.skipped[:3]))
         if study.errors:
             notes.append(f"{len(study.errors)} file(s) could not be read: " + "; ".join(str(e) for e in study.errors[:3]))
+        warned = [(i, w) for i, series in enumerate(study.series, 1) for w in series.warnings]
+        if warned:  # geometry repaired, header elements dropped: what is shown may differ from the acquisition
+            notes.append("Check: " + "; ".join(f"series {i}: {w}" for i, w in warned[:3])
+                         + (f" (and {len(warned) - 3} more)" if len(warned) > 3 else ""))
         return self.study_outputs(state, " ".join(notes))
 
     def after_study(self, state: SessionState) -> tuple:

@@ -317,3 +317,15 @@ def test_a_chat_turn_holds_the_language_model_only_while_it_writes(tmp_path, scr
     assert seen == [True]
     assert engine.backend._slots.acquire(blocking=False)  # and released once the answer is written
     state.close()
+
+
+def test_a_series_warning_from_ingest_is_shown_with_the_loaded_study(tmp_path, scripted_module):
+    import time
+
+    events, state = _events(tmp_path, scripted_module), SessionState()
+    events.example("Example CT", state, _Request(), progress=_no_progress)
+    study = state.study
+    study.series[0].warnings.append("pixel spacing 0 mm in the header was replaced by 1 mm")
+    message = events.show_study(study, state, _Request(), time.perf_counter())[3]
+    assert "Check: series 1: pixel spacing 0 mm in the header was replaced by 1 mm" in message
+    state.close()
