@@ -400,6 +400,11 @@ def _is_deflated(path: Path, size: int) -> bool:
     if size == 0:
         return False
     try:
+        with open(path, "rb") as fp:
+            head = fp.read(_META_PEEK)
+        end = _file_meta_end(head)
+        if end is not None and _DEFLATED not in head[:end]:  # a well-formed file meta without it: no need to scan
+            return False
         with open(path, "rb") as fp, mmap.mmap(fp.fileno(), 0, access=mmap.ACCESS_READ) as view:
             if view.find(_DEFLATED) < 0:
                 return False
@@ -410,6 +415,20 @@ def _is_deflated(path: Path, size: int) -> bool:
         raise
     except Exception:  # unreadable meta: pydicom cannot read it as deflated either
         return False
+
+
+_META_PEEK = 65536  # bytes read to find the end of the file meta
+
+
+def _file_meta_end(head: bytes) -> int | None:
+    """Where the file meta group of a Part 10 file ends, from its group length (0002,0000), when ``head`` holds all
+    of it and no group-2 element follows that end (pydicom reads group 2 to its last element); else None."""
+    if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00" or head[136:138] != b"UL":
+        return None
+    end = 144 + int.from_bytes(head[140:144], "little")
+    if end + 2 > len(head) or head[end:end + 2] == b"\x02\x00":
+        return None
+    return end
 
 
 def _inflate(path: Path, name: str, size: int, limits: IngestLimits, scratch: Path) -> Path:

@@ -325,3 +325,15 @@ def test_an_unreadable_header_element_is_dropped_and_the_upload_loads(tmp_path, 
     assert "PatientName" in study.deid_manifest["attributes"]
     assert "1 header element(s) could not be read and were removed: PatientName." in study.series[0].warnings
     assert not any(s.lower() in study.description.lower() for s in strings)  # still cleaned from the raw bytes
+
+
+def test_the_file_meta_end_is_trusted_only_when_no_group_2_element_follows_it():
+    """The quick deflate check reads the file meta's own length; a file whose group length stops short of a later
+    group-2 element (which pydicom would still read) falls back to scanning the whole file."""
+    from data.dicom import _file_meta_end
+
+    meta = b"\x00" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00" + (10).to_bytes(4, "little")
+    body = b"\x02\x00\x01\x00OB\x00\x00" + b"\x02\x00"  # 10 bytes of group 2
+    assert _file_meta_end(meta + body + b"\x08\x00\x05\x00" + b"\x00" * 16) == 154
+    assert _file_meta_end(meta + body + b"\x02\x00\x10\x00" + b"\x00" * 16) is None  # more group 2 after the stated end
+    assert _file_meta_end(b"\x00" * 200) is None  # no preamble marker
