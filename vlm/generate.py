@@ -18,12 +18,14 @@ import inspect
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 import torch
+from transformers import TextIteratorStreamer
 
 from data.errors import M3Error
 from data.phantoms.labels import FINDING_SYNONYMS
@@ -374,12 +376,30 @@ def _token_texts(tokenizer: Any) -> list[str]:
     return _TOKEN_TEXTS[key]
 
 
+class _CoalescingStreamer(TextIteratorStreamer):
+    """``TextIteratorStreamer`` that hands text to the reading thread at most every ``STREAM_COALESCE_S`` (and at the
+    end): one queue hand-off per ~20 ms instead of one per token keeps the decoding thread's steps as fast as plain
+    ``generate``'s; a reader sees the text a few milliseconds later, well under the app's own update interval."""
+
+    def __init__(self, tokenizer: Any, **kwargs: Any) -> None:
+        super().__init__(tokenizer, **kwargs)
+        self._pending, self._last = "", 0.0
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self._pending += text
+        now = time.perf_counter()
+        if stream_end or (self._pending and now - self._last >= STREAM_COALESCE_S):
+            super().on_finalized_text(self._pending, stream_end)
+            self._pending, self._last = "", now
+
+
+STREAM_COALESCE_S = 0.02
+
+
 def threaded_generate(model: torch.nn.Module, tokenizer: Any, kwargs: dict[str, Any], result: dict[str, Any]) -> Iterator[str]:
     """Run ``model.generate(**kwargs)`` in a thread and yield its decoded text as it comes
-    (``TextIteratorStreamer``); the output ids land in ``result["ids"]``."""
-    from transformers import TextIteratorStreamer
-
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    (``_CoalescingStreamer``); the output ids land in ``result["ids"]``."""
+    streamer = _CoalescingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
     def run() -> None:
         try:
