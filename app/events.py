@@ -93,14 +93,14 @@ class AppEvents:
 
     def example(self, label: str, state: SessionState, request: gr.Request, progress=gr.Progress(track_tqdm=True)) -> tuple:
         """Generate the example phantom study ``label`` as DICOM files and open it like an upload."""
-        from data.phantoms import DICOM_DIRNAME, generate, write_study
+        from data.phantoms import generate, study_files, write_study
 
         kind = EXAMPLES[label]
         progress(0.05, desc=f"Generating the {label.lower()}")
         folder = state.workdir / f"example-{kind}-{int(time.time() * 1000)}"
         folder.mkdir(parents=True)
         study_dir = write_study(generate(kind, seed=EXAMPLE_SEED), folder)
-        paths = sorted(p for p in (study_dir / DICOM_DIRNAME).rglob("*") if p.is_file())  # images only, not the truth files
+        paths = study_files(study_dir)  # images only, not the truth files: what an upload of it holds
         return self._ingest(paths, state, request, progress)
 
     def _ingest(self, paths: list[Path], state: SessionState, request: gr.Request, progress: Any) -> tuple:
