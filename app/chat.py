@@ -158,7 +158,8 @@ class ChatEngine:
             elif event.kind == "done" and event.turn is not None:
                 turn = event.turn
                 answer = turn.answer or answer
-                text = answer + ("\n\nCheck: " + "; ".join(flag_text(f) for f in turn.flags) + "." if turn.flags else "")
+                shown = [f for f in turn.flags if not f.startswith("refusal")]  # a refusal is the answer, not a warning
+                text = answer + ("\n\nCheck: " + "; ".join(flag_text(f) for f in shown) + "." if shown else "")
                 history[-1] = _assistant(text)
                 self._audit(state, user, question, turn, time.perf_counter() - t0)
             yield list(history), changed

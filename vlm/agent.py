@@ -26,6 +26,7 @@ from experts.base import Expert, ExpertError, tool_message, with_slice_findings
 from vlm.backends.base import ChatBackend, GenerationConfig
 from vlm.call_repair import repair_arguments, repair_expert
 from vlm.conversation import AgentEvent, AgentTurn, Conversation, ToolCall
+from vlm.refusals import refusal_for
 from vlm.safety import modality_mismatch, ungrounded_numbers
 from vlm.tools import ReferenceFilter, ToolCallError, ToolCallFilter, legacy_arguments, parse_tool_calls, tool_error_message
 
@@ -96,6 +97,11 @@ class Agent:
         turn = AgentTurn(question=question, answer="")
         experts, unavailable = self._load_experts()
         self._add_user_message(conversation, question)
+        declined = refusal_for(question)
+        if declined is not None:  # identifiers, clinical decisions, greetings: answered by policy, no expert runs
+            turn.flags.append(f"refusal: {declined.kind}")
+            yield from self._finish(conversation, turn, declined.answer, t0, stream_answer=True)
+            return
         refusal = modality_mismatch(question, conversation.modalities, {n: e.modalities for n, e in experts.items()})
         if refusal is not None:
             turn.flags.append("modality mismatch")

@@ -199,7 +199,7 @@ def test_backend_failure_ends_the_turn_cleanly(registry):
             yield "Partial "
             raise RuntimeError("device lost")
 
-    events = list(Agent(Broken([]), registry).stream_turn(_ct_conversation(), "Hello"))
+    events = list(Agent(Broken([]), registry).stream_turn(_ct_conversation(), "Liver volume?"))
     assert [e.kind for e in events][-2:] == ["error", "done"]
     assert events[-1].turn.answer == "Partial" and "backend error: RuntimeError" in events[-1].turn.flags
 

@@ -1,0 +1,46 @@
+"""Identifier requests and clinical decisions are declined, greetings get help, without the model or an expert;
+questions about the images go to the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlm.refusals import refusal_for
+
+
+@pytest.mark.parametrize("question,kind", [
+    ("Can you tell me the patient's name?", "identity"),
+    ("whats his DOB", "identity"),
+    ("MRN please", "identity"),
+    ("Should we start him on steroids for the oedema?", "clinical decision"),
+    ("What dose of dexamethasone would you give?", "clinical decision"),
+    ("Can she be discharged today?", "clinical decision"),
+    ("what's the prognosis with a tumour this size", "clinical decision"),
+    ("hello there", "help"),
+    ("What can you do?", "help"),
+])
+def test_requests_the_assistant_must_decline_or_explain(question, kind):
+    assert refusal_for(question).kind == kind
+
+
+@pytest.mark.parametrize("question", ["What is the liver volume?", "Is there a pleural effusion?", "hi, how big is the spleen?",
+                                      "Which hemisphere is the tumour in?", "Any sign of pneumothorax after the drain?"])
+def test_questions_about_the_images_go_to_the_model(question):
+    assert refusal_for(question) is None
+
+
+def test_a_declined_question_calls_no_expert_and_is_flagged_for_the_audit_log():
+    from experts.registry import ExpertRegistry
+    from vlm.agent import Agent
+    from vlm.conversation import Conversation
+
+    class NeverCalled:
+        info = None
+
+        def stream_chat(self, *args, **kwargs):
+            raise AssertionError("the model must not be asked")
+
+    turn = Agent(NeverCalled(), ExpertRegistry()).run_turn(Conversation(images=[np.zeros((8, 8), np.uint8)]), "What is the patient's name?")
+    assert turn.tool_calls == [] and turn.flags == ["refusal: identity"]
+    assert "identifiers are removed when a study is loaded" in turn.answer
