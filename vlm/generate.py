@@ -8,7 +8,7 @@ transformers' ``generate`` (greedy or sampled, stop strings, EOS) with a ``TextI
 with ``GenerationConfig.references`` set, ``ReferenceConstraint`` keeps each ``[[key]]`` reference on the
 result field its own sentence names; with ``GenerationConfig.call_side`` / ``answer_side`` set,
 ``SideConstraint`` keeps the tool calls' arguments on the side of the body the question names and the
-answer on the side the calls measured.
+answer on the side the calls measured (both in ``vlm.constraints``, re-exported here).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -28,15 +27,14 @@ import torch
 from transformers import TextIteratorStreamer
 
 from data.errors import M3Error
-from data.phantoms.labels import FINDING_SYNONYMS
-from data.slice_facts import IN_SLICE, asks_about_shown_slice
-from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from vlm.backends.base import GenerationConfig
+from vlm.constraints import OTHER_SIDE, ReferenceConstraint, SideConstraint, yes_no_question
+from vlm.constraints import token_texts as _token_texts  # noqa: F401  (older callers and tests)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PrefixCache", "CacheStore", "image_key", "stream_generate", "threaded_generate", "generation_kwargs", "token_keys", "GenerationError",
-           "ReferenceConstraint", "SideConstraint", "OTHER_SIDE"]
+           "ReferenceConstraint", "SideConstraint", "OTHER_SIDE", "yes_no_question"]
 
 
 class GenerationError(M3Error, RuntimeError):
@@ -168,7 +166,7 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
         kwargs.update(stop_strings=list(config.stop), tokenizer=tokenizer)
     processors = []
     if config.references:
-        processors.append(ReferenceConstraint(tokenizer, config.references, question=config.question))
+        processors.append(ReferenceConstraint(tokenizer, config.references, question=config.question, answer_keys=config.answer_keys))
     if config.call_side:
         processors.append(SideConstraint(tokenizer, config.call_side))
     if config.answer_side:
@@ -178,202 +176,6 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
 
         kwargs["logits_processor"] = LogitsProcessorList(processors)
     return kwargs
-
-
-_AUXILIARY = re.compile(r"(?:^|[:.,?!]\s*)(?:is|are|does|do|did|can|was|were|has|have)\b")
-_YES_NO_CHOICE = re.compile(r"\b(?:yes or no|present or absent)\b")
-_WH_WORD = re.compile(r"\b(?:which|what|where|how|when|who)\b")
-_WHICH_SIDE = re.compile(r"\b(?:which|what) (?:side|hemisphere)\b")
-
-
-def yes_no_question(question: str) -> bool:
-    """Whether ``question`` asks for yes or no: a clause opening with an auxiliary verb ("Is there…",
-    "Could you tell me: do you see…") that offers no other choice ("left or right", "CT or MRI"), or one
-    offering "yes or no" / "present or absent"."""
-    q = " ".join(question.lower().split())
-    if _YES_NO_CHOICE.search(q):
-        return True
-    # "Can you check: which side…?": a polite lead-in's auxiliary does not make the question after it yes / no
-    asked = q.partition(":")[2].strip() or q
-    return bool(_AUXILIARY.search(asked)) and " or " not in asked
-
-
-def _reference_processor_base() -> type:
-    from transformers import LogitsProcessor
-
-    return LogitsProcessor
-
-
-class ReferenceConstraint(_reference_processor_base()):
-    """A ``transformers`` logits processor that keeps a ``[[key]]`` reference on the structure its own
-    sentence names: when the text just before the ``[[`` (since the last ``.``, ``;``, ``,`` or reference)
-    names fields of the conversation's expert results (``keys``), the reference may spell only those
-    fields ("The left kidney volume is [[" → ``left kidney volume``, never ``right kidney volume``).
-    When the sentence names none of them (say, an organ no result measured) nothing is masked, so the
-    agent still shows "(not in the expert result)" rather than another structure's value. Text outside
-    references is untouched. ``input_ids`` are the generated tokens (the prompt goes in as embeddings);
-    with a text prompt pass ``prompt_length``. A reference that opens the answer (no words before it, as in
-    a closed question's "[[edema?]]") takes its subject from ``question``: the fields the question names;
-    after a wh-question never a yes / no field, named or not ("Which side of the brain…?": the
-    ``hemisphere`` field when a result has one); after a yes / no question about the slice on screen
-    only an "in this slice" field, after any other never one.
-    """
-
-    # lead-matched key masking over the vocabulary: transformers offers the hook, not this constraint
-    def __init__(self, tokenizer: Any, keys: Sequence[str], prompt_length: int = 0, question: str = "") -> None:
-        self.tokenizer, self.prompt_length, self.question = tokenizer, prompt_length, question
-        self.open, self.close = REF_OPEN, REF_CLOSE
-        self.keys = sorted({" ".join(k.lower().split()) for k in keys}, key=len, reverse=True)
-        self._named = [(k, re.compile(r"\b" + re.escape(k).replace(r"\ ", r"\s+") + r"s?\b")) for k in self.keys]
-        self.pieces = _token_texts(tokenizer)
-        self.bracketed = np.array([i for i, t in enumerate(self.pieces) if REF_OPEN[0] in t], dtype=np.int64)
-
-    def allowed(self, lead: str) -> set[str]:
-        """The keys a reference after ``lead`` may name: those of the fields the lead's last phrase
-        names (longest names first: "liver tumor" before "liver"; "edema" allows ``edema?`` too); empty
-        when it names none. With no words in ``lead``, the fields the whole question names."""
-        from_question = not re.search(r"[a-z]", lead.lower()) and bool(self.question)
-        if from_question and yes_no_question(self.question):
-            # a yes / no question is answered by the yes / no field of the finding it names; naming none
-            # ("Is it abnormal?"), by any finding's, the model's to pick
-            yes_no = {k for k in self.keys if k.endswith("?")}
-            # one about the slice on screen by an "in this slice" field, any other by the rest
-            on_slice = {k for k in yes_no if k.endswith(IN_SLICE + "?")}
-            if on_slice and asks_about_shown_slice(self.question):
-                yes_no = on_slice
-            elif yes_no - on_slice:
-                yes_no -= on_slice
-            return self._named_findings(yes_no) or yes_no
-        phrase = self.question.lower() if from_question else re.split(r"[.;,\n]\s|;|\]\]", lead.lower())[-1]
-        sides = set(re.findall(r"\b(left|right)\b", phrase))
-        named: list[str] = []
-        for key, pattern in self._named:
-            # "left or right hemisphere?" asks for the side: it does not name the "right hemisphere" finding
-            if from_question and len(sides) > 1 and re.search(r"\b(left|right)\b", key):
-                continue
-            if pattern.search(phrase) and not any(key in longer for longer in named):
-                named.append(key)
-        picked = {k for k in self.keys for n in named if k in (n, n + "?") or k.startswith(n + " ")}
-        if from_question and "hemisphere" in self.keys and _WHICH_SIDE.search(self.question.lower()):
-            return {"hemisphere"}  # "Which side of the brain contains the tumor?" asks for the side, not the tumour
-        if from_question and _WH_WORD.search(self.question.lower()):
-            # "Which side…?", "How large…?" are never answered by a finding's yes / no field
-            return {k for k in (picked if named else self.keys) if not k.endswith("?")}
-        return picked
-
-    def _named_findings(self, yes_no: set[str]) -> set[str]:
-        """The yes / no fields whose finding the question names, each word by its stem ("Is there central
-        necrosis?" → ``necrosis?``, "Does the tumour enhance?" → ``enhancing tumor?``; a field inside a
-        longer named one gives way to it); empty when it names none."""
-        text = " ".join(self.question.lower().split())
-        # "mass" is the tumour, "collapsed lung" the pneumothorax: the words the data names each finding with
-        also = [name for name, words in FINDING_SYNONYMS.items() if any(re.search(rf"\b{re.escape(w.lower())}\b", text) for w in words)]
-        asked = re.findall(r"[a-z]+", " ".join([text, *also]))
-        named = {k for k in yes_no if all(any(word[:4] in a for a in asked) for word in k[:-1].removesuffix(IN_SLICE).split())}
-        return {k for k in named if not any(k != o and re.search(r"\b" + re.escape(k[:-1]) + r"\b", o) for o in named)}
-
-    def ok(self, partial: str, keys: set[str]) -> bool:
-        """Whether the text after an open ``[[`` can still become (or already closes) one of ``keys``."""
-        partial = partial.lower()
-        end = partial.find(self.close)
-        if end >= 0:
-            return " ".join(partial[:end].split()) in keys and self.open not in partial[end:]
-        return any((k + self.close).startswith(partial) for k in keys)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        try:
-            return self._mask(input_ids, scores)
-        except Exception:  # a constraint bug must not cost the answer: decode unconstrained, say so in the log
-            log.exception("reference constraint failed; decoding this step unconstrained")
-            return scores
-
-    def _mask(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for b in range(input_ids.shape[0]):
-            text = self.tokenizer.decode(input_ids[b, self.prompt_length:].tolist(), skip_special_tokens=True)
-            if text.rfind(TOOL_CALL_OPEN) > text.rfind(TOOL_CALL_CLOSE):  # a tool call's JSON is not an answer
-                continue
-            at = text.rfind(self.open)
-            if at >= 0 and text.find(self.close, at) < 0:  # inside a reference: every token is checked
-                keys = self.allowed(text[:at])
-                partial = text[at + len(self.open):]
-                candidates = range(min(len(self.pieces), scores.shape[-1]))
-                banned = [i for i in candidates if not self.ok(partial + self.pieces[i], keys)] if keys else []
-            else:  # outside: only tokens that open one and already spell part of its key (" [[liver", …)
-                banned = []
-                for i in self.bracketed:
-                    cand = text[-1:] + self.pieces[i]
-                    j = cand.find(self.open)
-                    if j < 0 or j + len(self.open) == len(cand):
-                        continue
-                    keys = self.allowed(text + cand[1:j])
-                    if keys and not self.ok(cand[j + len(self.open):], keys):
-                        banned.append(int(i))
-            if banned and len(banned) < scores.shape[-1]:
-                scores[b, torch.as_tensor(banned, dtype=torch.long, device=scores.device)] = -float("inf")
-        return scores
-
-
-OTHER_SIDE = {"left": "right", "right": "left"}
-
-
-class SideConstraint(_reference_processor_base()):
-    """A ``transformers`` logits processor that keeps tool calls on the side of the body the question
-    names: asked about the left kidney, a call's arguments may not spell "right" (nor a word on its way to
-    it), so a small model's slip to ``right kidney`` cannot measure the wrong organ. Text outside
-    ``<tool_call>`` is untouched. With ``in_answer`` it guards the answer instead (outside tool calls):
-    after a call that measured only the left kidney, the answer cannot name the right side, of which the
-    results hold nothing. ``input_ids`` are the generated tokens (pass ``prompt_length`` with a text prompt).
-    """
-
-    # wrong-side masking over the vocabulary: transformers offers the hook, not this constraint
-    def __init__(self, tokenizer: Any, side: str, prompt_length: int = 0, *, in_answer: bool = False) -> None:
-        if side not in OTHER_SIDE:
-            raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
-        self.tokenizer, self.prompt_length, self.in_answer = tokenizer, prompt_length, in_answer
-        self.other = OTHER_SIDE[side]
-        self.pieces = _token_texts(tokenizer)
-        # a call's arguments are enum values: any word on its way to the other side is stopped early;
-        # free answer text only once the word can be nothing else ("righ")
-        self.min_prefix = len(self.other) - 1 if in_answer else 2
-
-    def spells_other(self, text: str) -> bool:
-        """Whether the text names the other side, or ends in a word only it can complete."""
-        low = text.lower()
-        if re.search(r"\b" + self.other + r"\b", low):
-            return True
-        tail = re.search(r"(?<![a-z])([a-z]+)$", low)
-        return bool(tail) and len(tail.group(1)) >= self.min_prefix and self.other.startswith(tail.group(1))
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        try:
-            for b in range(input_ids.shape[0]):
-                text = self.tokenizer.decode(input_ids[b, self.prompt_length:].tolist(), skip_special_tokens=True)
-                at = text.rfind(TOOL_CALL_OPEN)
-                in_call = at >= 0 and text.rfind(TOOL_CALL_CLOSE) < at
-                if in_call == self.in_answer:
-                    continue
-                if in_call:
-                    span = text[at + len(TOOL_CALL_OPEN):]
-                else:  # the answer since the last call closed
-                    close = text.rfind(TOOL_CALL_CLOSE)
-                    span = text[close + len(TOOL_CALL_CLOSE):] if close >= 0 else text
-                banned = [i for i in range(min(len(self.pieces), scores.shape[-1])) if self.spells_other(span + self.pieces[i])]
-                if banned and len(banned) < scores.shape[-1]:
-                    scores[b, torch.as_tensor(banned, dtype=torch.long, device=scores.device)] = -float("inf")
-        except Exception:  # a constraint bug must not cost the answer: decode unconstrained, say so in the log
-            log.exception("side constraint failed; decoding this step unconstrained")
-        return scores
-
-
-_TOKEN_TEXTS: dict[int, list[str]] = {}
-
-
-def _token_texts(tokenizer: Any) -> list[str]:
-    """Each vocabulary id's decoded text (computed once per tokenizer)."""
-    key = id(tokenizer)
-    if key not in _TOKEN_TEXTS:
-        _TOKEN_TEXTS[key] = [tokenizer.decode([i]) for i in range(len(tokenizer))]
-    return _TOKEN_TEXTS[key]
 
 
 class _CoalescingStreamer(TextIteratorStreamer):

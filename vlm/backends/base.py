@@ -33,6 +33,9 @@ class GenerationConfig:
     # the user's question: a reference that opens the answer ("[[" with no words before it) names a field
     # the question names ("Is there edema?" → ``edema?``, ``edema volume``); "": no such fallback
     question: str = ""
+    # the result fields that answer the question (the agent's choice): a reference that opens the answer names
+    # only those of them that are in ``references``; none of them there: the ``question`` fallback above
+    answer_keys: tuple[str, ...] = ()
 
 
 @dataclass

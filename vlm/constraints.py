@@ -1,0 +1,455 @@
+"""Decoding constraints: ``transformers`` logits processors that keep an answer's ``[[key]]`` references and
+the body side of tool calls and answers on what the question and the expert results allow.
+
+The policy (which keys a reference may name, which side words are stopped) is stated once per class in
+``ReferenceConstraint.allowed`` and ``SideConstraint.spells_other``; the masking does not re-evaluate it on
+every vocabulary entry. Per tokenizer (computed once, cached) a ``TokenIndex`` holds each token's text, a
+prefix index (lower-cased text → ids) and id sets of the tokens that can matter: tokens closing or opening
+a reference, tokens spelling a side word or part of one. A step keeps a running decoded text
+(``RunningText``: only the tokens since a verified anchor are decoded), walks the allowed keys' remaining
+characters through the prefix index, and takes the other side's banned ids as a union of precomputed sets,
+so its cost is that of the allowed set, not of the vocabulary.
+
+A failure inside a constraint does not end the answer: the step is decoded unconstrained, the failure is
+appended to the processor's ``failures`` (the caller flags the turn) and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import LogitsProcessor
+
+from data.phantoms.labels import FINDING_SYNONYMS
+from data.slice_facts import IN_SLICE, asks_about_shown_slice
+from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OTHER_SIDE", "ReferenceConstraint", "RunningText", "SideConstraint", "TokenIndex", "token_index", "token_texts",
+           "yes_no_question"]
+
+OTHER_SIDE = {"left": "right", "right": "left"}
+
+_AUXILIARY = re.compile(r"(?:^|[:.,?!]\s*)(?:is|are|does|do|did|can|was|were|has|have)\b")
+_YES_NO_CHOICE = re.compile(r"\b(?:yes or no|present or absent)\b")
+_WH_WORD = re.compile(r"\b(?:which|what|where|how|when|who)\b")
+_WHICH_SIDE = re.compile(r"\b(?:which|what) (?:side|hemisphere)\b")
+
+
+def yes_no_question(question: str) -> bool:
+    """Whether ``question`` asks for yes or no: a clause opening with an auxiliary verb ("Is there…",
+    "Could you tell me: do you see…") that offers no other choice ("left or right", "CT or MRI"), or one
+    offering "yes or no" / "present or absent"."""
+    q = " ".join(question.lower().split())
+    if _YES_NO_CHOICE.search(q):
+        return True
+    # "Can you check: which side…?": a polite lead-in's auxiliary does not make the question after it yes / no
+    asked = q.partition(":")[2].strip() or q
+    return bool(_AUXILIARY.search(asked)) and " or " not in asked
+
+
+class _Guarded(LogitsProcessor):
+    """Runs ``_mask`` row by row; a failure leaves that step unconstrained and is recorded in ``failures``."""
+
+    name = "constraint"
+
+    def __init__(self, tokenizer: Any, prompt_length: int) -> None:
+        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+        self.index = token_index(tokenizer)
+        self.pieces = self.index.pieces
+        self.failures: list[str] = []  # one line per failed step: the caller flags the turn
+        self._texts: dict[int, RunningText] = {}
+
+    @property
+    def failed(self) -> bool:
+        """Whether any step was decoded unconstrained because the constraint failed."""
+        return bool(self.failures)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for b in range(input_ids.shape[0]):
+            try:
+                text = self._texts.setdefault(b, RunningText(self.tokenizer)).update(input_ids[b, self.prompt_length:].tolist())
+                banned = self._banned(text, scores.shape[-1])
+            except Exception as exc:  # the answer goes on unconstrained; the failure is kept for the turn's flag
+                step = input_ids.shape[1] - self.prompt_length
+                self.failures.append(f"{self.name} failed at generated token {step}: {type(exc).__name__}: {exc}")
+                log.exception("%s failed; decoding this step unconstrained", self.name)
+                continue
+            if banned is not None:
+                scores[b].masked_fill_(banned.to(scores.device), -float("inf"))
+        return scores
+
+    def _banned(self, text: str, vocab: int) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def _mask(self, vocab: int, ids: Iterable[int] | np.ndarray = (), *, all_candidates: bool = False,
+              allowed: Sequence[int] | None = None) -> torch.Tensor | None:
+        """A ``(vocab,)`` bool mask of banned ids among the candidates (ids of the tokenizer that fit the
+        scores), or None when it bans nothing or everything (then the step is left to the model)."""
+        n = min(len(self.pieces), vocab)
+        mask = torch.zeros(vocab, dtype=torch.bool)
+        if allowed is not None:
+            mask[:n] = True
+            kept = torch.as_tensor([i for i in allowed if i < n], dtype=torch.long)
+            mask[kept] = False
+        elif all_candidates:
+            mask[:n] = True
+        else:
+            chosen = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+            mask[chosen[chosen < n]] = True
+        count = int(mask.sum())
+        return mask if 0 < count < vocab else None
+
+
+class ReferenceConstraint(_Guarded):
+    """A ``transformers`` logits processor that keeps a ``[[key]]`` reference on the structure its own
+    sentence names: when the text just before the ``[[`` (since the last ``.``, ``;``, ``,`` or reference)
+    names fields of the conversation's expert results (``keys``), the reference may spell only those
+    fields ("The left kidney volume is [[" → ``left kidney volume``, never ``right kidney volume``).
+    When the sentence names none of them (say, an organ no result measured) nothing is masked, so the
+    agent still shows "(not in the expert result)" rather than another structure's value. Text outside
+    references is untouched. ``input_ids`` are the generated tokens (the prompt goes in as embeddings);
+    with a text prompt pass ``prompt_length``. A reference that opens the answer (no words before it, as in
+    a closed question's "[[edema?]]") names one of ``answer_keys`` when any of them is in ``keys``;
+    otherwise it takes its subject from ``question``: the fields the question names; after a wh-question
+    never a yes / no field, named or not ("Which side of the brain…?": the ``hemisphere`` field when a
+    result has one); after a yes / no question about the slice on screen only an "in this slice" field,
+    after any other never one.
+    """
+
+    name = "reference constraint"
+
+    def __init__(self, tokenizer: Any, keys: Sequence[str], prompt_length: int = 0, question: str = "",
+                 answer_keys: Sequence[str] = ()) -> None:
+        super().__init__(tokenizer, prompt_length)
+        self.question = question
+        self.open, self.close = REF_OPEN, REF_CLOSE
+        self.keys = sorted({_normal(k) for k in keys}, key=len, reverse=True)
+        self.answer_keys = {_normal(k) for k in answer_keys} & set(self.keys)
+        self._named = [(k, re.compile(r"\b" + re.escape(k).replace(r"\ ", r"\s+") + r"s?\b")) for k in self.keys]
+        self._allowed_memo: dict[str, frozenset[str]] = {}
+
+    def allowed(self, lead: str) -> set[str]:
+        """The keys a reference after ``lead`` may name: those of the fields the lead's last phrase
+        names (longest names first: "liver tumor" before "liver"; "edema" allows ``edema?`` too); empty
+        when it names none. With no words in ``lead``, ``answer_keys`` (those in ``keys``) when given, else
+        the fields the whole question names."""
+        if lead not in self._allowed_memo:
+            if len(self._allowed_memo) > 256:
+                self._allowed_memo.clear()
+            self._allowed_memo[lead] = frozenset(self._allowed(lead))
+        return set(self._allowed_memo[lead])
+
+    def _allowed(self, lead: str) -> set[str]:
+        opens_answer = not re.search(r"[a-z]", lead.lower())
+        if opens_answer and self.answer_keys:
+            return set(self.answer_keys)
+        from_question = opens_answer and bool(self.question)
+        if from_question and yes_no_question(self.question):
+            # a yes / no question is answered by the yes / no field of the finding it names; naming none
+            # ("Is it abnormal?"), by any finding's, the model's to pick
+            yes_no = {k for k in self.keys if k.endswith("?")}
+            # one about the slice on screen by an "in this slice" field, any other by the rest
+            on_slice = {k for k in yes_no if k.endswith(IN_SLICE + "?")}
+            if on_slice and asks_about_shown_slice(self.question):
+                yes_no = on_slice
+            elif yes_no - on_slice:
+                yes_no -= on_slice
+            return self._named_findings(yes_no) or yes_no
+        phrase = self.question.lower() if from_question else re.split(r"[.;,\n]\s|;|\]\]", lead.lower())[-1]
+        sides = set(re.findall(r"\b(left|right)\b", phrase))
+        named: list[str] = []
+        for key, pattern in self._named:
+            # "left or right hemisphere?" asks for the side: it does not name the "right hemisphere" finding
+            if from_question and len(sides) > 1 and re.search(r"\b(left|right)\b", key):
+                continue
+            if pattern.search(phrase) and not any(key in longer for longer in named):
+                named.append(key)
+        picked = {k for k in self.keys for n in named if k in (n, n + "?") or k.startswith(n + " ")}
+        if from_question and "hemisphere" in self.keys and _WHICH_SIDE.search(self.question.lower()):
+            return {"hemisphere"}  # "Which side of the brain contains the tumor?" asks for the side, not the tumour
+        if from_question and _WH_WORD.search(self.question.lower()):
+            # "Which side…?", "How large…?" are never answered by a finding's yes / no field
+            return {k for k in (picked if named else self.keys) if not k.endswith("?")}
+        return picked
+
+    def _named_findings(self, yes_no: set[str]) -> set[str]:
+        """The yes / no fields whose finding the question names, each word by its stem ("Is there central
+        necrosis?" → ``necrosis?``, "Does the tumour enhance?" → ``enhancing tumor?``; a field inside a
+        longer named one gives way to it); empty when it names none."""
+        text = " ".join(self.question.lower().split())
+        # "mass" is the tumour, "collapsed lung" the pneumothorax: the words the data names each finding with
+        also = [name for name, words in FINDING_SYNONYMS.items() if any(re.search(rf"\b{re.escape(w.lower())}\b", text) for w in words)]
+        asked = re.findall(r"[a-z]+", " ".join([text, *also]))
+        named = {k for k in yes_no if all(any(word[:4] in a for a in asked) for word in k[:-1].removesuffix(IN_SLICE).split())}
+        return {k for k in named if not any(k != o and re.search(r"\b" + re.escape(k[:-1]) + r"\b", o) for o in named)}
+
+    def ok(self, partial: str, keys: set[str]) -> bool:
+        """Whether the text after an open ``[[`` can still become (or already closes) one of ``keys``."""
+        partial = partial.lower()
+        end = partial.find(self.close)
+        if end >= 0:
+            return _normal(partial[:end]) in keys and self.open not in partial[end:]
+        return any((k + self.close).startswith(partial) for k in keys)
+
+    def _banned(self, text: str, vocab: int) -> torch.Tensor | None:
+        if text.rfind(TOOL_CALL_OPEN) > text.rfind(TOOL_CALL_CLOSE):  # a tool call's JSON is not an answer
+            return None
+        at = text.rfind(self.open)
+        if at >= 0 and text.find(self.close, at) < 0:  # inside a reference: only the allowed continuations stay
+            keys = self.allowed(text[:at])
+            if not keys:
+                return None
+            partial = text[at + len(self.open):]
+            return self._mask(vocab, allowed=self._continuations(partial, keys))
+        # outside: only tokens that open one and already spell part of its key (" [[liver", …)
+        idx = self.index
+        opening = np.concatenate([idx.ref_inside, idx.bracket_start]) if text.endswith("[") else idx.ref_inside
+        banned = []
+        for i in opening.tolist():
+            cand = text[-1:] + self.pieces[i]
+            j = cand.find(self.open)
+            if j < 0 or j + len(self.open) == len(cand):
+                continue
+            keys = self.allowed(text + cand[1:j])
+            if keys and not self.ok(cand[j + len(self.open):], keys):
+                banned.append(i)
+        return self._mask(vocab, banned) if banned else None
+
+    def _continuations(self, partial: str, keys: set[str]) -> list[int]:
+        """The ids whose text keeps ``partial`` on its way to one of ``keys`` + ``]]`` (or closes it there)."""
+        idx, p = self.index, partial.lower()
+        found: set[int] = set()
+        for k in keys:  # still open: the token spells the next characters of an allowed key (prefix index)
+            rest = (k + self.close)[len(p):] if (k + self.close).startswith(p) else None
+            if rest is not None:
+                for n in range(min(len(rest), idx.max_len) + 1):
+                    found.update(idx.by_text.get(rest[:n], ()))
+        for before, ids in idx.closing_by_before.items():  # closed inside the token: the text before "]]" is a key
+            if _normal(p + before) in keys:
+                found.update(ids)
+        if p.endswith("]") and _normal(p[:-1]) in keys:  # closed across the boundary: "[[liver]" + "]…"
+            found.update(idx.close_start.tolist())
+        return [i for i in found if self.ok(partial + self.pieces[i], keys)]
+
+
+class SideConstraint(_Guarded):
+    """A ``transformers`` logits processor that keeps tool calls on the side of the body the question
+    names: asked about the left kidney, a call's arguments may not spell "right" (nor a word on its way to
+    it), so a small model's slip to ``right kidney`` cannot measure the wrong organ. Text outside
+    ``<tool_call>`` is untouched. With ``in_answer`` it guards the answer instead (outside tool calls):
+    after a call that measured only the left kidney, the answer cannot name the right side, of which the
+    results hold nothing. ``input_ids`` are the generated tokens (pass ``prompt_length`` with a text prompt).
+    """
+
+    name = "side constraint"
+
+    def __init__(self, tokenizer: Any, side: str, prompt_length: int = 0, *, in_answer: bool = False) -> None:
+        if side not in OTHER_SIDE:
+            raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
+        super().__init__(tokenizer, prompt_length)
+        self.in_answer = in_answer
+        self.other = OTHER_SIDE[side]
+        # a call's arguments are enum values: any word on its way to the other side is stopped early;
+        # free answer text only once the word can be nothing else ("righ")
+        self.min_prefix = len(self.other) - 1 if in_answer else 2
+        self._word = re.compile(r"\b" + self.other + r"\b")
+        self._sets = self.index.side_sets(self.other, self.min_prefix)
+
+    def spells_other(self, text: str) -> bool:
+        """Whether the text names the other side, or ends in a word only it can complete."""
+        low = text.lower()
+        if self._word.search(low):
+            return True
+        tail = re.search(r"(?<![a-z])([a-z]+)$", low)
+        return bool(tail) and len(tail.group(1)) >= self.min_prefix and self.other.startswith(tail.group(1))
+
+    def _banned(self, text: str, vocab: int) -> torch.Tensor | None:
+        at = text.rfind(TOOL_CALL_OPEN)
+        in_call = at >= 0 and text.rfind(TOOL_CALL_CLOSE) < at
+        if in_call == self.in_answer:
+            return None
+        if in_call:
+            span = text[at + len(TOOL_CALL_OPEN):]
+        else:  # the answer since the last call closed
+            close = text.rfind(TOOL_CALL_CLOSE)
+            span = text[close + len(TOOL_CALL_CLOSE):] if close >= 0 else text
+        low, other, sets = span.lower(), self.other, self._sets
+        # the other side's word already stands in the text, closed by a character of the text: every token spells it
+        if any(m.end() < len(low) for m in self._word.finditer(low)):
+            return self._mask(vocab, all_candidates=True)
+        parts = [sets.inside_word]
+        word_run = re.search(r"\w*\Z", low).group()
+        if other.startswith(word_run):  # the word the text ends in, completed by the token's first characters
+            parts.append(sets.completing[len(word_run)])
+        parts.append(sets.ending_prefix)  # the token itself ends in "ri…" after a non-letter
+        # ``spells_other`` reads the letters at the end, or before one final newline (``$``)
+        before_newline = re.search(r"[a-z]*\Z", low.removesuffix("\n")).group()
+        if before_newline and len(before_newline) >= self.min_prefix and other.startswith(before_newline):
+            parts.append(self.index.empty)
+        letters = re.search(r"[a-z]*\Z", low).group()
+        if other.startswith(letters):  # the text's last letters and an all-letter token on the way to the word
+            for n in range(max(len(letters), 1, self.min_prefix), len(other) + 1):
+                seg = other[len(letters):n]
+                for spelled in ((seg, seg + "\n") if seg else ("\n",)):
+                    parts.append(_ids(self.index.by_text.get(spelled, [])))
+        banned = np.concatenate(parts)
+        return self._mask(vocab, banned) if len(banned) else None
+
+
+@dataclass
+class SideSets:
+    """Ids that spell ``word`` (a side) or part of it, for ``SideConstraint``: ``inside_word``: the token holds the
+    whole word after a character of its own; ``completing[m]``: the token's text starts with ``word[m:]`` followed by
+    a non-word character or its end (after text ending in ``word[:m]``); ``ending_prefix``: the token ends (or ends
+    before one final newline), after a non-letter, in at least ``min_prefix`` letters that start ``word``."""
+
+    inside_word: np.ndarray
+    completing: list[np.ndarray]
+    ending_prefix: np.ndarray
+
+
+@dataclass
+class TokenIndex:
+    """What the constraints need to know of a tokenizer's vocabulary, computed once (``token_index``).
+
+    pieces: each id's decoded text; by_text: lower-cased text → ids (the prefix index the key walk looks
+    up); max_len: the longest text; closing_by_before: for tokens containing ``]]`` with no ``[[`` after it,
+    the lower-cased text before the ``]]`` → ids; close_start: tokens starting with ``]`` and holding no ``[[``;
+    ref_inside: tokens whose first ``[[`` has text after it; bracket_start: tokens of two or more characters
+    starting with ``[``; empty: tokens with no text.
+    """
+
+    pieces: list[str]
+    by_text: dict[str, list[int]]
+    max_len: int
+    closing_by_before: dict[str, list[int]]
+    close_start: np.ndarray
+    ref_inside: np.ndarray
+    bracket_start: np.ndarray
+    empty: np.ndarray
+    _side: dict[tuple[str, int], SideSets] = field(default_factory=dict)
+
+    def side_sets(self, word: str, min_prefix: int) -> SideSets:
+        """``SideSets`` of ``word`` (cached)."""
+        if (word, min_prefix) not in self._side:
+            word_re = re.compile(r"\b" + re.escape(word) + r"\b")
+            inside, completing, ending = [], [[] for _ in range(len(word) + 1)], []
+            for i, piece in enumerate(self.pieces):
+                low = piece.lower()
+                if any(m.start() > 0 for m in word_re.finditer(low)):
+                    inside.append(i)
+                for m in range(len(word) + 1):
+                    rest = word[m:]
+                    if low.startswith(rest) and (len(low) == len(rest) or not _WORD_CHAR.match(low[len(rest)])):
+                        completing[m].append(i)
+                tail = _TRAILING_LETTERS.search(low.removesuffix("\n"))
+                if tail and tail.start() > 0 and len(tail.group()) >= min_prefix and word.startswith(tail.group()):
+                    ending.append(i)
+            self._side[(word, min_prefix)] = SideSets(_ids(inside), [_ids(c) for c in completing], _ids(ending))
+        return self._side[(word, min_prefix)]
+
+
+_WORD_CHAR = re.compile(r"\w")
+_TRAILING_LETTERS = re.compile(r"[a-z]+\Z")
+_INDEXES: dict[int, tuple[Any, TokenIndex]] = {}
+
+
+def token_texts(tokenizer: Any) -> list[str]:
+    """Each vocabulary id's decoded text (computed once per tokenizer)."""
+    return token_index(tokenizer).pieces
+
+
+def token_index(tokenizer: Any) -> TokenIndex:
+    """The ``TokenIndex`` of ``tokenizer``, built on first use and kept while the tokenizer lives."""
+    key = id(tokenizer)
+    held = _INDEXES.get(key)
+    if held is not None and held[0]() is tokenizer:
+        return held[1]
+    pieces = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    by_text: dict[str, list[int]] = {}
+    closing: dict[str, list[int]] = {}
+    close_start, ref_inside, bracket_start, empty = [], [], [], []
+    for i, piece in enumerate(pieces):
+        low = piece.lower()
+        by_text.setdefault(low, []).append(i)
+        end = low.find(REF_CLOSE)
+        if end >= 0 and REF_OPEN not in low[end:]:
+            closing.setdefault(low[:end], []).append(i)
+        if low.startswith("]") and REF_OPEN not in low:
+            close_start.append(i)
+        at = piece.find(REF_OPEN)
+        if at >= 0 and at + len(REF_OPEN) < len(piece):
+            ref_inside.append(i)
+        if piece.startswith(REF_OPEN[0]) and len(piece) > 1:
+            bracket_start.append(i)
+        if not piece:
+            empty.append(i)
+    index = TokenIndex(pieces, by_text, max((len(p) for p in pieces), default=0), closing, _ids(close_start), _ids(ref_inside),
+                       _ids(bracket_start), _ids(empty))
+    try:
+        ref: Any = weakref.ref(tokenizer, lambda _, k=key: _INDEXES.pop(k, None))
+    except TypeError:  # not weak-referenceable: keep it alive with its index
+        ref = _Strong(tokenizer)
+    _INDEXES[key] = (ref, index)
+    return index
+
+
+class RunningText:
+    """The decoded text of a growing id list, decoding only the ids since an anchor.
+
+    ``update(ids)`` returns ``tokenizer.decode(ids, skip_special_tokens=True)``. The anchor moves forward only
+    where decoding the two halves separately gives the same text as decoding them together (checked on the
+    window when it moves, with ``_AFTER_ANCHOR`` tokens after it so a split character or a space cleaned up
+    around punctuation shows), so the text is the whole decode's; ids that do not extend the last list
+    (a new sequence, a reordered beam) start over.
+    """
+
+    _WINDOW, _AFTER_ANCHOR = 24, 8
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.anchor, self.committed = 0, ""
+
+    def update(self, ids: list[int]) -> str:
+        if ids[: len(self.ids)] != self.ids:
+            self.anchor, self.committed = 0, ""
+        self.ids = ids
+        window = self._decode(ids[self.anchor:])
+        if len(ids) - self.anchor >= self._WINDOW:
+            cut = len(ids) - self._AFTER_ANCHOR
+            head, rest = self._decode(ids[self.anchor:cut]), self._decode(ids[cut:])
+            if head + rest == window:
+                self.committed, self.anchor, window = self.committed + head, cut, rest
+        return self.committed + window
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class _Strong:
+    """A strong reference with ``weakref.ref``'s call interface."""
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __call__(self) -> Any:
+        return self.obj
+
+
+def _normal(text: str) -> str:
+    """Lower case with single spaces, no leading or trailing ones (how keys are compared)."""
+    return " ".join(text.lower().split())
+
+
+def _ids(values: list[int]) -> np.ndarray:
+    return np.asarray(values, dtype=np.int64)
