@@ -6,15 +6,18 @@ environment variable ``M3_USERS`` (``alice:scrypt$...;bob:pbkdf2_sha256$...``). 
 ``m3 hash-password``. Plain-text passwords are never accepted. Binding to anything but a loopback
 address without one of the two methods configured is refused (``require_auth_for_host``).
 
-``RouteGuard`` keeps every route but the page, ``/login``, static assets and ``/healthz`` behind a session
-and rate-limits sign-ins per client address (``app.login_limits``); the proxy header and X-Forwarded-For
-are believed only from ``auth.trusted_proxies``.
+``RouteGuard`` keeps every route but the page, ``/login``, static assets and the health routes behind a session,
+rate-limits sign-ins per client address (``app.login_limits``), signs out sessions idle past
+``auth.idle_logout_min`` and writes sign-ins, failed sign-ins, sign-outs and report downloads to the audit log.
+The proxy header and X-Forwarded-For are believed only from ``auth.trusted_proxies``; ``behind_proxies`` wraps the
+app in uvicorn's forwarded-header middleware trusting the same list, keeping the raw peer for the header check.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextvars
 import functools
 import hashlib
 import hmac
@@ -26,6 +29,7 @@ import math
 import os
 import re
 import secrets
+import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +41,7 @@ from starlette.websockets import WebSocketClose
 
 from app.config import AppConfig, ConfigError
 from app.login_limits import LoginLimiter, client_key
+from app.password_policy import check_password
 
 __all__ = [
     "hash_password",
@@ -51,6 +56,10 @@ __all__ = [
     "PUBLIC_PATHS",
     "is_loopback",
     "require_auth_for_host",
+    "check_login_methods",
+    "SessionActivity",
+    "behind_proxies",
+    "RAW_PEER",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,12 +72,16 @@ PUBLIC_PATHS = frozenset({"/", "/login", "/login/", "/favicon.ico", "/theme.css"
 PUBLIC_PREFIXES = ("/static/", "/assets/", "/svelte/", "/pwa_icon/")
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
 _USERNAME = re.compile(rf"[A-Za-z0-9._@-]{{1,{MAX_USERNAME_CHARS}}}")
+RAW_PEER = "m3.raw_peer"  # scope key: the TCP peer before the forwarded-header middleware replaced it
+_SIGN_IN_CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("m3_sign_in_client", default="")
+_DOWNLOAD = re.compile(r"(report|seg)[\w.-]*\.(md|pdf|dcm)")  # the report export's files (no PHI in these names)
 
 
-def hash_password(password: str, *, n: int = 2**14, r: int = 8, p: int = 1) -> str:
-    """A salted scrypt hash ``scrypt$n$r$p$salt_b64$hash_b64`` of ``password`` (16-byte salt, 32-byte key)."""
-    if not password:
-        raise ConfigError("password must not be empty; choose a password of at least 8 characters.")
+def hash_password(password: str, *, username: str = "", n: int = 2**14, r: int = 8, p: int = 1) -> str:
+    """A salted scrypt hash ``scrypt$n$r$p$salt_b64$hash_b64`` of ``password`` (16-byte salt, 32-byte key).
+
+    Raises ``PasswordPolicyError`` (a ``ConfigError``) for a password ``app.password_policy`` refuses."""
+    check_password(password, username)
     salt = secrets.token_bytes(16)
     key = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=32, maxmem=_SCRYPT_MAXMEM)
     return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(key)}"
@@ -150,11 +163,16 @@ class PasswordAuth:
     """
 
     users: dict[str, str]
+    audit: Any = None  # an ``app.audit.AuditLog``: each attempt is written as ``login`` or ``login_failed``
 
     def __call__(self, username: str, password: str) -> bool:
         encoded = self.users.get(username)
         # Hash even for unknown users so response time does not reveal which names exist.
-        return verify_password(password, encoded or _DUMMY_HASH) and encoded is not None
+        ok = verify_password(password, encoded or _DUMMY_HASH) and encoded is not None
+        if self.audit is not None:  # the name only when it could be one (never a password typed into the name box)
+            self.audit.event("login" if ok else "login_failed", user=username if valid_username(username) else "[invalid]",
+                             method="password", client=_SIGN_IN_CLIENT.get(), known_user=encoded is not None)
+        return ok
 
 
 @dataclass
@@ -170,7 +188,7 @@ class TrustedHeaderAuth:
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
 
     def __call__(self, request: Any) -> str | None:
-        client = getattr(getattr(request, "client", None), "host", None)
+        client = (getattr(request, "scope", None) or {}).get(RAW_PEER) or getattr(getattr(request, "client", None), "host", None)
         if not client or not _in_networks(client, _networks(tuple(self.trusted_proxies))):
             return None
         user = request.headers.get(self.header, "").strip()
@@ -212,9 +230,11 @@ class RouteGuard:
 
     def __init__(self, app: Any, *, session_user: Callable[[HTTPConnection], Any], mount_path: str = "/",
                  limiter: LoginLimiter | None = None, trusted_proxies: tuple[str, ...] = (),
-                 open_paths: tuple[str, ...] = ("/healthz",)):
+                 open_paths: tuple[str, ...] = ("/healthz", "/livez", "/readyz"), audit: Any = None):
         self.app = app
+        self.audit = audit
         self.session_user = session_user
+        self._takes_refresh = "refresh" in inspect.signature(session_user).parameters  # idle logout knows activity
         self.mount = mount_path.rstrip("/")
         self.limiter = limiter
         self.trusted_proxies = trusted_proxies
@@ -230,23 +250,42 @@ class RouteGuard:
             return await self.app(scope, receive, send)
         page_path = (path[len(self.mount):] or "/") if path == self.mount or path.startswith(self.mount + "/") else None
         if page_path is not None and (page_path in PUBLIC_PATHS or page_path.startswith(PUBLIC_PREFIXES)):
-            if self.limiter is not None and page_path in ("/login", "/login/") and scope.get("method") == "POST":
+            if page_path in ("/login", "/login/") and scope.get("method") == "POST":
                 return await self._sign_in(scope, receive, send)
+            if page_path == "/":  # an idle session is signed out before the page decides to show the login form
+                await self._user(scope, refresh=False)
             return await self.app(scope, receive, send)
-        user = self.session_user(HTTPConnection(scope))
-        if inspect.isawaitable(user):
-            user = await user
+        user = await self._user(scope, refresh="/heartbeat/" not in path)  # the page's heartbeat is no activity
         if user is not None:
+            if self.audit is not None and scope["type"] == "http":
+                self._audit_request(page_path or path, str(user))
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return await WebSocketClose(code=1008)(scope, receive, send)
         return await JSONResponse({"detail": "Not authenticated"}, status_code=401)(scope, receive, send)
+
+    async def _user(self, scope: dict, *, refresh: bool) -> Any:
+        connection = HTTPConnection(scope)
+        user = self.session_user(connection, refresh=refresh) if self._takes_refresh else self.session_user(connection)
+        return await user if inspect.isawaitable(user) else user
+
+    def _audit_request(self, path: str, user: str) -> None:
+        """Sign-outs and downloads of the report's files, by the signed-in ``user``."""
+        if path in ("/logout", "/logout/"):
+            self.audit.event("logout", user=user, reason="signed out")
+        elif path.startswith("/gradio_api/file="):
+            name = path.rsplit("/", 1)[-1]
+            if _DOWNLOAD.fullmatch(name):
+                self.audit.event("download", user=user, file=name)
 
     async def _sign_in(self, scope: dict, receive: Callable, send: Callable) -> None:
         connection = HTTPConnection(scope)
         peer = connection.client.host if connection.client else ""
         forwarded = ",".join(connection.headers.getlist("x-forwarded-for"))
         address = client_address(peer, forwarded, self.trusted_proxies)
+        _SIGN_IN_CLIENT.set(address)  # the audit record of the attempt (PasswordAuth) names it
+        if self.limiter is None:
+            return await self.app(scope, receive, send)
         key = f"{id(asyncio.get_running_loop())}:{client_key(address)}"  # a lock belongs to one event loop
         turn = self._sign_in_turns.get(key)
         if turn is None:
@@ -274,10 +313,12 @@ class RouteGuard:
             self.limiter.settle(admission, succeeded=status == 200)  # Gradio answers 400 to wrong credentials
 
 
-def guard_routes(api: Any, config: AppConfig) -> None:
+def guard_routes(api: Any, config: AppConfig, *, audit: Any = None, open_paths: tuple[str, ...] | None = None) -> None:
     """Put a ``RouteGuard`` in front of ``api``, a FastAPI app with the Gradio app mounted at ``server.root_path``:
-    sessions as Gradio sees them; sign-ins rate-limited (password login only) with state in
-    ``config.login_state_file``."""
+    sessions as Gradio sees them, signed out after ``auth.idle_logout_min`` without a request; sign-ins
+    rate-limited (password login only) with state in ``config.login_state_file``; ``audit``: an
+    ``app.audit.AuditLog`` for sign-ins, sign-outs and downloads; ``open_paths``: routes answering without a session
+    (default the health routes)."""
     from gradio.routes import App as GradioApp
 
     gradio_app = next(r.app for r in api.routes if isinstance(getattr(r, "app", None), GradioApp))
@@ -286,9 +327,61 @@ def guard_routes(api: Any, config: AppConfig) -> None:
         limiter = LoginLimiter(config.login_state_file, failures_before_delay=config.auth.failures_before_delay,
                                max_delay_s=config.auth.max_delay_s,
                                global_failures_per_minute=config.auth.global_failures_per_minute)
-    api.add_middleware(RouteGuard, session_user=lambda connection: _gradio_user(gradio_app, connection),
-                       mount_path=config.server.root_path or "/", limiter=limiter,
-                       trusted_proxies=config.auth.trusted_proxies)
+    activity = SessionActivity(config.auth.idle_logout_min * 60.0)
+
+    def session_user(connection: HTTPConnection, refresh: bool = True) -> Any:
+        return _active_user(gradio_app, connection, activity, audit, refresh)
+
+    extra = {"open_paths": open_paths} if open_paths is not None else {}
+    api.add_middleware(RouteGuard, session_user=session_user, mount_path=config.server.root_path or "/", limiter=limiter,
+                       trusted_proxies=config.auth.trusted_proxies, audit=audit, **extra)
+
+
+class SessionActivity:
+    """When each session (a login token, or a proxy-header user) last made a request; one idle longer than
+    ``idle_s`` (0 = never) counts as ended. Thread-safe enough for dict operations under the GIL."""
+
+    def __init__(self, idle_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_s = idle_s
+        self.clock = clock
+        self._seen: dict[str, float] = {}
+
+    def touch(self, key: str, *, refresh: bool = True) -> str:
+        """``"new"`` (first request), ``"active"`` or ``"expired"`` (idle too long: forgotten, so the next
+        request is ``"new"``); ``refresh=False`` checks without counting the request as activity."""
+        now, last = self.clock(), self._seen.get(key)
+        if last is not None and self.idle_s and now - last > self.idle_s:
+            self._seen.pop(key, None)
+            return "expired"
+        if refresh or last is None:
+            self._seen[key] = now
+        return "new" if last is None else "active"
+
+
+def behind_proxies(app: Any, trusted_proxies: tuple[str, ...]) -> Any:
+    """``app`` behind uvicorn's ``ProxyHeadersMiddleware`` trusting ``trusted_proxies`` (IPs or CIDRs; uvicorn's
+    ``forwarded_allow_ips``): the client address and scheme come from X-Forwarded-For / -Proto sent by a listed
+    proxy. The raw TCP peer is kept in ``scope[RAW_PEER]``, so ``TrustedHeaderAuth`` still judges the proxy itself."""
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    forwarded = ProxyHeadersMiddleware(app, trusted_hosts=list(trusted_proxies))
+
+    async def keep_raw_peer(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] in ("http", "websocket") and scope.get("client"):
+            scope[RAW_PEER] = scope["client"][0]
+        await forwarded(scope, receive, send)
+
+    return keep_raw_peer
+
+
+def check_login_methods(trusted_header: str, users: Mapping[str, str]) -> None:
+    """Refuse two login methods at once: a proxy header and m3's own passwords (file or ``$M3_USERS``)."""
+    if trusted_header and users:
+        raise ConfigError(
+            f"both login methods are configured: auth.trusted_header ({trusted_header}) and {len(users)} password "
+            f"user(s) (auth.users_file or ${USERS_ENV}). Expected one; unset the users to sign in through the proxy, "
+            "or unset auth.trusted_header to use passwords."
+        )
 
 
 def is_loopback(host: str) -> bool:
@@ -310,14 +403,24 @@ def require_auth_for_host(host: str, auth_configured: bool) -> None:
         )
 
 
-def _gradio_user(gradio_app: Any, connection: HTTPConnection) -> Any:
+def _active_user(gradio_app: Any, connection: HTTPConnection, activity: SessionActivity, audit: Any, refresh: bool) -> Any:
     """The signed-in user exactly as Gradio's own ``/gradio_api/user`` finds it (``gradio.routes``
-    ``get_current_user``): its auth dependency, else the session cookie set by ``/login``."""
+    ``get_current_user``: its auth dependency, else the session cookie set by ``/login``), or ``None`` once the
+    session was idle too long (its login token is dropped, so the page shows the login form again)."""
     if gradio_app.auth_dependency is not None:
-        return gradio_app.auth_dependency(connection)
+        user = gradio_app.auth_dependency(connection)
+        if user is not None and activity.touch(f"header:{user}", refresh=refresh) == "new" and audit is not None:
+            audit.event("login", user=user, method="proxy header", client=connection.client.host if connection.client else "")
+        return user
     token = (connection.cookies.get(f"access-token-{gradio_app.cookie_id}")
              or connection.cookies.get(f"access-token-unsecure-{gradio_app.cookie_id}"))
-    return gradio_app.tokens.get(token)
+    user = gradio_app.tokens.get(token) if token else None
+    if user is not None and activity.touch(token, refresh=refresh) == "expired":
+        gradio_app.tokens.pop(token, None)
+        if audit is not None:
+            audit.event("logout", user=user, reason="idle")
+        return None
+    return user
 
 
 def _route_path(scope: dict) -> str:

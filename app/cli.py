@@ -1,5 +1,6 @@
-"""``m3 serve``, ``m3 demo``, ``m3 hash-password``, ``m3 manifest`` (and ``m3 health`` from ``app.health``): thin
-argparse layers over ``app.server.serve``, ``app.auth.hash_password`` and ``experts.manifest``."""
+"""``m3 serve``, ``m3 demo``, ``m3 hash-password``, ``m3 manifest``, ``m3 audit verify|export`` (and ``m3 health``
+from ``app.health``): thin argparse layers over ``app.server.serve``, ``app.auth.hash_password``,
+``experts.manifest`` and ``app.audit``."""
 
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ __all__ = ["add_parsers"]
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the web app (login required unless bound to localhost)")
     _common(p)
-    p.add_argument("--model", type=Path, help="VLM checkpoint folder (default: models.model_dir, else the embedded bundle)")
+    p.add_argument("--model", type=Path, help="VLM checkpoint folder (default: models.model_dir, else the embedded bundle); "
+                                              "an export's experts/ folder is served with it")
+    p.add_argument("--experts-dir", type=Path, help="site experts folder (default: models.experts_dir, else the export's "
+                                                    "experts, else the embedded bundle)")
     p.add_argument("--config", help="config file (TOML; default $M3_CONFIG)")
     p.set_defaults(func=_serve)
 
     d = sub.add_parser("demo", help="run the web app on the embedded default model, on this machine only")
     _common(d)
-    d.set_defaults(func=_demo, config=None, model=None)
+    d.set_defaults(func=_demo, config=None, model=None, experts_dir=None)
 
     h = sub.add_parser("hash-password", help="print a salted scrypt hash for a users file or $M3_USERS")
     h.add_argument("--user", default="", help="also print the 'user:hash' form for $M3_USERS")
@@ -33,6 +37,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     m.add_argument("action", choices=("verify", "write"))
     m.add_argument("folder", type=Path, help="model folder (e.g. vlm/weights/default, experts/weights/ct_segmentation)")
     m.set_defaults(func=_manifest)
+
+    a = sub.add_parser("audit", help="check the audit log's hash chain, or export a date range of it")
+    actions = a.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    v = actions.add_parser("verify", help="exit 1 and name each record edited, inserted or deleted since it was written")
+    e = actions.add_parser("export", help="the records of a date range, as written (JSON lines), to a file or stdout")
+    e.add_argument("--since", help="first date or time, ISO (2025-01-01 or 2025-01-01T08:00+01:00); default: the oldest kept")
+    e.add_argument("--until", help="last date (that whole day) or time (excluded), ISO; default: now")
+    e.add_argument("--out", type=Path, help="file to write (default: stdout)")
+    for action in (v, e):
+        action.add_argument("--log", type=Path, help="audit log (default: audit.log_path of the config)")
+        action.add_argument("--config", help="config file (default $M3_CONFIG)")
+    v.set_defaults(func=_audit_verify)
+    e.set_defaults(func=_audit_export)
 
     from app.health import add_parsers as add_health
 
@@ -55,6 +72,8 @@ def _serve(args: argparse.Namespace) -> int:
         config.server = dataclasses.replace(config.server, port=args.port)
     if args.model:
         config.models = dataclasses.replace(config.models, model_dir=args.model)
+    if args.experts_dir:
+        config.models = dataclasses.replace(config.models, experts_dir=args.experts_dir)
     config.validate()
     serve(config)  # logs the address once the login, model and page are ready (refusals come first)
     return 0
@@ -82,6 +101,51 @@ def _hash_password(args: argparse.Namespace) -> int:
     if sys.stdin.isatty() and getpass.getpass("again: ") != password:
         print("m3: error: the passwords differ; nothing was printed.", file=sys.stderr)
         return 1
-    encoded = hash_password(password)
+    encoded = hash_password(password, username=args.user)  # PasswordPolicyError → "m3: error: ..." and exit 1
     print(f"{args.user}:{encoded}" if args.user else encoded)
+    return 0
+
+
+def _audit_log_path(args: argparse.Namespace) -> Path:
+    from app.config import load_config
+
+    return args.log or load_config(args.config).audit.log_path
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from app.audit import verify_audit_log
+
+    path = _audit_log_path(args)
+    report = verify_audit_log(path)
+    for note in report.notes:
+        print(f"note: {note}")
+    if not report.ok:
+        for problem in report.problems:
+            print(f"TAMPERED: {problem}", file=sys.stderr)
+        print(f"{path}: the hash chain is broken in {len(report.problems)} place(s); keep a copy of the files as they "
+              "are and compare with your backups.", file=sys.stderr)
+        return 1
+    print(f"{path}: {report.records} record(s) in {report.files} file(s), seq {report.first_seq}-{report.last_seq}, "
+          "chain intact")
+    return 0
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    from app.audit import export_audit_log, parse_time
+
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until, end_of_day=True) if args.until else None
+    lines = export_audit_log(_audit_log_path(args), since, until)
+    out = args.out.open("wb") if args.out else sys.stdout.buffer
+    count = 0
+    try:
+        for line in lines:
+            out.write(line + b"\n")
+            count += 1
+    finally:
+        if args.out:
+            out.close()
+        else:
+            out.flush()
+    print(f"exported {count} record(s)", file=sys.stderr)
     return 0

@@ -17,6 +17,7 @@ Example file (every key optional)::
     [auth]
     users_file = "/etc/m3/users.toml"
     trusted_proxies = ["127.0.0.1/32", "::1/128"]
+    idle_logout_min = 30
     [pacs]
     url = "http://pacs.example.org:8042/dicom-web"
     writeback_enabled = true
@@ -24,11 +25,14 @@ Example file (every key optional)::
     max_upload_mb = 1024
     [audit]
     log_path = "/var/lib/m3/audit.jsonl"
+
+Unknown sections, keys and ``M3_*`` variables stop the start, naming the closest valid one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import typing
@@ -52,11 +56,15 @@ __all__ = [
     "env_variable_names",
     "CONFIG_ENV",
     "ENV_PREFIX",
+    "OTHER_ENV",
+    "EXPORT_EXPERTS_FOLDER",
 ]
 
 CONFIG_ENV = "M3_CONFIG"  # path of the one config file
 ENV_PREFIX = "M3_"
 SECRET_ENV = {"pacs.password": "M3_PACS_PASSWORD", "models.lm_api_key": "M3_LM_API_KEY"}  # environment only
+OTHER_ENV = (CONFIG_ENV, "M3_USERS")  # M3_* variables that are no setting: the config file, password logins (app.auth)
+EXPORT_EXPERTS_FOLDER = "experts"  # where `m3 export --experts` puts a build's experts (vlm.export)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -75,7 +83,8 @@ class ServerConfig:
 @dataclass
 class ModelsConfig:
     model_dir: Path | None = None  # VLM checkpoint folder; None = the embedded default bundle
-    experts_dir: Path | None = None  # expert weights folder; None = the embedded default bundle
+    experts_dir: Path | None = None  # expert weights folder; None = the experts of an export at model_dir, else embedded
+    embedded_experts_fallback: bool = False  # offer embedded experts a site / export folder lacks (off: only the site's)
     lm_url: str = ""  # remote OpenAI-compatible LM (vLLM, `m3 serve-lm`), e.g. http://gpu-node:8000/v1; empty = in process
     lm_model: str = ""  # the served model name at lm_url
     lm_api_key: str = field(default="", repr=False)  # only from $M3_LM_API_KEY
@@ -91,6 +100,7 @@ class AuthConfig:
     failures_before_delay: int = 5  # failed sign-ins per client address before each further one doubles its wait
     max_delay_s: float = 900.0  # the longest wait one address is given
     global_failures_per_minute: int = 60  # failed sign-ins per minute from all addresses without a recent sign-in
+    idle_logout_min: float = 30.0  # a password session unused this long is signed out; 0 = never
 
     @property
     def configured(self) -> bool:
@@ -124,7 +134,9 @@ class LimitsConfig:
 
 @dataclass
 class AuditConfig:
-    log_path: Path = Path("var/audit.jsonl")  # JSON lines, one per answer, never PHI
+    log_path: Path = Path("var/audit.jsonl")  # JSON lines (hash-chained), one per event, never PHI
+    max_mb: float = 100.0  # the log is rotated (audit.jsonl.1, .2, ...) before it grows past this
+    keep_files: int = 20  # rotated files kept; older ones are deleted
 
 
 @dataclass
@@ -143,6 +155,15 @@ class AppConfig:
     def login_state_file(self) -> Path:
         """Where sign-in rate-limit counters are kept: ``auth.state_file``, else beside the audit log."""
         return self.auth.state_file or self.audit.log_path.parent / "login-state.json"
+
+    def experts_source(self) -> tuple[Path | None, str]:
+        """``(folder, label)`` of the experts to serve: ``models.experts_dir`` ("site folder"), else the experts folder
+        of an export at ``models.model_dir`` ("export"), else ``(None, "embedded bundle")``."""
+        if self.models.experts_dir is not None:
+            return self.models.experts_dir, "site folder"
+        if self.models.model_dir is not None and (self.models.model_dir / EXPORT_EXPERTS_FOLDER).is_dir():
+            return self.models.model_dir / EXPORT_EXPERTS_FOLDER, "export"
+        return None, "embedded bundle"
 
     def validate(self) -> "AppConfig":
         """Raise ``ConfigError`` for settings that cannot work; returns ``self``."""
@@ -185,6 +206,16 @@ class AppConfig:
                 raise ConfigError(f"auth.{name} must be >= 1, got {getattr(self.auth, name)}.")
         if not self.auth.max_delay_s >= 1:
             raise ConfigError(f"auth.max_delay_s must be >= 1, got {self.auth.max_delay_s}.")
+        if self.auth.users_file is not None and self.auth.trusted_header:
+            raise ConfigError(
+                f"auth.users_file and auth.trusted_header are both set (from {self.source}): one login method only. "
+                "Expected the hospital proxy's header (trusted_header) or m3's own passwords (users_file); unset one."
+            )
+        if not self.auth.idle_logout_min >= 0:
+            raise ConfigError(f"auth.idle_logout_min must be >= 0 (0 = never), got {self.auth.idle_logout_min}.")
+        if not self.audit.max_mb > 0 or self.audit.keep_files < 0:
+            raise ConfigError(f"audit.max_mb must be > 0 and audit.keep_files >= 0, got {self.audit.max_mb}, "
+                              f"{self.audit.keep_files}.")
         for name in ("max_upload_mb", "max_files", "concurrency"):
             if getattr(self.limits, name) < 1:
                 raise ConfigError(f"limits.{name} must be >= 1, got {getattr(self.limits, name)}.")
@@ -246,12 +277,14 @@ def _apply(config: AppConfig, data: Mapping[str, Any], origin: str) -> None:
     sections = {f.name for f in dataclasses.fields(config)} - {"source"}
     for name, values in data.items():
         if name not in sections or not isinstance(values, Mapping):
-            raise ConfigError(f"{origin}: unknown section [{name}]; expected one of {sorted(sections)}.")
+            raise ConfigError(f"{origin}: unknown section [{name}]{_closest(name, sections)}; "
+                              f"expected one of {sorted(sections)}.")
         section = getattr(config, name)
         known = {f.name for f in dataclasses.fields(section)}
         for key, value in values.items():
             if key not in known:
-                raise ConfigError(f"{origin}: unknown setting {name}.{key}; expected one of {sorted(known)}.")
+                raise ConfigError(f"{origin}: unknown setting {name}.{key}{_closest(key, known, f'{name}.')}; "
+                                  f"expected one of {sorted(known)}.")
             if f"{name}.{key}" in SECRET_ENV:
                 raise ConfigError(
                     f"{origin}: {name}.{key} must not be in the config file; set ${SECRET_ENV[name + '.' + key]} instead."
@@ -260,13 +293,28 @@ def _apply(config: AppConfig, data: Mapping[str, Any], origin: str) -> None:
 
 
 def _apply_env(config: AppConfig, env: Mapping[str, str]) -> bool:
+    names = env_variable_names()
+    valid = set(names.values()) | set(OTHER_ENV)
+    unknown = sorted(v for v in env if v.startswith(ENV_PREFIX) and v not in valid)
+    if unknown:
+        raise ConfigError(
+            f"environment variable ${unknown[0]} is no m3 setting{_closest(unknown[0], valid, '$')}; expected one of the "
+            f"M3_* names in docs/deploy.md (app.config.env_variable_names). Fix its name or unset it"
+            + (f" (also unknown: {', '.join(unknown[1:])})." if unknown[1:] else ".")
+        )
     used = False
-    for key, var in env_variable_names().items():
+    for key, var in names.items():
         if var in env:
             section, name = key.split(".")
             setattr(getattr(config, section), name, _coerce(getattr(config, section), name, env[var], f"${var}"))
             used = True
     return used
+
+
+def _closest(name: str, valid: Any, prefix: str = "") -> str:
+    """`` (did you mean X?)`` for the valid name nearest ``name`` (difflib), or nothing when none is close."""
+    match = difflib.get_close_matches(name, sorted(valid), n=1, cutoff=0.6)
+    return f" (did you mean {prefix}{match[0]}?)" if match else ""
 
 
 def _coerce(section: Any, name: str, value: Any, where: str) -> Any:

@@ -1,10 +1,12 @@
-"""Liveness and readiness: the ``/healthz`` endpoint and the check the container's HEALTHCHECK runs.
+"""Liveness and readiness: ``/livez``, ``/readyz``, ``/healthz`` and the check the container's HEALTHCHECK runs.
 
 Three pieces, so the check works without the full app:
 
-- ``mount_health(fastapi_app, config)`` adds ``GET /healthz`` to any FastAPI app (the Gradio app mounts
-  it; it needs no login and returns no PHI): 200 with ``{"status": "ok", ...}`` or 503 with the failing
-  checks;
+- ``mount_health(fastapi_app, config)`` adds three routes to any FastAPI app (the Gradio app mounts them;
+  they need no login and return neither PHI nor install paths), at ``/NAME`` and, with ``server.root_path``,
+  also at ``ROOT_PATH/NAME`` (a proxy that keeps the prefix, and the HEALTHCHECK's own URL):
+  ``/livez`` 200 while the process answers; ``/readyz`` 200 when it can serve (model loaded, experts loaded,
+  audit log writable), else 503; ``/healthz`` every check with its detail, 200 or 503;
 - ``create_health_app(config)`` is a FastAPI app with only that route (``python -m app.health serve``);
 - ``python -m app.health [--url URL]`` (also ``m3 health``) fetches the endpoint and exits 0 when
   healthy, 1 otherwise. It imports nothing heavy, so a HEALTHCHECK every 30 s costs little.
@@ -33,10 +35,17 @@ __all__ = [
     "add_parsers",
     "main",
     "HEALTH_PATH",
+    "LIVE_PATH",
+    "READY_PATH",
+    "PROBES",
 ]
 
 HEALTH_PATH = "/healthz"
-Check = Callable[[], tuple[bool, str]]  # () -> (ok, short detail without PHI)
+LIVE_PATH = "/livez"
+READY_PATH = "/readyz"
+PROBES = {"health": HEALTH_PATH, "ready": READY_PATH, "live": LIVE_PATH}
+Check = Callable[[], tuple[bool, Any]]  # () -> (ok, short detail: text or JSON, without PHI or install paths)
+READY_CHECKS = ("audit_log", "chat_model", "experts")  # what /readyz needs; the app supplies the last two
 
 
 @dataclass
@@ -55,20 +64,25 @@ class HealthReport:
         return {"status": self.status, "version": self.version, "checks": self.checks}
 
 
-def health_report(config: AppConfig, extra_checks: dict[str, Check] | None = None) -> HealthReport:
-    """Run the cheap checks (no model is loaded, no PACS is contacted) plus ``extra_checks``.
+def health_report(config: AppConfig, extra_checks: dict[str, Check] | None = None, *,
+                  only: tuple[str, ...] | None = None) -> HealthReport:
+    """Run the cheap checks (no model is loaded, no PACS is contacted) plus ``extra_checks``; ``only``: just
+    those names (``READY_CHECKS`` for ``/readyz``).
 
     Built in: the configured model folders are readable, the audit log and the PACS outbox folders
     are writable; the outbox's pending batch count is reported (pending batches are not a failure).
+    Details name settings, never paths (the routes answer without login).
     """
     checks: dict[str, Check] = {
-        "model_dir": lambda: _readable_dir(config.models.model_dir),
-        "experts_dir": lambda: _readable_dir(config.models.experts_dir),
-        "audit_log": lambda: _writable_parent(config.audit.log_path),
+        "model_dir": lambda: _readable_dir(config.models.model_dir, "models.model_dir"),
+        "experts_dir": lambda: _readable_dir(config.models.experts_dir, "models.experts_dir"),
+        "audit_log": lambda: _writable(config.audit.log_path, "audit.log_path"),
     }
     if config.pacs.enabled:
         checks["pacs_outbox"] = lambda: _outbox_state(config.pacs.outbox_dir)
     checks.update(extra_checks or {})
+    if only is not None:
+        checks = {name: check for name, check in checks.items() if name in only}
     results: dict[str, dict[str, Any]] = {}
     for name, check in checks.items():
         try:
@@ -80,19 +94,34 @@ def health_report(config: AppConfig, extra_checks: dict[str, Check] | None = Non
     return HealthReport(status=status, version=_version(), checks=results)
 
 
-def mount_health(fastapi_app: Any, config: AppConfig, extra_checks: dict[str, Check] | None = None) -> None:
-    """Add ``GET /healthz`` to a FastAPI (or Starlette-compatible) app. No auth: it returns no PHI."""
+def mount_health(fastapi_app: Any, config: AppConfig, extra_checks: dict[str, Check] | None = None) -> tuple[str, ...]:
+    """Add ``GET /livez``, ``/readyz`` and ``/healthz`` to a FastAPI (or Starlette-compatible) app, also under
+    ``server.root_path``. No auth: they return no PHI and no paths. Returns the paths mounted (for the login guard)."""
     from fastapi.responses import JSONResponse
 
     def healthz() -> JSONResponse:
         report = health_report(config, extra_checks)
         return JSONResponse(report.to_json(), status_code=200 if report.ok else 503)
 
-    fastapi_app.add_api_route(HEALTH_PATH, healthz, methods=["GET"], include_in_schema=False)
+    def readyz() -> JSONResponse:
+        report = health_report(config, extra_checks, only=READY_CHECKS)
+        body = {"status": "ready" if report.ok else "not ready", "checks": report.checks}
+        return JSONResponse(body, status_code=200 if report.ok else 503)
+
+    def livez() -> JSONResponse:
+        return JSONResponse({"status": "alive", "version": _version()})
+
+    prefix = config.server.root_path.rstrip("/")
+    paths = []
+    for path, route in ((LIVE_PATH, livez), (READY_PATH, readyz), (HEALTH_PATH, healthz)):
+        for full in dict.fromkeys((path, prefix + path)):
+            fastapi_app.add_api_route(full, route, methods=["GET"], include_in_schema=False)
+            paths.append(full)
+    return tuple(paths)
 
 
 def create_health_app(config: AppConfig, extra_checks: dict[str, Check] | None = None) -> Any:
-    """A FastAPI app serving only ``/healthz`` (a sidecar, and the Dockerfile test's start step)."""
+    """A FastAPI app serving only the health routes (a sidecar, and the Dockerfile test's start step)."""
     from fastapi import FastAPI
 
     api = FastAPI(title="m3 health", docs_url=None, redoc_url=None, openapi_url=None)
@@ -100,9 +129,9 @@ def create_health_app(config: AppConfig, extra_checks: dict[str, Check] | None =
     return api
 
 
-def default_url(config: AppConfig) -> str:
-    """Where this container's app answers: loopback, the configured port and root path."""
-    return f"http://127.0.0.1:{config.server.port}{config.server.root_path.rstrip('/')}{HEALTH_PATH}"
+def default_url(config: AppConfig, probe: str = "health") -> str:
+    """Where this container's app answers ``probe`` (health | ready | live): loopback, the configured port and root path."""
+    return f"http://127.0.0.1:{config.server.port}{config.server.root_path.rstrip('/')}{PROBES[probe]}"
 
 
 def check_url(url: str, timeout_s: float = 5.0) -> tuple[bool, str]:
@@ -136,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="health URL (default: loopback, the configured port, /healthz)")
+    p.add_argument("--url", help="health URL (default: loopback, the configured port and root path, /healthz)")
+    p.add_argument("--probe", choices=sorted(PROBES), default="health",
+                   help="which route the default URL checks: health (/healthz), ready (/readyz) or live (/livez)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
     p.add_argument("--config", help="config file (default $M3_CONFIG)")
     p.add_argument("--serve", action="store_true", help="serve /healthz alone instead of checking it")
@@ -160,29 +191,33 @@ def _run(args: argparse.Namespace) -> int:
             log_level="warning",
         )
         return 0
-    ok, detail = check_url(args.url or default_url(config), args.timeout)
+    ok, detail = check_url(args.url or default_url(config, args.probe), args.timeout)
     print(("healthy: " if ok else "unhealthy: ") + detail, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 
 
-def _readable_dir(path: Path | None) -> tuple[bool, str]:
+def _readable_dir(path: Path | None, setting: str) -> tuple[bool, str]:
     if path is None:
         return True, "embedded bundle"
     if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
-        return False, f"{path} is not a readable folder; mount it (read-only is fine)"
-    return True, str(path)
+        return False, f"{setting} is not a readable folder; mount it (read-only is fine)"
+    return True, "readable"
 
 
-def _writable_parent(path: Path) -> tuple[bool, str]:
-    folder = path.parent if str(path.parent) else Path(".")
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
-    if not os.access(existing, os.W_OK):
-        return False, f"{existing} is not writable by this user; mount a writable volume for {path}"
-    return True, str(path)
+def _writable(path: Path, setting: str) -> tuple[bool, str]:
+    """Whether this user can append to ``path`` (the file if it exists, else the nearest existing folder above)."""
+    if path.exists():
+        target = path
+    else:
+        folder = path.parent if str(path.parent) else Path(".")
+        target = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if target is not path and not target.is_dir() or not os.access(target, os.W_OK):  # a file where a folder must be
+        return False, f"{setting} is not writable by this user; mount a writable volume there"
+    return True, "writable"
 
 
 def _outbox_state(outbox: Path) -> tuple[bool, str]:
-    ok, detail = _writable_parent(outbox / "x")
+    ok, detail = _writable(outbox / "x", "pacs.outbox_dir")
     pending = sum(1 for p in outbox.iterdir() if p.is_dir()) if outbox.is_dir() else 0
     return ok, f"{pending} batch(es) waiting for the PACS" if ok else detail
 

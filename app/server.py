@@ -26,8 +26,9 @@ from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from app.audit import AuditLog  # noqa: E402
-from app.auth import PasswordAuth, TrustedHeaderAuth, guard_routes, load_users, require_auth_for_host  # noqa: E402
+from app.audit import AuditLog, record_service_start  # noqa: E402
+from app.auth import (PasswordAuth, TrustedHeaderAuth, behind_proxies, check_login_methods, guard_routes,  # noqa: E402
+                      load_users, require_auth_for_host)
 from app.chat import NO_MODEL_MESSAGE, ChatEngine  # noqa: E402
 from app.config import AppConfig, ConfigError  # noqa: E402
 from app.events import EXAMPLES, SERIES_COLUMNS, AppEvents, UploadLimits  # noqa: E402
@@ -137,7 +138,7 @@ def _shown(folder: Path | str) -> str:
 
 
 def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str], options: ServeOptions, concurrency: int,
-                 pacs: PacsPanel | None = None) -> gr.Blocks:
+                 pacs: PacsPanel | None = None, experts_note: str = "") -> gr.Blocks:
     """The page: banner; study panel (upload, examples, series; the PACS search when ``pacs``); viewer;
     chat with the expert buttons and their status line; report (with "Send results to PACS" when ``pacs``).
 
@@ -149,7 +150,7 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
     # delete_cache: every 5 min, remove cached uploads and pictures older than 15 min (raw uploads may hold PHI)
     with gr.Blocks(title="m3 — imaging assistant", delete_cache=(300, 900)) as blocks:
         state = gr.State(new_session, time_to_live=options.session_ttl_s, delete_callback=close_session)
-        gr.Markdown(status.banner, elem_id="m3-banner")
+        gr.Markdown(status.banner + (f"  \n{experts_note}" if experts_note else ""), elem_id="m3-banner")
         if status.admin_hint:
             with gr.Accordion("Details for the administrator", open=False, elem_id="m3-admin-hint"):
                 gr.Markdown(status.admin_hint)
@@ -251,8 +252,9 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
     """(FastAPI app with the page at ``/`` and ``/healthz``, the Blocks, the model status).
 
     backend: a ``ChatBackend`` to use instead of loading one (tests, an OpenAI-compatible server);
-    registry: an expert registry (default ``experts.registry.default_registry()``).
-    Raises ``ConfigError`` for a non-loopback bind without authentication or a bad model folder.
+    registry: an expert registry (default: ``experts.registry.registry_for`` on ``config.experts_source()``, the site
+    folder, else an export's experts, else the embedded bundle).
+    Raises ``ConfigError`` for a non-loopback bind without authentication, two login methods or a bad model folder.
     """
     from fastapi import FastAPI
 
@@ -262,28 +264,30 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
     _start_upload_sweeper(options.sweep_interval_s)
     users = load_users(config.auth.users_file)
     header = config.auth.trusted_header
+    check_login_methods(header, users)
     require_auth_for_host(config.server.host, bool(users) or bool(header))
     status = ModelStatus(backend=backend, source="given") if backend is not None else load_backend(config)
     if registry is None:
-        from experts.registry import default_registry
-
-        registry = default_registry()
-    audit = AuditLog(config.audit.log_path)
+        registry = experts_registry(config)
+    audit = AuditLog(config.audit.log_path, max_bytes=int(config.audit.max_mb * 2**20), keep_files=config.audit.keep_files)
     engine = ChatEngine(status.backend, registry, audit, max_rounds=options.max_rounds, model_slots=config.limits.concurrency,
                         expert_slots=options.expert_concurrency)
     events = AppEvents(engine, audit, UploadLimits(config.limits.max_files, config.limits.max_upload_mb))
     pacs = PacsPanel(config.pacs, events) if config.pacs.enabled else None
-    blocks = build_blocks(events, status, registry.names(), options, config.limits.concurrency, pacs)
+    blocks = build_blocks(events, status, registry.names(), options, config.limits.concurrency, pacs,
+                          experts_note=_experts_note(registry))
+    record_service_start(audit, _settings(config), {"chat_model": _model_name(status), "experts": _expert_versions(registry)})
     blocks.queue(default_concurrency_limit=8, max_size=256)
 
     api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    mount_health(api, config, {"sessions": lambda: (True, f"{live_sessions()} live"),
-                               "chat_model": lambda: _chat_health(status)})
+    health_paths = mount_health(api, config, {"sessions": lambda: (True, f"{live_sessions()} live"),
+                                              "chat_model": lambda: _chat_health(status),
+                                              "experts": lambda: _experts_health(registry)})
     auth: dict[str, Any] = {}
     if header:
         auth["auth_dependency"] = TrustedHeaderAuth(header, config.auth.trusted_proxies)
     elif users:
-        auth["auth"] = PasswordAuth(users)
+        auth["auth"] = PasswordAuth(users, audit=audit)
         auth["auth_message"] = "Sign in with your hospital account."
     gr.mount_gradio_app(
         api, blocks, path=config.server.root_path or "/", server_name=config.server.host, server_port=config.server.port,
@@ -291,8 +295,8 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
         max_file_size=f"{config.limits.max_upload_mb}mb", css_paths=[ASSETS / "m3.css"], theme=gr.themes.Default(),
         **auth,
     )
-    if auth:  # only /, /login, static assets and /healthz without a session; sign-ins rate-limited per address
-        guard_routes(api, config)
+    if auth:  # only /, /login, static assets and the health routes without a session; sign-ins rate-limited per address
+        guard_routes(api, config, audit=audit, open_paths=health_paths)
     return api, blocks, status
 
 
@@ -305,9 +309,11 @@ def serve(config: AppConfig, *, backend: Any = None, registry: Any = None, optio
     api, blocks, status = build_app(config, backend=backend, registry=registry, options=options)
     log.info("m3 app on http://%s:%d (model: %s)", config.server.host, config.server.port,
              status.backend.info.name if status.backend else "none")
-    server = uvicorn.Server(uvicorn.Config(api, host=config.server.host, port=config.server.port, log_level="warning",
-                                           root_path=config.server.root_path or "", timeout_graceful_shutdown=3,
-                                           proxy_headers=False))  # raw peer: only RouteGuard reads X-Forwarded-For, from auth.trusted_proxies
+    # X-Forwarded-For / -Proto believed from auth.trusted_proxies only (uvicorn's middleware, the raw peer kept for the
+    # proxy-header login); uvicorn's own copy of that middleware stays off so the raw peer is not lost before ours
+    server = uvicorn.Server(uvicorn.Config(behind_proxies(api, config.auth.trusted_proxies), host=config.server.host,
+                                           port=config.server.port, log_level="warning", root_path=config.server.root_path or "",
+                                           timeout_graceful_shutdown=3, proxy_headers=False))
     if block:
         server.run()
         return None
@@ -340,6 +346,62 @@ def _start_upload_sweeper(interval_s: float) -> None:
             sweep()
 
     threading.Thread(target=loop, name="m3-upload-sweeper", daemon=True).start()
+
+
+def experts_registry(config: AppConfig) -> Any:
+    """The expert registry ``config`` names (``AppConfig.experts_source``: ``models.experts_dir``, else the experts of
+    the export at ``models.model_dir``, else the embedded bundle); a folder that cannot serve refuses the start."""
+    from experts.base import ExpertError
+    from experts.registry import registry_for
+
+    folder, source = config.experts_source()
+    try:
+        return registry_for(folder, embedded_fallback=config.models.embedded_experts_fallback, source=source)
+    except ExpertError as exc:
+        raise ConfigError(f"models.experts_dir ({source}) was refused: {exc}") from exc
+
+
+def _expert_versions(registry: Any) -> dict[str, str]:
+    return {name: info["version"] for name, info in registry.describe().items()}
+
+
+def _experts_note(registry: Any) -> str:
+    """The page's line naming the experts in use: ``**Experts:** name `version` (source), ...``."""
+    described = registry.describe()
+    return "**Experts:** " + ", ".join(f"{n} `{d['version'] or 'unversioned'}`" + (f" ({d['source']})" if d["source"] else "")
+                                       for n, d in described.items()) if described else ""
+
+
+def _experts_health(registry: Any) -> tuple[bool, Any]:
+    """The health check of the experts: each one loads; the detail maps name → version and source (no paths)."""
+    try:
+        return True, registry.describe()
+    except Exception as exc:  # any failure to load is reported by the health route, never raised out of it
+        return False, f"{type(exc).__name__}: an expert failed to load"
+
+
+def _model_name(status: ModelStatus) -> str:
+    if status.backend is None:
+        return ""
+    info = status.backend.info
+    return f"{info.name} {info.version}".strip()
+
+
+def _settings(config: AppConfig) -> dict[str, Any]:
+    """The settings as ``"section.key" → value`` for the audit log's service start, without secrets."""
+    import dataclasses
+
+    from app.config import SECRET_ENV
+
+    flat = {}
+    for section in dataclasses.fields(config):
+        if section.name == "source":
+            continue
+        for key, value in dataclasses.asdict(getattr(config, section.name)).items():
+            name = f"{section.name}.{key}"
+            if name not in SECRET_ENV:
+                flat[name] = list(value) if isinstance(value, tuple) else (str(value) if isinstance(value, Path) else value)
+    return flat
 
 
 def _chat_health(status: ModelStatus) -> tuple[bool, str]:

@@ -15,6 +15,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
     ls = sub.add_parser("list", help="the registered experts and their model cards")
     ls.add_argument("--json", action="store_true", help="print the tool definitions as JSON")
+    _experts_dir_argument(ls)
     ls.set_defaults(func=cmd_list)
 
     run = sub.add_parser("run", help="run an expert on a study; write DICOM SEG, overlay PNG, findings JSON")
@@ -23,6 +24,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--targets", nargs="+", help="ct_segmentation targets, e.g. organs 'liver tumor'")
     run.add_argument("--series", help="series index or UID suffix to use (default: chosen by modality)")
     run.add_argument("--out", default=None, help="output folder (default: ./expert_<name>)")
+    _experts_dir_argument(run)
     run.set_defaults(func=cmd_run)
 
     tr = sub.add_parser("train", help="train a built-in expert on phantom studies generated in memory")
@@ -47,16 +49,31 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     tr.set_defaults(func=cmd_train)
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from experts.registry import default_registry
+def _experts_dir_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--experts-dir", default=None,
+                   help="site experts folder, one sub-folder per expert (default: models.experts_dir / "
+                        "$M3_MODELS_EXPERTS_DIR, else the embedded bundle)")
+    p.add_argument("--embedded-fallback", action="store_true",
+                   help="with --experts-dir: offer the embedded experts the folder lacks")
 
-    reg = default_registry()
+
+def _registry(args: argparse.Namespace):
+    """``--experts-dir``'s experts, else the process default (set from the config by the ``m3`` front door)."""
+    from experts.registry import default_registry, registry_for
+
+    if getattr(args, "experts_dir", None):
+        return registry_for(args.experts_dir, embedded_fallback=args.embedded_fallback)
+    return default_registry()
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    reg = _registry(args)
     if args.json:
         print(json.dumps(reg.tool_schemas(), indent=2))
         return 0
     for name in reg.names():
         expert = reg.get(name)
-        print(f"{name}  [{', '.join(expert.modalities)}]  {expert.version}")
+        print(f"{name}  [{', '.join(expert.modalities)}]  {expert.version}  ({reg.sources.get(name) or 'registered'})")
         print(f"    {expert.description}")
     return 0
 
@@ -67,8 +84,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     arguments = {}
     if args.targets:
         arguments["targets"] = args.targets[0] if len(args.targets) == 1 else args.targets
-    written = run_on_study(args.name, args.study, arguments, out_dir=args.out, series=args.series)
+    reg = _registry(args)
+    written = run_on_study(args.name, args.study, arguments, out_dir=args.out, series=args.series, registry=reg)
     print(written["summary"])
+    print(f"  expert: {args.name} {reg.get(args.name).version} ({reg.sources.get(args.name) or 'registered'})")
     for key in ("findings", "overlay", "seg", "mask"):
         if written.get(key):
             print(f"  {key}: {written[key]}")

@@ -26,7 +26,7 @@ def test_scrypt_and_pbkdf2_hashes_verify_only_the_right_password():
 
 
 def test_users_from_toml_json_and_env(tmp_path):
-    h = hash_password("pw1")
+    h = hash_password("pale blue kettle")
     toml_file = tmp_path / "users.toml"
     toml_file.write_text(f'[users]\nalice = "{h}"\n')
     json_file = tmp_path / "users.json"
@@ -43,11 +43,11 @@ def test_plain_text_password_in_users_file_is_refused(tmp_path):
 
 
 def test_password_auth_has_no_per_name_lockout_that_others_could_trigger():
-    auth = PasswordAuth({"alice": hash_password("right")})
+    auth = PasswordAuth({"alice": hash_password("right one at last")})
     for _ in range(20):
         assert not auth("alice", "wrong")  # someone else guessing alice's password ...
-    assert auth("alice", "right")  # ... does not lock alice out (rate limits are per address: test_login_limits)
-    assert not auth("mallory", "right")  # unknown user
+    assert auth("alice", "right one at last")  # ... does not lock alice out (rate limits are per address: test_login_limits)
+    assert not auth("mallory", "right one at last")  # unknown user
 
 
 def test_non_loopback_bind_without_auth_refuses_to_start():

@@ -240,7 +240,7 @@ def test_header_login_from_an_address_that_is_not_a_configured_proxy_is_refused(
 
 # --- which routes answer without a session ----------------------------------------------------
 
-OPEN_WITHOUT_SESSION = {"/healthz", "/", "/login", "/login/", "/favicon.ico", "/theme.css", "/gradio_api/theme.css",
+OPEN_WITHOUT_SESSION = {"/healthz", "/livez", "/readyz", "/", "/login", "/login/", "/favicon.ico", "/theme.css", "/gradio_api/theme.css",
                         "/robots.txt", "/manifest.json", "/pwa_icon", "/pwa_icon/{size}", "/static/{path:path}",
                         "/assets/{path:path}", "/svelte/{path:path}"}
 
