@@ -116,3 +116,11 @@ def test_the_served_app_answers_the_probes_under_its_url_prefix_without_login_an
         assert check_url(default_url(config, "ready"))[0] and check_url(default_url(config, "live"))[0]
     finally:
         server.close()
+
+
+def test_docs_deploy_lists_every_setting_with_its_variable():
+    from app.config import env_variable_names
+
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    missing = [f"{key} / {var}" for key, var in env_variable_names().items() if f"| `{key}` | `{var}`" not in text]
+    assert not missing, missing
