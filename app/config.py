@@ -130,6 +130,7 @@ class LimitsConfig:
     max_upload_mb: int = 2048
     max_files: int = 5000
     concurrency: int = 1  # simultaneous model calls per model (Gradio queue)
+    upload_cache_s: int = 300  # raw uploads (may hold PHI) are removed from Gradio's upload cache this long after upload
 
 
 @dataclass
@@ -219,6 +220,9 @@ class AppConfig:
         for name in ("max_upload_mb", "max_files", "concurrency"):
             if getattr(self.limits, name) < 1:
                 raise ConfigError(f"limits.{name} must be >= 1, got {getattr(self.limits, name)}.")
+        if self.limits.upload_cache_s < 60:
+            raise ConfigError(f"limits.upload_cache_s must be >= 60 (longer than the slowest ingest), got "
+                              f"{self.limits.upload_cache_s} (from {self.source}).")
         for path, what in ((self.models.model_dir, "models.model_dir"), (self.models.experts_dir, "models.experts_dir")):
             if path is not None and not path.is_dir():
                 raise ConfigError(f"{what} must be an existing folder, got {path}; mount it or unset it to use the embedded bundle.")

@@ -138,7 +138,7 @@ def _shown(folder: Path | str) -> str:
 
 
 def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str], options: ServeOptions, concurrency: int,
-                 pacs: PacsPanel | None = None, experts_note: str = "") -> gr.Blocks:
+                 pacs: PacsPanel | None = None, experts_note: str = "", upload_cache_s: int = 300) -> gr.Blocks:
     """The page: banner; study panel (upload, examples, series; the PACS search when ``pacs``); viewer;
     chat with the expert buttons and their status line; report (with "Send results to PACS" when ``pacs``).
 
@@ -147,8 +147,9 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
     viewer, legend or chat."""
     pacs_ui = PacsComponents() if pacs is not None else None
     expert_labels = events.expert_titles(expert_names)
-    # delete_cache: every 5 min, remove cached uploads and pictures older than 15 min (raw uploads may hold PHI)
-    with gr.Blocks(title="m3 — imaging assistant", delete_cache=(300, 900)) as blocks:
+    # delete_cache: remove cached uploads and pictures older than limits.upload_cache_s (raw uploads may hold PHI),
+    # checking every quarter of that; not at once after ingest: the cache is shared by content hash across sessions
+    with gr.Blocks(title="m3 — imaging assistant", delete_cache=(max(15, upload_cache_s // 4), upload_cache_s)) as blocks:
         state = gr.State(new_session, time_to_live=options.session_ttl_s, delete_callback=close_session)
         gr.Markdown(status.banner + (f"  \n{experts_note}" if experts_note else ""), elem_id="m3-banner")
         if status.admin_hint:
@@ -275,7 +276,7 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
     events = AppEvents(engine, audit, UploadLimits(config.limits.max_files, config.limits.max_upload_mb))
     pacs = PacsPanel(config.pacs, events) if config.pacs.enabled else None
     blocks = build_blocks(events, status, registry.names(), options, config.limits.concurrency, pacs,
-                          experts_note=_experts_note(registry))
+                          experts_note=_experts_note(registry), upload_cache_s=config.limits.upload_cache_s)
     record_service_start(audit, _settings(config), {"chat_model": _model_name(status), "experts": _expert_versions(registry)})
     blocks.queue(default_concurrency_limit=8, max_size=256)
 

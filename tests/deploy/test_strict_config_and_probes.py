@@ -124,3 +124,19 @@ def test_docs_deploy_lists_every_setting_with_its_variable():
     text = (ROOT / "docs" / "deploy.md").read_text()
     missing = [f"{key} / {var}" for key, var in env_variable_names().items() if f"| `{key}` | `{var}`" not in text]
     assert not missing, missing
+
+
+def test_raw_uploads_are_kept_in_the_upload_cache_only_for_the_configured_seconds(tmp_path):
+    from scripted_backend import ScriptedBackend, ThresholdExpert
+
+    from app.server import build_app
+    from experts.registry import ExpertRegistry
+
+    registry = ExpertRegistry()
+    registry.register("threshold_volume", ThresholdExpert)
+    config = load_config(env={"M3_LIMITS_UPLOAD_CACHE_S": "120", "M3_AUDIT_LOG_PATH": str(tmp_path / "audit.jsonl")})
+    _, blocks, _ = build_app(config, backend=ScriptedBackend(), registry=registry)
+    assert blocks.delete_cache == (30, 120)  # files older than 120 s removed, checked every 30 s
+    assert AppConfig().limits.upload_cache_s == 300
+    with pytest.raises(ConfigError, match="limits.upload_cache_s must be >= 60"):
+        load_config(env={"M3_LIMITS_UPLOAD_CACHE_S": "5"})
