@@ -27,12 +27,12 @@ from typing import Any  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from app.audit import AuditLog, record_service_start  # noqa: E402
-from app.auth import (PasswordAuth, TrustedHeaderAuth, behind_proxies, check_login_methods, guard_routes,  # noqa: E402
-                      load_users, require_auth_for_host)
+from app.auth import PasswordAuth, TrustedHeaderAuth, check_login_methods, load_users, require_auth_for_host  # noqa: E402
 from app.chat import NO_MODEL_MESSAGE, ChatEngine  # noqa: E402
 from app.config import AppConfig, ConfigError  # noqa: E402
 from app.events import EXAMPLES, SERIES_COLUMNS, AppEvents, UploadLimits  # noqa: E402
 from app.pacs_panel import PacsComponents, PacsPanel  # noqa: E402
+from app.route_guard import behind_proxies, guard_routes  # noqa: E402
 from app.session import close_session, live_sessions, new_session  # noqa: E402
 from app.viewer import PLANES, SLICE_KEYS_JS  # noqa: E402
 

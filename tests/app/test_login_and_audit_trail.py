@@ -14,10 +14,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.audit import AuditLog, export_audit_log, parse_time, verify_audit_log
-from app.auth import PasswordAuth, SessionActivity, hash_password
+from app.auth import PasswordAuth, hash_password
 from app.config import AppConfig, ConfigError, load_config
 from app.main import main
 from app.password_policy import PasswordPolicyError
+from app.route_guard import SessionActivity
 
 PASSWORD = "correct horse battery"
 
@@ -119,7 +120,7 @@ def test_a_proxy_header_login_arriving_with_x_forwarded_for_through_the_served_a
 
 
 def test_the_proxy_header_is_refused_from_an_address_outside_the_trusted_networks(tmp_path, scripted_module):
-    from app.auth import behind_proxies
+    from app.route_guard import behind_proxies
     from app.server import build_app
 
     cfg = _config(tmp_path, trusted_header="X-Remote-User", trusted_proxies=("10.20.0.0/16",))
