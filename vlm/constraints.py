@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OTHER_SIDE", "ReferenceConstraint", "RunningText", "SideConstraint", "TokenIndex", "token_index", "token_texts",
+__all__ = ["OTHER_SIDE", "Ban", "ReferenceConstraint", "RunningText", "SideConstraint", "TokenIndex", "token_index", "token_texts",
            "yes_no_question"]
 
 OTHER_SIDE = {"left": "right", "right": "left"}
@@ -61,12 +61,13 @@ class _Guarded(LogitsProcessor):
 
     name = "constraint"
 
-    def __init__(self, tokenizer: Any, prompt_length: int) -> None:
+    def __init__(self, tokenizer: Any, prompt_length: int, running: dict[int, RunningText] | None) -> None:
         self.tokenizer, self.prompt_length = tokenizer, prompt_length
         self.index = token_index(tokenizer)
         self.pieces = self.index.pieces
         self.failures: list[str] = []  # one line per failed step: the caller flags the turn
-        self._texts: dict[int, RunningText] = {}
+        # each batch row's running text; processors of one ``generate`` call may share it (decoded once a step)
+        self._texts: dict[int, RunningText] = {} if running is None else running
 
     @property
     def failed(self) -> bool:
@@ -84,29 +85,42 @@ class _Guarded(LogitsProcessor):
                 log.exception("%s failed; decoding this step unconstrained", self.name)
                 continue
             if banned is not None:
-                scores[b].masked_fill_(banned.to(scores.device), -float("inf"))
+                banned.apply(scores[b])
         return scores
 
-    def _banned(self, text: str, vocab: int) -> torch.Tensor | None:
+    def _banned(self, text: str, vocab: int) -> Ban | None:
         raise NotImplementedError
 
     def _mask(self, vocab: int, ids: Iterable[int] | np.ndarray = (), *, all_candidates: bool = False,
-              allowed: Sequence[int] | None = None) -> torch.Tensor | None:
-        """A ``(vocab,)`` bool mask of banned ids among the candidates (ids of the tokenizer that fit the
-        scores), or None when it bans nothing or everything (then the step is left to the model)."""
+              allowed: Sequence[int] | None = None) -> Ban | None:
+        """The ``Ban`` of ``ids``, of every candidate (ids of the tokenizer that fit the ``vocab`` scores) or of
+        every candidate but ``allowed``; None when it bans nothing or every score (the step is left to the model)."""
         n = min(len(self.pieces), vocab)
-        mask = torch.zeros(vocab, dtype=torch.bool)
-        if allowed is not None:
-            mask[:n] = True
-            kept = torch.as_tensor([i for i in allowed if i < n], dtype=torch.long)
-            mask[kept] = False
-        elif all_candidates:
-            mask[:n] = True
+        if allowed is not None or all_candidates:
+            kept = sorted({i for i in allowed or () if i < n})
+            return Ban(torch.as_tensor(kept, dtype=torch.long), keep_below=n) if 0 < n - len(kept) < vocab else None
+        chosen = np.unique(np.asarray(ids, dtype=np.int64))
+        chosen = chosen[chosen < n]
+        return Ban(torch.from_numpy(chosen)) if 0 < len(chosen) < vocab else None
+
+
+@dataclass
+class Ban:
+    """The ids one step bans: ``ids`` (``keep_below`` 0), or every id below ``keep_below`` but ``ids`` (a
+    reference's few allowed continuations: setting the row and restoring those costs less than a mask)."""
+
+    ids: torch.Tensor
+    keep_below: int = 0
+
+    def apply(self, row: torch.Tensor) -> None:
+        """Set the banned entries of a ``(vocab,)`` score row to -inf, in place."""
+        ids = self.ids.to(row.device)
+        if self.keep_below:
+            kept = row[ids].clone()
+            row[: self.keep_below] = -float("inf")
+            row[ids] = kept
         else:
-            chosen = torch.as_tensor(np.asarray(ids, dtype=np.int64))
-            mask[chosen[chosen < n]] = True
-        count = int(mask.sum())
-        return mask if 0 < count < vocab else None
+            row.index_fill_(0, ids, -float("inf"))
 
 
 class ReferenceConstraint(_Guarded):
@@ -128,14 +142,15 @@ class ReferenceConstraint(_Guarded):
     name = "reference constraint"
 
     def __init__(self, tokenizer: Any, keys: Sequence[str], prompt_length: int = 0, question: str = "",
-                 answer_keys: Sequence[str] = ()) -> None:
-        super().__init__(tokenizer, prompt_length)
+                 answer_keys: Sequence[str] = (), *, running: dict[int, RunningText] | None = None) -> None:
+        super().__init__(tokenizer, prompt_length, running)
         self.question = question
         self.open, self.close = REF_OPEN, REF_CLOSE
         self.keys = sorted({_normal(k) for k in keys}, key=len, reverse=True)
         self.answer_keys = {_normal(k) for k in answer_keys} & set(self.keys)
         self._named = [(k, re.compile(r"\b" + re.escape(k).replace(r"\ ", r"\s+") + r"s?\b")) for k in self.keys]
         self._allowed_memo: dict[str, frozenset[str]] = {}
+        self._phrase_base = ("", 0)
 
     def allowed(self, lead: str) -> set[str]:
         """The keys a reference after ``lead`` may name: those of the fields the lead's last phrase
@@ -164,7 +179,7 @@ class ReferenceConstraint(_Guarded):
             elif yes_no - on_slice:
                 yes_no -= on_slice
             return self._named_findings(yes_no) or yes_no
-        phrase = self.question.lower() if from_question else re.split(r"[.;,\n]\s|;|\]\]", lead.lower())[-1]
+        phrase = self.question.lower() if from_question else self._last_phrase(lead.lower())
         sides = set(re.findall(r"\b(left|right)\b", phrase))
         named: list[str] = []
         for key, pattern in self._named:
@@ -180,6 +195,20 @@ class ReferenceConstraint(_Guarded):
             # "Which side…?", "How large…?" are never answered by a finding's yes / no field
             return {k for k in (picked if named else self.keys) if not k.endswith("?")}
         return picked
+
+    def _last_phrase(self, lead: str) -> str:
+        """The lead's text since its last ``.``/``;``/``,``/newline + space, ``;`` or ``]]`` (``re.split``'s last
+        piece). The scan starts after the last separator found in a lead this one extends, with the character
+        after it unchanged (a separator match reads at most that far), so a growing answer is not re-scanned."""
+        base, start = self._phrase_base
+        if not lead.startswith(base):
+            start = 0
+        last = start
+        for m in _PHRASE_END.finditer(lead, start):
+            last = m.end()
+            if last < len(lead):
+                self._phrase_base = (lead[: last + 1], last)
+        return lead[last:]
 
     def _named_findings(self, yes_no: set[str]) -> set[str]:
         """The yes / no fields whose finding the question names, each word by its stem ("Is there central
@@ -200,7 +229,7 @@ class ReferenceConstraint(_Guarded):
             return _normal(partial[:end]) in keys and self.open not in partial[end:]
         return any((k + self.close).startswith(partial) for k in keys)
 
-    def _banned(self, text: str, vocab: int) -> torch.Tensor | None:
+    def _banned(self, text: str, vocab: int) -> Ban | None:
         if text.rfind(TOOL_CALL_OPEN) > text.rfind(TOOL_CALL_CLOSE):  # a tool call's JSON is not an answer
             return None
         at = text.rfind(self.open)
@@ -213,13 +242,16 @@ class ReferenceConstraint(_Guarded):
         # outside: only tokens that open one and already spell part of its key (" [[liver", …)
         idx = self.index
         opening = np.concatenate([idx.ref_inside, idx.bracket_start]) if text.endswith("[") else idx.ref_inside
-        banned = []
+        banned, keys_after = [], {}
         for i in opening.tolist():
             cand = text[-1:] + self.pieces[i]
             j = cand.find(self.open)
             if j < 0 or j + len(self.open) == len(cand):
                 continue
-            keys = self.allowed(text + cand[1:j])
+            before = cand[1:j]  # a few distinct token beginnings ("", " ", "(", …): each lead's keys found once
+            if before not in keys_after:
+                keys_after[before] = self.allowed(text + before)
+            keys = keys_after[before]
             if keys and not self.ok(cand[j + len(self.open):], keys):
                 banned.append(i)
         return self._mask(vocab, banned) if banned else None
@@ -252,10 +284,11 @@ class SideConstraint(_Guarded):
 
     name = "side constraint"
 
-    def __init__(self, tokenizer: Any, side: str, prompt_length: int = 0, *, in_answer: bool = False) -> None:
+    def __init__(self, tokenizer: Any, side: str, prompt_length: int = 0, *, in_answer: bool = False,
+                 running: dict[int, RunningText] | None = None) -> None:
         if side not in OTHER_SIDE:
             raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
-        super().__init__(tokenizer, prompt_length)
+        super().__init__(tokenizer, prompt_length, running)
         self.in_answer = in_answer
         self.other = OTHER_SIDE[side]
         # a call's arguments are enum values: any word on its way to the other side is stopped early;
@@ -263,6 +296,7 @@ class SideConstraint(_Guarded):
         self.min_prefix = len(self.other) - 1 if in_answer else 2
         self._word = re.compile(r"\b" + self.other + r"\b")
         self._sets = self.index.side_sets(self.other, self.min_prefix)
+        self._by_state = self._sets.bans  # per tokenizer: a state's ids are gathered once per process
 
     def spells_other(self, text: str) -> bool:
         """Whether the text names the other side, or ends in a word only it can complete."""
@@ -272,7 +306,7 @@ class SideConstraint(_Guarded):
         tail = re.search(r"(?<![a-z])([a-z]+)$", low)
         return bool(tail) and len(tail.group(1)) >= self.min_prefix and self.other.startswith(tail.group(1))
 
-    def _banned(self, text: str, vocab: int) -> torch.Tensor | None:
+    def _banned(self, text: str, vocab: int) -> Ban | None:
         at = text.rfind(TOOL_CALL_OPEN)
         in_call = at >= 0 and text.rfind(TOOL_CALL_CLOSE) < at
         if in_call == self.in_answer:
@@ -282,23 +316,32 @@ class SideConstraint(_Guarded):
         else:  # the answer since the last call closed
             close = text.rfind(TOOL_CALL_CLOSE)
             span = text[close + len(TOOL_CALL_CLOSE):] if close >= 0 else text
-        low, other, sets = span.lower(), self.other, self._sets
+        low, other = span.lower(), self.other
         # the other side's word already stands in the text, closed by a character of the text: every token spells it
-        if any(m.end() < len(low) for m in self._word.finditer(low)):
-            return self._mask(vocab, all_candidates=True)
-        parts = [sets.inside_word]
-        word_run = re.search(r"\w*\Z", low).group()
-        if other.startswith(word_run):  # the word the text ends in, completed by the token's first characters
-            parts.append(sets.completing[len(word_run)])
-        parts.append(sets.ending_prefix)  # the token itself ends in "ri…" after a non-letter
+        closed = _closed_word(other, low)
+        word_run = _trailing(_WORD_RUN, low)  # the word the text ends in, completed by the token's first characters
         # ``spells_other`` reads the letters at the end, or before one final newline (``$``)
-        before_newline = re.search(r"[a-z]*\Z", low.removesuffix("\n")).group()
-        if before_newline and len(before_newline) >= self.min_prefix and other.startswith(before_newline):
+        before_newline = _trailing(_LETTER_RUN, low.removesuffix("\n"))
+        letters = _trailing(_LETTER_RUN, low)  # the text's last letters, continued by an all-letter token
+        state = (closed, len(word_run) if other.startswith(word_run) else -1,
+                 bool(before_newline) and len(before_newline) >= self.min_prefix and other.startswith(before_newline),
+                 len(letters) if other.startswith(letters) else -1, vocab)
+        if state not in self._by_state:  # a handful of states
+            self._by_state[state] = self._state_mask(*state)
+        return self._by_state[state]
+
+    def _state_mask(self, closed: bool, word_run: int, newline_tail: bool, letters: int, vocab: int) -> Ban | None:
+        if closed:
+            return self._mask(vocab, all_candidates=True)
+        sets, other = self._sets, self.other
+        parts = [sets.inside_word, sets.ending_prefix]  # the word inside the token; the token ending in "ri…"
+        if word_run >= 0:
+            parts.append(sets.completing[word_run])
+        if newline_tail:
             parts.append(self.index.empty)
-        letters = re.search(r"[a-z]*\Z", low).group()
-        if other.startswith(letters):  # the text's last letters and an all-letter token on the way to the word
-            for n in range(max(len(letters), 1, self.min_prefix), len(other) + 1):
-                seg = other[len(letters):n]
+        if letters >= 0:
+            for n in range(max(letters, 1, self.min_prefix), len(other) + 1):
+                seg = other[letters:n]
                 for spelled in ((seg, seg + "\n") if seg else ("\n",)):
                     parts.append(_ids(self.index.by_text.get(spelled, [])))
         banned = np.concatenate(parts)
@@ -315,6 +358,7 @@ class SideSets:
     inside_word: np.ndarray
     completing: list[np.ndarray]
     ending_prefix: np.ndarray
+    bans: dict[tuple, Ban | None] = field(default_factory=dict)  # SideConstraint's ban of each text state
 
 
 @dataclass
@@ -325,7 +369,8 @@ class TokenIndex:
     up); max_len: the longest text; closing_by_before: for tokens containing ``]]`` with no ``[[`` after it,
     the lower-cased text before the ``]]`` → ids; close_start: tokens starting with ``]`` and holding no ``[[``;
     ref_inside: tokens whose first ``[[`` has text after it; bracket_start: tokens of two or more characters
-    starting with ``[``; empty: tokens with no text.
+    starting with ``[``; empty: tokens with no text; decode: ids → the text ``tokenizer.decode(ids,
+    skip_special_tokens=True)`` gives.
     """
 
     pieces: list[str]
@@ -336,6 +381,7 @@ class TokenIndex:
     ref_inside: np.ndarray
     bracket_start: np.ndarray
     empty: np.ndarray
+    decode: Callable[[list[int]], str]
     _side: dict[tuple[str, int], SideSets] = field(default_factory=dict)
 
     def side_sets(self, word: str, min_prefix: int) -> SideSets:
@@ -358,6 +404,7 @@ class TokenIndex:
         return self._side[(word, min_prefix)]
 
 
+_PHRASE_END = re.compile(r"[.;,\n]\s|;|\]\]")
 _WORD_CHAR = re.compile(r"\w")
 _TRAILING_LETTERS = re.compile(r"[a-z]+\Z")
 _INDEXES: dict[int, tuple[Any, TokenIndex]] = {}
@@ -394,7 +441,7 @@ def token_index(tokenizer: Any) -> TokenIndex:
         if not piece:
             empty.append(i)
     index = TokenIndex(pieces, by_text, max((len(p) for p in pieces), default=0), closing, _ids(close_start), _ids(ref_inside),
-                       _ids(bracket_start), _ids(empty))
+                       _ids(bracket_start), _ids(empty), _text_decoder(tokenizer))
     try:
         ref: Any = weakref.ref(tokenizer, lambda _, k=key: _INDEXES.pop(k, None))
     except TypeError:  # not weak-referenceable: keep it alive with its index
@@ -417,23 +464,48 @@ class RunningText:
 
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
+        self._decode = token_index(tokenizer).decode
         self.ids: list[int] = []
-        self.anchor, self.committed = 0, ""
+        self.text = ""
+        self.anchor, self.committed, self._next_try = 0, "", self._WINDOW
 
     def update(self, ids: list[int]) -> str:
+        """The decoded text of ``ids`` (the same list as the last call's: the same text, nothing decoded)."""
+        if ids == self.ids:
+            return self.text
         if ids[: len(self.ids)] != self.ids:
-            self.anchor, self.committed = 0, ""
+            self.anchor, self.committed, self._next_try = 0, "", self._WINDOW
         self.ids = ids
         window = self._decode(ids[self.anchor:])
-        if len(ids) - self.anchor >= self._WINDOW:
+        if len(ids) - self.anchor >= self._next_try:
             cut = len(ids) - self._AFTER_ANCHOR
             head, rest = self._decode(ids[self.anchor:cut]), self._decode(ids[cut:])
             if head + rest == window:
-                self.committed, self.anchor, window = self.committed + head, cut, rest
-        return self.committed + window
+                self.committed, self.anchor, window, self._next_try = self.committed + head, cut, rest, self._WINDOW
+            else:  # not a clean split here: try again a few tokens on
+                self._next_try = len(ids) - self.anchor + self._AFTER_ANCHOR
+        self.text = self.committed + window
+        return self.text
 
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+def _text_decoder(tokenizer: Any) -> Callable[[list[int]], str]:
+    """``tokenizer.decode(ids, skip_special_tokens=True)``; the Rust decoder called directly (without transformers'
+    per-call conversions) where the two agree on a text with the spaces a clean-up step would remove."""
+    def plain(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not callable(getattr(backend, "decode", None)):
+        return plain
+    probe = tokenizer("It 's here , isn't it ? Yes . The [[left kidney]] : 12 mm × 3 — naïve 🙂", add_special_tokens=True)["input_ids"]
+    probes = [probe, probe[1:], list(range(min(len(tokenizer), 300)))]
+    if any(backend.decode(ids, skip_special_tokens=True) != plain(ids) for ids in probes):
+        return plain
+
+    def direct(ids: list[int]) -> str:
+        return backend.decode(ids, skip_special_tokens=True)
+
+    return direct
 
 
 class _Strong:
@@ -444,6 +516,27 @@ class _Strong:
 
     def __call__(self) -> Any:
         return self.obj
+
+
+def _closed_word(word: str, text: str) -> bool:
+    """Whether ``text`` holds ``word`` as a whole word (``\\b`` both sides) followed by a character of ``text``
+    (``str.find`` and two character tests: a regex with ``\\b`` scans several times slower)."""
+    at = text.find(word)
+    while at >= 0:
+        end = at + len(word)
+        if end < len(text) and not _WORD_CHAR.match(text[end]) and (at == 0 or not _WORD_CHAR.match(text[at - 1])):
+            return True
+        at = text.find(word, at + 1)
+    return False
+
+
+_WORD_RUN, _LETTER_RUN = re.compile(r"\w*"), re.compile(r"[a-z]*")
+
+
+def _trailing(run: re.Pattern[str], text: str) -> str:
+    """The longest run of ``run``'s characters ending ``text`` (matched on the reversed text: a search for
+    ``…*\\Z`` would try every start position)."""
+    return run.match(text[::-1]).group()[::-1]
 
 
 def _normal(text: str) -> str:

@@ -165,12 +165,14 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
     if config.stop:
         kwargs.update(stop_strings=list(config.stop), tokenizer=tokenizer)
     processors = []
+    running: dict = {}  # one running text of the generated tokens, decoded once a step for every constraint
     if config.references:
-        processors.append(ReferenceConstraint(tokenizer, config.references, question=config.question, answer_keys=config.answer_keys))
+        processors.append(ReferenceConstraint(tokenizer, config.references, question=config.question, answer_keys=config.answer_keys,
+                                              running=running))
     if config.call_side:
-        processors.append(SideConstraint(tokenizer, config.call_side))
+        processors.append(SideConstraint(tokenizer, config.call_side, running=running))
     if config.answer_side:
-        processors.append(SideConstraint(tokenizer, config.answer_side, in_answer=True))
+        processors.append(SideConstraint(tokenizer, config.answer_side, in_answer=True, running=running))
     if processors:
         from transformers import LogitsProcessorList
 
