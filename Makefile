@@ -10,7 +10,7 @@ PIP_FLAGS   ?= --disable-pip-version-check -q
 HOST        ?= 127.0.0.1
 PORT        ?= 7860
 
-.PHONY: demo test test-slow bench install install-dev system-deps lint clean
+.PHONY: demo test test-slow bench install install-dev system-deps lint clean viewer
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,3 +49,7 @@ lint: install-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+## Rebuild the browser viewer bundle (app/assets/viewer/m3-viewer.js, committed) from npm: NiiVue + esbuild.
+viewer:
+	cd app/assets/viewer && npm ci --no-audit --no-fund && npm run build

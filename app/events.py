@@ -24,6 +24,7 @@ from app.expert_runs import UNKNOWN_RUN_S, RunningJobs, not_applicable, run_with
 from app.report import Report, ReportError, draft_from_results, draft_with_model, write_markdown, write_pdf
 from app.session import SessionState
 from app.viewer import PLANES, default_window, failure_html, legend_html, preset_window, render_view, window_presets
+from app.webviewer import apply_client_view, viewer_payload
 from data.display import native_axial_index
 from data.errors import IngestError
 from experts.base import ExpertError
@@ -160,7 +161,7 @@ class AppEvents:
         return (state, *self._viewer_outputs(state), state.history, *self._window_outputs(state))
 
     def study_outputs(self, state: SessionState, message: str) -> tuple:
-        """(state, series table (``SERIES_COLUMNS``), series dropdown, status ``message``, viewer × 5, chat, window × 3)."""
+        """(state, series table (``SERIES_COLUMNS``), series dropdown, status ``message``, viewer × 6, chat, window × 3)."""
         rows = [s.summary_row() for s in state.study.series] if state.study else []
         table = [[i + 1, r["modality"], r["description"], r["shape"], r["spacing_mm"]] for i, r in enumerate(rows)]
         choices = [(f"{i + 1}. {r['description'] or r['modality']} · {r['modality']} · {r['shape']}", i)
@@ -177,8 +178,8 @@ class AppEvents:
         """Show slice ``index`` (the slider counts from 1). The slider's own value is not sent back: a reply that
         arrives after the user moved on must not pull the slider back to where it was."""
         state.view.slices[state.view.plane] = int(index) - 1
-        image, caption, legend, _, overlay = self._viewer_outputs(state)
-        return (state, image, caption, legend, gr.skip(), overlay)
+        image, caption, legend, _, overlay, payload = self._viewer_outputs(state)
+        return (state, image, caption, legend, gr.skip(), overlay, payload)
 
     def set_preset(self, preset: str, state: SessionState) -> tuple:
         vol = state.volume
@@ -200,11 +201,11 @@ class AppEvents:
         return (state, *self._viewer_outputs(state))
 
     def _viewer_outputs(self, state: SessionState) -> tuple:
-        """(image, caption, legend, slice slider, overlay dropdown)."""
+        """(image, caption, legend, slice slider, overlay dropdown, browser viewer payload (``app.webviewer``))."""
         vol = state.volume
         if vol is None:
             empty = gr.update(minimum=1, maximum=2, value=1, interactive=False)
-            return (None, "No study loaded.", "", empty, gr.update(choices=[], value=None))
+            return (None, "No study loaded.", "", empty, gr.update(choices=[], value=None), "")
         plane = state.view.plane if not vol.is_2d else "axial"
         result = state.shown_result
         index = state.view.slices.get(plane)
@@ -223,7 +224,8 @@ class AppEvents:
             if findings:
                 legend = legend_html(findings[-1], None, expert_title(self.engine.registry, findings[-1].expert))
         legend = self._failures.get(state, "") + legend
-        return (_picture_file(state, view.image), view.caption, legend, slider, overlay)
+        payload = viewer_payload(state, lambda name: expert_title(self.engine.registry, name))
+        return (_picture_file(state, view.image), view.caption, legend, slider, overlay, payload)
 
     def _result_label(self, key: tuple[str, str, str] | None) -> str:
         """An expert result as the overlay list names it: "CT segmentation · liver"."""
@@ -310,6 +312,12 @@ class AppEvents:
                                                   "error": f"{type(exc).__name__}: {exc}", "seconds": round(seconds, 3)}]))
         return (state, state.history, *self._viewer_outputs(state), f"**{title} failed:** {message}", gr.skip())
 
+    def ask_on_screen(self, question: str, state: SessionState, view: str | None = None, request: gr.Request = None) -> Iterator[tuple]:
+        """``ask`` about the slice the browser viewer shows: ``view`` is its report (``app.webviewer.apply_client_view``),
+        sent with the question, so scrolling in the browser costs no server call and "this slice" is the one on screen."""
+        apply_client_view(state, view)
+        yield from self.ask(question, state, request)
+
     def ask(self, question: str, state: SessionState, request: gr.Request) -> Iterator[tuple]:
         """Stream the answer to ``question``: tokens, each expert call as a collapsible step, overlays. An
         expert that fails on the model's call is named in the legend and the server log."""
@@ -327,7 +335,7 @@ class AppEvents:
                         state.view.slices.pop(state.view.plane, None)
                     any_change = True
                 state.history = history
-                outputs = self._viewer_outputs(state) if changed else (gr.skip(),) * 5
+                outputs = self._viewer_outputs(state) if changed else (gr.skip(),) * 6
                 shown = _slice_on_screen(state)
                 yield (state, history, "", *outputs)
         turn = _last_turn(state)

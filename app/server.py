@@ -35,6 +35,7 @@ from app.pacs_panel import PacsComponents, PacsPanel  # noqa: E402
 from app.route_guard import behind_proxies, guard_routes  # noqa: E402
 from app.session import close_session, live_sessions, new_session  # noqa: E402
 from app.viewer import PLANES, SLICE_KEYS_JS  # noqa: E402
+from app.webviewer import ROOT_HTML, SHOW_JS, VIEWER_HEAD, mount_viewer_routes  # noqa: E402
 
 __all__ = ["ServeOptions", "ModelStatus", "load_backend", "build_blocks", "build_app", "serve", "RunningServer",
            "embedded_model_dir"]
@@ -172,16 +173,21 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
                 if pacs is not None:
                     pacs.search_layout(pacs_ui)
             with gr.Column(scale=5, min_width=360):
-                image = gr.Image(label="Viewer", type="filepath", format="png", interactive=False, height=520, elem_id="m3-viewer",
-                                 buttons=["download", "fullscreen"])
-                caption = gr.Markdown(elem_id="m3-caption")
-                slider = gr.Slider(1, 2, value=1, step=1, label="Slice", interactive=False, elem_id="m3-slice")
-                with gr.Row():
-                    plane = gr.Radio(list(PLANES), value="axial", label="Plane", elem_id="m3-plane")
-                    preset = gr.Dropdown(label="Window", choices=[], elem_id="m3-preset")
-                with gr.Row():
-                    centre = gr.Number(value=None, label="Window centre", elem_id="m3-centre")
-                    width = gr.Number(value=None, label="Window width", elem_id="m3-width")
+                # the browser viewer (app.webviewer); the server-rendered one below shows where WebGL2 is missing
+                gr.HTML(ROOT_HTML, elem_id="m3-web", elem_classes="m3-web")
+                payload = gr.Textbox(elem_id="m3-web-payload", elem_classes="m3-offscreen", show_label=False, interactive=False)
+                client_view = gr.Textbox(value="", elem_id="m3-web-view", elem_classes="m3-offscreen", show_label=False)
+                with gr.Column(elem_id="m3-server-viewer"):
+                    image = gr.Image(label="Viewer", type="filepath", format="png", interactive=False, height=520,
+                                     elem_id="m3-viewer", buttons=["download", "fullscreen"])
+                    caption = gr.Markdown(elem_id="m3-caption")
+                    slider = gr.Slider(1, 2, value=1, step=1, label="Slice", interactive=False, elem_id="m3-slice")
+                    with gr.Row():
+                        plane = gr.Radio(list(PLANES), value="axial", label="Plane", elem_id="m3-plane")
+                        preset = gr.Dropdown(label="Window", choices=[], elem_id="m3-preset")
+                    with gr.Row():
+                        centre = gr.Number(value=None, label="Window centre", elem_id="m3-centre")
+                        width = gr.Number(value=None, label="Window width", elem_id="m3-width")
                 with gr.Row():
                     shown = gr.Dropdown(label="Overlay", choices=[], elem_id="m3-overlay")
                     opacity = gr.Slider(0.0, 1.0, value=0.45, step=0.05, label="Overlay opacity", elem_id="m3-opacity")
@@ -205,7 +211,7 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
             if pacs is not None:
                 pacs.send_layout(pacs_ui)
 
-        viewer = [image, caption, legend, slider, shown]
+        viewer = [image, caption, legend, slider, shown, payload]
         window = [preset, centre, width]
         study_out = [state, table, series, study_status, *viewer, chatbot, *window]
         ingest = dict(concurrency_limit=options.ingest_concurrency, concurrency_id="ingest", show_progress_on=[study_status])
@@ -227,13 +233,16 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
         opacity.input(events.set_overlay, [opacity, shown, state], [state, *viewer], api_name="overlay", **fast)
         shown.input(events.set_overlay, [opacity, shown, state], [state, *viewer], api_name=False, **fast)
         blocks.load(None, None, None, js=SLICE_KEYS_JS)  # mouse wheel and arrow / Page keys scroll the slices
+        payload.change(None, [payload], None, js=SHOW_JS, api_name=False, **quiet)  # the browser viewer loads what changed
         model = dict(concurrency_limit=concurrency, concurrency_id="model")
         # chat turns queue on the model only while it writes (ChatEngine's slots), not while their experts run
         chat = dict(concurrency_limit=16, concurrency_id="chat")
-        ask_inputs, ask_outputs = [question, state], [state, chatbot, question, *viewer]
+        ask_outputs = [state, chatbot, question, *viewer]
         chat_progress = dict(show_progress="minimal", show_progress_on=[chatbot])
-        question.submit(events.ask, ask_inputs, ask_outputs, api_name=False, **chat, **chat_progress)
-        ask.click(events.ask, ask_inputs, ask_outputs, api_name="ask", **chat, **chat_progress)
+        # a question carries the browser viewer's slice on screen (client_view; empty from the API: the server's own view)
+        ask_inputs = [question, state, client_view]
+        question.submit(events.ask_on_screen, ask_inputs, ask_outputs, api_name=False, **chat, **chat_progress)
+        ask.click(events.ask_on_screen, ask_inputs, ask_outputs, api_name="ask", **chat, **chat_progress)
         for button in expert_buttons:
             button.click(events.run_expert, [button, state], [state, chatbot, *viewer, expert_status, report_status],
                          api_name=False, concurrency_limit=options.expert_concurrency, concurrency_id="experts",
@@ -281,6 +290,7 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
     blocks.queue(default_concurrency_limit=8, max_size=256)
 
     api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    mount_viewer_routes(api)  # before the page: Gradio's mount at "/" would answer these paths otherwise
     health_paths = mount_health(api, config, {"sessions": lambda: (True, f"{live_sessions()} live"),
                                               "chat_model": lambda: _chat_health(status),
                                               "experts": lambda: _experts_health(registry)})
@@ -293,7 +303,7 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
     gr.mount_gradio_app(
         api, blocks, path=config.server.root_path or "/", server_name=config.server.host, server_port=config.server.port,
         footer_links=[], run_history=False, mcp_server=False, ssr_mode=False, show_error=True,
-        max_file_size=f"{config.limits.max_upload_mb}mb", css_paths=[ASSETS / "m3.css"], theme=gr.themes.Default(),
+        max_file_size=f"{config.limits.max_upload_mb}mb", css_paths=[ASSETS / "m3.css"], theme=gr.themes.Default(), head=VIEWER_HEAD,
         **auth,
     )
     if auth:  # only /, /login, static assets and the health routes without a session; sign-ins rate-limited per address

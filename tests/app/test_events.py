@@ -165,7 +165,7 @@ def test_an_upload_of_two_studies_says_so_in_plain_words(tmp_path, scripted_modu
 def test_a_slice_move_does_not_send_the_slider_back(tmp_path, scripted_module):
     events, state = _events(tmp_path, scripted_module), SessionState()
     events.example("Example CT", state, _Request(), progress=_no_progress)
-    state, image, caption, legend, slider, overlay = events.set_slice(52, state)
+    state, image, caption, legend, slider, overlay, payload = events.set_slice(52, state)
     assert slider == gr.skip() and caption.startswith("axial 52/64")
     assert events.set_plane("coronal", state)[4]["value"] == 65  # another plane: the slider is set to its middle
     state.close()
@@ -175,7 +175,7 @@ def test_a_failing_expert_is_shown_logged_and_audited(tmp_path, scripted_module,
     events, state = _events(tmp_path, scripted_module, extra=[BrokenExpert]), SessionState()
     events.example("Example CT", state, _Request(), progress=_no_progress)
     with caplog.at_level(logging.WARNING, logger="app.events"):
-        state, history, image, caption, legend, slider, overlay, status, _ = events.run_expert(
+        state, history, image, caption, legend, slider, overlay, payload, status, _ = events.run_expert(
             "Broken test expert", state, _Request(), progress=_no_progress)  # the button's label is the title
     assert status == f"**Broken test expert failed:** {BROKEN_MESSAGE}"
     assert "Broken test expert failed" in legend and BROKEN_MESSAGE in legend
@@ -282,7 +282,7 @@ def test_an_expert_that_fails_on_the_models_call_is_named_in_the_legend_and_logg
     events.engine.backend = scripted_module.ScriptedBackend(topics={"broken_ct": ("broken",)})
     events.example("Example CT", state, _Request(), progress=_no_progress)
     with caplog.at_level(logging.WARNING, logger="app.events"):
-        *_, (state, history, question, image, caption, legend, slider, overlay) = events.ask("Is it broken?", state, _Request())
+        *_, (state, history, question, image, caption, legend, slider, overlay, payload) = events.ask("Is it broken?", state, _Request())
     said = "Broken test expert failed internally (RuntimeError); try another question or expert."  # the agent's words
     step = next(m for m in history if (m.get("metadata") or {}).get("title"))
     assert step["metadata"]["title"] == "Broken test expert" and step["content"] == f"Could not run: {said}"

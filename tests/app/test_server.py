@@ -6,6 +6,7 @@ Uses the scripted backend and the threshold test expert from conftest (mechanics
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import httpx
@@ -39,8 +40,9 @@ def test_unauthenticated_and_wrong_password_get_no_data(served):
 def test_upload_view_ask_audit_and_export(served, ct_zip):
     server, cfg = served
     client = _client(server.url)
-    table, series, status, image, caption, legend, slider, overlay, chat, preset, centre, width = _upload(client, ct_zip)
+    table, series, status, image, caption, legend, slider, overlay, payload, chat, preset, centre, width = _upload(client, ct_zip)
     assert "Loaded 1 series (de-identified)" in status
+    assert json.loads(payload)["volume"].startswith("m3/volume/")  # the browser viewer's copy of the series
     assert table["data"][0][1] == "CT" and table["data"][0][3] == "64x64x24"
     assert "axial 13/24" in caption
     # scroll and change plane: the caption follows
@@ -49,13 +51,14 @@ def test_upload_view_ask_audit_and_export(served, ct_zip):
     _, caption3, *_ = client.predict("coronal", api_name="/plane")
     assert caption3.startswith("coronal")
     # ask: the scripted model calls the expert; the answer quotes the expert's number; the overlay appears
-    chat, question, image, caption, legend, slider, overlay = client.predict("What is the dense tissue volume?", api_name="/ask")
+    chat, question, image, caption, legend, slider, overlay, payload = client.predict("What is the dense tissue volume?", api_name="/ask")
     steps = [m for m in chat if (m.get("metadata") or {}).get("title")]
     assert steps and "threshold_volume" in steps[0]["metadata"]["title"] and steps[0]["metadata"]["status"] == "done"
     answer = _text(chat[-1])
     volume = _text(steps[0]).split("dense tissue volume: ")[1].split(" mL")[0]
     assert volume in str(answer) and "According to threshold_volume" in str(answer)
     assert "dense tissue" in legend and overlay["value"] == "threshold_volume"
+    assert json.loads(payload)["overlay"]["labels"][0]["name"] == "dense tissue"
     entry = [e for e in _audit(cfg) if e["event"] == "answer"][-1]
     assert entry["user"] == "alice" and entry["study_uid"] and entry["tool_calls"][0]["name"] == "threshold_volume"
     assert entry["model"] == "scripted-test-backend" and volume in entry["answer"]
@@ -71,7 +74,7 @@ def test_two_sessions_never_see_each_others_study(served, ct_zip):
     server, _ = served
     a, b = _client(server.url, "alice"), _client(server.url, "bob")
     _upload(a, ct_zip)
-    image, caption, legend, slider, overlay = b.predict(2, api_name="/slice")
+    image, caption, legend, slider, overlay, payload = b.predict(2, api_name="/slice")
     assert image is None and caption == "No study loaded."
     chat = b.predict("What is the dense tissue volume?", api_name="/ask")[0]
     assert "Load a study first" in _text(chat[-1])

@@ -22,8 +22,9 @@ from localhost import free_port
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
+# WebGL2 for the browser viewer in software (SwiftShader): headless machines have no GPU
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--disable-dev-shm-usage"]
+                 "--no-first-run", "--disable-dev-shm-usage", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 USER, PASSWORD = "dr.test", "e2e password 42"
 
 

@@ -44,12 +44,13 @@ def test_clinician_session(new_page, app_server, credentials, scenario, phantom_
     status.filter(has_text="Loaded 1 series").wait_for(timeout=TIMEOUT_MS)
     table = page.locator("#m3-series-table").inner_text()
     assert "CT" in table and "96x96x40" in table and "Doe" not in page.content()
-    caption = page.locator("#m3-caption")
-    assert "axial 21/40" in caption.inner_text()
-
-    slider = page.locator("#m3-slice input[type=range]")
-    slider.fill("8")
-    caption.filter(has_text="axial 8/40").wait_for(timeout=TIMEOUT_MS)
+    page.locator("#m3-web-root.m3-web-ready").wait_for(timeout=TIMEOUT_MS)  # the browser viewer shows the series
+    info = page.locator(".m3w-info")
+    assert info.inner_text() == "Axial 21/40"
+    page.locator(".m3w-stage").hover()
+    for _ in range(13):  # the arrow keys scroll in the browser
+        page.keyboard.press("ArrowDown")
+    info.filter(has_text="Axial 8/40").wait_for(timeout=TIMEOUT_MS)
     page.screenshot(path=str(artifacts / "02_scrolled.png"), full_page=True)
 
     page.locator("#m3-question textarea").fill(question)
@@ -62,7 +63,7 @@ def test_clinician_session(new_page, app_server, credentials, scenario, phantom_
     volume_ml = re.search(rf"{structure} volume: ([\d.]+) mL", text).group(1)
     steps = [t.splitlines()[0].strip() for t in chat.locator(".thought-group .title").all_inner_texts()]  # less "(5.3s)"
     assert steps == [expert_title(registry, expert)]  # the expert call is shown as its own step, by its title
-    legend = page.locator("#m3-legend")
+    legend = page.locator(".m3w-labels")  # the browser viewer's legend: the expert's title, its labels and numbers
     legend.get_by_text(structure).first.wait_for(timeout=TIMEOUT_MS)
     assert volume_ml in legend.inner_text()  # the answer quotes the expert's number, shown by the overlay legend
     page.screenshot(path=str(artifacts / "03_answer_with_overlay.png"), full_page=True)

@@ -1,4 +1,5 @@
-"""The page's flows that broke in a real browser (issue #30), each driven in Debian's Chromium: the slice slider
+"""The page's flows that broke in a real browser (issue #30), each driven in Debian's Chromium with the server-rendered
+viewer (``?viewer=server``, what a browser without WebGL2 shows): the slice slider
 stays where the user lets go and the wheel and keys scroll; a new upload replaces the old one and the series
 table reads cleanly; Draft report waits for a running expert; an expert run shows one progress bar that advances
 and covers none of the images; an expert failure is shown, logged and audited.
@@ -21,7 +22,7 @@ TIMEOUT_MS = 30_000
 
 
 def _open(page, url: str, example: str = "Example CT") -> None:
-    page.goto(url)
+    page.goto(f"{url}/?viewer=server")  # these flows are the server-rendered viewer's (test_viewer.py: the browser one)
     page.locator("#m3-chat").wait_for(timeout=TIMEOUT_MS)
     page.get_by_role("button", name=example, exact=True).click()
     page.locator("#m3-study-status").filter(has_text="Loaded").wait_for(timeout=TIMEOUT_MS)
