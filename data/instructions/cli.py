@@ -18,16 +18,19 @@ def add_parsers(data_sub) -> None:
     p.add_argument("--split", default="train", choices=("train", "val", "test"), help="split; its seeds never overlap the others")
     p.add_argument("--kinds", default="ct,mri,cxr", help="comma-separated phantom kinds (default ct,mri,cxr)")
     p.add_argument("--questions", type=int, default=4, help="VQA questions per case for ift (default 4)")
+    p.add_argument("--clinician", type=int, default=None,
+                   help="clinician-style expert conversations per case added to medical-ift (default 4 in the train split, 0 in val / test)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from data.instructions.dataset import STAGES, build_datasets
+    from data.instructions.dataset import STAGES, ClinicianMix, build_datasets
 
+    mix = None if args.clinician is None else ClinicianMix(per_case=args.clinician, splits=("train", "val", "test"))
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     stages = STAGES if args.stage == "all" else (args.stage,)
     paths = build_datasets({k: args.n for k in kinds}, args.out, args.seed, stages, args.split,
-                           questions_per_case=args.questions, progress=True)
+                           questions_per_case=args.questions, progress=True, clinician=mix)
     for stage, path in paths.items():
         print(f"{stage}: {path}")
     return 0

@@ -10,6 +10,11 @@ a case (its view) depends on the case seed only, so align, ift and medical-ift f
 the same pictures. The first human turn starts with one ``<image>\\n`` per picture (MRI: T1, T1c, T2,
 FLAIR in that order). ``meta`` carries what evaluation needs (answer type and answer, expected tool
 calls, the values an answer must quote) and is ignored by LLaVA-style loaders.
+
+The ``medical-ift`` file of a split in ``ClinicianMix.splits`` holds, after each case's template expert conversation,
+``ClinicianMix.per_case`` conversations on clinician-style questions (``data.instructions.clinician_questions``,
+``meta.task`` "clinician", with the question's intent family and style); each from its own random stream, so the
+template records are the same with or without them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from data.instructions.captions import caption, caption_prompt, report_findings, study_findings
+from data.instructions.clinician_questions import ClinicianMix, clinician_dialogue
 from data.instructions.expert_dialogues import expert_dialogue, tool_result_from_truth
 from data.instructions.views import CaseView, make_view
 from data.instructions.vqa import vqa_items
@@ -27,7 +33,7 @@ from data.phantoms import generate
 from data.slice_facts import asks_about_shown_slice
 from data.tool_text import format_tool_call, format_tool_result, value_reference
 
-__all__ = ["build_dataset", "build_datasets", "STAGES", "SPLIT_SEEDS", "case_seeds"]
+__all__ = ["build_dataset", "build_datasets", "STAGES", "SPLIT_SEEDS", "case_seeds", "ClinicianMix"]
 
 STAGES = ("align", "ift", "medical-ift")
 SPLIT_SEEDS = {"train": 100_000, "val": 300_000, "test": 500_000}
@@ -45,21 +51,25 @@ def case_seeds(kind_index: int, n: int, seed: int, split: str) -> list[int]:
 
 
 def build_dataset(kind_counts: dict[str, int], out_dir: str | Path, seed: int = 0, stage: str = "align", split: str = "train", *,
-                  questions_per_case: int = 4, phantom_options: dict[str, dict] | None = None, progress: bool = False) -> Path:
+                  questions_per_case: int = 4, phantom_options: dict[str, dict] | None = None, progress: bool = False,
+                  clinician: ClinicianMix | None = None) -> Path:
     """Generate ``kind_counts[kind]`` phantoms per kind and write ``out_dir/<stage>_<split>.json``.
 
     stage: "align" (one caption per case), "ift" (``questions_per_case`` VQA records per case) or
-    "medical-ift" (one expert conversation per case); phantom_options: per-kind options for
+    "medical-ift" (one template expert conversation per case, plus ``clinician.per_case`` clinician-style ones in the
+    splits ``clinician.splits``; default ``ClinicianMix()``); phantom_options: per-kind options for
     ``data.phantoms.generate`` (e.g. a smaller MRI grid). Returns the JSON path.
     """
     return build_datasets(kind_counts, out_dir, seed, (stage,), split, questions_per_case=questions_per_case,
-                          phantom_options=phantom_options, progress=progress)[stage]
+                          phantom_options=phantom_options, progress=progress, clinician=clinician)[stage]
 
 
 def build_datasets(kind_counts: dict[str, int], out_dir: str | Path, seed: int = 0, stages: tuple[str, ...] = STAGES,
                    split: str = "train", *, questions_per_case: int = 4, phantom_options: dict[str, dict] | None = None,
-                   progress: bool = False) -> dict[str, Path]:
+                   progress: bool = False, clinician: ClinicianMix | None = None) -> dict[str, Path]:
     """Like ``build_dataset`` for several stages at once, generating each phantom only once."""
+    mix = ClinicianMix() if clinician is None else clinician
+    n_clinician = mix.per_case if split in mix.splits else 0
     bad = [st for st in stages if st not in STAGES]
     if bad or not stages:
         raise ValueError(f"stage must be one of {STAGES}, got {bad or list(stages)}.")
@@ -81,6 +91,8 @@ def build_datasets(kind_counts: dict[str, int], out_dir: str | Path, seed: int =
         for st in stages:
             rng = np.random.default_rng([case_seed, _STAGE_CODE[st]])
             records[st] += _records(st, view, images, rng, questions_per_case)
+            if st == "medical-ift":
+                records[st] += _clinician_records(view, images, mix, n_clinician)
     paths = {}
     for st in stages:
         path = out / f"{st}_{split}.json"
@@ -134,6 +146,18 @@ def _records(stage: str, view: CaseView, images: list[str], rng: np.random.Gener
     rec = {"id": rid, "conversations": [dict(t) for t in d.turns],
            "meta": {**base, "task": d.task, "tool_calls": d.tool_calls, "grounded_values": d.grounded_values}}
     return [_with_images(images, rec, first)]
+
+
+def _clinician_records(view: CaseView, images: list[str], mix: ClinicianMix, n: int) -> list[dict]:
+    """``n`` conversations on clinician-style questions about the case, each from its own random stream."""
+    out = []
+    for j in range(n):
+        d = clinician_dialogue(view, np.random.default_rng([view.seed, _STAGE_CODE["medical-ift"], 0xC11, j]), mix)
+        rec = {"id": f"medical-ift-{view.kind}-{view.seed}-c{j}", "conversations": [dict(t) for t in d.turns],
+               "meta": {"kind": view.kind, "seed": view.seed, "slice_index": view.slice_index, "task": d.task, **d.info,
+                        "tool_calls": d.tool_calls, "grounded_values": d.grounded_values}}
+        out.append(_with_images(images, rec, d.turns[0]["value"]))
+    return out
 
 
 def _vqa_answer(view: CaseView, qa, j: int) -> list[dict]:

@@ -29,7 +29,8 @@ from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CT_TARGETS, C
 
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w])")
 
-__all__ = ["Dialogue", "expert_dialogue", "tool_result_from_truth", "format_tool_call", "ct_target_values", "CT_TARGETS"]
+__all__ = ["Dialogue", "expert_dialogue", "tool_result_from_truth", "format_tool_call", "ct_target_values", "CT_TARGETS",
+           "grounded_dialogue", "ct_summary_answer", "ct_report_answer", "cxr_report_answer", "mri_summary_answer", "lesion_sides"]
 
 
 
@@ -38,8 +39,9 @@ class Dialogue:
     """Turns ``[{"from": human|gpt|tool, "value": str}]`` plus what the evaluation checks.
 
     tool_calls: the expected calls ``{"name", "arguments"}`` in order; grounded_values: the number strings
-    (with units) the answers must quote; task: "expert" or "no-expert"; results: the ``ToolResult`` behind
-    each tool turn (not written to JSON).
+    (with units) the answers must quote; task: "expert", "no-expert" or "clinician"; results: the ``ToolResult``
+    behind each tool turn (not written to JSON); info: more for the record's ``meta`` (a clinician question's intent
+    and style).
     """
 
     turns: list[dict]
@@ -47,6 +49,7 @@ class Dialogue:
     grounded_values: list[str] = field(default_factory=list)
     task: str = "expert"
     results: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
 
 
 def tool_result_from_truth(kind: str, truth: dict, arguments: dict, rng: np.random.Generator, shown: dict | None = None):
@@ -83,6 +86,7 @@ def _truth_result(kind: str, truth: dict, arguments: dict, rng: np.random.Genera
                     diam = max(les["max_diameter_mm"] for les in truth["lesions"] if les["type"] == name)
                     measurements.append(Measurement(name, "volume", float(truth["lesion_volumes_ml"][name]), "mL"))
                     measurements.append(Measurement(name, "largest diameter", float(diam), "mm"))
+                    findings += [Finding(f"{name} on the {side}", True) for side in lesion_sides(truth, name)]  # as the expert reports them
             else:
                 measurements.append(Measurement(name, "volume", float(truth["organ_volumes_ml"][name]), "mL"))
         if truth["organ_volumes_ml"]["aorta"] > 0 and truth["organ_volumes_ml"]["liver"] > 0:  # the expert reads the phase from both
@@ -106,6 +110,13 @@ def _truth_result(kind: str, truth: dict, arguments: dict, rng: np.random.Genera
         p = float(rng.uniform(0.62, 0.99) if on else rng.uniform(0.01, 0.38))
         findings.append(Finding(f, on, round(p, 4), 0.5))
     return ToolResult(expert="cxr_classification", arguments={}, findings=findings)
+
+
+def lesion_sides(truth: dict, lesion: str) -> list[str]:
+    """The sides of the body ("left", "right", in that order) the phantom's ``lesion`` components lie on: each centre against
+    the midline (RAS x = 0, where the phantom's spine is), as ``experts.measurements.lesion_sides`` reads the expert's mask."""
+    sides = {"left" if les["centre_mm"][0] < 0 else "right" for les in truth["lesions"] if les["type"] == lesion}
+    return [s for s in ("left", "right") if s in sides]
 
 
 def expert_dialogue(view: CaseView, rng: np.random.Generator) -> Dialogue:
@@ -172,18 +183,12 @@ def _ct(view: CaseView, rng) -> Dialogue:
         q = phrase("{Please |}{segment everything|run a full segmentation|give me a complete quantitative analysis} {on this CT|of this scan|}.", rng, polite=False)
     result = tool_result_from_truth("ct", truth, args, rng)
     turns = [{"from": "human", "value": q}] + _call_turns(result, "ct_segmentation", args)
-    organs = [m.structure for m in result.measurements if m.quantity == "volume" and _m(result, m.structure, "count") is None]
     if mode == "organ":
         answer = _ct_organ_answer(organ)
     elif mode == "lesion":
         answer = _ct_lesion_answer(lesion)
     else:
-        parts = []
-        if mode in ("everything", "organs"):
-            parts.append("Organ volumes: " + "; ".join(f"{o} {_ref(o + ' volume')}" for o in organs) + ".")
-        if mode in ("everything", "lesions"):
-            parts += [_ct_lesion_answer(CT_LABELS[v]) for v in CT_LESIONS]
-        answer = " ".join(parts)
+        answer = ct_summary_answer(result, mode)
     turns.append({"from": "gpt", "value": answer})
     # A follow-up answered from the same result (no second call).
     if mode in ("everything", "lesions"):
@@ -195,6 +200,38 @@ def _ct(view: CaseView, rng) -> Dialogue:
         turns += [{"from": "human", "value": phrase("How {large|big} is the <o>{ again|}?", rng, polite=False, o=o2)},
                   {"from": "gpt", "value": _ct_organ_answer(o2)}]
     return _dialogue(turns, [{"name": "ct_segmentation", "arguments": args}], [result])
+
+
+def ct_summary_answer(result: ToolResult, mode: str) -> str:
+    """The answer to a whole-study CT request (``mode`` "everything", "organs" or "lesions", the call's targets): each organ
+    volume the result measured and each lesion type, as references."""
+    organs = [m.structure for m in result.measurements if m.quantity == "volume" and _m(result, m.structure, "count") is None]
+    parts = []
+    if mode in ("everything", "organs"):
+        parts.append("Organ volumes: " + "; ".join(f"{o} {_ref(o + ' volume')}" for o in organs) + ".")
+    if mode in ("everything", "lesions"):
+        parts += [_ct_lesion_answer(CT_LABELS[v]) for v in CT_LESIONS]
+    return " ".join(parts)
+
+
+def mri_summary_answer() -> str:
+    """The answer to a brain-tumour segmentation request: presence, whole tumour and each sub-region's volume, as references."""
+    sub = ", ".join(f"{n} {_ref(n + ' volume')}" for n in MRI_LABELS.values())
+    return f"Brain tumor: {_ref('tumor')}. Whole tumor {_ref('whole tumor')} ({sub})."
+
+
+def ct_report_answer(view: CaseView) -> str:
+    """A CT report written with the segmentation expert's lesion result: the findings and impression name its finding lists;
+    the model writes only what the picture shows (the body region)."""
+    return (f"Findings: CT of the {view.facts['region']}, read with the CT segmentation expert on the whole study. "
+            f"Present: {_ref('positive findings')}. Absent: {_ref('negative findings')}. Impression: {_ref('impression')}")
+
+
+def cxr_report_answer(view: CaseView) -> str:
+    """A radiograph report written with the classifier's result (VILA-M3's report with the expert); the model writes only
+    the projection."""
+    return (f"Findings: Frontal ({view.facts['view']}) chest radiograph, read with the chest X-ray classifier. "
+            f"Present: {_ref('positive findings')}. Absent: {_ref('negative findings')}. Impression: {_ref('impression')}")
 
 
 # A follow-up on a brain-tumour result, answered from the same result: question template, answer naming the fields.
@@ -214,8 +251,7 @@ def _mri(view: CaseView, rng) -> Dialogue:
     result = tool_result_from_truth("mri", truth, args, rng)
     q = phrase("{What is the tumor volume|Segment the brain tumor|Measure the tumor and its sub-regions|How large is the tumor in mL}?", rng)
     turns = [{"from": "human", "value": q}] + _call_turns(result, "mri_brain_tumor", args)
-    sub = ", ".join(f"{n} {_ref(n + ' volume')}" for n in MRI_LABELS.values())
-    turns.append({"from": "gpt", "value": f"Brain tumor: {_ref('tumor')}. Whole tumor {_ref('whole tumor')} ({sub})."})
+    turns.append({"from": "gpt", "value": mri_summary_answer()})
     if _m(result, "whole tumor", "volume").value > 0:
         question, answer = _MRI_FOLLOW_UPS[rng.choice(list(_MRI_FOLLOW_UPS))]
         turns += [{"from": "human", "value": phrase(question, rng, polite=False)}, {"from": "gpt", "value": answer}]
@@ -253,8 +289,7 @@ def _cxr_report(view: CaseView, rng, result: ToolResult) -> Dialogue:
     the findings and impression name the result's finding lists, the model writes only what it sees
     (the projection)."""
     q = caption_prompt(rng)
-    report = (f"Findings: Frontal ({view.facts['view']}) chest radiograph, read with the chest X-ray classifier. "
-              f"Present: {_ref('positive findings')}. Absent: {_ref('negative findings')}. Impression: {_ref('impression')}")
+    report = cxr_report_answer(view)
     turns = [{"from": "human", "value": q}] + _call_turns(result, "cxr_classification", {}) + [{"from": "gpt", "value": report}]
     return _dialogue(turns, [{"name": "cxr_classification", "arguments": {}}], [result])
 
@@ -265,15 +300,15 @@ def _ct_report(view: CaseView, rng) -> Dialogue:
     only what it sees (the body region of the slice)."""
     args = {"targets": "lesions"}
     result = tool_result_from_truth("ct", view.truth, args, rng)
-    report = (f"Findings: CT of the {view.facts['region']}, read with the CT segmentation expert on the whole study. "
-              f"Present: {_ref('positive findings')}. Absent: {_ref('negative findings')}. Impression: {_ref('impression')}")
+    report = ct_report_answer(view)
     turns = [{"from": "human", "value": caption_prompt(rng)}] + _call_turns(result, "ct_segmentation", args) + [{"from": "gpt", "value": report}]
     return _dialogue(turns, [{"name": "ct_segmentation", "arguments": args}], [result])
 
 
-def _dialogue(turns: list[dict], calls: list[dict], results: list) -> Dialogue:
+def grounded_dialogue(turns: list[dict], calls: list[dict], results: list, task: str = "expert", info: dict | None = None) -> Dialogue:
     """A conversation whose answers name tool-result fields (``[[liver volume]]``); ``grounded_values`` are
-    the values they stand for (what the resolved answers must quote)."""
+    the values they stand for (what the resolved answers must quote). Raises ``AssertionError`` when an answer names a
+    field no tool result holds (a generator bug)."""
     tools = [t["value"] for t in turns if t["from"] == "tool"]
     used: list[str] = []
     for t in turns:
@@ -282,7 +317,10 @@ def _dialogue(turns: list[dict], calls: list[dict], results: list) -> Dialogue:
             if missing:
                 raise AssertionError(f"generator wrote references no tool result holds: {missing}")
             used += [v for v in _NUMBER.findall(text)]
-    return Dialogue(turns, calls, used, results=results)
+    return Dialogue(turns, calls, used, task, results=results, info=dict(info or {}))
+
+
+_dialogue = grounded_dialogue
 
 
 def _no_expert(view: CaseView, rng) -> Dialogue:

@@ -42,7 +42,9 @@ def test_records_are_valid_llava(built):
     out, data = built
     ids = [r["id"] for recs in data.values() for r in recs]
     assert len(ids) == len(set(ids))
-    assert len(data["align"]) == sum(COUNTS.values()) == len(data["medical-ift"])
+    template = [r for r in data["medical-ift"] if r["meta"]["task"] != "clinician"]
+    assert len(data["align"]) == sum(COUNTS.values()) == len(template)
+    assert len(data["medical-ift"]) - len(template) == 4 * sum(COUNTS.values())  # ClinicianMix().per_case clinician questions a case
     assert len(data["ift"]) >= 3 * sum(COUNTS.values())
     for recs in data.values():
         for r in recs:
@@ -131,7 +133,8 @@ def test_vqa_covers_categories_balances_yes_no_and_varies_phrasing(built):
         for r in recs:
             for t in r["conversations"]:
                 if t["from"] == "human":
-                    assert not re.search(r"[{}|]|<(?!image>)\w+>|\b(a an|an a|a a)\b|\s[?.,]", t["value"]), t["value"]
+                    # a question mark may open a word in shorthand ("?pneumothorax", "cyst ?L ?R"), never stand alone
+                    assert not re.search(r"[{}|]|<(?!image>)\w+>|\b(a an|an a|a a)\b|\s(?:[.,]|\?(?!\w))", t["value"]), t["value"]
 
 
 def test_captions_name_the_findings_in_the_picture(built):
