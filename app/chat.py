@@ -158,7 +158,8 @@ class ChatEngine:
             elif event.kind == "done" and event.turn is not None:
                 turn = event.turn
                 answer = turn.answer or answer
-                shown = [f for f in turn.flags if not f.startswith("refusal")]  # a refusal is the answer, not a warning
+                # a refusal or a header answer is the answer, not a warning
+                shown = [f for f in turn.flags if not f.startswith(("refusal", "answered from the header"))]
                 text = answer + ("\n\nCheck: " + "; ".join(flag_text(f) for f in shown) + "." if shown else "")
                 history[-1] = _assistant(text)
                 self._audit(state, user, question, turn, time.perf_counter() - t0)
@@ -242,6 +243,12 @@ def flag_text(flag: str) -> str:
         return "the question is about another kind of scan than this one"
     if flag.startswith("tool round limit reached"):
         return "the assistant stopped after the most expert calls one question may make"
+    if flag == "expert called for the question":
+        return "the model answered without an expert; the expert the question needs was run and the answer rewritten from its result"
+    if flag == "answer corrected to the expert result":
+        return "the model's yes / no disagreed with the expert result and was corrected to it"
+    if flag == "answer trimmed to the question":
+        return "text the model wrote after the answer was dropped"
     return flag
 
 

@@ -38,6 +38,7 @@ TOOL_CALL_CLOSE = "</tool_call>"
 REF_OPEN, REF_CLOSE = "[[", "]]"
 _REF = re.compile(r"\[\[([^\[\]]{1,80})\]\]")
 UNRESOLVED = "(not in the expert result)"
+IN_SLICE_WORDS = " in this slice"
 
 
 @dataclass
@@ -174,6 +175,8 @@ def reference_keys(tool_texts: Sequence[str]) -> list[str]:
         candidates += [k[: -len(" largest diameter")] + " size" for k in measurements if k.endswith(" largest diameter")]
         candidates += [k.split(" on the ")[0] + " side" for k in findings if " on the " in k]
         candidates += [k.split()[-1] for k in findings] + [k + "?" for k in findings] + (list(_FINDING_LISTS) if findings else [])
+        candidates += [k + " normal?" for k in findings if not _descriptive(k)] + (["normal?"] if findings else [])
+        candidates += [f"{w} {p}" for p in _PAIRS for w in ("larger", "smaller")]
         for key in candidates:
             if key not in keys and _resolve(key, measurements, findings) is not None:
                 keys[key] = None
@@ -183,6 +186,9 @@ def reference_keys(tool_texts: Sequence[str]) -> list[str]:
 def _resolve(key: str, measurements: dict[str, str], findings: dict[str, str]) -> str | None:
     if key in measurements:
         return measurements[key]
+    derived = _derived(key, measurements, findings)
+    if derived is not None:
+        return derived
     if key.endswith(" size") and measurements.get(key[:-5] + " largest diameter", "").endswith(" mm"):
         diameter = measurements[key[:-5] + " largest diameter"]
         try:
@@ -193,6 +199,9 @@ def _resolve(key: str, measurements: dict[str, str], findings: dict[str, str]) -
         sides = [k[len(key) + 3:] for k, v in findings.items() if k.startswith(key[:-5] + " on the ") and v.startswith("yes")]
         if sides:
             return " and ".join(sides)
+        hemispheres = [k for k, v in findings.items() if k.endswith(" hemisphere") and v.startswith("yes")]
+        if hemispheres and key[:-5] in findings:  # a brain tumour's side is its hemisphere
+            return " and ".join(h.split()[0] for h in hemispheres) + f" ({' and '.join(hemispheres)})"
     own = {k[len(key) + 1:]: v for k, v in measurements.items() if k.startswith(key + " ")}
     if "count" in own:
         n = own.pop("count")
@@ -221,6 +230,44 @@ def _resolve(key: str, measurements: dict[str, str], findings: dict[str, str]) -
 
 
 _FINDING_LISTS = ("positive findings", "negative findings", "impression")
+_PAIRS = ("kidney", "lung")
+
+
+def _derived(key: str, measurements: dict[str, str], findings: dict[str, str]) -> str | None:
+    """Keys that answer a question's form rather than name one field: "cardiomegaly normal?" (the reverse
+    polarity of "cardiomegaly?"), "normal?" (the whole study), "larger kidney" / "smaller lung" (a paired organ's
+    two volumes compared), and "liver tumor?" for an expert that counts a lesion instead of scoring it."""
+    if key == "normal?" and findings:
+        abnormal = {k: v for k, v in findings.items() if not _descriptive(k)}
+        present = [k for k, v in abnormal.items() if v.startswith("yes")]
+        return ("no (" + _finding_list("positive findings", abnormal) + ")") if present else \
+            "yes (no finding above the expert's thresholds)"
+    if key.endswith(" normal?"):
+        name = key[: -len(" normal?")]
+        verdict = _resolve(name + "?", measurements, findings)
+        if verdict is None:
+            return None
+        yes = verdict.startswith("yes")
+        detail = verdict[verdict.find("(") + 1:verdict.rfind(")")] if "(" in verdict else ""
+        return ("no" if yes else "yes") + f" ({name} {'present' if yes else 'not present'}" + (f", {detail}" if detail else "") + ")"
+    words = key.split()
+    if len(words) == 2 and words[0] in ("larger", "smaller") and words[1] in _PAIRS:
+        left, right = measurements.get(f"left {words[1]} volume"), measurements.get(f"right {words[1]} volume")
+        try:
+            lv, rv = float(left.split()[0]), float(right.split()[0])  # type: ignore[union-attr]
+        except (AttributeError, ValueError, IndexError):
+            return None
+        side = ("left" if lv > rv else "right") if words[0] == "larger" else ("left" if lv < rv else "right")
+        return f"the {side} {words[1]} (left {left}, right {right})"
+    if key.endswith("?") and key[:-1] in findings and f"{key[:-1]} count" in measurements and "(" not in findings[key[:-1]]:
+        count = _resolve(key[:-1], measurements, findings)
+        return ("yes" if findings[key[:-1]].startswith("yes") else "no") + (f" ({count})" if count else "")
+    return None
+
+
+def _descriptive(finding: str) -> bool:
+    """A finding that describes the study rather than an abnormality (the contrast phase, a hemisphere, a side)."""
+    return finding.endswith((" phase", " hemisphere")) or finding == "contrast" or " on the " in finding or IN_SLICE_WORDS in finding
 
 
 def _finding_list(key: str, findings: dict[str, str]) -> str:

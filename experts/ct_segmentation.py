@@ -18,7 +18,7 @@ import torch
 from data.phantoms.labels import CT_LABELS, CT_LESIONS, CT_ORGANS, CT_TARGETS, FINDING_SYNONYMS, ct_target_values
 from data.study import Volume
 from experts.base import Expert, ExpertError, ExpertResult, Finding, Measurement
-from experts.measurements import (contrast_phase, drop_components_without, drop_detached_components, drop_small_components, keep_largest_component, lesion_stats,
+from experts.measurements import (contrast_phase, drop_components_without, drop_detached_components, drop_small_components, keep_largest_component, lesion_sides, lesion_stats,
                                   mean_attenuation, structure_volume_ml)
 from experts.model_files import load_expert_files
 from experts.overlay import render_overlay
@@ -217,6 +217,8 @@ class CTSegmentationExpert(Expert):
         wanted = ct_targets(targets)
         labels = self.postprocess(self.segment(volume), volume)  # on all labels: lesions are checked against their organ
         phase = _phase(volume, labels)  # from the aorta and the liver, whatever was asked
+        spine = next((v for v, n in CT_LABELS.items() if n == "spine"), None)
+        sides = {v: lesion_sides(labels, v, volume, spine) for v in wanted if v in CT_LESIONS}  # before other labels go
         labels[~np.isin(labels, wanted)] = 0
         findings: list[Finding] = []
         measurements: list[Measurement] = []
@@ -230,7 +232,9 @@ class CTSegmentationExpert(Expert):
                 if stats.count:
                     measurements.append(Measurement(name, "volume", stats.total_volume_ml, "mL"))
                     measurements.append(Measurement(name, "largest diameter", stats.largest_diameter_mm, "mm"))
-                    parts.append(f"{stats.count} {name}{'s' if stats.count > 1 else ''} (largest {stats.largest_diameter_mm:.0f} mm)")
+                    parts.append(f"{stats.count} {name}{'s' if stats.count > 1 else ''} (largest {stats.largest_diameter_mm:.0f} mm, "
+                                 f"{' and '.join(sides[value])})")
+                    findings += [Finding(f"{name} on the {side}", True) for side in sides[value]]
                 else:
                     parts.append(f"no {name}")
             else:

@@ -15,7 +15,7 @@ from data.phantoms.geometry import max_diameter_mm
 from data.study import Volume
 
 __all__ = ["LesionStats", "structure_volume_ml", "lesion_stats", "drop_small_components", "keep_largest_component",
-           "drop_detached_components", "mean_attenuation", "contrast_phase"]
+           "drop_detached_components", "mean_attenuation", "contrast_phase", "lesion_sides"]
 
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 3)  # 26-connected, as radiologists count lesions
 
@@ -74,6 +74,24 @@ def lesion_stats(labels: np.ndarray, value: int, grid: Volume, *, diameters_of: 
         offset[:3, 3] = [b.start + s.start for b, s in zip(box, sub_box)]
         diameter = max(diameter, max_diameter_mm(sub, grid.affine @ offset))
     return LesionStats(int(count), diameter, float(sizes.sum()) * grid.voxel_volume_ml)
+
+
+def lesion_sides(labels: np.ndarray, value: int, grid: Volume, midline_value: int | None = None) -> list[str]:
+    """The sides of the body ("left", "right") the components of ``value`` lie on: each component's centre against
+    the midline — the centre of ``midline_value``'s voxels (the spine) when the map has them, else RAS x = 0."""
+    found = _components(labels, value)
+    if found is None:
+        return []
+    box, comps, count = found
+    affine = np.asarray(grid.affine, dtype=np.float64)
+    midline = 0.0
+    if midline_value is not None and np.any(labels == midline_value):
+        centre = np.argwhere(labels == midline_value).mean(0)
+        midline = float((affine @ np.append(centre, 1.0))[0])
+    offset = np.array([b.start for b in box], dtype=np.float64)
+    centres = ndimage.center_of_mass(comps > 0, comps, range(1, count + 1))
+    sides = {"left" if float((affine @ np.append(np.asarray(c) + offset, 1.0))[0]) < midline else "right" for c in centres}
+    return [s for s in ("left", "right") if s in sides]
 
 
 def drop_small_components(labels: np.ndarray, value: int, min_voxels: int) -> int:

@@ -26,6 +26,8 @@ from experts.base import Expert, ExpertError, tool_message, with_slice_findings
 from vlm.backends.base import ChatBackend, GenerationConfig
 from vlm.call_repair import repair_arguments, repair_expert
 from vlm.conversation import AgentEvent, AgentTurn, Conversation, ToolCall
+from vlm.grounding import cite_results, header_answer, planned_call, question_arguments
+from vlm.intent import POLICY_FAMILIES, QuestionIntent, parse_question
 from vlm.refusals import refusal_for
 from vlm.safety import modality_mismatch, ungrounded_numbers
 from vlm.tools import ReferenceFilter, ToolCallError, ToolCallFilter, legacy_arguments, parse_tool_calls, tool_error_message
@@ -69,7 +71,7 @@ class Agent:
 
     def __init__(self, backend: ChatBackend, registry: Any, max_rounds: int = 3, *, system_prompt: str = AGENT_SYSTEM_PROMPT,
                  generation: GenerationConfig | None = None, experts: list[str] | None = None,
-                 constrain_references: bool = True) -> None:
+                 constrain_references: bool = True, plan_calls: bool = True, cite: bool = True) -> None:
         if max_rounds < 0:
             raise ValueError(f"max_rounds must be >= 0, got {max_rounds}.")
         self.backend = backend
@@ -79,6 +81,8 @@ class Agent:
         self.generation = generation or GenerationConfig()
         self.expert_names = list(experts) if experts is not None else list(registry.names())
         self.constrain_references = constrain_references
+        self.plan_calls = plan_calls  # the parsed question's expert runs first when it names a measurement
+        self.cite = cite  # answers end with the result fields that answer the question
 
     def run_turn(self, conversation: Conversation, question: str) -> AgentTurn:
         """Run a whole turn and return it (the streamed events are consumed here)."""
@@ -97,27 +101,41 @@ class Agent:
         turn = AgentTurn(question=question, answer="")
         experts, unavailable = self._load_experts()
         self._add_user_message(conversation, question)
-        declined = refusal_for(question)
+        intent = parse_question(question, conversation.modalities, {n: e.modalities for n, e in experts.items()},
+                                [t.intent for t in conversation.turns if t.intent is not None])
+        turn.intent = intent
+        declined = refusal_for(question, intent.family if intent.family in POLICY_FAMILIES else "")
         if declined is not None:  # identifiers, clinical decisions, greetings: answered by policy, no expert runs
             turn.flags.append(f"refusal: {declined.kind}")
             yield from self._finish(conversation, turn, declined.answer, t0, stream_answer=True)
+            return
+        from_header = header_answer(intent, conversation.volumes)
+        if from_header is not None:  # modality and series: the header knows, the picture only suggests
+            turn.flags.append("answered from the header")
+            yield from self._finish(conversation, turn, from_header, t0, stream_answer=True, known=[from_header])
             return
         refusal = modality_mismatch(question, conversation.modalities, {n: e.modalities for n, e in experts.items()})
         if refusal is not None:
             turn.flags.append("modality mismatch")
             yield from self._finish(conversation, turn, refusal, t0, stream_answer=True)
             return
-        tools = [e.tool_schema() for e in experts.values()]
+        # the tools offered are the experts that read this study (all of them when none does: the model's call then
+        # gets the clear error)
+        offered = {n: e for n, e in experts.items() if n in intent.experts} or experts
+        tools = [e.tool_schema() for e in offered.values()]
         stop = list(dict.fromkeys(self.generation.stop + ["</tool_call>", ")>"]))
         visible_parts: list[str] = []
+        planned = False
         while True:
             turn.rounds += 1
             # references may name only fields the conversation's results hold
             config = GenerationConfig(self.generation.max_new_tokens, self.generation.temperature, self.generation.top_p, stop,
                                       tuple(reference_keys(self._sources(conversation))) if self.constrain_references else (),
-                                      named_side(question) if self.constrain_references else "",
+                                      intent.side if self.constrain_references else "",
                                       measured_side(turn.tool_calls) if self.constrain_references else "",
                                       question if self.constrain_references else "")
+            if self.constrain_references and "answer_keys" in GenerationConfig.__dataclass_fields__:
+                config.answer_keys = intent.answer_keys()  # type: ignore[attr-defined]
             text, shown = "", []
             filt = ToolCallFilter()
             refs = ReferenceFilter(lambda ref: resolve_references(ref, self._sources(conversation))[0])
@@ -140,6 +158,16 @@ class Agent:
                                         or "The model could not answer this question.", t0, stream_answer=False, record=False)
                 return
             visible, calls = parse_tool_calls(text)
+            tried = any(c.name in intent.experts for c in turn.tool_calls)  # a failed expert is not run again
+            plan = planned_call(intent, experts, conversation.tool_calls) if self.plan_calls and not (calls or planned or tried) else None
+            if plan is not None:
+                # the model answered a measurement question without the result it needs: the question's expert runs
+                # (its arguments what the question names) and the model writes the answer again from the result
+                planned = True
+                turn.flags.append("expert called for the question")
+                name, arguments = plan
+                calls = [ToolCall(name, arguments, raw=format_tool_call(name, arguments), repairs=["called for the question"])]
+                text = calls[0].raw
             if not calls:
                 tail = refs.feed(filt.flush()) + refs.flush()
                 if tail:
@@ -162,7 +190,7 @@ class Agent:
                 turn.tool_calls.append(call)
                 yield AgentEvent("tool_result", text=call.error or (call.result.summary if call.result else ""), tool_call=call)
         answer = " ".join(p for p in visible_parts if p).strip()
-        yield from self._finish(conversation, turn, answer, t0, stream_answer=False)
+        yield from self._finish(conversation, turn, answer, t0, stream_answer=False, intent=intent)
 
     # ---- steps -------------------------------------------------------------------------------------
     def _load_experts(self) -> tuple[dict[str, Expert], dict[str, str]]:
@@ -201,14 +229,17 @@ class Agent:
                 if expert is None:
                     raise ToolCallError(f"unknown expert {call.name!r}; available experts: {', '.join(experts) or 'none'}.")
                 call.arguments = legacy_arguments(call.arguments, expert.parameters)
-                call.arguments, notes = repair_arguments(expert, call.arguments, turn.question)
-                call.repairs += notes
+                if "called for the question" not in call.repairs:  # a planned call already names what the question does
+                    named_by = question_arguments(expert, turn.intent) if turn.intent is not None else None
+                    call.arguments, notes = repair_arguments(expert, call.arguments, turn.question, named_by)
+                    call.repairs += notes
                 if call.repairs:
                     log.info("expert call %s kept on the question: %s", call.name, "; ".join(call.repairs))
                     _rewrite_call(conversation, call)
                 volumes = expert.select_inputs(conversation.volumes, conversation.primary)
                 call.result = self.registry.run(call.name, volumes, **call.arguments)
-                if conversation.shown_slice is not None and asks_about_shown_slice(turn.question):
+                on_slice = turn.intent is not None and turn.intent.scope == "slice"
+                if conversation.shown_slice is not None and (on_slice or asks_about_shown_slice(turn.question)):
                     call.result = with_slice_findings(call.result, conversation.shown_slice)
             except (ToolCallError, ExpertError) as exc:
                 call.error = str(exc)
@@ -249,14 +280,21 @@ class Agent:
             return None
 
     def _finish(self, conversation: Conversation, turn: AgentTurn, answer: str, t0: float, *, stream_answer: bool,
-                record: bool = True) -> Iterator[AgentEvent]:
+                record: bool = True, intent: QuestionIntent | None = None, known: list[str] | None = None) -> Iterator[AgentEvent]:
         if stream_answer:
             yield AgentEvent("token", text=answer)
         if record:
             conversation.messages.append({"role": "assistant", "content": answer})  # as written: references unfilled
         answer, unresolved = resolve_references(answer, self._sources(conversation))
         turn.flags.extend(f"unresolved reference: {key}" for key in unresolved)
-        sources = self._sources(conversation) + [c.result.to_json_text() for c in conversation.tool_calls if c.result is not None]
+        if intent is not None and self.cite and turn.tool_calls:
+            written = answer
+            answer, flags = cite_results(intent, answer, self._sources(conversation),
+                                         [c.result.summary for c in turn.tool_calls if c.result is not None and c.result.summary])
+            turn.flags.extend(flags)
+            if answer != written:
+                yield AgentEvent("token", text=answer[len(written):] if answer.startswith(written) else "\n\n" + answer)
+        sources = self._sources(conversation) + [c.result.to_json_text() for c in conversation.tool_calls if c.result is not None] + (known or [])
         missing = ungrounded_numbers(answer, sources, turn.question)
         if missing:
             turn.flags.extend(f"ungrounded number: {n}" for n in missing)

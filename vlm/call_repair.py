@@ -56,13 +56,19 @@ def named_choices(question: str, words: Mapping[str, tuple[str, ...]]) -> list[s
     return [choice for choice, ps in words.items() if any(p.lower() in found for p in ps)]
 
 
-def repair_arguments(expert: Expert, arguments: Mapping[str, Any], question: str) -> tuple[dict[str, Any], list[str]]:
+def repair_arguments(expert: Expert, arguments: Mapping[str, Any], question: str,
+                     named_by: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
     """(arguments kept on what ``question`` names, notes saying what was changed). Only arguments with a
-    vocabulary are touched; a value covering at least one named choice is kept."""
+    vocabulary are touched; a value covering at least one named choice is kept. named_by: argument → the choices
+    the parsed question names (``vlm.grounding``), used instead of reading ``question`` with the vocabulary."""
     out = dict(arguments)
     notes: list[str] = []
     for argument, words in expert.vocabulary.items():
-        named = named_choices(question, words)
+        if named_by is not None:
+            value = named_by.get(argument)
+            named = [] if value is None else ([value] if isinstance(value, str) else list(value))
+        else:
+            named = named_choices(question, words)
         if not named or argument not in out:  # a missing argument takes the expert's default, which covers all
             continue
         value = out[argument]

@@ -49,6 +49,7 @@ class AgentTurn:
     flags: list[str] = field(default_factory=list)  # e.g. "ungrounded number: 12.3"
     rounds: int = 0
     seconds: float = 0.0
+    intent: Any = None  # the parsed question (``vlm.intent.QuestionIntent``)
 
 
 @dataclass

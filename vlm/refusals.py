@@ -11,31 +11,47 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Refusal", "refusal_for", "CAPABILITIES"]
+__all__ = ["Refusal", "refusal_for", "policy_kind", "CAPABILITIES"]
 
 CAPABILITIES = ("measure what the images show — organ and lesion volumes, lesion counts, sizes and sides and the contrast "
                 "phase on CT; brain tumour subregions, volumes and hemisphere on MRI; findings with their probabilities "
                 "on a chest radiograph — and draft a report for you to check")
 
 _IDENTITY = re.compile(
-    r"\b(?:(?:patient'?s?|his|her|their)\s+(?:full\s+)?(?:name|surname|address|phone|date of birth|birth ?date|birthday|"
-    r"id|mrn|nhs number|insurance)|what(?:'s| is) (?:the )?(?:patient|pt)'?s? name|who is (?:this|the) (?:patient|pt)|"
-    r"medical record number|\bmrn\b|date of birth|\bdob\b|social security|\bssn\b|home address|phone number|"
-    r"(?:name|identity) of (?:the|this) (?:patient|pt))", re.IGNORECASE)
+    r"\b(?:(?:patient'?s?|pt'?s?|his|her|their|the)\s+(?:full\s+|first\s+|last\s+|family\s+|real\s+)?(?:name|surname|address|"
+    r"phone|telephone|date of birth|birth ?date|birthday|id|identity|mrn|nhs number|hospital number|insurance|initials|"
+    r"contact details|age and name)|what(?:'s| is) (?:the )?(?:patient|pt)'?s? (?:name|id)|\bwho(?:'s| is) (?:this|the|that) "
+    r"(?:patient|pt|person|guy|man|woman|lady|kid|child)\b|\bwho is (?:this|it)\b|\bwhose (?:scan|study|film|x-?ray|images?|mri|ct)\b|"
+    r"medical record|\brecord number\b|\bmrn\b|\bdate of birth\b|\bdob\b|\bd\.o\.b\b|social security|\bssn\b|home address|"
+    r"phone number|accession number|(?:name|identity|identifiers?|details) of (?:the|this) (?:patient|pt|person)|"
+    r"\bidentify (?:the|this) (?:patient|pt|person)\b|\bpatient (?:identifiers?|details|demographics|info(?:rmation)?)\b|"
+    r"\bpt (?:name|id|details)\b|\bname (?:of|on) (?:the|this) (?:scan|study|film|image)|\bwhen was (?:the patient|he|she) born\b|"
+    r"\bhow old is (?:the patient|he|she|this patient)\b|\bwhat(?:'s| is) (?:his|her) (?:age|name)\b)", re.IGNORECASE)
 _DECISION = re.compile(
-    r"\b(?:should (?:we|i|he|she|they|the patient) (?:be )?(?:operate|operated|treat|treated|start|stop|give|get|have|"
-    r"receive|go|be discharged|discharge|admit|admitted|biopsy|resect)|"
-    r"(?:what|which) (?:is the |would be the )?(?:best |right )?(?:treatment|therapy|management|drug|medication|dose|dosage)|"
-    r"how (?:should|do|would) (?:we|i|you) (?:treat|manage)|treatment (?:plan|options?)|"
-    r"(?:what|which|how much) (?:\w+ )?(?:dose|dosage)\b|\bdosing\b|prescri(?:be|ption)|chemo(?:therapy)?|radiotherapy|"
-    r"discharge|prognosis|life expectancy|survival|how long (?:does|will) (?:he|she|the patient)|"
-    r"(?:is|are) (?:he|she|they|the patient) going to (?:die|survive|be ok))", re.IGNORECASE)
-_GREETING = re.compile(r"^\W*(?:hi|hello|hey|good (?:morning|afternoon|evening)|thanks?|thank you|cheers)\b[\w\s,!.]*$", re.IGNORECASE)
-_HELP = re.compile(r"\b(?:what can you do|what do you do|how (?:do|can) i use (?:you|this)|who are you|what are you|"
-                   r"help me use|^\W*help\W*$|what (?:questions|can i ask))", re.IGNORECASE)
+    r"\b(?:should (?:we|i|he|she|they|the patient|the pt|this patient) (?:be )?(?:operate|operated|treat|treated|start|stop|"
+    r"give|get|have|receive|go|be discharged|discharge|admit|admitted|biopsy|biopsied|resect|resected|refer|referred|send|sent|"
+    r"continue|increase|decrease|change|switch|book|schedule|consider|undergo|take)|"
+    r"(?:what|which) (?:is the |would be the |are the )?(?:best |right |recommended |next )?(?:treatment|therapy|management|drug|"
+    r"medication|medicine|dose|dosage|antibiotic|surgery|procedure|step|steps)|"
+    r"how (?:should|do|would|can) (?:we|i|you) (?:treat|manage)|treatment (?:plan|options?)|management plan|"
+    r"(?:what|which|how much) (?:\w+ )?(?:dose|dosage)\b|\bdosing\b|\bdose of\b|prescri(?:be|ption)|chemo(?:therapy)?|"
+    r"radiotherapy|radiation therapy|immunotherapy|\bsurgery\b|\boperate\b|discharge|prognosis|life expectancy|survival|"
+    r"how long (?:does|will|has|have) (?:he|she|the patient|they)|(?:is|are) (?:he|she|they|the patient) going to (?:die|survive|be ok|"
+    r"make it|recover)|\bwill (?:he|she|they|the patient) (?:die|survive|recover|be ok)|\bterminal\b|\bpalliat|hospice|"
+    r"\bhow many (?:mg|milligrams)\b|\bmg\b|\bmg/kg\b|\bwhat (?:do|should) (?:i|we) (?:do|give|tell)|"
+    r"\b(?:can|could) (?:he|she|they|the patient) go home\b|\bsend (?:him|her|them|the patient) home\b|\bicu\b|\badmission\b|"
+    r"\bneeds? (?:surgery|an operation|a biopsy|treatment|admission|antibiotics)\b|\bwhat should (?:we|i) do\b|\brecommend (?:a |an )?"
+    r"(?:treatment|therapy|drug|dose|surgery|plan)\b|\bis (?:it|this) (?:cancer|malignant|benign)\b\?? *(?:should|what)\b)", re.IGNORECASE)
+_GREETING = re.compile(r"^\W*(?:hi|hello|hey|hiya|howdy|yo|greetings|good (?:morning|afternoon|evening|day)|thanks?|thank you|thx|ty|"
+                       r"cheers|ok|okay)\b[\w\s,!.']*\??$", re.IGNORECASE)
+_HELP = re.compile(r"\b(?:what can you do|what do you do|what are you able to|what are your (?:capabilities|functions|features)|"
+                   r"how (?:do|can|should) i use (?:you|this|it|the assistant|m3)|who are you|what are you|help me use|^\W*help\W*$|"
+                   r"^\W*help me\W*$|what (?:questions|kind of questions|things) can i ask|what can i ask|how does this work|"
+                   r"what is this (?:tool|app|assistant|for)|what (?:tools|experts|models) do you have|instructions|"
+                   r"^\W*\?+\W*$|how can you help|can you help(?: me)?\W*$|what can you help with|usage|getting started)", re.IGNORECASE)
 _ABOUT_IMAGES = re.compile(r"\b(?:volume|size|measure|segment|lesion|tumou?r|mass|nodule|cyst|effusion|pneumothorax|"
                            r"consolidation|cardiomegaly|liver|spleen|kidney|lung|heart|aorta|spine|edema|oedema|"
-                           r"hemisphere|phase|contrast|slice|report|findings?)\b", re.IGNORECASE)
+                           r"hemisphere|phase|contrast|slice|report|findings?|normal|brain)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -46,18 +62,32 @@ class Refusal:
     answer: str
 
 
-def refusal_for(question: str) -> Refusal | None:
-    """The refusal or help answer ``question`` calls for, or None when the model should answer it."""
+_ANSWERS = {
+    "identity": ("identity", "I can't give that: names, record numbers, birth dates and other identifiers are removed when a "
+                             "study is loaded, so I never see them. Check the patient's identity in your hospital system (PACS "
+                             f"or EHR). What I can do: {CAPABILITIES}."),
+    "decision": ("clinical decision", "That is a decision for the treating clinician, and I can't advise on treatment, dosing, "
+                                      f"discharge or prognosis. What I can do: {CAPABILITIES}."),
+    "help": ("help", "I'm m3, an imaging assistant for de-identified studies. Ask about the study on screen — for example "
+                     "\"What is the liver volume?\", \"Is there a pleural effusion?\" or \"Which hemisphere is the tumour in?\" — "
+                     f"and I {CAPABILITIES}, quoting the expert results."),
+}
+
+
+def policy_kind(question: str) -> str:
+    """``identity``, ``decision`` or ``help`` when ``question`` is answered by policy, else ""."""
     q = question.strip()
     if _IDENTITY.search(q):
-        return Refusal("identity", "I can't give that: names, record numbers, birth dates and other identifiers are "
-                                   "removed when a study is loaded, so I never see them. Check the patient's identity in "
-                                   f"your hospital system (PACS or EHR). What I can do: {CAPABILITIES}.")
+        return "identity"
     if _DECISION.search(q):
-        return Refusal("clinical decision", "That is a decision for the treating clinician, and I can't advise on "
-                                            f"treatment, dosing, discharge or prognosis. What I can do: {CAPABILITIES}.")
+        return "decision"
     if (_GREETING.match(q) or _HELP.search(q)) and not _ABOUT_IMAGES.search(q):
-        return Refusal("help", "I'm m3, an imaging assistant for de-identified studies. Ask about the study on screen "
-                               "— for example \"What is the liver volume?\", \"Is there a pleural effusion?\" or \"Which "
-                               f"hemisphere is the tumour in?\" — and I {CAPABILITIES}, quoting the expert results.")
-    return None
+        return "help"
+    return ""
+
+
+def refusal_for(question: str, kind: str | None = None) -> Refusal | None:
+    """The refusal or help answer ``question`` calls for (``kind`` from a parsed intent, else read here), or None
+    when the model should answer it."""
+    kind = policy_kind(question) if kind is None else kind
+    return Refusal(*_ANSWERS[kind]) if kind in _ANSWERS else None

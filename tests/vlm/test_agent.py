@@ -104,7 +104,7 @@ def test_several_tool_rounds_then_a_grounded_answer(registry):
     assert len(turn.overlays) == 1 and turn.overlays[0].shape == (8, 8, 3)
     # what the model saw: tools every round, the slice first, then the overlay with the tool message
     second = backend.calls[1]
-    assert [t["function"]["name"] for t in second["tools"]] == ["ct_segmentation", "cxr_classification", "mri_brain_tumor"]
+    assert [t["function"]["name"] for t in second["tools"]] == ["ct_segmentation"]  # the experts that read this CT
     assert second["messages"][-1] == {"role": "tool", "name": "ct_segmentation", "content": "<image>\n" + tool_message(ct.result)}
     assert len(second["images"]) == 2 and second["images"][1].shape == (8, 8, 3)
     assert '"error"' in backend.calls[2]["messages"][-1]["content"]
@@ -159,7 +159,7 @@ def test_round_limit_is_hard(registry):
 
 def test_ungrounded_number_is_flagged_and_noted(registry):
     backend = ScriptedBackend(["The liver is about 1710 mL."])
-    turn = Agent(backend, registry).run_turn(_ct_conversation(), "Liver volume?")
+    turn = Agent(backend, registry, plan_calls=False).run_turn(_ct_conversation(), "Liver volume?")
     assert turn.flags == ["ungrounded number: 1710"]
     assert "1710 does not appear in any expert result" in turn.answer
 
@@ -207,7 +207,7 @@ def test_backend_failure_ends_the_turn_cleanly(registry):
 def test_field_references_are_filled_from_the_tool_result_in_stream_and_answer(registry):
     backend = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "liver"}),
                                "The liver volume is [[liver volume]]; [[spleen volume]] was not asked.", "Still [[liver volume]]."])
-    agent = Agent(backend, registry)
+    agent = Agent(backend, registry, cite=False)  # the answer as the model wrote it, references filled
     conv = _ct_conversation()
     events = list(agent.stream_turn(conv, "Liver volume?"))
     streamed = "".join(e.text for e in events if e.kind == "token")
@@ -237,10 +237,10 @@ def test_calls_and_answers_stay_on_the_side_asked_and_measured(registry):
     assert [c["call_side"] for c in backend.calls] == ["left", "left"]
     assert [c["answer_side"] for c in backend.calls] == ["", "left"]  # the answer round follows a call on the left kidney
     both = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "everything"}), "Done."])
-    Agent(both, registry, max_rounds=2).run_turn(_ct_conversation(), "Compare the left and right kidneys.")
+    Agent(both, registry, max_rounds=2, plan_calls=False).run_turn(_ct_conversation(), "Compare the left and right kidneys.")
     assert [(c["call_side"], c["answer_side"]) for c in both.calls] == [("", ""), ("", "")]
     failed = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "right kidney"}), "Done."])  # not in the enum: no result
-    Agent(failed, registry, max_rounds=2).run_turn(_ct_conversation(), "Right kidney?")
+    Agent(failed, registry, max_rounds=2, plan_calls=False).run_turn(_ct_conversation(), "Right kidney?")
     assert failed.calls[1]["answer_side"] == ""
 
 
@@ -259,7 +259,9 @@ def test_a_question_about_the_slice_on_screen_gets_what_that_slice_of_the_mask_s
         assert ("in this slice" in tool_text) == bool(extra), question
         found = {f.label: "yes" if f.present else "no" for f in turn.tool_calls[0].result.findings}
         assert found == extra
-        assert turn.answer == ("no" if extra else "(not in the expert result)")
+        # a bare field is said with its name; a field the result lacks stays "(not in the expert result)"
+        cited = "\n\nExpert result — Liver volume: 1523.4 mL." if question.startswith("What") else ""  # the field asked for
+        assert turn.answer == ("Liver in this slice: no." if extra else "(not in the expert result)" + cited)
 
 
 def test_a_conversation_on_a_study_shows_the_middle_slice_and_knows_it():

@@ -1,0 +1,50 @@
+"""Header answers, the question's expert call, and answers that cite the fields they rest on."""
+
+import numpy as np
+
+from data.study import Volume
+from data.tool_text import format_tool_result, Finding, Measurement, ToolResult
+from vlm.grounding import cite_results, header_answer
+from vlm.intent import parse_question
+
+EXPERTS = {"ct_segmentation": ("CT",), "cxr_classification": ("DX", "CR")}
+CT = format_tool_result(ToolResult("ct_segmentation", findings=[Finding("kidney cyst", True), Finding("kidney cyst on the left", True)],
+                                   measurements=[Measurement("kidney cyst", "count", 2, "count"),
+                                                 Measurement("kidney cyst", "largest diameter", 14.0, "mm"),
+                                                 Measurement("left kidney", "volume", 150.2, "mL"),
+                                                 Measurement("right kidney", "volume", 120.9, "mL")]))
+CXR = format_tool_result(ToolResult("cxr_classification", findings=[Finding("cardiomegaly", True, 0.87), Finding("pneumothorax", False, 0.03)]))
+
+
+def test_modality_and_series_come_from_the_header_not_the_picture():
+    vols = {"T1": Volume(np.zeros((4, 4, 3)), np.eye(4), modality="MR", sequence="T1"),
+            "FLAIR": Volume(np.zeros((4, 4, 5)), np.eye(4), modality="MR", sequence="FLAIR", description="AX FLAIR")}
+    assert "MRI" in header_answer(parse_question("what kind of scan is this", ["MR"]), vols)
+    series = header_answer(parse_question("Which sequences do we have?", ["MR"]), vols)
+    assert series.startswith("The study holds 2 series") and "T1" in series and "FLAIR (AX FLAIR)" in series
+    assert header_answer(parse_question("Any tumour?", ["MR"]), vols) is None
+
+
+def test_a_normality_question_is_answered_about_normality_with_the_probability():
+    answer, _ = cite_results(parse_question("Is the heart size normal?", ["DX"], EXPERTS), "", [CXR])
+    assert answer == "Expert result — Not normal: cardiomegaly present, probability 0.87."
+
+
+def test_a_yes_against_the_expert_is_corrected_and_flagged():
+    answer, flags = cite_results(parse_question("Is there a pneumothorax?", ["DX"], EXPERTS), "Yes, there is.", [CXR])
+    assert answer.startswith("No, there is.") and "probability 0.03" in answer
+    assert flags == ["answer corrected to the expert result"]
+
+
+def test_a_bare_value_is_said_with_its_name_and_text_after_the_answer_is_dropped():
+    intent = parse_question("which kidney is bigger", ["CT"], EXPERTS)
+    answer, flags = cite_results(intent, "the left kidney (left 150.2 mL, right 120.9 mL). Spleen volume is (not in the expert result).", [CT])
+    assert answer == "Larger kidney: the left kidney (left 150.2 mL, right 120.9 mL)."
+    assert flags == ["answer trimmed to the question"]
+
+
+def test_counts_and_whole_study_sides_are_result_fields():
+    count, _ = cite_results(parse_question("how many renal cysts", ["CT"], EXPERTS), "", [CT])
+    assert "Kidney cyst: 2 found" in count
+    side, _ = cite_results(parse_question("Which side are the renal cysts on?", ["CT"], EXPERTS), "", [CT])
+    assert "Kidney cyst side: left" in side

@@ -1,0 +1,72 @@
+"""The question parsed once: family, terms through the clinical lexicon, side, form, scope, experts.
+
+Phrasings here are written for these tests; the frozen held-out set (tests/data/heldout_phrasings.jsonl) is never
+used to tune the parser."""
+
+import pytest
+
+from vlm.intent import parse_question
+
+EXPERTS = {"ct_segmentation": ("CT",), "mri_brain_tumor": ("MR",), "cxr_classification": ("DX", "CR")}
+
+
+@pytest.mark.parametrize("modality, question, family, terms, keys", [
+    ("CT", "any hepatic mets?", "presence", ("liver tumor",), ("liver tumor?",)),
+    ("CT", "count the renal cysts", "count", ("kidney cyst",), ("kidney cyst",)),
+    ("CT", "how big is the lung nodlue", "size", ("lung nodule",), ("lung nodule size",)),
+    ("CT", "Splenic volume?", "volume", ("spleen",), ("spleen volume",)),
+    ("CT", "Which kidney is larger?", "comparison", ("kidneys",), ("larger kidney",)),
+    ("CT", "what phase was this scanned in", "phase", ("contrast phase",), ("phase",)),
+    ("CR", "Is the heart size normal?", "normality", ("cardiomegaly",), ("cardiomegaly normal?",)),
+    ("CR", "any water on the lungs?", "presence", ("pleural effusion",), ("pleural effusion?",)),
+    ("CR", "chance of a PTX?", "likelihood", ("pneumothorax",), ("pneumothorax",)),
+    ("MR", "which hemisphere is the GBM in", "side", ("tumor",), ("tumor side",)),
+    ("MR", "How much oedema?", "volume", ("edema",), ("edema volume",)),
+])
+def test_a_clinicians_wording_is_read_into_the_fields_that_answer_it(modality, question, family, terms, keys):
+    intent = parse_question(question, [modality], EXPERTS)
+    assert (intent.family, intent.terms, intent.answer_keys()) == (family, terms, keys)
+    assert intent.experts == tuple(n for n, m in EXPERTS.items() if modality in m)
+
+
+def test_the_same_word_means_the_finding_of_the_study_on_screen():
+    assert parse_question("Is there a mass?", ["CT"], EXPERTS).terms == ("liver tumor",)
+    assert parse_question("Is there a mass?", ["MR"], EXPERTS).terms == ("tumor",)
+    assert parse_question("Any nodule?", ["DX"], EXPERTS).terms == ("nodule",)
+
+
+def test_either_or_names_its_options_and_a_tag_question_is_not_a_side():
+    either = parse_question("Is the cyst on the left or the right?", ["CT"], EXPERTS)
+    assert (either.family, either.form, either.options, either.side) == ("side", "either_or", ("left", "right"), "")
+    tag = parse_question("No pneumothorax, right?", ["DX"], EXPERTS)
+    assert tag.negated and tag.side == "" and tag.family == "presence"
+    left = parse_question("Is there a cyst in the left kidney?", ["CT"], EXPERTS)
+    assert left.side == "left" and left.terms == ("kidney cyst",)  # the organ is where to look, not what to measure
+
+
+def test_a_question_about_the_picture_on_screen_has_slice_scope():
+    assert parse_question("On this slice, which side is the cyst?", ["CT"], EXPERTS).scope == "slice"
+    assert parse_question("Is the liver tumour visible here?", ["CT"], EXPERTS).answer_keys() == ("liver tumor in this slice?",)
+    assert parse_question("Which side is the cyst on?", ["CT"], EXPERTS).scope == "study"
+
+
+def test_two_questions_in_one_become_two_parts_and_the_second_inherits_the_subject():
+    intent = parse_question("Is there a liver lesion and how big is it?", ["CT"], EXPERTS)
+    assert [p.family for p in intent.parts] == ["presence", "size"]
+    assert intent.answer_keys() == ("liver tumor?", "liver tumor size")
+
+
+def test_a_follow_up_that_names_nothing_takes_the_last_subject():
+    first = parse_question("Any renal cysts?", ["CT"], EXPERTS)
+    assert parse_question("how many?", ["CT"], EXPERTS, [first]).answer_keys() == ("kidney cyst",)
+
+
+@pytest.mark.parametrize("question, family", [
+    ("pt name pls", "identity"), ("whose scan is this?", "identity"), ("When was she born?", "identity"),
+    ("Can she go home today?", "decision"), ("What dose of steroids?", "decision"), ("Will he survive?", "decision"),
+    ("hey", "help"), ("what can I ask you?", "help"),
+    ("Is this an MRI or a CT?", "modality"), ("what sequences were acquired", "series"),
+    ("draft the report", "report"), ("segment everything", "segment_all"), ("run the brain tumour model", "run_expert"),
+])
+def test_policy_and_header_questions_are_told_apart_from_image_questions(question, family):
+    assert parse_question(question, ["MR"], EXPERTS).family == family

@@ -1,0 +1,358 @@
+"""The question, parsed once per turn: what is asked, about what, in which form, and which expert answers it.
+
+``parse_question`` reads a clinician's question in their own words — full questions, terse imperatives, fragments,
+abbreviations, lay terms, typos, two questions in one — into a ``QuestionIntent``: the intent family (presence,
+count, size, side, volume, phase, comparison, normality, likelihood, report, run an expert, segment everything,
+modality, series, identity, clinical decision, help), the structures and findings it names (through the clinical
+lexicon ``data.lexicon``, narrowed to the study's modalities), the side it names, its form (yes / no, either-or, wh,
+command), whether it is about the slice on screen or the whole study, and the experts that can answer it. The
+agent, the refusals, the reference constraint and the slice facts read these fields; nothing re-parses the question.
+
+Cue words are written from clinical usage, never from an evaluation set.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Mapping, Sequence
+
+from data.lexicon import TERMS, find_terms, normalise_text
+from data.slice_facts import IN_SLICE
+from vlm.refusals import policy_kind
+
+__all__ = ["QuestionIntent", "parse_question", "FAMILIES", "POLICY_FAMILIES", "HEADER_FAMILIES", "term_modalities"]
+
+FAMILIES = ("presence", "count", "size", "side", "volume", "phase", "comparison", "normality", "likelihood", "report",
+            "run_expert", "segment_all", "modality", "series", "identity", "decision", "help", "other")
+POLICY_FAMILIES = ("identity", "decision", "help")  # answered by policy, no model, no expert
+HEADER_FAMILIES = ("modality", "series")  # answered from the de-identified header, no expert
+
+# study modality → the lexicon's modality tag (radiographs are CR in the lexicon whatever the header says)
+_LEXICON_MODALITY = {"CT": "CT", "MR": "MR", "CR": "CR", "DX": "CR"}
+_PHASES = {"non-contrast": r"non[- ]?contrast|unenhanced|un-enhanced|plain|pre[- ]?contrast|native|without contrast",
+           "arterial": r"arterial|late arterial|early arterial",
+           "portal venous": r"portal(?:[- ]?venous)?|porto[- ]?venous|\bpv\b|venous",
+           "delayed": r"delayed|equilibrium|excretory|late phase"}
+_SIDE_WORD = {"left": r"left|\blt\b|\bl\b|sinistr", "right": r"right|\brt\b|\br\b|dextr"}
+
+
+@dataclass(frozen=True)
+class QuestionIntent:
+    """One question's meaning.
+
+    family: one of ``FAMILIES``. form: ``yes_no``, ``either_or``, ``wh`` or ``command``.
+    terms: lexicon keys the question names (``data.lexicon.TERMS``), in order, narrowed to the study's modalities.
+    side: the one side of the body it names ("left" / "right"; "" for both or neither).
+    options: the choices of an either-or question ("left", "right"; phases), else empty.
+    scope: ``slice`` (the picture on screen) or ``study``.
+    negated: asked in the negative ("No pneumothorax, right?").
+    asks_normal: for ``normality``, whether "yes" means normal ("Is the heart normal?") or abnormal ("Anything abnormal?").
+    experts: experts that can answer it on this study, best first. parts: the sub-questions of a multi-part question.
+    """
+
+    text: str
+    family: str = "other"
+    form: str = "wh"
+    terms: tuple[str, ...] = ()
+    side: str = ""
+    options: tuple[str, ...] = ()
+    scope: str = "study"
+    negated: bool = False
+    asks_normal: bool = True
+    experts: tuple[str, ...] = ()
+    parts: tuple["QuestionIntent", ...] = field(default=(), repr=False)
+
+    @property
+    def needs_expert(self) -> bool:
+        """Whether an expert result answers it (not a policy or header question, and not unparsed)."""
+        return any(p.family not in POLICY_FAMILIES + HEADER_FAMILIES + ("other",) for p in self.all_parts)
+
+    @property
+    def all_parts(self) -> tuple["QuestionIntent", ...]:
+        return self.parts or (self,)
+
+    def answer_keys(self) -> tuple[str, ...]:
+        """The result fields (``[[key]]`` references, ``data.tool_text``) that answer it, part by part."""
+        keys: list[str] = []
+        for part in self.all_parts:
+            keys += [k for k in _part_keys(part) if k not in keys]
+        return tuple(keys)
+
+
+def parse_question(question: str, modalities: Sequence[str] = (), experts: Mapping[str, Sequence[str]] | None = None,
+                   history: Sequence["QuestionIntent"] = ()) -> QuestionIntent:
+    """Parse ``question`` asked about a study of ``modalities`` ("CT", "MR", "DX" …).
+
+    experts: expert name → the modalities it reads (``Expert.modalities``); the intent's ``experts`` are those reading
+    the study, ordered by the terms named. history: earlier intents of the conversation: a follow-up that names
+    nothing ("and how big is it?") takes the last named terms.
+    """
+    text = " ".join(question.replace("<image>", " ").split())
+    kind = policy_kind(text)
+    if kind:
+        return QuestionIntent(text, family=kind, form="wh")
+    tags = {_LEXICON_MODALITY.get(m, m) for m in modalities}
+    clauses = _clauses(text)
+    parts: list[QuestionIntent] = []
+    last_terms: tuple[str, ...] = next((h.terms for h in reversed(history) if h.terms), ())
+    for clause in clauses:
+        part = _parse_clause(clause, tags, text)
+        if not part.terms and part.family not in HEADER_FAMILIES + ("report", "segment_all", "run_expert", "other") and last_terms:
+            part = replace(part, terms=last_terms)
+        if part.terms:
+            last_terms = part.terms
+        if part.family != "other" or not parts:
+            parts.append(part)
+    readers = _readers(modalities, experts or {})
+    if any(p.family != "other" for p in parts):
+        parts = [p for p in parts if p.family != "other"]
+    on_screen = _on_screen(normalise_text(text))  # "On this slice, which side is the cyst?"
+    parts = [replace(p, experts=readers, scope="slice" if on_screen else p.scope) for p in parts]
+    if len(parts) == 1:
+        return replace(parts[0], text=text)
+    first = parts[0]
+    return replace(first, text=text, terms=tuple(dict.fromkeys(t for p in parts for t in p.terms)), parts=tuple(parts))
+
+
+def term_modalities(key: str) -> str:
+    """The lexicon's modality of a term ("CT", "MR", "CR"); "" when unknown."""
+    term = TERMS.get(key)
+    return term.modality if term else ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one clause
+
+_YES_NO_START = re.compile(r"^(?:is|are|does|do|did|can|could|has|have|was|were|will|would|should|any|anything|"
+                           r"is there|are there|no|not|r/o|rule out|eval(?:uate)? for|check for|look for|exclude|"
+                           r"see|seen|present|evidence of)\b")
+_WH = re.compile(r"\b(?:which|what|where|how|when|who|whats|what's)\b")
+_COMMAND = re.compile(r"^(?:run|segment|measure|calculate|compute|quantify|estimate|give|show|tell|list|name|describe|"
+                      r"summari[sz]e|report|draft|write|generate|outline|contour|delineate|label|classify|check|look|assess|"
+                      r"evaluate|eval|find|count|determine|get|provide|please|pls|plz|can you|could you|would you)\b")
+_POLITE = re.compile(r"^(?:please|pls|plz|kindly|hi|hello|hey|ok|okay|so|and|also|now|then|quick question|"
+                     r"(?:can|could|would|will) you(?: please)?(?: tell me| check| let me know| confirm| see)?|"
+                     r"i(?:'d| would) like to know|i want to know|do you know|tell me|let me know|"
+                     r"i need(?: to know)?|help me(?: with)?)\b[\s,:]*")
+
+
+def _parse_clause(clause: str, tags: set[str], whole: str) -> QuestionIntent:
+    q = normalise_text(re.sub(r",\s*(?:right|correct|yes|no|true|ok|okay)\s*\?\s*$", "?", clause))  # tag question
+    asked = clause.rstrip().endswith("?")
+    core = q
+    for _ in range(3):  # lead-ins before the question proper: "could you tell me: is there …"
+        stripped = _POLITE.sub("", core).lstrip(": ,")
+        if stripped == core:
+            break
+        core = stripped
+    core = core or q
+    terms = _terms(clause, tags)
+    side = _named_side(q)
+    negated = bool(re.match(r"^(?:no|not|there(?:'s| is) no|without)\b", core)) or bool(re.search(r"\bno \w+.*\b(?:right|correct|yes)\s*\??$", q))
+    either = _either_or(q)
+    family = _family(q, core, terms, tags, either)
+    if either and set(either) == {"left", "right"} and family in ("presence", "other", "size"):
+        family = "side"
+    if not terms and tags == {"MR"} and family in ("presence", "count", "size", "side", "volume", "likelihood"):
+        terms = ("tumor",)  # a brain MRI's finding is its tumour: "Which hemisphere?"
+    form = "either_or" if either else ("yes_no" if _is_yes_no(core, q, asked) else ("wh" if _WH.search(q) else "command"))
+    if family in ("side",) and form == "yes_no" and side:
+        family = "presence"  # "Is the cyst on the left?": presence on that side, answered with the sides found
+    scope = "slice" if _on_screen(q) else "study"
+    asks_normal = not re.search(r"\babnormal|\bpatholog|\bwrong\b|\bconcerning\b|\bsuspicious\b|\bworrying\b", q)
+    options = tuple(either) if either else ()
+    return QuestionIntent(clause, family=family, form=form, terms=terms, side=side, options=options, scope=scope,
+                          negated=negated, asks_normal=asks_normal)
+
+
+def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: list[str]) -> str:
+    organs = [t for t in terms if TERMS[t].kind == "organ"]
+    lesions = [t for t in terms if TERMS[t].kind != "organ" and TERMS[t].kind != "phase"]
+    if re.search(r"\bmodalit|\bwhat (?:kind|type|sort) of (?:scan|study|imaging|image|exam)|\bis (?:this|it) (?:an? )?"
+                 r"(?:ct|mri?|x-?ray|radiograph|cxr|mr)\b(?! scan of)|\b(?:ct|mri?|x-?ray) or (?:ct|mri?|x-?ray)\b|"
+                 r"\bwhich (?:scanner|imaging)|\bimaging type\b|\bacquired (?:on|with)\b", q) and not lesions:
+        return "modality"
+    if re.search(r"\bseries\b|\bsequences?\b|\bacquisitions?\b|\bhow many (?:images|stacks|scans)\b|\bwhat (?:images|scans) "
+                 r"(?:are|were|do)\b|\bwhich (?:images|scans) (?:are|were|do)\b|\bweighting", q) and not lesions:
+        return "series"
+    if re.search(r"\breport\b|\bimpression\b|\bsummar|\bdescribe (?:the|this|these|what)|\bread (?:the|this) (?:study|scan|film)|"
+                 r"\bwrite[- ]?up\b|\bdictat|\boverall findings\b|\bfindings\?|^findings\b|\bwhat (?:do|can) you see\b|"
+                 r"\bwhat(?:'s| is) (?:seen|shown|visible)\b|\bprelim", q) and not re.search(r"\bhow many|\bvolume\b|\bsize\b", q):
+        return "report"
+    if re.search(r"\b(?:run|use|apply|start|launch|call|execute|fire up|try)\b.*\b(?:model|expert|classifier|segment\w*|"
+                 r"tool|algorithm|network|ai|detector|analysis|pipeline)\b", q) or re.search(r"\b(?:classify|run)\b.*\b(?:film|"
+                 r"x-?ray|radiograph|cxr|study|scan|image)\b", q):
+        return "run_expert"
+    if re.search(r"\bsegment|\bcontour|\bdelineat|\blabel (?:all|every|the)|\boutline|\bmask", q) and (
+            not terms or re.search(r"\b(?:all|every|everything|whole|each|full|organs|entire|complete)\b", q)):
+        return "segment_all"
+    if "contrast phase" in terms or re.search(r"\bphase\b|\bcontrast (?:timing|bolus)\b|\b(?:with|without|post|pre)[- ]contrast\b|"
+                                              r"\benhanced\b|\bunenhanced\b|\bcontrast (?:study|scan|given)\b", q) or \
+            (either and all(o in _PHASES for o in either)):
+        return "phase"
+    paired = [t for t in organs if t in ("kidneys", "lungs") or TERMS[t].paired]
+    if re.search(r"\b(?:bigger|larger|smaller|greater|compare|comparison|versus|vs\.?|asymmetr|symmetric|difference|"
+                 r"more volume|less volume)\b", q) and (paired or re.search(r"\bkidney|\blung", q)):
+        return "comparison"
+    if re.search(r"\bnormal\b|\bunremarkable\b|\bhealthy\b|\bwnl\b|\bwithin normal limits\b|\babnormal|\bpatholog|"
+                 r"\bclear\b|\bclean\b|\bok(?:ay)?\b|\bfine\b|\bnegative (?:study|film|scan|exam)\b|\banything wrong\b|"
+                 r"\bconcerning\b|\bsignificant\b", q):
+        return "normality"
+    if re.search(r"\bhow (?:likely|probable|sure|confident|certain)\b|\bprobabilit|\blikelihood\b|\bchance\b|\bodds\b|"
+                 r"\bconfidence\b|\bpercent|%|\bscore\b|\bp\(|\blikely\b", q):
+        return "likelihood"
+    if re.search(r"\bhow many\b|\bnumber of\b|\bcount\b|#|\bhow much (?:lesions|nodules|cysts)\b|\bsingle or multiple\b|"
+                 r"\bmultiple\b|\bmultifocal\b|\bsolitary\b|\bmore than one\b|\bseveral\b|\bnumerous\b|\bquantity of\b", q):
+        return "count"
+    if re.search(r"\bwhich side\b|\bwhat side\b|\blateral|\bwhich (?:lung|kidney|hemisphere|half)\b|\bwhere\b|\blocat|\bsided?\b|"
+                 r"\bhemisphere\b|\bleft or right\b|\bright or left\b|\bl or r\b|\br or l\b|\bl/r\b|\br/l\b|\bunilateral|\bbilateral", q):
+        return "side"
+    if re.search(r"\bvolume|\bvol\b|\bhow much\b|\bml\b|\bcc\b|\blit(?:er|re)s?\b|\bcapacity\b|\bburden\b|\bextent\b|"
+                 r"\bhow big is the (?:whole )?(?:tumor|mass|lesion) overall\b", q):
+        return "volume"
+    if re.search(r"\bhow (?:big|large|small|wide|long)\b|\bsize|\bdiameter|\bdimension|\bmeasure|\bmm\b|\bcm\b|\bsized\b|"
+                 r"\bsmall,? medium or large\b|\bmagnitude\b", q):
+        return "volume" if organs and not lesions else "size"
+    if lesions or any(TERMS[t].kind == "finding" for t in terms):
+        return "presence"
+    if organs and re.search(r"\b(?:see|seen|visible|shown|present|there|depicted|included|appear)\b", q):
+        return "presence"
+    return "other"
+
+
+def _terms(clause: str, tags: set[str]) -> tuple[str, ...]:
+    """Lexicon keys the clause names, narrowed to the study's modalities; a paired organ named with a side."""
+    matches = find_terms(clause)
+    keys: list[str] = []
+    for m in matches:
+        term = TERMS[m.key]
+        if tags and term.modality and term.modality not in tags:
+            alt = _same_name_for(m.name, tags)
+            if alt is None:
+                continue
+            term = TERMS[alt]
+        if term.key not in keys:
+            keys.append(term.key)
+    # "a cyst in the left kidney", "hepatic mets": an organ named as a lesion's place is where to look, not what to measure
+    places = {TERMS[k].organ.rstrip("s") for k in keys if TERMS[k].kind == "lesion"}
+    return tuple(k for k in keys if not (TERMS[k].kind == "organ" and (TERMS[k].organ or k).rstrip("s") in places))
+
+
+def _same_name_for(name: str, tags: set[str]) -> str | None:
+    """The term of the study's modality that goes by ``name`` too ("nodule" on a radiograph, "mass" on a brain MRI)."""
+    for key, term in TERMS.items():
+        if term.modality in tags and name in term.names:
+            return key
+    return None
+
+
+def _named_side(q: str) -> str:
+    sides = {s for s, pattern in _SIDE_WORD.items() if re.search(rf"(?:{pattern})", q)}
+    if re.search(r"\bleft or right\b|\bright or left\b|\bl or r\b|\br or l\b|\bwhich side\b|\bboth\b|\bbilateral", q):
+        return ""
+    return sides.pop() if len(sides) == 1 else ""
+
+
+def _either_or(q: str) -> list[str]:
+    """The options of an either-or question: two sides or two phases joined by "or"."""
+    if re.search(r"\b(?:left|lt|l) or (?:the )?(?:right|rt|r)\b|\b(?:right|rt|r) or (?:the )?(?:left|lt|l)\b|\bl/r\b|\br/l\b", q):
+        return ["left", "right"]
+    found = [p for p, pattern in _PHASES.items() if re.search(rf"\b(?:{pattern})", q)]
+    if len(found) >= 2 and " or " in q:
+        return found
+    return []
+
+
+def _is_yes_no(core: str, q: str, asked: bool) -> bool:
+    if re.search(r"\byes or no\b|\bpresent or absent\b|\by/n\b", q):
+        return True
+    if _WH.match(core):
+        return False
+    if _YES_NO_START.match(core):
+        return True
+    # a fragment ending in "?" without a wh-word ("PTX?", "liver lesion?")
+    return asked and not _WH.search(core) and len(core.split()) <= 6
+
+
+def _on_screen(q: str) -> bool:
+    return bool(re.search(r"\b(?:this|current|present|displayed|shown|visible|that) (?:slice|section|cut|level|image|frame|view|axial)\b|"
+                          r"\b(?:slice|image|section) (?:on screen|shown|displayed)\b|"
+                          r"\bon (?:the )?screen\b|\bin view\b|\bon this (?:image|slice)\b|\bhere\b", q))
+
+
+def _clauses(text: str) -> list[str]:
+    """A multi-part question's clauses: split at "?" / ";" and at "and" / "also" / "plus" before a new question."""
+    pieces = [p.strip() for p in re.split(r"(?<=\?)\s+(?=\S)|;\s*", text) if p.strip()]
+    out: list[str] = []
+    for piece in pieces:
+        out += [p.strip(" ,") for p in re.split(
+            r",?\s+(?:and|also|plus|&|then)\s+(?=(?:how|what|which|where|is|are|does|do|its|it's|their|give|tell|measure|"
+            r"report|count|also|whether)\b)|,\s+(?=(?:how|what|which|where)\b)", piece, flags=re.IGNORECASE) if p.strip(" ,")]
+    return out or [text]
+
+
+def _readers(modalities: Sequence[str], experts: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    have = set(modalities)
+    return tuple(n for n, mods in experts.items() if not mods or have & set(mods))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the result fields that answer a part
+
+_MRI_VOLUME = {"tumor": "whole tumor", "tumor core": "tumor core", "enhancing tumor": "enhancing tumor",
+               "necrotic core": "necrotic core", "edema": "edema"}
+_MRI_FINDING = {"tumor": "tumor", "enhancing tumor": "enhancing tumor", "necrotic core": "necrosis", "edema": "edema",
+                "tumor core": "tumor"}
+
+
+def _part_keys(part: QuestionIntent) -> list[str]:
+    terms = list(part.terms)
+    slice_ = part.scope == "slice"
+    fam = part.family
+    keys: list[str] = []
+    for t in terms:
+        term = TERMS[t]
+        if term.kind == "phase":
+            continue
+        finding = _MRI_FINDING.get(t, t) if term.modality == "MR" else t
+        if fam in ("presence", "likelihood"):
+            if slice_ and term.modality != "CR":
+                keys.append(f"{'tumor' if term.modality == 'MR' else t}{IN_SLICE}?")
+            elif term.kind == "organ":
+                keys.append(f"{t} volume")
+            else:
+                keys.append(f"{finding}?" if fam == "presence" else finding)
+        elif fam == "normality":
+            keys.append(f"{finding} normal?" if term.kind != "organ" else f"{t} volume")
+        elif fam == "count" and term.kind != "organ":
+            keys.append(t)
+        elif fam == "size":
+            if term.kind == "organ":
+                keys.append(f"{t} volume")
+            elif term.modality == "MR":
+                keys.append("whole tumor largest diameter")
+            else:
+                keys.append(f"{t}{IN_SLICE} size" if slice_ else f"{t} size")
+        elif fam == "side" and term.kind != "organ":
+            if term.modality == "MR":
+                keys.append("tumor side")
+            else:
+                keys.append(f"{t}{IN_SLICE} side" if slice_ else f"{t} side")
+        elif fam == "volume":
+            keys.append(f"{_MRI_VOLUME[t]} volume" if term.modality == "MR" and t in _MRI_VOLUME else f"{t} volume")
+        elif fam == "comparison" and term.kind == "organ":
+            pair = "kidney" if "kidney" in t else ("lung" if "lung" in t else "")
+            if pair:
+                smaller = bool(re.search(r"\bsmaller\b|\bless\b", normalise_text(part.text)))
+                keys.append(f"{'smaller' if smaller else 'larger'} {pair}")
+    if fam == "phase" or "contrast phase" in terms:
+        keys.append("phase")
+    if fam == "normality" and not keys:
+        keys.append("normal?")
+    if fam == "comparison" and not keys:
+        pair = "kidney" if "kidney" in part.text.lower() or "renal" in part.text.lower() else "lung"
+        keys.append(f"larger {pair}")
+    if fam in ("report",):
+        keys.append("impression")
+    return keys
