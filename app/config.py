@@ -63,7 +63,9 @@ __all__ = [
 CONFIG_ENV = "M3_CONFIG"  # path of the one config file
 ENV_PREFIX = "M3_"
 SECRET_ENV = {"pacs.password": "M3_PACS_PASSWORD", "models.lm_api_key": "M3_LM_API_KEY"}  # environment only
-OTHER_ENV = (CONFIG_ENV, "M3_USERS")  # M3_* variables that are no setting: the config file, password logins (app.auth)
+# M3_* variables that are no setting: the config file, password logins (app.auth), the image's build argument for
+# its user id (set in the environment of the Dockerfile's RUN steps)
+OTHER_ENV = (CONFIG_ENV, "M3_USERS", "M3_UID")
 EXPORT_EXPERTS_FOLDER = "experts"  # where `m3 export --experts` puts a build's experts (vlm.export)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
