@@ -12,7 +12,7 @@ typo per word of five letters or more (``rapidfuzz``'s Levenshtein distance).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 
 from rapidfuzz.distance import Levenshtein

@@ -166,6 +166,24 @@ def _parse_clause(clause: str, tags: set[str], whole: str) -> QuestionIntent:
                           negated=negated, asks_normal=asks_normal)
 
 
+# the cue words of the families read from a question's wording, in order of precedence
+_FAMILY_CUES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((family, re.compile(pattern)) for family, pattern in (
+    ("normality", r"\bnormal\b|\bunremarkable\b|\bhealthy\b|\bwnl\b|\bwithin normal limits\b|\babnormal|\bpatholog|\bclear\b|"
+                  r"\bclean\b|\bok(?:ay)?\b|\bfine\b|\bnegative (?:study|film|scan|exam)\b|\banything wrong\b|\bconcerning\b|"
+                  r"\bsignificant\b"),
+    ("likelihood", r"\bhow (?:likely|probable|sure|confident|certain)\b|\bprobabilit|\blikelihood\b|\bchance\b|\bodds\b|"
+                   r"\bconfidence\b|\bpercent|%|\bscore\b|\bp\(|\blikely\b"),
+    ("count", r"\bhow many\b|\bnumber of\b|\bcount\b|#|\bhow much (?:lesions|nodules|cysts)\b|\bsingle or multiple\b|"
+              r"\bmultiple\b|\bmultifocal\b|\bsolitary\b|\bmore than one\b|\bseveral\b|\bnumerous\b|\bquantity of\b"),
+    ("side", r"\bwhich side\b|\bwhat side\b|\blateral|\bwhich (?:lung|kidney|hemisphere|half)\b|\bwhere\b|\blocat|\bsided?\b|"
+             r"\bhemisphere\b|\bleft or right\b|\bright or left\b|\bl or r\b|\br or l\b|\bl/r\b|\br/l\b|\bunilateral|\bbilateral"),
+    ("volume", r"\bvolume|\bvol\b|\bhow much\b|\bml\b|\bcc\b|\blit(?:er|re)s?\b|\bcapacity\b|\bburden\b|\bextent\b|"
+               r"\bhow big is the (?:whole )?(?:tumor|mass|lesion) overall\b"),
+    ("size", r"\bhow (?:big|large|small|wide|long)\b|\bsize|\bdiameter|\bdimension|\bmeasure|\bmm\b|\bcm\b|\bsized\b|"
+             r"\bsmall,? medium or large\b|\bmagnitude\b"),
+))
+
+
 def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: list[str]) -> str:
     organs = [t for t in terms if TERMS[t].kind == "organ"]
     lesions = [t for t in terms if TERMS[t].kind != "organ" and TERMS[t].kind != "phase"]
@@ -195,25 +213,9 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
     if re.search(r"\b(?:bigger|larger|smaller|greater|compare|comparison|versus|vs\.?|asymmetr|symmetric|difference|"
                  r"more volume|less volume)\b", q) and (paired or re.search(r"\bkidney|\blung", q)):
         return "comparison"
-    if re.search(r"\bnormal\b|\bunremarkable\b|\bhealthy\b|\bwnl\b|\bwithin normal limits\b|\babnormal|\bpatholog|"
-                 r"\bclear\b|\bclean\b|\bok(?:ay)?\b|\bfine\b|\bnegative (?:study|film|scan|exam)\b|\banything wrong\b|"
-                 r"\bconcerning\b|\bsignificant\b", q):
-        return "normality"
-    if re.search(r"\bhow (?:likely|probable|sure|confident|certain)\b|\bprobabilit|\blikelihood\b|\bchance\b|\bodds\b|"
-                 r"\bconfidence\b|\bpercent|%|\bscore\b|\bp\(|\blikely\b", q):
-        return "likelihood"
-    if re.search(r"\bhow many\b|\bnumber of\b|\bcount\b|#|\bhow much (?:lesions|nodules|cysts)\b|\bsingle or multiple\b|"
-                 r"\bmultiple\b|\bmultifocal\b|\bsolitary\b|\bmore than one\b|\bseveral\b|\bnumerous\b|\bquantity of\b", q):
-        return "count"
-    if re.search(r"\bwhich side\b|\bwhat side\b|\blateral|\bwhich (?:lung|kidney|hemisphere|half)\b|\bwhere\b|\blocat|\bsided?\b|"
-                 r"\bhemisphere\b|\bleft or right\b|\bright or left\b|\bl or r\b|\br or l\b|\bl/r\b|\br/l\b|\bunilateral|\bbilateral", q):
-        return "side"
-    if re.search(r"\bvolume|\bvol\b|\bhow much\b|\bml\b|\bcc\b|\blit(?:er|re)s?\b|\bcapacity\b|\bburden\b|\bextent\b|"
-                 r"\bhow big is the (?:whole )?(?:tumor|mass|lesion) overall\b", q):
-        return "volume"
-    if re.search(r"\bhow (?:big|large|small|wide|long)\b|\bsize|\bdiameter|\bdimension|\bmeasure|\bmm\b|\bcm\b|\bsized\b|"
-                 r"\bsmall,? medium or large\b|\bmagnitude\b", q):
-        return "volume" if organs and not lesions else "size"
+    for family, cue in _FAMILY_CUES:  # first cue wins: "Is the heart size normal?" asks about normality, not size
+        if cue.search(q):
+            return "volume" if family == "size" and organs and not lesions else family
     if lesions or any(TERMS[t].kind == "finding" for t in terms):
         return "presence"
     if organs and re.search(r"\b(?:see|seen|visible|shown|present|there|depicted|included|appear)\b", q):
