@@ -4,7 +4,8 @@ writes the pictures and ``<stage>_<split>.json``; the pieces (``make_view``, ``c
 ``expert_dialogue``, ``tool_result_from_truth``, ``clinician_dialogue``) are public for the evaluation and for tests."""
 
 from data.instructions.captions import caption, caption_prompt, report_findings, study_findings
-from data.instructions.clinician_questions import ClinicianMix, clinician_dialogue, sample_questions
+from data.instructions.clinician_dialogues import clinician_dialogue
+from data.instructions.clinician_questions import ClinicianMix, sample_questions
 from data.instructions.dataset import SPLIT_SEEDS, STAGES, build_dataset, build_datasets, case_seeds
 from data.instructions.expert_dialogues import Dialogue, expert_dialogue, format_tool_call, tool_result_from_truth
 from data.instructions.paraphrase import paraphrase, phrase

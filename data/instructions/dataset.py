@@ -12,7 +12,7 @@ FLAIR in that order). ``meta`` carries what evaluation needs (answer type and an
 calls, the values an answer must quote) and is ignored by LLaVA-style loaders.
 
 The ``medical-ift`` file of a split in ``ClinicianMix.splits`` holds, after each case's template expert conversation,
-``ClinicianMix.per_case`` conversations on clinician-style questions (``data.instructions.clinician_questions``,
+``ClinicianMix.per_case`` conversations on clinician-style questions (``data.instructions.clinician_dialogues``,
 ``meta.task`` "clinician", with the question's intent family and style); each from its own random stream, so the
 template records are the same with or without them.
 """
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from data.instructions.captions import caption, caption_prompt, report_findings, study_findings
-from data.instructions.clinician_questions import ClinicianMix, clinician_dialogue
+from data.instructions.clinician_dialogues import clinician_dialogue
+from data.instructions.clinician_questions import ClinicianMix
 from data.instructions.expert_dialogues import expert_dialogue, tool_result_from_truth
 from data.instructions.views import CaseView, make_view
 from data.instructions.vqa import vqa_items

@@ -21,10 +21,18 @@ from functools import lru_cache
 
 import numpy as np
 
+from data.errors import M3Error
 from data.lexicon import TERMS
 
-__all__ = ["FRAMES", "STYLES", "SCOPES", "EXPERT_NAMES", "STUDY_NAMES", "PHASE_NAMES", "SIDE_ORGAN",
+__all__ = ["ClinicianQuestionError", "FRAMES", "STYLES", "SCOPES", "EXPERT_NAMES", "STUDY_NAMES", "PHASE_NAMES", "SIDE_ORGAN",
            "noun_names", "modifier_names", "normal_subjects", "pick_name", "display", "plural", "with_determiner"]
+
+
+
+class ClinicianQuestionError(M3Error, ValueError):
+    """Clinician-style questions cannot be generated as configured (a setting out of range, a missing decontamination
+    list, frames that never read at their scope)."""
+
 
 STYLES = ("question", "terse", "fragment", "shorthand")
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from data.instructions.question_frames import ClinicianQuestionError
+
 __all__ = ["NoiseConfig", "add_noise", "typo", "LEAD_INS", "SIGN_OFFS", "FILLERS"]
 
 
@@ -34,7 +36,7 @@ class NoiseConfig:
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"NoiseConfig.{name} must be a probability in [0, 1], got {value}.")
+                raise ClinicianQuestionError(f"NoiseConfig.{name} must be a probability in [0, 1], got {value}.")
 
 
 LEAD_INS = ("Quick question: ", "Hi, ", "Hey, ", "Sorry to bother you, ", "Just checking: ", "One thing: ", "Question: ",

@@ -15,7 +15,7 @@ import pytest
 from rapidfuzz.distance import Levenshtein
 
 from data.instructions import build_datasets, clinician_dialogue, expert_dialogue, make_view, vqa_items
-from data.instructions.clinician_questions import FAMILIES, ClinicianMix, draw_question, normalised_question
+from data.instructions.clinician_questions import FAMILIES, ClinicianMix, ClinicianQuestionError, draw_question, normalised_question
 from data.instructions.question_noise import NoiseConfig, add_noise, typo
 from data.lexicon import find_terms
 from data.phantoms import generate
@@ -203,7 +203,7 @@ def test_typos_keep_the_finding_readable_by_the_lexicon():
 
 
 def test_noise_probabilities_are_checked_and_zero_noise_keeps_the_text():
-    with pytest.raises(ValueError, match="typo must be a probability"):
+    with pytest.raises(ClinicianQuestionError, match="typo must be a probability"):
         NoiseConfig(typo=1.5)
     quiet = NoiseConfig(**{k: 0.0 for k in vars(NoiseConfig())})
     assert add_noise("Is there a pneumothorax?", np.random.default_rng(1), quiet) == ("Is there a pneumothorax?", [])
