@@ -91,6 +91,19 @@ class StepTimer(LogitsProcessor):
         return [b - a for a, b in zip(self.times, self.times[1:])]
 
 
+class Timed(LogitsProcessor):
+    """Runs a processor and adds its time to ``spent`` (the constraints' own share of a step)."""
+
+    def __init__(self, inner: LogitsProcessor, spent: list[float]) -> None:
+        self.inner, self.spent = inner, spent
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = self.inner(input_ids, scores)
+        self.spent.append(time.perf_counter() - t0)
+        return out
+
+
 class PerVocabularyReference(ReferenceConstraint):
     """The first implementation, for comparison: the whole text decoded and every vocabulary entry tested in Python."""
 
@@ -206,7 +219,7 @@ def measure(backend: HFVLMBackend, n_new: int, reps: int) -> dict:
     real_kwargs = vlm_generate.generation_kwargs
     rates: dict[str, list[float]] = {"on": [], "off": []}
     medians: dict[str, list[float]] = {"on": [], "off": []}
-    texts, seen = {}, []
+    texts, seen, spent = {}, [], []
 
     def run(on: bool) -> None:
         timer = StepTimer()
@@ -215,7 +228,7 @@ def measure(backend: HFVLMBackend, n_new: int, reps: int) -> dict:
             out = real_kwargs(*a, **k)
             constraints = list(out.get("logits_processor") or [])
             seen.append(constraints)
-            return {**out, "logits_processor": LogitsProcessorList([ScriptBias(script), *constraints, timer])}
+            return {**out, "logits_processor": LogitsProcessorList([ScriptBias(script), *(Timed(c, spent) for c in constraints), timer])}
 
         vlm_generate.generation_kwargs = kwargs
         try:
@@ -231,7 +244,7 @@ def measure(backend: HFVLMBackend, n_new: int, reps: int) -> dict:
 
     run(True)  # warm-up: caches, the tokenizer's index
     run(False)
-    for kept in (*rates.values(), *medians.values()):
+    for kept in (*rates.values(), *medians.values(), spent):
         kept.clear()
     for i in range(reps):
         for on in ((True, False) if i % 2 == 0 else (False, True)):
@@ -240,7 +253,9 @@ def measure(backend: HFVLMBackend, n_new: int, reps: int) -> dict:
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     return {"tok_s_constrained": round(on, 1), "tok_s_free": round(off, 1), "ratio": round(on / off, 4),
             "ratio_of_median_steps": round(statistics.median(medians["on"]) / statistics.median(medians["off"]), 4),
-            "vocabulary": len(tok), "new_tokens": n_new, "repeats": reps, "constraint_failures": recorded,
+            "constraints_ms_per_step": round(1e3 * sum(spent) / (reps * n_new), 4),
+            # the ratio the constraints' own time implies (free step + their time): unmoved by other work's noise
+            "ratio_from_constraint_time": round(1 / (1 + off * sum(spent) / (reps * n_new)), 4), "vocabulary": len(tok), "new_tokens": n_new, "repeats": reps, "constraint_failures": recorded,
             "text_constrained": texts["on"][:400], "text_free": texts["off"][:400]}
 
 
@@ -300,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| constrained_vs_free | {results['default']['ratio']:.3f} | {results['128k']['ratio']:.3f} | ≥ 0.9 |",
             f"| tokens/s, constraints on | {results['default']['tok_s_constrained']:.1f} | {results['128k']['tok_s_constrained']:.1f} | |",
             f"| tokens/s, constraints off | {results['default']['tok_s_free']:.1f} | {results['128k']['tok_s_free']:.1f} | |",
+            f"| constraints' own time per step (ms) | {results['default']['constraints_ms_per_step']:.3f} | {results['128k']['constraints_ms_per_step']:.3f} | |",
+            f"| ratio implied by that time | {results['default']['ratio_from_constraint_time']:.3f} | {results['128k']['ratio_from_constraint_time']:.3f} | |",
             f"| vocabulary | {results['default']['vocabulary']} | {results['128k']['vocabulary']} | |",
             f"| token index build (s, once per tokenizer) | {builds['default_token_index_s']} | {builds['128k_token_index_s']} | |",
             "", "Per token on the 128k tokenizer (one processor call):", "",

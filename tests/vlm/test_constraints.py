@@ -204,3 +204,20 @@ def test_a_failing_constraint_flags_the_turn_and_the_answer_goes_on(default_toke
     assert torch.all(scores == 0)  # this step was decoded unconstrained …
     assert c.failed and len(c.failures) == 1 and "KeyError" in c.failures[0]  # … and the turn can say so
     assert "reference constraint failed" in caplog.text
+
+
+def test_constraints_of_one_generate_call_share_one_running_text_and_ban_as_they_would_alone(default_tokenizer):
+    tok = default_tokenizer
+    config = GenerationConfig(references=tuple(KEYS), call_side="left", answer_side="left", question="How big is the left kidney?")
+    together = list(generation_kwargs(tok, config)["logits_processor"])
+    alone = [ReferenceConstraint(tok, KEYS, question=config.question), SideConstraint(tok, "left"), SideConstraint(tok, "left", in_answer=True)]
+    assert together[0]._texts is together[1]._texts is together[2]._texts
+    ids = tok('<tool_call>{"targets": "right kidney"}</tool_call>The right kidney is [[right kidney volume]].', add_special_tokens=False)["input_ids"]
+    for n in range(len(ids) + 1):
+        step = torch.tensor([ids[:n]])
+        joint, single = torch.zeros(1, len(tok)), torch.zeros(1, len(tok))
+        for p in together:
+            p(step, joint)
+        for p in alone:
+            p(step, single)
+        assert torch.equal(joint, single), tok.decode(ids[:n])
