@@ -15,6 +15,7 @@ import torch
 
 from vlm.encoder import RadioEncoder
 from vlm.train import teachers as teachers_mod
+from vlm.train.build import ResumeConflict
 from vlm.train.vision import VisionStageConfig, distillation_loss, run_vision_stage
 
 torch.set_num_threads(1)
@@ -62,10 +63,18 @@ def test_stage_trains_evaluates_and_resumes(tmp_path, fake_experts):
     assert (tmp_path / "run" / "loss_curves.png").stat().st_size > 1000
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 3 and len(ckpt["history"]) == 3
-    # resume: a longer budget continues from step 3 and keeps the logged history
-    run_vision_stage(replace(cfg, steps=5, evaluate=False, compare_plain=False, featsharp_steps=0, save_encoder_to=""))
-    resumed = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
-    assert resumed["step"] == 5 and resumed["history"][:3] == ckpt["history"]
+    # asked again: the same settings reuse the finished encoder; another budget is refused; --force trains again
+    # from scratch and, seeded, repeats the first run's steps exactly (until the longer cosine schedule's learning
+    # rate differs: the loss of step 3 follows the second update)
+    longer = replace(cfg, steps=5, evaluate=False, compare_plain=False, featsharp_steps=0, save_encoder_to="")
+    assert run_vision_stage(replace(cfg, evaluate=False, compare_plain=False, featsharp_steps=0)) == enc_dir
+    with pytest.raises(ResumeConflict, match="steps 3 → 5"):
+        run_vision_stage(longer, resume=True)
+    run_vision_stage(longer, force=True)
+    again = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    losses = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert again["step"] == 5 and losses(again["history"][:2]) == losses(ckpt["history"][:2])
+    assert losses(again["history"][2:3]) != losses(ckpt["history"][2:3])
 
 
 def test_distillation_loss_is_zero_on_a_perfect_student_and_respects_masks():

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory):
-    """``m3 train all --recipe micro`` (ground-truth experts for the small evaluation) in a temp folder."""
-    from vlm.train.pipeline import run_all
-    from vlm.train.recipes import get_recipe
-
+    """``m3 train all --recipe micro --experts truth`` (ground-truth experts for the small evaluation) in a temp
+    folder, as a researcher types it (so the run records its command)."""
     out = tmp_path_factory.mktemp("micro")
-    final = run_all(get_recipe("micro"), out, experts="truth", progress=False)
-    return out, final
+    res = subprocess.run([sys.executable, "-m", "app.main", "train", "all", "--recipe", "micro", "--out", str(out), "--experts", "truth"],
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return out, out / "final"

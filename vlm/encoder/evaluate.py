@@ -5,6 +5,7 @@ student vs teachers, fidelity in each teacher's space, the FeatSharp comparison,
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -14,7 +15,9 @@ from data.phantoms.labels import CT_ORGANS, CXR_FINDINGS
 from vlm.encoder.probes import classification_probe, segmentation_probe
 from vlm.encoder.radio import RadioEncoder
 
-__all__ = ["encode_all", "evaluate_stage", "write_outputs"]
+__all__ = ["encode_all", "evaluate_stage", "write_outputs", "probe_skip_reason"]
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -43,7 +46,15 @@ def evaluate_stage(config, encoder: RadioEncoder, data, targets: dict, probes_on
     ct, cxr = data.kind_mask(("ct",)), data.kind_mask(("cxr",))
     metrics: dict = {"probes": {}, "fidelity": {}}
     seg_lab = data.seg
-    if ct.any():
+    seg_metric = "mean Dice over 9 organs, linear 1x1 probe on the patch grid, held-out CT slices"
+    cls_metric = f"mean AUROC over {len(CXR_FINDINGS)} findings, logistic regression on pooled features, held-out radiographs"
+    seg_skip = probe_skip_reason("organ_segmentation", seg_lab[ct & train], seg_lab[ct & test]) if ct.any() else None
+    cls_skip = probe_skip_reason("finding_classification", data.findings[cxr & train], data.findings[cxr & test]) if cxr.any() else None
+    for task, reason, metric in (("organ_segmentation", seg_skip, seg_metric), ("finding_classification", cls_skip, cls_metric)):
+        if reason:
+            log.warning("stage 1 evaluation: %s probe not computed: %s", task, reason)
+            metrics["probes"][task] = {"skipped": reason, "metric": metric}
+    if ct.any() and not seg_skip:
         tr, te = ct & train, ct & test
         metrics["probes"]["organ_segmentation"] = {
             "student": segmentation_probe(enc["features"][tr], seg_lab[tr], enc["features"][te], seg_lab[te], CT_ORGANS)["mean_dice"],
@@ -51,9 +62,9 @@ def evaluate_stage(config, encoder: RadioEncoder, data, targets: dict, probes_on
                if "seg" in names else {}),
             **{f"teacher:{n}": segmentation_probe(targets[n].features[tr].float(), seg_lab[tr], targets[n].features[te].float(), seg_lab[te], CT_ORGANS)["mean_dice"]
                for n in names if bool(targets[n].mask[ct].all())},
-            "metric": "mean Dice over 9 organs, linear 1x1 probe on the patch grid, held-out CT slices",
+            "metric": seg_metric,
         }
-    if cxr.any():
+    if cxr.any() and not cls_skip:
         tr, te = cxr & train, cxr & test
         idx = names.index("cxr") if "cxr" in names else 0
         student_x = torch.cat([enc["cls"][:, idx], enc["features"].mean((2, 3))], dim=1)
@@ -64,10 +75,13 @@ def evaluate_stage(config, encoder: RadioEncoder, data, targets: dict, probes_on
                if "cxr" in names else {}),
             **{f"teacher:{n}": classification_probe(targets[n].summary[tr].float(), y[tr], targets[n].summary[te].float(), y[te])["mean_auroc"]
                for n in names if bool(targets[n].mask[cxr].all())},
-            "metric": f"mean AUROC over {len(CXR_FINDINGS)} findings, logistic regression on pooled features, held-out radiographs",
+            "metric": cls_metric,
         }
     for n in names:
         m = targets[n].mask & test
+        if not bool(m.any()):
+            metrics["fidelity"][n] = {"skipped": f"no held-out image is covered by teacher {n!r}"}
+            continue
         std = encoder.standardizers[n]
         pred = enc[f"{n}/features"][m].permute(0, 2, 3, 1)  # standardised space → teacher space
         pred = std.inverse(pred.double()).float()
@@ -79,14 +93,36 @@ def evaluate_stage(config, encoder: RadioEncoder, data, targets: dict, probes_on
         }
     for task in metrics["probes"].values():
         teachers = [v for k, v in task.items() if k.startswith("teacher:")]
-        if teachers:
+        if teachers and max(teachers) > 0:  # a teacher scoring 0 on a tiny held-out set gives no ratio
             task["student_vs_best_teacher"] = task["student"] / max(teachers)
             adaptor = [v for k, v in task.items() if k.startswith("student:")]
             if adaptor:  # the student's features in the teacher's space (its adaptor head), as a task would use them
                 task["student_adaptor_vs_best_teacher"] = max(adaptor) / max(teachers)
-    if config.featsharp_steps > 0 and not probes_only and ct.any():
+    if config.featsharp_steps > 0 and not probes_only and ct.any() and not seg_skip:
         metrics["featsharp"] = _featsharp_eval(config, encoder, data)
     return metrics
+
+
+def probe_skip_reason(task: str, train_labels: torch.Tensor, test_labels: torch.Tensor, folds: int = 3) -> str | None:
+    """Why a linear probe cannot be scored on these labels (None when it can): too few images, or no class
+    that both splits show. ``organ_segmentation``: ``(N, L, L)`` label maps; ``finding_classification``:
+    ``(N, K)`` binary findings (the probe picks its L2 strength by ``folds``-fold cross-validation)."""
+    n_tr, n_te = len(train_labels), len(test_labels)
+    if n_tr == 0 or n_te == 0:
+        return (f"{n_tr} training and {n_te} held-out images of this kind; the probe needs both. "
+                "Raise the case counts (n_ct_cases / n_cxr_cases) or held_out_fraction.")
+    if task == "organ_segmentation":
+        present = [int(v) for v in CT_ORGANS if bool((test_labels == v).any()) and bool((train_labels == v).any())]
+        if not present:
+            return "no organ appears in both the training and the held-out slices; raise n_ct_cases or slices_per_ct."
+        return None
+    if n_tr < folds:
+        return f"{n_tr} training radiographs, fewer than the {folds} cross-validation folds; raise n_cxr_cases."
+    both = lambda y: (y.sum(0) > 0) & (y.sum(0) < len(y))  # noqa: E731  (a finding with positives and negatives)
+    if not bool((both(train_labels) & both(test_labels)).any()):
+        return ("no finding is both present and absent in the training and the held-out radiographs, so AUROC is "
+                "undefined; raise n_cxr_cases.")
+    return None
 
 
 def _featsharp_eval(config, encoder: RadioEncoder, data) -> dict:
@@ -118,13 +154,14 @@ def _featsharp_eval(config, encoder: RadioEncoder, data) -> dict:
     return res
 
 
-def write_outputs(config, out: Path, history: list[dict], metrics: dict, encoder_dirs: list[Path]) -> None:
-    """``metrics.json``, ``loss_curves.png`` and ``model_card.md`` (in ``out`` and each encoder folder)."""
+def write_outputs(config, out: Path, history: list[dict], metrics: dict, encoder_dirs: list[Path], commands: list[dict] | None = None) -> None:
+    """``metrics.json``, ``loss_curves.png`` and ``model_card.md`` (in ``out`` and each encoder folder);
+    ``commands``: the invocations that made it (``vlm.train.run_folder.invocations``), listed in the card."""
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _plot(history, out / "loss_curves.png")
-    (out / "model_card.md").write_text(_model_card(config, metrics, encoder_dirs[0]))
+    (out / "model_card.md").write_text(_model_card(config, metrics, encoder_dirs[0], commands))
     for d in encoder_dirs:
-        (Path(d) / "model_card.md").write_text(_model_card(config, metrics, Path(d)))
+        (Path(d) / "model_card.md").write_text(_model_card(config, metrics, Path(d), commands))
         (Path(d) / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
@@ -145,7 +182,7 @@ def _plot(history: list[dict], path: Path) -> None:
         v = F.avg_pool1d(v.view(1, 1, -1), k_smooth, stride=1).flatten() if len(v) >= k_smooth else v
         ax.plot(steps[: len(v)], v.tolist(), label=k, lw=1.2 if "loss@" in k else 0.8)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (moving average)")
+    ax.set_ylabel("distillation loss (moving average, log scale)")
     ax.set_yscale("log")
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("stage 1 distillation")
@@ -154,7 +191,7 @@ def _plot(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _model_card(config, metrics: dict, enc_dir: Path) -> str:
+def _model_card(config, metrics: dict, enc_dir: Path, commands: list[dict] | None = None) -> str:
     cfg = json.loads((enc_dir / "config.json").read_text())
     size_mb = (enc_dir / "model.safetensors").stat().st_size / 1e6
     lines = [
@@ -186,13 +223,17 @@ def _model_card(config, metrics: dict, enc_dir: Path) -> str:
     ]
     nan = float("nan")
     for task, r in metrics.get("probes", {}).items():
+        if "skipped" in r:
+            lines.append(f"| {task} ({r['metric']}) | not computed: {r['skipped']} | | | | |")
+            continue
         teachers = ", ".join(f"{k.split(':')[1]} {v:.3f}" for k, v in r.items() if k.startswith("teacher:"))
         adaptor = next((v for k, v in r.items() if k.startswith("student:")), nan)
         lines.append(f"| {task} ({r['metric']}) | {r['student']:.3f} | {adaptor:.3f} | {teachers} | "
                      f"{r.get('student_vs_best_teacher', nan):.1%} | {r.get('student_adaptor_vs_best_teacher', nan):.1%} |")
     lines += ["", "## Fidelity in each teacher's space (held-out images the teacher covers)", "",
               "| teacher | feature cosine | feature R² | summary cosine |", "|---|---|---|---|"]
-    lines += [f"| {n} | {v['feature_cosine']:.3f} | {v['feature_r2']:.3f} | {v['summary_cosine']:.3f} |" for n, v in metrics.get("fidelity", {}).items()]
+    lines += [f"| {n} | not computed: {v['skipped']} | | |" if "skipped" in v else
+              f"| {n} | {v['feature_cosine']:.3f} | {v['feature_r2']:.3f} | {v['summary_cosine']:.3f} |" for n, v in metrics.get("fidelity", {}).items()]
     if "plain" in metrics:
         lines += ["", "## PHI-S vs plain per-teacher normalisation (same data, steps and seed)", "",
                   "| targets | organ seg Dice | finding AUROC | " + " | ".join(f"{n} feat. cos / R²" for n in metrics["fidelity"]) + " |",
@@ -200,7 +241,8 @@ def _model_card(config, metrics: dict, enc_dir: Path) -> str:
         for label, m in (("PHI-S", metrics), ("plain (x − μ)/σ", metrics["plain"])):
             p = m["probes"]
             row = f"| {label} | {p.get('organ_segmentation', {}).get('student', float('nan')):.3f} | {p.get('finding_classification', {}).get('student', float('nan')):.3f} | "
-            row += " | ".join(f"{m['fidelity'][n]['feature_cosine']:.3f} / {m['fidelity'][n]['feature_r2']:.3f}" for n in metrics["fidelity"]) + " |"
+            fid = {n: m["fidelity"].get(n, {}) for n in metrics["fidelity"]}
+            row += " | ".join(f"{f['feature_cosine']:.3f} / {f['feature_r2']:.3f}" if "feature_cosine" in f else "—" for f in fid.values()) + " |"
             lines.append(row)
     if "featsharp" in metrics:
         fs = metrics["featsharp"]
@@ -208,5 +250,13 @@ def _model_card(config, metrics: dict, enc_dir: Path) -> str:
                   f"Organ segmentation linear probe, mean Dice on held-out CT slices, features on a {fs['grid'][0]}×{fs['grid'][1]} grid:", "",
                   "| features | mean Dice |", "|---|---|",
                   f"| encoder patch grid | {fs['low_res']:.3f} |", f"| bilinear ×2 | {fs['bilinear']:.3f} |", f"| FeatSharp ×2 | {fs['featsharp']:.3f} |"]
-    lines += ["", "Reproduce: `m3 train vision` (or `python -m vlm.train.vision`) with the config in this run's `config.json`.", ""]
+    lines += ["", "## Reproduce", "", "The settings are in this run's `config.json` (and the run's `recipe.json`)."]
+    if commands:
+        lines += ["Commands that made it, in order (each resume included):", "", "| started (UTC) | command | wall time (s) | outcome |",
+                  "|---|---|---|---|"]
+        lines += [f"| {c.get('started', '')} | `{c['command']}` | {c.get('seconds') if c.get('seconds') is not None else ''} | "
+                  f"{c.get('outcome', '')} |" for c in commands]
+    else:
+        lines += ["Train it again: `m3 train vision --recipe <its recipe.json> --out RUN`."]
+    lines += [""]
     return "\n".join(lines)

@@ -65,7 +65,7 @@ def classification_probe(
     regularised; the chosen value is returned as ``weight_decay``."""
     if weight_decay is None:
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
-        parts = order.chunk(folds)
+        parts = order.tensor_split(folds)  # exactly `folds` parts (chunk gives fewer, e.g. 2 for 4 items)
         best = (-1.0, grid[0])
         for wd in grid:
             scores = []

@@ -47,6 +47,7 @@ def compare_projectors(recipe_name: str, out: str | Path, *, steps_scale: float 
         recipe = copy.deepcopy(base)
         recipe.model.projector_type, recipe.model.projector_options = v["projector_type"], v["projector_options"]
         recipe.model.image_size = v["image_size"]
+        recipe.vision_stage = False  # every variant's tower starts from model.encoder_path (stage 1 is not compared here)
         for spec in recipe.stages.values():
             spec.steps = max(2, int(round(spec.steps * steps_scale)))
             spec.checkpoint_every = spec.steps

@@ -88,18 +88,20 @@ def write_tables(report: dict[str, Any], out_dir: str | Path) -> Path:
     if exp:
         parts += ["", f"## Expert conversations ({exp['n']})", "",
                   markdown_table(["call P", "call R", "name P", "name R", "grounded", "right values", "no call when not needed",
-                                  "expert errors"],
+                                  "failed tool calls (malformed or expert error)"],
                                  [[exp["call_precision"], exp["call_recall"], exp["call_name_precision"], exp["call_name_recall"],
                                    exp["grounded_answer_rate"], exp.get("right_value_rate"), exp["no_call_when_not_needed"], exp["expert_errors"]]])]
     md = out_dir / "eval.md"
     md.write_text("\n".join(parts) + "\n")
-    _plot(report["headline"], out_dir / "eval.png")
+    _plot(report["headline"], out_dir / "eval.png", title=f"m3 eval: {report['model']} (experts: {report['expert_mode']})")
     return md
 
 
-def write_model_card(model_dir: str | Path, recipe: Any, report: dict[str, Any], *, training: dict[str, Any], command: str) -> Path:
-    """``model_card.md`` in ``model_dir``: what the model is, how it was trained, measured metrics (with
-    the command that measured them) and the intended-use statement."""
+def write_model_card(model_dir: str | Path, recipe: Any, report: dict[str, Any], *, training: dict[str, Any], command: str,
+                     commands: list[dict[str, Any]] | None = None) -> Path:
+    """``model_card.md`` in ``model_dir``: what the model is, how it was trained (``command``, or every invocation
+    of the run in ``commands``: command line, start, wall time, outcome), measured metrics (with the command
+    that measured them) and the intended-use statement."""
     model_dir = Path(model_dir)
     m = recipe.model
     size_mb = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file()) / 1e6
@@ -119,7 +121,8 @@ def write_model_card(model_dir: str | Path, recipe: Any, report: dict[str, Any],
         f"- Layout: VILA (`config.json`, `llm/`, `vision_tower/`, `mm_projector/`), safetensors in {m.weights_dtype}; "
         f"{size_mb:.1f} MB on disk.", "",
         "## Training", "",
-        f"Command: `{command}` (stages align_projector → align → ift → medical-ift; recipe in `recipe.json`).", "",
+        *(_commands_table(commands) if commands else [f"Command: `{command}` (stages align_projector → align → ift → medical-ift; "
+                                                        "recipe in `recipe.json`).", ""]),
         "Wall time per step (minutes in total: {}):".format(training.get("total_minutes")), "",
         markdown_table(["step", "seconds"], [[k, v] for k, v in training.get("seconds", {}).items()]), "",
         "Data: synthetic CT / MRI / chest X-ray phantoms (`data.phantoms`), LLaVA-style captions, visual questions and "
@@ -143,7 +146,16 @@ def write_model_card(model_dir: str | Path, recipe: Any, report: dict[str, Any],
     return path
 
 
-def _plot(headline: dict[str, Any], path: Path) -> None:
+def _commands_table(commands: list[dict[str, Any]]) -> list[str]:
+    """The run's invocations, oldest first: what to type to make this model again, resumes included."""
+    rows = [[c.get("started", ""), f"`{c['command']}`", c.get("seconds") if c.get("seconds") is not None else "",
+             "this invocation (card written before it ended)" if c.get("outcome") == "running" else c.get("outcome", "")] for c in commands]
+    return ["Commands that trained it, in order (stages vision → align_projector → align → ift → medical-ift; every resume "
+            "included; the recipe in `recipe.json` trains it again with `m3 train all --recipe recipe.json`):", "",
+            markdown_table(["started (UTC)", "command", "wall time (s)", "outcome"], rows), ""]
+
+
+def _plot(headline: dict[str, Any], path: Path, title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,7 +170,9 @@ def _plot(headline: dict[str, Any], path: Path) -> None:
             ax.hlines(TARGETS[k], i - 0.4, i + 0.4, colors="#c44e52", linestyles="--")
     ax.set_xticks(range(len(keys)), [METRIC_NAMES[k].split(" (")[0] for k in keys], rotation=20, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score (dashed: target)")
+    ax.set_ylabel("score, 0-1 (dashed line: target)")
+    ax.set_xlabel("metric (held-out phantoms)")
+    ax.set_title(title or "m3 eval")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -20,7 +20,7 @@ from vlm.tokenizer import CHAT_TEMPLATE, TokenizerConfig
 from vlm.train.recipes import ModelSpec, Recipe
 
 __all__ = ["COMPACT_CHAT_TEMPLATE", "build_data", "build_tokenizer", "build_model", "expert_tool_schemas", "data_files", "TrainError",
-           "add_organ_conversations"]
+           "ResumeConflict", "add_organ_conversations"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ COMPACT_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(_TOOLS_FULL, _TOOLS_COMPACT)
 
 class TrainError(M3Error, RuntimeError):
     """A training run that cannot go on as asked (missing data or model, a stage out of order)."""
+
+
+class ResumeConflict(TrainError):
+    """A flag or recipe that disagrees with what a run folder (or one of its stages) was started or finished with."""
 
 
 def data_files(data_dir: str | Path) -> dict[str, Path]:

@@ -14,8 +14,8 @@ from vlm.train.stages import run_stage
 __all__ = ["run_ift"]
 
 
-def run_ift(recipe: Recipe, out: str | Path, *, init: str | Path | None = None, resume: bool = False,
+def run_ift(recipe: Recipe, out: str | Path, *, init: str | Path | None = None, resume: bool = False, force: bool = False,
             overrides: dict[str, Any] | None = None, progress: bool = True) -> Path:
     """Fine-tune from ``init`` (default: the ``align`` result in ``out``); returns the final model folder."""
     start = Path(init) if init else previous_model(out, "ift")
-    return run_stage("ift", recipe, out, start, resume=resume, overrides=overrides, progress=progress)
+    return run_stage("ift", recipe, out, start, resume=resume, force=force, overrides=overrides, progress=progress)

@@ -11,7 +11,8 @@ model folder (VILA layout), trains the parts its ``StageSpec`` names (full or Lo
     <stage>/loss.png, <stage>/metrics.json     the stage's curves and numbers
 
 Batches are drawn by step number (a seeded mixture of the data files), so a resumed phase sees exactly
-the batches an uninterrupted one would have.
+the batches an uninterrupted one would have. A phase resumes only with settings equal to its checkpoint's
+``stage.json`` (``ResumeConflict`` otherwise); a finished phase is skipped unless ``force``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlm.train.build import TrainError, data_files, expert_tool_schemas
+from vlm.train.build import ResumeConflict, TrainError, data_files, expert_tool_schemas
+from vlm.train.console import console
 from vlm.train.dataset import IGNORE_INDEX, ConversationDataset, PixelCache, collate
 from vlm.train.recipes import Recipe, StageSpec
 
@@ -43,31 +45,37 @@ _PHASE_CODE = {"align_projector": 11, "align": 12, "ift": 13, "medical-ift": 14}
 _DONE = "done.json"
 
 
-def run_stage(stage: str, recipe: Recipe, out: str | Path, init: str | Path, *, resume: bool = False,
+def run_stage(stage: str, recipe: Recipe, out: str | Path, init: str | Path, *, resume: bool = False, force: bool = False,
               overrides: dict[str, Any] | None = None, progress: bool = True) -> Path:
     """Train every phase of ``stage`` starting from the model folder ``init``; returns the final model
-    folder. ``overrides``: StageSpec fields applied to each phase (e.g. ``{"steps": 50}``)."""
+    folder. ``overrides``: StageSpec fields applied to each phase (e.g. ``{"steps": 50}``); ``force``: discard
+    the stage's checkpoints and result and train it again."""
     if stage not in STAGE_PHASES:
         raise TrainError(f"stage must be one of {tuple(STAGE_PHASES)}, got {stage!r}.")
     out = Path(out)
     stage_dir = out / stage
     model_dir = Path(init)
     results = []
+    if force and stage_dir.exists():
+        console.info("   --force: discarding %s (checkpoints and result) and training %s again", stage_dir, stage)
+        shutil.rmtree(stage_dir)
     for phase in STAGE_PHASES[stage]:
         spec = recipe.stages.get(phase)
         if spec is None:
             raise TrainError(f"recipe {recipe.name!r} must define stage {phase!r} in its `stages`; it does not.")
         if overrides:
             spec = replace(spec, **{k: v for k, v in overrides.items() if v is not None})
-        model_dir, metrics = train_phase(phase, spec, recipe, out / "data", model_dir, stage_dir / phase, resume=resume, progress=progress)
+        model_dir, metrics = train_phase(phase, spec, recipe, out / "data", model_dir, stage_dir / phase, resume=resume, progress=progress,
+                                         stage=stage)
         results.append(metrics)
     _stage_report(stage, stage_dir, results)
     return model_dir
 
 
 def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Path, init: str | Path, phase_dir: str | Path, *,
-                resume: bool = False, progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Train one phase; returns ``(final model folder, metrics)``. A finished phase is not re-run."""
+                resume: bool = False, progress: bool = True, stage: str = "") -> tuple[Path, dict[str, Any]]:
+    """Train one phase; returns ``(final model folder, metrics)`` (``metrics["status"]`` says what this call did).
+    A finished phase is not re-run; one finished or checkpointed with other settings is refused."""
     from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
@@ -76,13 +84,17 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
 
     phase_dir = Path(phase_dir)
     final = phase_dir / "final"
+    stage = stage or phase
     if (phase_dir / _DONE).is_file() and (final / "config.json").is_file():
-        log.info("%s: already trained (%s); skipping", phase, final)
-        return final, json.loads((phase_dir / "metrics.json").read_text())
+        check_stage_settings(phase, spec, final / "stage.json", "finished result", stage)
+        console.info("   %s: already finished with these settings (%s); skipping. Add --force to train it again.", phase, final)
+        return final, {**json.loads((phase_dir / "metrics.json").read_text()), "status": "already finished (skipped)"}
     ckpt = latest_checkpoint(phase_dir)
     if ckpt is not None and not resume:
-        raise TrainError(f"{phase_dir} already holds checkpoint {ckpt.name} of an earlier run; pass --resume to continue it "
-                         "or choose another --out folder.")
+        raise TrainError(f"{phase_dir} already holds checkpoint {ckpt.name} of an earlier, unfinished run; pass --resume to continue "
+                         "it, --force to discard it and start again, or choose another --out folder.")
+    if ckpt is not None:
+        check_stage_settings(phase, spec, ckpt / "stage.json", f"checkpoint {ckpt.name}", stage)
     if recipe.threads > 0:
         torch.set_num_threads(recipe.threads)
     on_gpu = torch.cuda.is_available()
@@ -90,6 +102,9 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
     accelerator = Accelerator(cpu=not on_gpu, mixed_precision=mp)
 
     model = load_model(init)
+    # The phase's own random stream (the tower's position-embedding crops in train mode, LoRA init): the result
+    # depends on the phase's inputs only, not on what ran before in the process; a resume restores the saved stream.
+    torch.manual_seed(recipe.seed * 1000 + _PHASE_CODE.get(phase, 0))
     tools = expert_tool_schemas()
     files = data_files(data_dir)
     datasets = {}
@@ -110,7 +125,8 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
     model, optimizer, scheduler = accelerator.prepare(SharedPrefixLoss(vlm), optimizer, scheduler)
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
-        log.info("%s: resumed from %s (step %d)", phase, ckpt.name, state.step)
+        console.info("   %s: resuming from %s (step %d of %d)", phase, ckpt.name, state.step, spec.steps)
+    resumed_at = state.step
     pixels = PixelCache(vlm.vision_tower)
     pad_id = vlm.tokenizer.pad_token_id or 0
     probe = _probe_batches(spec, datasets, pixels, pad_id)
@@ -123,6 +139,7 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
 
         bar = tqdm(total=spec.steps, initial=state.step, desc=phase, unit="step")
     t_start = time.perf_counter()
+    seconds_before = state.seconds
     steps_here = 0
     for step in range(state.step + 1, spec.steps + 1):
         items = _batch_items(step, spec, datasets, recipe.seed, _PHASE_CODE.get(phase, 0))
@@ -151,6 +168,7 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
             bar.update(1)
             bar.set_postfix(loss=f"{state.history[-1][1]:.3f}")
         if step % spec.checkpoint_every == 0 and step < spec.steps:
+            state.seconds = seconds_before + time.perf_counter() - t_start
             _save_checkpoint(accelerator, phase_dir, step, recipe, spec)
     if bar is not None:
         bar.close()
@@ -160,14 +178,15 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
     trained = accelerator.unwrap_model(model).vlm
     if spec.lora is not None and "llm" in spec.train:
         trained.llm = trained.llm.merge_and_unload()
+    state.seconds = seconds_before + seconds
     metrics = _phase_metrics(phase, spec, state.history, seconds, steps_here, trainable)
-    metrics.update(probe_loss_before=state.probe_before, probe_loss_after=probe_after)
+    metrics.update(probe_loss_before=state.probe_before, probe_loss_after=probe_after, seconds_total=round(state.seconds, 1))
     if accelerator.is_main_process:
         _save_final(trained, final, recipe, spec)
         (phase_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         _atomic_write(phase_dir / _DONE, json.dumps({"steps": state.step}) + "\n")
         shutil.rmtree(phase_dir / "checkpoints", ignore_errors=True)
-    return final, metrics
+    return final, {**metrics, "status": f"resumed at step {resumed_at}" if resumed_at else "trained"}
 
 
 def _label_count(labels: torch.Tensor) -> int:
@@ -245,6 +264,28 @@ def shared_prefix_length(input_ids: torch.Tensor, labels: torch.Tensor, image_to
     return max(0, first_bad - 1)  # the position before a label must run with the rest
 
 
+# StageSpec fields that do not change the trained weights (how often to save or log): free to differ on resume.
+_RUNTIME_FIELDS = ("checkpoint_every", "log_every")
+
+
+def check_stage_settings(phase: str, spec: StageSpec, saved_path: Path, what: str, stage: str = "") -> None:
+    """Refuse (``ResumeConflict``) when ``spec`` differs from the settings saved at ``saved_path`` (a checkpoint's
+    or a finished phase's ``stage.json``) in anything but how often it saves or logs."""
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    given = json.loads(json.dumps(asdict(spec), default=list))
+    differ = [f"{k} {saved[k]!r} → {v!r}" for k, v in given.items() if k in saved and k not in _RUNTIME_FIELDS and saved[k] != v]
+    if not differ:
+        return
+    flags = {"steps": "--steps", "batch_size": "--batch-size", "lr": "--lr", "measurement_copies": "--measurement-copies"}
+    named = sorted({flags[d.split()[0]] for d in differ if d.split()[0] in flags})
+    raise ResumeConflict(
+        f"{phase}: its {what} ({saved_path.parent}) was made with other settings than this invocation asks: {'; '.join(differ)}. "
+        f"To continue or keep it, drop {', '.join(named) or 'the changed recipe fields'} (a resume reads the run's recipe.json); "
+        f"to train {stage or phase} again with the new settings, add --force; or choose another --out.")
+
+
 def latest_checkpoint(phase_dir: str | Path) -> Path | None:
     """The newest complete checkpoint folder of a phase (temporary folders are ignored)."""
     folder = Path(phase_dir) / "checkpoints"
@@ -260,14 +301,16 @@ class _TrainState:
         self.step = 0
         self.history: list[list[float]] = []  # [step, loss, lr]
         self.probe_before: float | None = None
+        self.seconds = 0.0  # training wall time of the earlier invocations (a resume adds its own)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "history": self.history, "probe_before": self.probe_before}
+        return {"step": self.step, "history": self.history, "probe_before": self.probe_before, "seconds": self.seconds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
         self.history = [list(h) for h in state["history"]]
         self.probe_before = state.get("probe_before")
+        self.seconds = float(state.get("seconds", 0.0))
 
 
 _DATASETS: dict[tuple, ConversationDataset] = {}

@@ -6,8 +6,9 @@ are absent is left out with a warning. Targets are computed once on phantom imag
 feature targets are PHI-S standardised per teacher (``normalisation="plain"`` for the baseline).
 Losses: cosine distance on summaries; MSE on standardised features (or AM-RADIO's 0.9·cos + 0.1·
 smooth-L1). Multi-resolution (each step at every resolution in ``resolutions``) and 2×2 mosaic
-options. Launch with ``accelerate launch -m vlm.train.vision ...`` or plain ``python -m vlm.train.vision``;
-re-running the same command resumes from the last (atomic) checkpoint.
+options. ``m3 train vision --recipe NAME|FILE --out RUN`` writes ``RUN/vision/`` (``encoder/``, ``checkpoint.pt``,
+``config.json``, ``metrics.json``, ``model_card.md``); ``--resume`` continues from the last (atomic) checkpoint
+with the same settings, ``--force`` trains a finished stage again (the resume rules of ``vlm.train.run_folder``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -26,9 +28,12 @@ from tqdm import tqdm
 
 from vlm.encoder import RadioConfig, RadioEncoder, TeacherSpec
 from vlm.phis import FeatureMoments, PHISStandardizer, PlainStandardizer
+from vlm.train.build import ResumeConflict, TrainError
+from vlm.train.console import console
 from vlm.train.teachers import TeacherTargets
 
-__all__ = ["VisionStageConfig", "run_vision_stage", "add_vision_parser", "distillation_loss"]
+__all__ = ["VisionStageConfig", "run_vision_stage", "vision_config", "check_vision_settings", "add_config_flags", "vision_flag_values",
+           "distillation_loss", "FIELD_HELP"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,7 @@ class VisionStageConfig:
     compare_plain: bool = False  # also train with plain normalisation on the same budget (model card table)
 
     def __post_init__(self) -> None:
+        self.teachers, self.resolutions = tuple(self.teachers), tuple(self.resolutions)  # a recipe file gives lists
         if self.normalisation not in ("phis", "plain"):
             raise ValueError(f"normalisation must be 'phis' or 'plain', got {self.normalisation!r}.")
         if self.feature_loss not in ("mse", "cos_smoothl1"):
@@ -85,9 +91,66 @@ class VisionStageConfig:
                 raise ValueError(f"every resolution must be a multiple of 2 × patch_size = {2 * self.patch_size}, got {r}.")
 
 
-def run_vision_stage(config: VisionStageConfig) -> Path:
+FIELD_HELP = {
+    "output_dir": "stage folder (with m3 train vision: <out>/vision)",
+    "data_dir": "cached phantom images and teacher targets (empty: <stage folder>/data)",
+    "teachers": "teachers to distil from: seg (CT expert), cxr (radiograph expert), clip (contrastive model trained here)",
+    "teacher_weights": "loss weight per teacher, e.g. seg=1,cxr=1,clip=0.5",
+    "n_ct_cases": "CT phantoms (each gives slices_per_ct axial slices)",
+    "n_cxr_cases": "radiograph phantoms",
+    "slices_per_ct": "axial slices taken from each CT phantom",
+    "held_out_fraction": "share of cases kept out of training for the end-of-run probes",
+    "clip_steps": "training steps of the contrastive (clip) teacher",
+    "image_size": "side in px of the phantom images and cached teacher targets (a multiple of patch_size)",
+    "hidden_size": "encoder width (default: the recipe's model.vision_hidden)",
+    "depth": "encoder blocks (default: the recipe's model.vision_depth)",
+    "num_heads": "attention heads (default: the recipe's model.vision_heads)",
+    "num_registers": "register tokens",
+    "patch_size": "patch side in px",
+    "resolutions": "training resolutions in px; several: each step at every one (multiples of 2 x patch_size)",
+    "mosaic": "probability that a batch is 2x2 mosaics of four images",
+    "normalisation": "teacher feature standardisation: phis (PHI-S) | plain",
+    "feature_loss": "mse | cos_smoothl1 (AM-RADIO)",
+    "summary_weight": "weight of the summary (cosine) loss",
+    "feature_weight": "weight of the feature loss",
+    "steps": "distillation steps",
+    "batch_size": "images per step",
+    "lr": "peak learning rate (AdamW, cosine schedule)",
+    "weight_decay": "AdamW weight decay",
+    "warmup_fraction": "share of steps spent warming up",
+    "checkpoint_every": "steps between checkpoints",
+    "threads": "CPU threads",
+    "seed": "seed of data, initialisation and batches",
+    "save_encoder_to": "also write the final encoder (float16) here, e.g. vlm/encoder/weights",
+    "evaluate": "score linear probes and teacher fidelity on held-out phantoms after training",
+    "featsharp_steps": "> 0: train and score the FeatSharp upsampler after distillation",
+    "compare_plain": "also train with plain normalisation on the same budget (model card table)",
+}
+# Fields that do not change the trained encoder: free to differ when a stage resumes or is asked again.
+_RUNTIME_FIELDS = ("output_dir", "data_dir", "threads", "checkpoint_every", "save_encoder_to", "evaluate", "featsharp_steps", "compare_plain")
+
+
+def vision_config(recipe, out: str | Path, **overrides) -> VisionStageConfig:
+    """Stage 1's config for ``recipe`` in run folder ``out`` (``<out>/vision``): the encoder size from
+    ``recipe.model``, then ``recipe.vision``, then ``overrides`` (None values ignored)."""
+    m = recipe.model
+    fields_ = {f.name for f in fields(VisionStageConfig)}
+    settings = {**recipe.vision, **{k: v for k, v in overrides.items() if v is not None}}
+    unknown = sorted(set(settings) - fields_)
+    if unknown:
+        raise TrainError(f"recipe {recipe.name!r} `vision` settings must be VisionStageConfig fields ({sorted(fields_)}), got {unknown}.")
+    base = dict(hidden_size=m.vision_hidden, depth=m.vision_depth, num_heads=m.vision_heads, patch_size=m.patch_size,
+                threads=recipe.threads or 1, seed=recipe.seed)
+    return VisionStageConfig(**{**base, **settings, "output_dir": str(Path(out) / "vision")})
+
+
+def run_vision_stage(config: VisionStageConfig, *, resume: bool = False, force: bool = False, commands: list[dict] | None = None) -> Path:
     """Run stage 1 end to end (data → teachers → distillation → probes → model card); returns the
-    folder of the trained encoder (``<output_dir>/encoder``)."""
+    folder of the trained encoder (``<output_dir>/encoder``).
+
+    A stage folder holding a checkpoint continues only with ``resume`` and the same training settings; a
+    finished one is returned as it is (same settings) or refused (others), unless ``force`` trains it again.
+    ``commands``: the run's invocations, listed in the model card."""
     from accelerate import Accelerator
 
     from vlm.encoder.evaluate import evaluate_stage, write_outputs
@@ -95,9 +158,14 @@ def run_vision_stage(config: VisionStageConfig) -> Path:
 
     torch.set_num_threads(config.threads)
     out = Path(config.output_dir)
+    done = _check_vision_state(config, out, resume=resume, force=force)
+    if done is not None:
+        return done
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    ckpt = out / "checkpoint.pt"
+    resumed_at = int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"]) if ckpt.is_file() else 0
     data, targets = load_or_build_targets(config)
     encoder, history = train_student(config, data, targets, accelerator, out)
     enc_dir = encoder.save_pretrained(out / "encoder")
@@ -110,8 +178,73 @@ def run_vision_stage(config: VisionStageConfig) -> Path:
                                          "data_dir": config.data_dir or str(out / "data")})
         plain_encoder, _ = train_student(plain_cfg, data, targets, accelerator, out / "plain")
         metrics["plain"] = evaluate_stage(plain_cfg, plain_encoder, data, targets, probes_only=True)
-    write_outputs(config, out, history, metrics, encoder_dirs=[enc_dir] + ([Path(config.save_encoder_to)] if config.save_encoder_to else []))
+    write_outputs(config, out, history, metrics, encoder_dirs=[enc_dir] + ([Path(config.save_encoder_to)] if config.save_encoder_to else []),
+                  commands=commands)
+    (out / "done.json").write_text(json.dumps({"steps": config.steps, "loss_first": _loss(history[:1]), "loss_last": _loss(history[-1:]),
+                                               "seconds_total": round(sum(h.get("seconds", 0.0) for h in history), 1),
+                                               "status": f"resumed at step {resumed_at}" if resumed_at else "trained"}) + "\n")
     return enc_dir
+
+
+def _loss(rows: list[dict]) -> float | None:
+    key = next((k for k in (rows[0] if rows else {}) if k.startswith("loss@")), None)
+    return float(rows[0][key]) if key else None
+
+
+def _check_vision_state(config: VisionStageConfig, out: Path, *, resume: bool, force: bool) -> Path | None:
+    """Apply the resume rules to stage folder ``out``; returns the finished encoder to reuse, or None to train."""
+    import shutil
+
+    saved_cfg = out / "config.json"
+    has_ckpt, finished = (out / "checkpoint.pt").is_file(), (out / "done.json").is_file() and (out / "encoder" / "model.safetensors").is_file()
+    if force and out.exists():
+        if has_ckpt or finished:
+            console.info("   --force: discarding %s (checkpoint and encoder) and training stage 1 again", out)
+        keep_data = saved_cfg.is_file() and _same_data(json.loads(saved_cfg.read_text()), asdict(config))
+        for child in out.iterdir():
+            if child.name == "data" and keep_data:
+                continue  # the phantoms and teacher targets of the same data settings are reused
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return None
+    if not (has_ckpt or finished):
+        return None
+    check_vision_settings(config, out)
+    if finished:
+        console.info("   vision: already finished with these settings (%s); skipping. Add --force to train it again.", out / "encoder")
+        done = json.loads((out / "done.json").read_text())
+        (out / "done.json").write_text(json.dumps({**done, "status": "already finished (skipped)"}) + "\n")
+        return out / "encoder"
+    if not resume:
+        raise TrainError(f"{out} already holds a stage-1 checkpoint of an earlier, unfinished run; pass --resume to continue it, "
+                         "--force to discard it and start again, or choose another --out folder.")
+    return None
+
+
+def check_vision_settings(config: VisionStageConfig, out: str | Path) -> None:
+    """Refuse (``ResumeConflict``) when stage folder ``out`` holds a checkpoint or a finished encoder made with
+    training settings other than ``config``'s (how often it saves, threads, evaluation may differ)."""
+    out = Path(out)
+    saved_cfg = out / "config.json"
+    finished = (out / "done.json").is_file()
+    if not saved_cfg.is_file() or not (finished or (out / "checkpoint.pt").is_file()):
+        return
+    differ = _differences(json.loads(saved_cfg.read_text()), asdict(config))
+    if differ:
+        named = ", ".join(sorted("--" + d.split()[0].replace("_", "-") for d in differ))
+        raise ResumeConflict(f"vision: its {'finished encoder' if finished else 'checkpoint'} in {out} was made with other settings "
+                             f"than this invocation asks: {'; '.join(differ)}. To continue or keep it, drop {named} (a resume reads "
+                             "the run's recipe.json); to train stage 1 again with the new settings, add --force; or choose another --out.")
+
+
+def _differences(saved: dict, given: dict) -> list[str]:
+    plain = lambda v: json.loads(json.dumps(v, default=list))  # noqa: E731  (a tuple and its saved list compare equal)
+    return [f"{k} {saved[k]!r} → {plain(v)!r}" for k, v in given.items()
+            if k in saved and k not in _RUNTIME_FIELDS and plain(saved[k]) != plain(v)]
+
+
+def _same_data(saved: dict, given: dict) -> bool:
+    keys = ("n_ct_cases", "n_cxr_cases", "slices_per_ct", "held_out_fraction", "clip_steps", "image_size", "patch_size", "seed", "teachers")
+    return all(json.dumps(saved.get(k), default=list) == json.dumps(given.get(k), default=list) for k in keys)
 
 
 def build_standardizers(targets: dict[str, TeacherTargets], train_mask: torch.Tensor, kind: str) -> dict[str, PHISStandardizer]:
@@ -177,14 +310,17 @@ def train_student(config: VisionStageConfig, data, targets: dict[str, TeacherTar
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, history = state["step"], state["history"]
-        log.info("resuming stage 1 from step %d of %d", step, config.steps)
+        if "torch_rng" in state:  # the encoder's train-mode position-embedding crops continue the same stream
+            torch.set_rng_state(state["torch_rng"])
+        console.info("   vision: resuming from step %d of %d", step, config.steps)
     train_idx = torch.nonzero(train_mask).flatten()
     model.train()
-    bar = tqdm(total=config.steps, initial=step, desc="stage 1 distillation", disable=not accelerator.is_main_process)
+    bar = tqdm(total=config.steps, initial=step, desc="vision", unit="step", disable=not accelerator.is_main_process)
     while step < config.steps:
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 97 + accelerator.process_index)
         idx = train_idx[torch.randint(0, len(train_idx), (config.batch_size,), generator=gen)]
         use_mosaic = config.mosaic > 0 and float(torch.rand((), generator=gen)) < config.mosaic
+        t_step = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         row: dict[str, float] = {"step": step + 1}
         for res in config.resolutions:  # every resolution against all teachers
@@ -200,12 +336,13 @@ def train_student(config: VisionStageConfig, data, targets: dict[str, TeacherTar
         opt.step()
         sched.step()
         step += 1
+        row["seconds"] = round(time.perf_counter() - t_step, 4)
         history.append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{row[f'loss@{config.resolutions[-1]}']:.3f}")
         if accelerator.is_main_process and (step % config.checkpoint_every == 0 or step == config.steps):
             _atomic_save({"model": accelerator.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "step": step, "history": history}, ckpt)
+                          "scheduler": sched.state_dict(), "step": step, "history": history, "torch_rng": torch.get_rng_state()}, ckpt)
     bar.close()
     encoder = accelerator.unwrap_model(model).eval()
     encoder.standardizers = norms  # kept for evaluation in teacher space
@@ -249,27 +386,35 @@ def _atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)  # a crash mid-write never leaves a broken checkpoint
 
 
-def add_vision_parser(train_subparsers) -> argparse.ArgumentParser:
-    """Register ``vision`` under ``m3 train`` (flags map 1:1 onto :class:`VisionStageConfig`)."""
-    p = train_subparsers.add_parser("vision", help="stage 1: distil the RADIO-style encoder from its teachers",
-                                    description=__doc__.split("\n\n")[0])
-    _add_config_flags(p)
-    p.set_defaults(func=_run_from_args)
-    return p
-
-
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
+def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per :class:`VisionStageConfig` field (``--n-ct-cases`` ...), default None: a flag given overrides
+    the recipe's ``vision`` settings, which override the field's default (shown in the help)."""
+    group = p.add_argument_group("stage-1 settings (override the recipe's `vision` settings)")
     for f in fields(VisionStageConfig):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         value = f.default_factory() if callable(f.default_factory) else f.default
+        shown = ",".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else (" ".join(map(str, value)) if isinstance(value, tuple) else value)
+        help_ = f"{FIELD_HELP.get(f.name, f.name)} (default: the recipe's, else {shown!s})"
         if isinstance(value, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif isinstance(value, tuple):
-            p.add_argument(flag, nargs="+", type=type(value[0]) if value else str, default=value)
+            group.add_argument(flag, nargs="+", type=type(value[0]) if value else str, default=None, help=help_)
         elif isinstance(value, dict):
-            p.add_argument(flag, type=_parse_weights, default=value, help="e.g. seg=1,cxr=1,clip=0.5")
+            group.add_argument(flag, type=_parse_weights, default=None, help=help_)
         else:
-            p.add_argument(flag, type=type(value), default=value)
+            group.add_argument(flag, type=type(value), default=None, help=help_)
+
+
+def vision_flag_values(args: argparse.Namespace) -> dict:
+    """The stage-1 settings given on the command line (``add_config_flags``), as VisionStageConfig fields."""
+    out = {}
+    for f in fields(VisionStageConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def _parse_weights(text: str) -> dict[str, float]:
@@ -279,15 +424,12 @@ def _parse_weights(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(f"teacher weights must look like seg=1,cxr=1,clip=0.5, got {text!r}.") from None
 
 
-def _run_from_args(args: argparse.Namespace) -> int:
-    cfg = VisionStageConfig(**{f.name: (tuple(v) if isinstance(v := getattr(args, f.name), list) else v) for f in fields(VisionStageConfig)})
-    path = run_vision_stage(cfg)
-    print(f"encoder saved to {path}")
-    return 0
+if __name__ == "__main__":  # python -m vlm.train.vision ...: the same command as `m3 train vision ...`
+    import sys
 
+    from vlm.train.cli import add_parsers
 
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m vlm.train.vision", description=__doc__.split("\n\n")[0])
-    _add_config_flags(parser)
-    raise SystemExit(_run_from_args(parser.parse_args()))
+    parser = argparse.ArgumentParser(prog="python -m vlm.train")
+    add_parsers(parser.add_subparsers(dest="command"))
+    parsed = parser.parse_args(["train", "vision", *sys.argv[1:]])
+    raise SystemExit(parsed.func(parsed))

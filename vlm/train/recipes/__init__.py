@@ -1,20 +1,24 @@
-"""Training recipes: one dataclass per recipe (``micro``, ``tiny``, ``base``), each in its own file.
+"""Training recipes: one dataclass per recipe (``micro``, ``tiny``, ``base``), each in its own file, or a
+JSON / TOML file of the same fields.
 
 A ``Recipe`` says what data to build, which model to assemble, and how each stage trains. It is saved
-as ``recipe.json`` next to every checkpoint, so a checkpoint always says how it was made.
+as ``recipe.json`` in the run folder and next to every checkpoint, so a checkpoint always says how it was
+made, and that file trains again: ``m3 train all --recipe runs/x/recipe.json``.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from data.errors import M3Error
 
-__all__ = ["Recipe", "DataSpec", "ModelSpec", "StageSpec", "LoraSpec", "RECIPES", "get_recipe", "recipe_from_dict", "RecipeError"]
+__all__ = ["Recipe", "DataSpec", "ModelSpec", "StageSpec", "LoraSpec", "RECIPES", "get_recipe", "load_recipe", "recipe_from_dict",
+           "RecipeError"]
 
 RECIPES = ("micro", "tiny", "base")
 
@@ -109,7 +113,8 @@ class Recipe:
     data: DataSpec = field(default_factory=DataSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     stages: dict[str, StageSpec] = field(default_factory=dict)
-    vision_stage: bool = False  # run stage 1 (`m3 train vision`) when no trained encoder exists
+    vision_stage: bool = False  # train stage 1 in the run (`<out>/vision`); False: the tower starts from model.encoder_path
+    vision: dict[str, Any] = field(default_factory=dict)  # stage-1 settings: VisionStageConfig fields (steps, n_ct_cases, ...)
     mixed_precision: str = "bf16"  # accelerate mixed precision: "no" | "bf16" | "fp16"
     threads: int = 2
     seed: int = 0
@@ -133,22 +138,49 @@ def get_recipe(name: str) -> Recipe:
     return importlib.import_module(f"vlm.train.recipes.{name}").RECIPE()
 
 
-def recipe_from_dict(data: dict[str, Any]) -> Recipe:
-    """Rebuild a ``Recipe`` from its JSON form (``recipe.json``)."""
-    return _build(Recipe, data)
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A built-in recipe by name (``micro``, ``tiny``, ``base``) or a recipe file: JSON (e.g. a run's saved
+    ``recipe.json``) or TOML with the fields of :class:`Recipe` (missing fields keep their defaults)."""
+    text = str(name_or_path)
+    if text in RECIPES:
+        return get_recipe(text)
+    path = Path(text)
+    if not path.is_file():
+        raise RecipeError(f"--recipe must be a built-in recipe {RECIPES} or a recipe file (.json or .toml), got {text!r}, "
+                          "which is neither; pass a name, or the path of a file such as a run's recipe.json.")
+    try:
+        data = tomllib.loads(path.read_text()) if path.suffix.lower() == ".toml" else json.loads(path.read_text())
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+        raise RecipeError(f"recipe file {path} must be valid {kind}; reading it failed: {exc}. Fix the file or start from a "
+                          "run's saved recipe.json.") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe file {path} must hold an object of recipe fields, got {type(data).__name__}.")
+    return recipe_from_dict(data, source=str(path))
 
 
-def _build(cls: Any, data: dict[str, Any]) -> Any:
+def recipe_from_dict(data: dict[str, Any], *, source: str = "recipe") -> Recipe:
+    """Rebuild a ``Recipe`` from its JSON form (``recipe.json``); an unknown field is an error (a typo would
+    otherwise train with the default silently)."""
+    return _build(Recipe, data, source)
+
+
+def _build(cls: Any, data: dict[str, Any], source: str = "recipe") -> Any:
     nested = {"data": DataSpec, "model": ModelSpec, "lora": LoraSpec}
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise RecipeError(f"{source}: {cls.__name__} fields must be among {sorted(known)}, got unknown {unknown}; "
+                          "fix the spelling or remove them.")
     kwargs: dict[str, Any] = {}
     for f in fields(cls):
         if f.name not in data:
             continue
         value = data[f.name]
         if f.name == "stages":
-            value = {k: _build(StageSpec, v) for k, v in value.items()}
+            value = {k: _build(StageSpec, v, f"{source} stages.{k}") for k, v in value.items()}
         elif f.name in nested and value is not None:
-            value = _build(nested[f.name], value)
+            value = _build(nested[f.name], value, f"{source} {f.name}")
         elif f.name in ("train", "target_modules"):
             value = tuple(value)
         elif f.name == "leave_out":

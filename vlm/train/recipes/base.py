@@ -28,4 +28,8 @@ class RECIPE(Recipe):
                                  mix={"medical-ift": 0.6, "ift": 0.3, "align": 0.1}, checkpoint_every=500,
                                  leave_out={"align": ("cxr", "ct")}),  # radiograph and CT reports are written with their expert from here on
     })
+    vision_stage: bool = True  # its own 384-wide encoder, distilled first
+    vision: dict = field(default_factory=lambda: dict(
+        image_size=256, resolutions=[128, 256], n_ct_cases=400, slices_per_ct=12, n_cxr_cases=5000, steps=20000, batch_size=64,
+        checkpoint_every=500, featsharp_steps=500))
     threads: int = 0  # all cores

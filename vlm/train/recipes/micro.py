@@ -1,5 +1,5 @@
-"""``micro``: seconds-long smoke recipe for the default test suite (every stage runs and learns a little;
-the model is far too small to be useful)."""
+"""``micro``: seconds-long smoke recipe for the default test suite (every stage, stage 1 included, runs and
+learns a little; the model is far too small to be useful)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ class RECIPE(Recipe):
                                  mix={"medical-ift": 0.7, "ift": 0.2, "align": 0.1}, checkpoint_every=5,
                                  leave_out={"align": ("cxr", "ct")}),
     })
+    vision_stage: bool = True  # stage 1 on a few phantoms, so `m3 train all --recipe micro` runs all four stages
+    vision: dict = field(default_factory=lambda: dict(
+        image_size=64, resolutions=[64], n_ct_cases=2, slices_per_ct=3, n_cxr_cases=8, held_out_fraction=0.5, clip_steps=4,
+        num_registers=1, steps=6, batch_size=4, checkpoint_every=2))
     mixed_precision: str = "no"
     threads: int = 1
     eval_limit: int = 3

@@ -37,6 +37,12 @@ class RECIPE(Recipe):
                                  mix={"medical-ift": 0.45, "ift": 0.45, "align": 0.1}, checkpoint_every=200,
                                  leave_out={"align": ("cxr", "ct")}),  # radiograph and CT reports are written with their expert from here on
     })
+    # Stage 1 is not re-run by `m3 train all --recipe tiny`: the tower starts from the shipped encoder. These are
+    # that encoder's settings (its model card), used by `m3 train vision --recipe tiny` or a recipe file with
+    # "vision_stage": true.
+    vision: dict = field(default_factory=lambda: dict(
+        hidden_size=192, depth=6, num_heads=3, num_registers=4, image_size=128, resolutions=[64, 128], n_ct_cases=40, slices_per_ct=10,
+        n_cxr_cases=1200, held_out_fraction=0.2, steps=2500, batch_size=32))
     mixed_precision: str = "no"
     threads: int = 2
     eval_limit: int = 60  # items per eval part after training (VQA, reports, conversations)
