@@ -70,7 +70,7 @@ class RouteGuard:
         user = await self._user(scope, refresh="/heartbeat/" not in path)  # the page's heartbeat is no activity
         if user is not None:
             if self.audit is not None and scope["type"] == "http":
-                self._audit_request(page_path or path, str(user))
+                return await self._audited(scope, receive, send, page_path or path, str(user))
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return await WebSocketClose(code=1008)(scope, receive, send)
@@ -81,14 +81,25 @@ class RouteGuard:
         user = self.session_user(connection, refresh=refresh) if self._takes_refresh else self.session_user(connection)
         return await user if inspect.isawaitable(user) else user
 
-    def _audit_request(self, path: str, user: str) -> None:
-        """Sign-outs and downloads of the report's files, by the signed-in ``user``."""
+    async def _audited(self, scope: dict, receive: Callable, send: Callable, path: str, user: str) -> None:
+        """Pass the request on; a sign-out, and a download of one of the report's files that was answered 200, are
+        written to the audit log with the signed-in ``user``."""
+        name = path.rsplit("/", 1)[-1] if path.startswith("/gradio_api/file=") else ""
         if path in ("/logout", "/logout/"):
             self.audit.event("logout", user=user, reason="signed out")
-        elif path.startswith("/gradio_api/file="):
-            name = path.rsplit("/", 1)[-1]
-            if _DOWNLOAD.fullmatch(name):
-                self.audit.event("download", user=user, file=name)
+        if not _DOWNLOAD.fullmatch(name):
+            return await self.app(scope, receive, send)
+        status = 0
+
+        async def watch(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+        if status == 200 and scope.get("method") == "GET":
+            self.audit.event("download", user=user, file=name)
 
     async def _sign_in(self, scope: dict, receive: Callable, send: Callable) -> None:
         connection = HTTPConnection(scope)

@@ -171,6 +171,30 @@ def test_sign_in_failures_sign_out_and_idle_logout_are_audited_without_the_passw
     assert verify_audit_log(cfg.audit.log_path).ok
 
 
+def test_a_downloaded_report_file_is_audited_and_a_missing_one_is_not(tmp_path, scripted_module):
+    import uuid
+
+    from gradio.utils import get_cache_folder
+
+    from app.server import build_app
+
+    cfg = _with_users(_config(tmp_path), tmp_path)
+    api, _, _ = build_app(cfg, backend=scripted_module.ScriptedBackend(), registry=_registry(scripted_module))
+    folder = get_cache_folder() / f"m3-test-{uuid.uuid4().hex}"
+    folder.mkdir(parents=True)
+    (folder / "report.pdf").write_bytes(b"%PDF-1.4 test")
+    try:
+        browser = TestClient(api, client=("192.0.2.11", 40000))
+        assert browser.get(f"/gradio_api/file={folder / 'report.pdf'}").status_code == 401  # not signed in
+        assert browser.post("/login", data={"username": "alice", "password": PASSWORD}).status_code == 200
+        assert browser.get(f"/gradio_api/file={folder / 'report.pdf'}").content == b"%PDF-1.4 test"
+        assert browser.get(f"/gradio_api/file={folder / 'report_sr.dcm'}").status_code != 200
+    finally:
+        (folder / "report.pdf").unlink()
+        folder.rmdir()
+    assert [(e["user"], e["file"]) for e in _events(cfg, "download")] == [("alice", "report.pdf")]
+
+
 def test_password_auth_records_the_address_of_the_attempt_only_through_the_guard():
     log = []
 
