@@ -68,12 +68,13 @@ TERMS: dict[str, Term] = {t.key: t for t in (
     _T("lung nodule", "lesion",
        ("pulmonary nodule", "lung lesion", "pulmonary lesion", "lung mass", "pulmonary mass", "coin lesion",
         "solitary pulmonary nodule", "pulmonary opacity", "lung opacity", "nodular opacity", "pulmonary metastasis",
-        "lung metastasis", "lung metastases", "lung node", "nodule"),
+        "lung metastasis", "lung metastases", "lung node", "nodule", "pulm nodule", "pulmonary nodularity"),
        ("spn",), lay=("spot on the lung", "lung spot", "shadow on the lung", "lump in the lung"), modality="CT", organ="lungs"),
     _T("kidney cyst", "lesion",
        ("renal cyst", "cystic renal lesion", "renal cystic lesion", "simple cyst", "simple renal cyst", "cystic lesion of the kidney",
         "fluid-filled renal lesion", "fluid density renal lesion", "water density lesion", "fluid-density lesion",
-        "fluid-filled lesion", "hypodense renal lesion", "cortical cyst", "parapelvic cyst", "cyst"),
+        "fluid-filled lesion", "hypodense renal lesion", "cortical cyst", "parapelvic cyst", "cyst", "cystic",
+        "cystic kidney", "cystic lesion"),
        eponyms=("bosniak", "bosniak cyst", "bosniak i", "bosniak 1"), lay=("fluid sac in the kidney", "water bubble in the kidney"),
        modality="CT", organ="kidneys"),
     # ---- CT contrast phase
@@ -148,7 +149,7 @@ def normalise_text(text: str) -> str:
     for uk, us in _SPELLINGS:
         t = t.replace(uk, us)
     t = re.sub(r"(?<=\d)\s*cc\b", " ml", t)
-    t = re.sub(r"[^a-z0-9'/%.\- ]+", " ", t)
+    t = re.sub(r"[^a-z0-9'/%#.\- ]+", " ", t)
     t = re.sub(r"(?<![0-9])[.](?![0-9])", " ", t)
     return " ".join(t.split())
 
@@ -198,7 +199,9 @@ def _names(keys: tuple[str, ...] | None) -> list[tuple[str, str, tuple[str, ...]
 
 def _stem(word: str) -> str:
     """A plural to its singular, roughly ("cysts" → "cyst", "metastases" → "metastasis", "kidneys" → "kidney")."""
-    if len(word) > 4 and word.endswith("ses") and not word.endswith("sses"):
+    if len(word) > 5 and word.endswith("sses"):
+        return word[:-2]  # "masses" → "mass"
+    if len(word) > 4 and word.endswith("ses"):
         return word[:-2] + "is" if word.endswith("ases") else word[:-1]
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]

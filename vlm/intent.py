@@ -200,10 +200,10 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
         return "report"
     if re.search(r"\b(?:run|use|apply|start|launch|call|execute|fire up|try)\b.*\b(?:model|expert|classifier|segment\w*|"
                  r"tool|algorithm|network|ai|detector|analysis|pipeline)\b", q) or re.search(r"\b(?:classify|run)\b.*\b(?:film|"
-                 r"x-?ray|radiograph|cxr|study|scan|image)\b", q):
+                 r"x-?ray|radiograph|cxr|study|scan|image)\b", q) or (re.match(r"^(?:run|use|apply|launch|execute)\b", core) and not terms):
         return "run_expert"
     if re.search(r"\bsegment|\bcontour|\bdelineat|\blabel (?:all|every|the)|\boutline|\bmask", q) and (
-            not terms or re.search(r"\b(?:all|every|everything|whole|each|full|organs|entire|complete)\b", q)):
+            not terms or "MR" in tags or re.search(r"\b(?:all|every|everything|whole|each|full|organs|entire|complete)\b", q)):
         return "segment_all"
     if "contrast phase" in terms or re.search(r"\bphase\b|\bcontrast (?:timing|bolus)\b|\b(?:with|without|post|pre)[- ]contrast\b|"
                                               r"\benhanced\b|\bunenhanced\b|\bcontrast (?:study|scan|given)\b", q) or \
@@ -236,9 +236,21 @@ def _terms(clause: str, tags: set[str]) -> tuple[str, ...]:
             term = TERMS[alt]
         if term.key not in keys:
             keys.append(term.key)
+    # "liver ... focal lesions", "masses in the kidney": a generic lesion word beside an organ names that organ's lesion type
+    if _GENERIC_LESION.search(normalise_text(clause)):
+        for k in [k for k in keys if TERMS[k].kind == "organ"]:
+            organ = (TERMS[k].organ or k).rstrip("s")
+            lesion = next((t.key for t in TERMS.values() if t.kind == "lesion" and t.organ.rstrip("s") == organ
+                           and (not tags or t.modality in tags)), None)
+            if lesion and lesion not in keys:
+                keys.append(lesion)
     # "a cyst in the left kidney", "hepatic mets": an organ named as a lesion's place is where to look, not what to measure
     places = {TERMS[k].organ.rstrip("s") for k in keys if TERMS[k].kind == "lesion"}
     return tuple(k for k in keys if not (TERMS[k].kind == "organ" and (TERMS[k].organ or k).rstrip("s") in places))
+
+
+_GENERIC_LESION = re.compile(r"\b(?:lesions?|mass(?:es)?|tumou?rs?|growths?|spots?|focal|abnormalit(?:y|ies)|foci|focus|"
+                             r"nodules?|nodular|cysts?|cystic|metastas[ie]s|mets)\b")
 
 
 def _same_name_for(name: str, tags: set[str]) -> str | None:
@@ -315,6 +327,8 @@ def _part_keys(part: QuestionIntent) -> list[str]:
     keys: list[str] = []
     for t in terms:
         term = TERMS[t]
+        if fam == "comparison" and any(k.endswith((" kidney", " lung")) for k in keys) and t.endswith((" kidney", " lung")):
+            continue  # "left kidney vs right kidney": one comparison
         if term.kind == "phase":
             continue
         finding = _MRI_FINDING.get(t, t) if term.modality == "MR" else t
