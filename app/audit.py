@@ -210,13 +210,16 @@ def verify_audit_log(path: str | os.PathLike) -> ChainReport:
     files = log_files(path)
     report = ChainReport(files=len(files))
     prev_line: bytes | None = None
-    prev_seq = 0
+    prev_seq = legacy = 0
     for file, number, line in _numbered_lines(files):
         where = f"{file.name} line {number}"
         try:
             record = json.loads(line)
             seq, claimed = int(record["seq"]), str(record["prev_sha256"])
         except (ValueError, KeyError, TypeError):
+            if prev_line is None and _is_unchained_record(line):  # written before the log had a chain (an upgrade)
+                legacy += 1
+                continue
             report.problems.append(f"{where} is not an audit record (no seq / prev_sha256): edited or inserted")
             prev_line, prev_seq = line, prev_seq + 1
             continue
@@ -236,6 +239,9 @@ def verify_audit_log(path: str | os.PathLike) -> ChainReport:
         prev_line, prev_seq = line, seq
         report.records += 1
         report.last_seq = seq
+    if legacy:
+        report.notes.append(f"{legacy} record(s) at the start were written before the log had a hash chain (an older m3) "
+                            "and cannot be verified")
     head_seq, head_sha = _read_head(path.with_name(path.name + ".head"))
     if head_seq and prev_line is None:
         report.problems.append(f"the head records {head_seq} record(s) but no record is left: the log was deleted")
@@ -396,3 +402,12 @@ def _last_event(path: Path, event: str) -> dict[str, Any] | None:
             except ValueError:
                 return None
     return None
+
+
+def _is_unchained_record(line: bytes) -> bool:
+    """A record as m3 wrote it before the hash chain: a JSON object with ``time`` and ``event`` but no ``seq``."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "time" in record and "event" in record and "seq" not in record

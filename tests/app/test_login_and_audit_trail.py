@@ -242,6 +242,16 @@ def test_a_deleted_record_breaks_the_chain(tmp_path, which, message):
     assert not report.ok and any(message in p for p in report.problems)
 
 
+def test_a_log_from_before_the_chain_continues_with_a_chain_and_verifies(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    path.write_text('{"time": "2025-01-01T00:00:00+00:00", "event": "answer", "user": "alice"}\n' * 2)  # an older m3
+    _write_events(AuditLog(path), 3)
+    report = verify_audit_log(path)
+    assert report.ok and report.records == 3 and "2 record(s) at the start were written before" in report.notes[0]
+    path.write_text(path.read_text().replace('"2.25.1"', '"2.25.7"'))
+    assert not verify_audit_log(path).ok
+
+
 def test_an_edited_last_record_is_found_by_the_head(tmp_path):
     path = tmp_path / "audit.jsonl"
     _write_events(AuditLog(path), 3)
