@@ -313,3 +313,19 @@ def test_a_service_start_records_configuration_and_model_changes(tmp_path, scrip
     [change] = _events(cfg, "config_change")
     assert change["changed"] == {"limits.max_files": [5000, 99]}
     assert "lm_api_key" not in json.dumps(starts) and "pacs.password" not in json.dumps(starts)
+
+
+def test_two_processes_writing_one_log_at_once_keep_one_unbroken_chain(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "audit.jsonl"
+    script = ("import sys; from app.audit import AuditLog; log = AuditLog(sys.argv[1], max_bytes=20000, keep_files=50)\n"
+              "for i in range(150): log.event('study_view', user=sys.argv[2], study_uid=f'2.25.{i}')")
+    root = Path(__file__).resolve().parents[2]
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(path), user], cwd=root) for user in ("alice", "bob")]
+    assert [w.wait(timeout=60) for w in writers] == [0, 0]
+    report = verify_audit_log(path)
+    assert report.ok, report.problems
+    assert report.records == 300 and report.first_seq == 1 and report.files > 1  # rotated while both wrote
