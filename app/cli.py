@@ -80,6 +80,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """``m3 serve`` with the same settings (models, experts, audit), but on loopback unless ``--host`` says otherwise:
+    the image's config binds 0.0.0.0 for ``m3 serve``; a demo stays on this machine."""
+    args.host = args.host or "127.0.0.1"
     return _serve(args)
 
 

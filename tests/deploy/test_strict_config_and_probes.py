@@ -140,3 +140,18 @@ def test_raw_uploads_are_kept_in_the_upload_cache_only_for_the_configured_second
     assert AppConfig().limits.upload_cache_s == 300
     with pytest.raises(ConfigError, match="limits.upload_cache_s must be >= 60"):
         load_config(env={"M3_LIMITS_UPLOAD_CACHE_S": "5"})
+
+
+def test_m3_demo_stays_on_this_machine_even_with_the_images_config_but_keeps_its_experts_setting(monkeypatch, tmp_path):
+    import app.server
+    from app.main import main
+
+    started = []
+    monkeypatch.setattr(app.server, "serve", lambda config, **_: started.append(config))
+    monkeypatch.setenv("M3_CONFIG", str(ROOT / "docs" / "m3.toml"))  # host = "0.0.0.0", as in the image
+    monkeypatch.setenv("M3_MODELS_EXPERTS_DIR", str(tmp_path))
+    monkeypatch.delenv("M3_USERS", raising=False)
+    assert main(["demo", "--port", "7999"]) == 0
+    assert main(["demo", "--host", "0.0.0.0"]) == 0
+    assert [c.server.host for c in started] == ["127.0.0.1", "0.0.0.0"] and started[0].server.port == 7999
+    assert started[0].models.experts_dir == tmp_path
