@@ -28,6 +28,8 @@ def _common(config: dict[str, Any], title: str, data: str, quality: str) -> str:
         f"{20_000 + rc['n_val'] - 1}; held-out test seeds 30000…{30_000 + rc['n_test'] - 1}.\n\n"
         "## Training\n\n"
         f"`m3 experts train {config['expert']} --steps {rc['steps']} --batch-size {rc['batch_size']} --lr {rc['lr']} --n-train {rc['n_train']}"
+        f" --n-val {rc['n_val']} --n-test {rc['n_test']} --val-every {rc['val_every']}"
+        + "".join(f" --{k.replace('_', '-')} {v}" for k, v in (tr.get("settings") or {}).items() if k in ("threads", "run_dir", "weights_root"))
         + (f" --seed {tr['seed']}" if tr["seed"] else "")
         + "".join(f" --set '{k}={v}'" for k, v in (tr.get("overrides") or {}).items()) +
         f"{' --init-from <the previous weights folder>' if tr.get('init_from') else ''}` — {rc['steps']} steps, batch {rc['batch_size']}, AdamW with "

@@ -1,17 +1,27 @@
 """``m3 experts train NAME``: train a built-in expert on phantom studies generated in memory.
 
 One loop for the three experts: seeded data and initialisation, a tqdm progress bar, checkpoints that
-resume (``RUN_DIR/checkpoint.pt``), validation metrics every ``val_every`` steps, a loss curve PNG, and
-at the end the commit-ready files in ``experts/weights/<name>/`` (safetensors, ``config.json`` with the
-calibration and the held-out metrics, ``model_card.md``, ``loss_curve.png``). What differs per expert
-(network, data, loss, metrics) lives in ``experts.train_tasks``.
+resume (``RUN_DIR/<name>/checkpoint.pt``), validation metrics every ``val_every`` steps, a loss curve PNG, and
+at the end the expert's files in ``WEIGHTS_ROOT/<name>/`` (safetensors, ``config.json`` with the calibration,
+the held-out metrics and every command that trained it, ``model_card.md``, ``loss_curve.png``, ``manifest.json``).
+
+``WEIGHTS_ROOT`` defaults to ``RUN_DIR/weights`` (``runs/experts/weights``): a retrained expert never replaces
+the shipped one in ``experts/weights/`` unless that folder is given explicitly. The app and every ``m3`` command
+use such a folder through ``models.experts_dir`` (``M3_MODELS_EXPERTS_DIR=runs/experts/weights``).
+
+Resume rules (as for ``m3 train``): a checkpoint made with the same recipe is continued; one made with another
+recipe is refused (the message names what differs) unless ``resume=False`` (``--no-resume``) starts afresh.
+What differs per expert (network, data, loss, metrics) lives in ``experts.train_tasks``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 import time
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +34,7 @@ from experts.model_files import save_expert_files
 from experts.train_tasks import CTTask, apply_override
 from experts.train_tasks_mri_cxr import BrainTumorTask, CXRTask
 
-__all__ = ["TrainConfig", "train_expert", "make_task", "native_bf16"]
+__all__ = ["TrainConfig", "train_expert", "make_task", "native_bf16", "default_weights_root"]
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +53,11 @@ class TrainConfig:
     n_test: int | None = None
     val_every: int | None = None
     run_dir: str = "runs/experts"
-    weights_root: str | None = None  # default: the embedded bundle, experts/weights/
+    weights_root: str | None = None  # None: <run_dir>/weights (never the shipped experts/weights/ unless named here)
     threads: int = 1  # one thread trains fastest on a busy shared CPU (no OpenMP barrier stalls)
     bf16: bool | None = None  # bfloat16 autocast for the forward pass; None: only on a CPU with native bfloat16
-    resume: bool = True
+    resume: bool = True  # continue a checkpoint of the same recipe (another recipe's is refused); False: start afresh
+    command: str = ""  # the command line recorded in the card ("" : this process's)
     init_from: str | None = None  # a weights folder (model.safetensors) to start from instead of random weights
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -70,11 +81,18 @@ def make_task(name: str, cfg: Any):
     return task
 
 
+def default_weights_root(cfg: TrainConfig) -> Path:
+    """Where the trained expert's folder goes: ``cfg.weights_root``, else ``<run_dir>/weights``."""
+    return Path(cfg.weights_root) if cfg.weights_root else Path(cfg.run_dir) / "weights"
+
+
 def train_expert(cfg: TrainConfig) -> dict[str, Any]:
     """Train, validate, checkpoint, export and evaluate expert ``cfg.name``; returns the metrics."""
     from tqdm.auto import tqdm
 
-
+    weights_root = str(default_weights_root(cfg))
+    invocation = {"command": cfg.command or _command_line(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    t_invocation = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     bf16 = native_bf16() if cfg.bf16 is None else cfg.bf16
     task = make_task(cfg.name, cfg)
@@ -85,7 +103,7 @@ def train_expert(cfg: TrainConfig) -> dict[str, Any]:
     model = task.build_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=rc.lr, weight_decay=1e-5)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=rc.lr, total_steps=rc.steps, pct_start=0.1)
-    state = {"step": 0, "history": {"step": [], "loss": [], "val_step": [], "val": []}, "seconds": 0.0}
+    state = {"step": 0, "history": {"step": [], "loss": [], "val_step": [], "val": []}, "seconds": 0.0, "commands": []}
     if cfg.init_from:
         from safetensors.torch import load_file
 
@@ -94,15 +112,22 @@ def train_expert(cfg: TrainConfig) -> dict[str, Any]:
     ckpt = run / "checkpoint.pt"
     if cfg.resume and ckpt.is_file():
         saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if saved.get("recipe") == asdict(rc):
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            state = saved["state"]
-            torch.set_rng_state(saved["torch_rng"])
-            log.info("resumed %s from step %d", cfg.name, state["step"])
-        else:
-            log.warning("checkpoint %s was made with another recipe; starting afresh", ckpt)
+        if saved.get("recipe") != asdict(rc):
+            old, new = saved.get("recipe") or {}, asdict(rc)
+            differ = "; ".join(f"{k} {old.get(k)!r} → {v!r}" for k, v in new.items() if old.get(k) != v)
+            raise ExpertError(f"{ckpt} holds a {cfg.name} checkpoint (step {saved['state']['step']}) made with another recipe: {differ}. "
+                              "To continue it, repeat its settings; to start again with these, add --no-resume (the checkpoint is "
+                              "discarded); or choose another --run-dir.")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["state"]
+        state.setdefault("commands", [])
+        torch.set_rng_state(saved["torch_rng"])
+        log.info("resumed %s from step %d of %d", cfg.name, state["step"], rc.steps)
+    elif ckpt.is_file():
+        log.info("%s: --no-resume: the checkpoint %s is discarded; training from step 0", cfg.name, ckpt)
+    state["commands"].append(invocation)
 
     t_data = time.perf_counter()
     refresh = getattr(task, "refresh", None)  # tasks whose training set is renewed during the run
@@ -157,20 +182,39 @@ def train_expert(cfg: TrainConfig) -> dict[str, Any]:
         "network": task.network_config(),
         **calibration,
         "training": {"recipe": asdict(rc), "overrides": dict(cfg.overrides), "seed": cfg.seed, "seconds": round(state["seconds"], 1), "init_from": previous,
-                     "final_validation": state["history"]["val"][-1] if state["history"]["val"] else {}},
+                     "final_validation": state["history"]["val"][-1] if state["history"]["val"] else {},
+                     "settings": {"threads": cfg.threads, "bf16": bf16, "run_dir": cfg.run_dir, "weights_root": weights_root},
+                     "commands": state["commands"]},
     }
     curve = run / "loss_curve.png"
     _plot_history(state["history"], curve, cfg.name)
-    folder = save_expert_files(cfg.name, config, model.state_dict(), "(evaluating)\n", cfg.weights_root)
+    folder = save_expert_files(cfg.name, config, model.state_dict(), "(evaluating)\n", weights_root)
     t_eval = time.perf_counter()
-    metrics = task.evaluate_held_out(cfg.weights_root)  # through the real expert, on the input grid
+    metrics = task.evaluate_held_out(weights_root)  # through the real expert, on the input grid
     config["metrics"] = metrics
     config["training"]["evaluation_seconds"] = round(time.perf_counter() - t_eval, 1)
-    card = task.model_card(config)
-    save_expert_files(cfg.name, config, model.state_dict(), card, cfg.weights_root, extras={"loss_curve.png": curve})
+    invocation["seconds"] = round(time.perf_counter() - t_invocation, 1)
+    card = task.model_card(config) + _commands_section(state["commands"])
+    save_expert_files(cfg.name, config, model.state_dict(), card, weights_root, extras={"loss_curve.png": curve})
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("%s: weights in %s; held-out metrics %s", cfg.name, folder, metrics)
+    log.info("use them (the shipped experts/weights/ is unchanged): M3_MODELS_EXPERTS_DIR=%s m3 experts run %s STUDY, "
+             "the same variable (or [models] experts_dir in the m3 config file) for m3 serve; with "
+             "M3_MODELS_EMBEDDED_EXPERTS_FALLBACK=1 the experts not trained here come from the shipped bundle.", weights_root, cfg.name)
     return metrics
+
+
+def _command_line() -> str:
+    argv = sys.argv
+    prog = "m3" if argv and (Path(argv[0]).name in ("m3", "main.py", "__main__.py")) else Path(argv[0]).name if argv else "python"
+    return " ".join([prog] + [shlex.quote(a) for a in argv[1:]])
+
+
+def _commands_section(commands: list[dict[str, Any]]) -> str:
+    """The card's record of every command that trained this expert (resumes included), oldest first."""
+    lines = ["", "## Commands that trained it", "", "| started (UTC) | command | wall time (s) |", "|---|---|---|"]
+    lines += [f"| {c.get('started', '')} | `{c['command']}` | {c.get('seconds', '(killed or stopped)')} |" for c in commands]
+    return "\n".join(lines) + "\n"
 
 
 def native_bf16() -> bool:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from experts.base import ExpertError
 from experts.registry import default_registry
 from experts.train_tasks import evaluate_ct
 from experts.train_tasks_mri_cxr import evaluate_cxr, evaluate_mri
@@ -53,7 +54,9 @@ def test_training_command_checkpoints_resumes_and_exports(tmp_path, name):
     import torch
 
     assert torch.load(ckpt, weights_only=False)["state"]["step"] == 2
-    train_expert(TrainConfig(**{**base, "steps": 3}))  # another recipe: starts afresh, never mixes
+    with pytest.raises(ExpertError, match="another recipe"):  # another recipe never mixes with the checkpoint
+        train_expert(TrainConfig(**{**base, "steps": 3}))
+    train_expert(TrainConfig(**{**base, "steps": 3, "resume": False}))  # --no-resume: starts afresh
     assert torch.load(ckpt, weights_only=False)["state"]["step"] == 3
     files = {p.name for p in (tmp_path / "w" / name).iterdir()}
-    assert files == {"model.safetensors", "config.json", "model_card.md", "loss_curve.png"}
+    assert files == {"model.safetensors", "config.json", "model_card.md", "loss_curve.png", "manifest.json"}
