@@ -17,6 +17,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketClose
 
+from app.access_log import USER_KEY
 from app.auth import RAW_PEER, SIGN_IN_CLIENT, client_address
 from app.config import AppConfig
 from app.login_limits import LoginLimiter, client_key
@@ -69,6 +70,7 @@ class RouteGuard:
             return await self.app(scope, receive, send)
         user = await self._user(scope, refresh="/heartbeat/" not in path)  # the page's heartbeat is no activity
         if user is not None:
+            scope[USER_KEY] = str(user)  # for the access log (app.access_log)
             if self.audit is not None and scope["type"] == "http":
                 return await self._audited(scope, receive, send, page_path or path, str(user))
             return await self.app(scope, receive, send)

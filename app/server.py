@@ -26,6 +26,7 @@ from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
+from app.access_log import access_logged  # noqa: E402
 from app.audit import AuditLog, record_service_start  # noqa: E402
 from app.auth import PasswordAuth, TrustedHeaderAuth, check_login_methods, load_users, require_auth_for_host  # noqa: E402
 from app.chat import NO_MODEL_MESSAGE, ChatEngine  # noqa: E402
@@ -321,8 +322,9 @@ def serve(config: AppConfig, *, backend: Any = None, registry: Any = None, optio
     log.info("m3 app on http://%s:%d (model: %s)", config.server.host, config.server.port,
              status.backend.info.name if status.backend else "none")
     # X-Forwarded-For / -Proto believed from auth.trusted_proxies only (uvicorn's middleware, the raw peer kept for the
-    # proxy-header login); uvicorn's own copy of that middleware stays off so the raw peer is not lost before ours
-    server = uvicorn.Server(uvicorn.Config(behind_proxies(api, config.auth.trusted_proxies), host=config.server.host,
+    # proxy-header login); uvicorn's own copy of that middleware, and its access log (full paths), stay off
+    asgi = behind_proxies(access_logged(api), config.auth.trusted_proxies)
+    server = uvicorn.Server(uvicorn.Config(asgi, host=config.server.host,
                                            port=config.server.port, log_level="warning", root_path=config.server.root_path or "",
                                            timeout_graceful_shutdown=3, proxy_headers=False))
     if block:

@@ -97,12 +97,18 @@ def test_trusted_proxies_take_cidr_networks_from_the_file_and_the_environment(tm
     assert load_config(env={"M3_AUTH_TRUSTED_PROXIES": "172.17.0.1, 10.0.0.0/8"}).auth.trusted_proxies == ("172.17.0.1", "10.0.0.0/8")
 
 
-def test_a_proxy_header_login_arriving_with_x_forwarded_for_through_the_served_app_signs_in(tmp_path, scripted_module):
+def test_a_proxy_header_login_arriving_with_x_forwarded_for_through_the_served_app_signs_in(tmp_path, scripted_module,
+                                                                                           caplog):
     """The server's forwarded-header handling trusts the same CIDRs: the user is signed in by the header, the
-    client address becomes the workstation's, and a header from elsewhere is still refused."""
+    client address becomes the workstation's, and a header from elsewhere is still refused. The access log names
+    the workstation and the user, never a file's path."""
+    import logging
+
     from app.server import serve
 
     from localhost import free_port
+
+    caplog.set_level(logging.INFO, logger="m3.access")
 
     cfg = _config(tmp_path, trusted_header="X-Remote-User", trusted_proxies=("127.0.0.0/8",))
     cfg.server.port = free_port()
@@ -112,8 +118,13 @@ def test_a_proxy_header_login_arriving_with_x_forwarded_for_through_the_served_a
         with httpx.Client(base_url=server.url, timeout=10) as http:
             assert http.get("/config", headers=proxied).status_code == 200
             assert http.get("/config", headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 401
+            http.get("/gradio_api/file=/tmp/gradio/x/Smith_John_1970-01-02.dcm?download=1", headers=proxied)
     finally:
         server.close()
+    access = [r.getMessage() for r in caplog.records if r.name == "m3.access"]
+    assert any(line.startswith("203.0.113.9 dr.grey GET /config 200 ") for line in access), access
+    assert any(line.startswith("203.0.113.9 - GET /config 401 ") for line in access), access
+    assert any(" GET /gradio_api/file=[file] " in line for line in access) and "Smith" not in " ".join(access)
     login = _events(cfg, "login")
     assert login and login[0]["user"] == "dr.grey" and login[0]["method"] == "proxy header"
     assert login[0]["client"] == "203.0.113.9"  # the workstation, as the proxy reported it
