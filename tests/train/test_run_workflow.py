@@ -183,3 +183,29 @@ def test_the_card_lists_every_command_that_made_the_model(micro_run):
     _, final = micro_run
     card = (final / "model_card.md").read_text()
     assert "Commands that trained it" in card and "vision → align_projector" in card
+
+
+def test_eval_writes_a_new_folder_per_run_and_says_where(micro_run, tmp_path):
+    from datetime import datetime
+
+    from vlm.eval.cli import default_out
+
+    out, final = micro_run
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "app.main", "eval", "--model", str(final), "--data", str(out / "data"), "--limit", "1",
+                          "--experts", "truth"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = next(s for s in res.stdout.splitlines() if s.startswith("written to "))
+    folder = tmp_path / line.split()[2]
+    assert folder.parent == tmp_path / "runs" / "eval" and folder.name.startswith(f"{out.name}-final-")
+    assert (folder / "eval.md").is_file() and (folder / "eval.png").stat().st_size > 1000
+    assert "failed tool calls (malformed or expert error)" in (folder / "eval.md").read_text()
+    now = datetime(2030, 1, 2, 3, 4, 5)
+    first = default_out(final, now=now)
+    assert first == Path("runs") / "eval" / f"{out.name}-final-20300102-030405"
+    os.chdir(tmp_path)
+    try:
+        first.mkdir(parents=True)
+        assert default_out(final, now=now).name.endswith("-030405-2")  # the same second: still a new folder
+    finally:
+        os.chdir(ROOT)

@@ -28,7 +28,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--data", help="folder with *_test.json from `m3 data instructions --split test`, or one VQA file")
     p.add_argument("--format", choices=VQA_FORMATS, default="llava", help="format of a --data file (default llava)")
     p.add_argument("--image-root", help="image folder of a public VQA file (default: the set's own layout)")
-    p.add_argument("--out", help="output folder (default runs/eval/<model name>, or runs/projectors)")
+    p.add_argument("--out", help="output folder (default: a new folder per run, runs/eval/<run>-<model>-<date>-<time>; "
+                                 "runs/projectors with --compare-projectors)")
     p.add_argument("--experts", choices=("auto", "real", "truth"), default="auto",
                    help="experts behind tool calls: trained (real), phantom ground truth (truth), real if present (auto)")
     p.add_argument("--limit", type=int, default=0, help="items per part (0: all)")
@@ -43,7 +44,26 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=_run)
 
 
+def default_out(model: str | Path | None, kind: str = "eval", now: Any = None) -> Path:
+    """A new folder per evaluation: ``runs/<kind>/<parent>-<model>-<YYYYmmdd-HHMMSS>`` (a run's model folder is
+    always ``final``, so its parent's name tells runs apart); ``-2``, ``-3`` ... when it exists already."""
+    from datetime import datetime
+
+    folder = Path(model) if model else Path("default")
+    name = f"{folder.resolve().parent.name}-{folder.name}" if model else "default"
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    out = Path("runs") / kind / f"{name}-{stamp}"
+    n = 2
+    while out.exists():
+        out = Path("runs") / kind / f"{name}-{stamp}-{n}"
+        n += 1
+    return out
+
+
 def _run(args: argparse.Namespace) -> int:
+    from vlm.train.console import quiet_libraries
+
+    quiet_libraries(bool(getattr(args, "verbose", False)))
     if args.compare_projectors:
         from vlm.eval.projectors import compare_projectors
 
@@ -54,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.phrasings:
         from vlm.eval.phrasing_run import evaluate_phrasings
 
-        out = Path(args.out or "runs/eval_phrasings")
+        out = Path(args.out) if args.out else default_out(args.model, "eval_phrasings")
         evaluate_phrasings(args.model or Path(__file__).parents[1] / "weights" / "default", args.phrasings, out, seed=args.seed,
                            baseline=args.baseline or "")
         print((out / "phrasings.md").read_text())
@@ -64,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit("m3 eval: error: --model and --data are required (or --compare-projectors RECIPE).")
     from vlm.eval.harness import evaluate_model, evaluate_vqa_file
 
-    out = Path(args.out) if args.out else Path("runs/eval") / Path(args.model).name
+    out = Path(args.out) if args.out else default_out(args.model)
     data = Path(args.data)
     if data.is_dir():
         report = evaluate_model(args.model, data, out, experts=args.experts, limit=args.limit, max_new_tokens=args.max_new_tokens,
@@ -78,4 +98,5 @@ def _run(args: argparse.Namespace) -> int:
     print(json.dumps(report["headline"]))
     if "baseline" in report:
         print(json.dumps({"baseline": report["baseline"]["headline"]}))
+    print(f"written to {out} (eval.md, eval.png, metrics.json)")
     return 0
