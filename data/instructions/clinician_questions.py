@@ -7,10 +7,11 @@ may be joined into one multi-part question. ``data.instructions.clinician_dialog
 A frame asking about the slice on screen (or about the whole study) is kept only when the agent reads the composed
 question so (``asks_about_shown_slice``), so the tool message at inference holds what the answer names.
 
-Decontamination: a composed question whose text (or one of its sentences), normalised (lower case, punctuation to
-spaces), has its SHA-256 in ``EXCLUDED_QUESTIONS`` is drawn again. That file lists the hashes of the frozen held-out
-evaluation phrasings and nothing else: the generator never sees their words, and no held-out phrasing is trained on
-verbatim, however common its wording.
+Decontamination: a composed question is drawn again when, normalised (lower case, punctuation to spaces), its text,
+one of its sentences, or any run of ``SPAN_WORDS`` or more of its words has its SHA-256 in ``EXCLUDED_QUESTIONS``.
+That file lists the hashes of the frozen held-out evaluation phrasings and nothing else: the generator never sees
+their words; no held-out phrasing is trained on verbatim, and none of four words or more inside a longer question
+("so <phrasing> thanks"). Shorter ones (a finding's name alone) are kept out only as whole questions.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from data.phantoms.labels import CXR_FINDINGS
 from data.slice_facts import asks_about_shown_slice
 
 __all__ = ["ClinicianQuestionError", "ClinicianMix", "Part", "Ask", "FAMILIES", "EXCLUDED_QUESTIONS", "CT_LESION_KEYS", "CT_ORGAN_KEYS",
-           "PAIRED_ORGANS", "draw_question", "sample_questions", "normalised_question", "question_hash"]
+           "PAIRED_ORGANS", "SPAN_WORDS", "draw_question", "sample_questions", "normalised_question", "question_hash"]
 
 EXCLUDED_QUESTIONS = Path(__file__).with_name("excluded_questions.txt")
+SPAN_WORDS = 4  # held-out phrasings this long are kept out of longer questions too
 
 # intent families (what a test or a report counts) → the frame groups that ask them
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -179,10 +181,15 @@ def question_hash(text: str) -> str:
 
 
 def _excluded(text: str) -> bool:
-    """Whether the question, one of its lines or one of its sentences is listed in ``EXCLUDED_QUESTIONS``."""
+    """Whether the question, one of its lines or sentences, or a run of ``SPAN_WORDS`` or more of its words is listed
+    in ``EXCLUDED_QUESTIONS``."""
     excluded = _excluded_hashes()
     pieces = {text, *text.splitlines(), *re.split(r"(?<=[.?!])\s+|\n", text)}
-    return any(question_hash(p) in excluded for p in pieces if p.strip())
+    if any(question_hash(p) in excluded for p in pieces if p.strip()):
+        return True
+    words = normalised_question(text).split()
+    spans = (" ".join(words[i:j]) for i in range(len(words)) for j in range(i + SPAN_WORDS, len(words) + 1))
+    return any(hashlib.sha256(span.encode("utf-8")).hexdigest() in excluded for span in spans)
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,5 @@
-"""The clinician-style question generator never writes a held-out evaluation phrasing verbatim.
+"""The clinician-style question generator never writes a held-out evaluation phrasing verbatim, nor one of four words or
+more inside a longer question.
 
 This module is the one place besides the evaluation that reads the frozen held-out set: it checks that the
 generator's decontamination list (hashes only) is that set's, and that a large sample of generated questions holds
@@ -34,13 +35,18 @@ def _list_text() -> str:
 
 
 def _leaks(questions) -> Counter:
-    from data.instructions.clinician_questions import normalised_question
+    """Intent family → how many of ``questions`` are a held-out phrasing (or hold one as a sentence), or contain one of
+    ``SPAN_WORDS`` words or more as a run of their words."""
+    from data.instructions.clinician_questions import SPAN_WORDS, normalised_question
 
     held = {normalised_question(p) for p in _phrasings()}
+    longest = max(len(h.split()) for h in held)
     found: Counter = Counter()
     for q in questions:
         pieces = [q.text, *q.text.splitlines(), *re.split(r"(?<=[.?!])\s+|\n", q.text)]
-        if any(normalised_question(p) in held for p in pieces):
+        words = normalised_question(q.text).split()
+        spans = {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + SPAN_WORDS, min(len(words), i + longest) + 1)}
+        if any(normalised_question(p) in held for p in pieces) or spans & held:
             found[q.family] += 1
     return found
 
