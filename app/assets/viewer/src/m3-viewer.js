@@ -70,8 +70,14 @@ class M3Viewer {
     this.labels = el('div', { class: 'm3w-labels' })
     this.root.replaceChildren(el('div', { class: 'm3w' }, bar, this.warning, this.stage, this.readout, this.labels))
     this.stage.addEventListener('wheel', (e) => this.onWheel(e), { capture: true, passive: false })
-    this.stage.addEventListener('keydown', (e) => this.onKey(e), { capture: true })
-    this.stage.addEventListener('pointerenter', () => this.stage.focus({ preventScroll: true }))
+    // keys act while the pointer is over the picture or the focus is in the viewer (a toolbar button), not while typing
+    document.addEventListener('keydown', (e) => {
+      const t = e.target
+      if (t && (t.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName))) return
+      if (this.hover || this.root.contains(document.activeElement)) this.onKey(e)
+    }, { capture: true })
+    this.stage.addEventListener('pointerenter', () => { this.hover = true })
+    this.stage.addEventListener('pointerleave', () => { this.hover = false })
     this.stage.addEventListener('contextmenu', (e) => e.preventDefault())
   }
 
