@@ -1,6 +1,10 @@
 """The text contract between experts and the language model: result records and the one text form of a
 tool call and of a tool result, used by the training-data generators and at inference alike.
 
+A result's facts are its field table (``ToolResult.fields()``, ``data.result_fields``): the ``tool`` message text
+(``format_tool_result``) and the values of an answer's ``[[key]]`` references (``resolve_references``) both come from
+it. ``parse_tool_result`` reads a tool message back only for callers that hold nothing but text.
+
 It lives in ``data`` so the generators (``data.instructions``) and the experts share it without an arrow
 from ``data`` to ``experts``; ``experts.base`` builds ``ExpertResult`` on ``ToolResult``.
 """
@@ -12,10 +16,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+from data.result_fields import IN_SLICE_WORDS, ResultField, ResultFields, fields_from_text, result_fields, size_category
+
 __all__ = [
     "Measurement",
     "Finding",
     "ToolResult",
+    "ResultField",
+    "ResultFields",
     "format_tool_result",
     "format_tool_error",
     "format_tool_call",
@@ -28,6 +36,8 @@ __all__ = [
     "reference_keys",
     "parse_tool_result",
     "size_category",
+    "IN_SLICE_WORDS",
+    "UNRESOLVED",
 ]
 
 TOOL_CALL_OPEN = "<tool_call>"
@@ -38,7 +48,6 @@ TOOL_CALL_CLOSE = "</tool_call>"
 REF_OPEN, REF_CLOSE = "[[", "]]"
 _REF = re.compile(r"\[\[([^\[\]]{1,80})\]\]")
 UNRESOLVED = "(not in the expert result)"
-IN_SLICE_WORDS = " in this slice"
 
 
 @dataclass
@@ -50,10 +59,20 @@ class Measurement:
     value: float
     unit: str
 
-    def text(self) -> str:
+    @property
+    def name(self) -> str:
+        """The field it is reported as: "liver volume"."""
+        return f"{self.structure} {self.quantity}"
+
+    def value_text(self) -> str:
+        """The value as stated: "1523.4 mL"; a count, or a number without unit, as a whole number ("2")."""
         if self.unit in ("count", ""):
-            return f"{self.structure} {self.quantity}: {self.value:.0f}"
-        return f"{self.structure} {self.quantity}: {self.value:.1f} {self.unit}"
+            return f"{self.value:.0f}"
+        return f"{self.value:.1f} {self.unit}"
+
+    def text(self) -> str:
+        """"liver volume: 1523.4 mL"."""
+        return f"{self.name}: {self.value_text()}"
 
 
 @dataclass
@@ -65,6 +84,10 @@ class Finding:
     probability: float | None = None
     threshold: float | None = None
 
+    def verdict(self) -> str:
+        """The finding as stated: "yes (0.87)", "no"."""
+        return ("yes" if self.present else "no") + (f" ({self.probability:.2f})" if self.probability is not None else "")
+
 
 @dataclass
 class ToolResult:
@@ -75,23 +98,22 @@ class ToolResult:
     findings: list[Finding] = field(default_factory=list)
     measurements: list[Measurement] = field(default_factory=list)
 
-
-def size_category(diameter_mm: float) -> str:
-    """small (< 10 mm), medium (10–30 mm) or large (> 30 mm): how a lesion's size is named in questions and answers."""
-    return "small" if diameter_mm < 10.0 else ("medium" if diameter_mm <= 30.0 else "large")
+    def fields(self) -> ResultFields:
+        """The result's field table (key → value with unit, probability, provenance), built once and rebuilt only
+        when the expert name, findings or measurements have changed since."""
+        state = (self.expert, [(f.label, f.present, f.probability) for f in self.findings],
+                 [(m.structure, m.quantity, m.value, m.unit) for m in self.measurements])
+        held = self.__dict__.get("_fields")
+        if held is None or held[0] != state:
+            table = result_fields(self.expert, {f.label: f.verdict() for f in self.findings},
+                                  tuple((m.name, m.value_text()) for m in self.measurements))
+            held = self.__dict__["_fields"] = (state, table)
+        return held[1]
 
 
 def format_tool_result(result: ToolResult) -> str:
-    """The ``tool`` message text of a result (compact JSON: small models have short contexts)."""
-    body: dict[str, Any] = {"expert": result.expert}
-    if result.findings:
-        body["findings"] = {
-            f.label: ("yes" if f.present else "no") + (f" ({f.probability:.2f})" if f.probability is not None else "")
-            for f in result.findings
-        }
-    if result.measurements:
-        body["measurements"] = [m.text() for m in result.measurements]
-    return json.dumps(body, ensure_ascii=False)
+    """The ``tool`` message text of a result (compact JSON: small models have short contexts), from its field table."""
+    return result.fields().tool_text()
 
 
 def format_tool_error(name: str, error: str) -> str:
@@ -109,51 +131,31 @@ def value_reference(key: str) -> str:
     return f"{REF_OPEN}{key}{REF_CLOSE}"
 
 
-def parse_tool_result(text: str) -> tuple[dict[str, str], dict[str, str]]:
-    """A ``format_tool_result`` text back to ``(measurements, findings)``: ``{"liver volume": "1253.3 mL"}``
-    and ``{"cardiomegaly": "yes (0.87)"}``; ``({}, {})`` for anything else (an error, other JSON)."""
-    try:
-        body = json.loads(text[text.find("{"):]) if "{" in text else None
-    except json.JSONDecodeError:
-        return {}, {}
-    if not isinstance(body, dict):
-        return {}, {}
-    measurements = {}
-    for item in body.get("measurements") or []:
-        key, sep, value = str(item).rpartition(": ")
-        if sep:
-            measurements[_norm(key)] = value.strip()
-    findings = {_norm(k): str(v) for k, v in (body.get("findings") or {}).items()} if isinstance(body.get("findings"), dict) else {}
-    return measurements, findings
+def resolve_references(text: str, sources: Sequence[ToolResult | ResultFields | str]) -> tuple[str, list[str]]:
+    """Replace each ``[[key]]`` in ``text`` by the value it names in the conversation's results (``sources``, oldest
+    first: ``ToolResult`` / ``ExpertResult`` objects, their ``fields()``, or, for text-only callers, ``tool`` message
+    texts); the latest result holding the key wins. Returns the text and the keys no result holds (written as
+    "(not in the expert result)"), plus "malformed reference" when an unpaired ``[[`` or ``]]`` was dropped.
 
-
-def resolve_references(text: str, tool_texts: Sequence[str]) -> tuple[str, list[str]]:
-    """Replace each ``[[key]]`` in ``text`` by the value it names in the tool results (the latest result
-    naming it wins); returns the text and the keys no result holds (written as "(not in the expert result)"),
-    plus "malformed reference" when an unpaired ``[[`` or ``]]`` was dropped.
-
-    A key is, in this order: a measurement ("liver volume" → "1253.3 mL"); a counted structure ("liver
-    tumor" → "2 found, volume 12.3 mL, largest diameter 25.1 mm" or "none found"); a finding
-    ("cardiomegaly" → "present (probability 0.87)" / "not present (probability 0.12)"); a finding asked
-    as a closed question ("cardiomegaly?" → "yes (probability 0.87)" / "no (probability 0.12)"); a measured
-    structure ("whole tumor" → "volume 52.1 mL, largest diameter 40.2 mm"); a size ("liver tumor in this
-    slice size" → "large (largest diameter 34.2 mm)", from "<x> largest diameter" by ``size_category``); a side
-    ("kidney cyst in this slice side" → "right", from the present findings "<x> on the <side>"); the last word of present
-    findings ("hemisphere" → "left hemisphere"); or, for a result with findings, the findings as a
-    report states them: "positive findings" ("cardiomegaly (0.87), nodule (0.64)" or "none"),
-    "negative findings" (the others, same form) and "impression" ("Cardiomegaly; nodule." or "No
-    finding above the expert's thresholds.").
+    The keys and their values are the result's field table (``data.result_fields``): a measurement ("liver volume" →
+    "1253.3 mL"); a counted structure ("liver tumor" → "2 found, volume 12.3 mL, largest diameter 25.1 mm" or "none
+    found"); a finding ("cardiomegaly" → "present (probability 0.87)"); a finding asked as a closed question
+    ("cardiomegaly?" → "yes (probability 0.87)"); a measured structure ("whole tumor" → "volume 52.1 mL, largest
+    diameter 40.2 mm"); a size ("liver tumor in this slice size" → "large (largest diameter 34.2 mm)"); a side
+    ("kidney cyst in this slice side" → "right"); the last words of present findings ("hemisphere" → "left
+    hemisphere"); a normality ("cardiomegaly normal?", "normal?"); a paired organ compared ("larger kidney"); and the
+    findings as a report states them: "positive findings", "negative findings", "impression".
     """
-    parsed = [parse_tool_result(t) for t in reversed(list(tool_texts))]
+    tables = [_fields(s) for s in reversed(list(sources))]
     missing: list[str] = []
 
     def sub(match: re.Match) -> str:
-        key = _norm(match.group(1))
-        for measurements, findings in parsed:
-            value = _resolve(key, measurements, findings)
+        key = match.group(1)
+        for table in tables:
+            value = table.value(key)
             if value is not None:
                 return value
-        missing.append(match.group(1).strip())
+        missing.append(key.strip())
         return UNRESOLVED
 
     text = _REF.sub(sub, text)
@@ -163,119 +165,31 @@ def resolve_references(text: str, tool_texts: Sequence[str]) -> tuple[str, list[
     return text, missing
 
 
-def reference_keys(tool_texts: Sequence[str]) -> list[str]:
-    """Every key ``resolve_references`` can fill from these tool results (normalised, lower case), e.g.
-    ``["liver volume", "liver", "liver tumor count", "liver tumor", …]``: what a reference may name."""
+def reference_keys(sources: Sequence[ToolResult | ResultFields | str]) -> list[str]:
+    """The keys the model is offered as references by these results (normalised, lower case; each result's
+    ``ResultFields.offered``), e.g. ``["liver volume", "liver", "liver tumor count", "liver tumor", …]``."""
     keys: dict[str, None] = {}
-    for measurements, findings in (parse_tool_result(t) for t in tool_texts):
-        candidates = list(measurements) + list(findings)
-        for k in measurements:  # structures: "liver tumor largest diameter" → "liver", "liver tumor", …
-            words = k.split()
-            candidates += [" ".join(words[:i]) for i in range(1, len(words))]
-        candidates += [k[: -len(" largest diameter")] + " size" for k in measurements if k.endswith(" largest diameter")]
-        candidates += [k.split(" on the ")[0] + " side" for k in findings if " on the " in k]
-        candidates += [k.split()[-1] for k in findings] + [k + "?" for k in findings] + (list(_FINDING_LISTS) if findings else [])
-        candidates += [k + " normal?" for k in findings if not _descriptive(k)] + (["normal?"] if findings else [])
-        candidates += [f"{w} {p}" for p in _PAIRS for w in ("larger", "smaller")]
-        for key in candidates:
-            if key not in keys and _resolve(key, measurements, findings) is not None:
-                keys[key] = None
+    for source in sources:
+        keys.update(dict.fromkeys(_fields(source).offered))
     return list(keys)
 
 
-def _resolve(key: str, measurements: dict[str, str], findings: dict[str, str]) -> str | None:
-    if key in measurements:
-        return measurements[key]
-    derived = _derived(key, measurements, findings)
-    if derived is not None:
-        return derived
-    if key.endswith(" size") and measurements.get(key[:-5] + " largest diameter", "").endswith(" mm"):
-        diameter = measurements[key[:-5] + " largest diameter"]
-        try:
-            return f"{size_category(float(diameter[:-3]))} (largest diameter {diameter})"
-        except ValueError:
-            return None
-    if key.endswith(" side"):
-        sides = [k[len(key) + 3:] for k, v in findings.items() if k.startswith(key[:-5] + " on the ") and v.startswith("yes")]
-        if sides:
-            return " and ".join(sides)
-        hemispheres = [k for k, v in findings.items() if k.endswith(" hemisphere") and v.startswith("yes")]
-        if hemispheres and key[:-5] in findings:  # a brain tumour's side is its hemisphere
-            return " and ".join(h.split()[0] for h in hemispheres) + f" ({' and '.join(hemispheres)})"
-    own = {k[len(key) + 1:]: v for k, v in measurements.items() if k.startswith(key + " ")}
-    if "count" in own:
-        n = own.pop("count")
-        if n in ("0", "0.0"):
-            return "none found"
-        return f"{n} found" + "".join(f", {q} {v}" for q, v in own.items())
-    asked = key.endswith("?")  # "pneumothorax?": the yes / no answer to a closed question on that finding
-    if asked:
-        key = key[:-1].rstrip()
-    if key in findings:
-        verdict = findings[key]
-        yes = verdict.startswith("yes")
-        word = ("yes" if yes else "no") if asked else ("present" if yes else "not present")
-        prob = verdict[verdict.find("(") + 1:verdict.find(")")] if "(" in verdict else ""
-        return f"{word} (probability {prob})" if prob else word
-    if asked:
-        return None
-    if own:
-        return ", ".join(f"{q} {v}" for q, v in own.items())
-    present = [k for k, v in findings.items() if k.endswith(" " + key) and v.startswith("yes")]
-    if present:
-        return present[0]
-    if findings and key in _FINDING_LISTS:
-        return _finding_list(key, findings)
-    return None
+def parse_tool_result(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A ``format_tool_result`` text back to ``(measurements, findings)``: ``{"liver volume": "1253.3 mL"}``
+    and ``{"cardiomegaly": "yes (0.87)"}``; ``({}, {})`` for anything else (an error, other JSON). For text-only
+    callers (evaluation baselines); the agent reads its results' ``fields()``."""
+    table = fields_from_text(text)
+    measurements = {_norm(name): value.strip() for name, value in table.measurements}
+    findings = {_norm(label): verdict for label, verdict in table.findings}
+    return measurements, findings
 
 
-_FINDING_LISTS = ("positive findings", "negative findings", "impression")
-_PAIRS = ("kidney", "lung")
-
-
-def _derived(key: str, measurements: dict[str, str], findings: dict[str, str]) -> str | None:
-    """Keys that answer a question's form rather than name one field: "cardiomegaly normal?" (the reverse
-    polarity of "cardiomegaly?"), "normal?" (the whole study), "larger kidney" / "smaller lung" (a paired organ's
-    two volumes compared), and "liver tumor?" for an expert that counts a lesion instead of scoring it."""
-    if key == "normal?" and findings:
-        abnormal = {k: v for k, v in findings.items() if not _descriptive(k)}
-        present = [k for k, v in abnormal.items() if v.startswith("yes")]
-        return ("no (" + _finding_list("positive findings", abnormal) + ")") if present else \
-            "yes (no finding above the expert's thresholds)"
-    if key.endswith(" normal?"):
-        name = key[: -len(" normal?")]
-        verdict = _resolve(name + "?", measurements, findings)
-        if verdict is None:
-            return None
-        yes = verdict.startswith("yes")
-        detail = verdict[verdict.find("(") + 1:verdict.rfind(")")] if "(" in verdict else ""
-        return ("no" if yes else "yes") + f" ({name} {'present' if yes else 'not present'}" + (f", {detail}" if detail else "") + ")"
-    words = key.split()
-    if len(words) == 2 and words[0] in ("larger", "smaller") and words[1] in _PAIRS:
-        left, right = measurements.get(f"left {words[1]} volume"), measurements.get(f"right {words[1]} volume")
-        try:
-            lv, rv = float(left.split()[0]), float(right.split()[0])  # type: ignore[union-attr]
-        except (AttributeError, ValueError, IndexError):
-            return None
-        side = ("left" if lv > rv else "right") if words[0] == "larger" else ("left" if lv < rv else "right")
-        return f"the {side} {words[1]} (left {left}, right {right})"
-    if key.endswith("?") and key[:-1] in findings and f"{key[:-1]} count" in measurements and "(" not in findings[key[:-1]]:
-        count = _resolve(key[:-1], measurements, findings)
-        return ("yes" if findings[key[:-1]].startswith("yes") else "no") + (f" ({count})" if count else "")
-    return None
-
-
-def _descriptive(finding: str) -> bool:
-    """A finding that describes the study rather than an abnormality (the contrast phase, a hemisphere, a side)."""
-    return finding.endswith((" phase", " hemisphere")) or finding == "contrast" or " on the " in finding or IN_SLICE_WORDS in finding
-
-
-def _finding_list(key: str, findings: dict[str, str]) -> str:
-    on = key != "negative findings"
-    picked = [(k, v[v.find("(") + 1:v.find(")")] if "(" in v else "") for k, v in findings.items() if v.startswith("yes") == on]
-    if key == "impression":
-        return ("; ".join(k for k, _ in picked).capitalize() + ".") if picked else "No finding above the expert's thresholds."
-    return ", ".join(f"{k} ({p})" if p else k for k, p in picked) if picked else "none"
+def _fields(source: ToolResult | ResultFields | str) -> ResultFields:
+    if isinstance(source, ResultFields):
+        return source
+    if isinstance(source, ToolResult):
+        return source.fields()
+    return fields_from_text(source)
 
 
 def _norm(key: str) -> str:

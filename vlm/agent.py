@@ -5,8 +5,8 @@ volumes → append a ``tool`` message (``experts.base.tool_message``: the same t
 plus the overlay as an image when the model takes images; for a yes / no question about the slice on
 screen, the result also says what that slice of the expert's mask shows) → generate again, at most ``max_rounds``
 tool rounds. A malformed call or an expert error goes back to the model as a tool error. Field
-references in the answer (``[[liver volume]]``) are filled from the conversation's tool results
-(``data.tool_text.resolve_references``; the history keeps the model's own text). Numbers in the final
+references in the answer (``[[liver volume]]``) are filled from the field tables of the conversation's expert results
+(``ExpertResult.fields()``, ``data.tool_text.resolve_references``; the history keeps the model's own text). Numbers in the final
 answer must appear in the conversation's tool results, else the turn is flagged.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from data.slice_facts import asks_about_shown_slice
 from data.tool_text import TOOL_CALL_OPEN, format_tool_call, reference_keys, resolve_references
-from experts.base import Expert, ExpertError, tool_message, with_slice_findings
+from experts.base import Expert, ExpertError, ExpertResult, tool_message, with_slice_findings
 from vlm.backends.base import ChatBackend, GenerationConfig
 from vlm.call_repair import repair_arguments, repair_expert
 from vlm.conversation import AgentEvent, AgentTurn, Conversation, ToolCall
@@ -261,9 +261,9 @@ class Agent:
         conversation.tool_calls.append(call)
 
     @staticmethod
-    def _sources(conversation: Conversation) -> list[str]:
-        """The tool messages of the conversation's expert results, oldest first."""
-        return [tool_message(c.result) for c in conversation.tool_calls if c.result is not None]
+    def _sources(conversation: Conversation) -> list[ExpertResult]:
+        """The conversation's expert results, oldest first (their ``fields()`` fill and offer references)."""
+        return [c.result for c in conversation.tool_calls if c.result is not None]
 
     def _overlay(self, call: ToolCall, conversation: Conversation) -> np.ndarray | None:
         result = call.result
@@ -294,7 +294,8 @@ class Agent:
             turn.flags.extend(flags)
             if answer != written:
                 yield AgentEvent("token", text=answer[len(written):] if answer.startswith(written) else "\n\n" + answer)
-        sources = self._sources(conversation) + [c.result.to_json_text() for c in conversation.tool_calls if c.result is not None] + (known or [])
+        results = self._sources(conversation)
+        sources = [tool_message(r) for r in results] + [r.to_json_text() for r in results] + (known or [])
         missing = ungrounded_numbers(answer, sources, turn.question)
         if missing:
             turn.flags.extend(f"ungrounded number: {n}" for n in missing)

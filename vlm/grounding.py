@@ -17,7 +17,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 from data.lexicon import TERMS
-from data.tool_text import resolve_references, value_reference
+from data.tool_text import ToolResult, resolve_references, value_reference
 from experts.base import Expert
 from vlm.intent import QuestionIntent
 
@@ -62,9 +62,10 @@ def planned_call(intent: QuestionIntent, experts: Mapping[str, Expert], done: Se
     return name, arguments
 
 
-def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[str], summaries: Sequence[str] = ()) -> tuple[str, list[str]]:
-    """(the answer with the fields that answer ``intent`` cited after it, flags). ``sources``: the tool messages of
-    the conversation's results; ``summaries``: this turn's result summaries (cited for report, run and segment
+def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResult | str],
+                 summaries: Sequence[str] = ()) -> tuple[str, list[str]]:
+    """(the answer with the fields that answer ``intent`` cited after it, flags). ``sources``: the conversation's
+    results, oldest first (``ExpertResult`` objects; tool message texts for text-only callers); ``summaries``: this turn's result summaries (cited for report, run and segment
     requests). Fields the answer already states are not repeated; a leading yes / no against the first field's is
     replaced by it."""
     flags: list[str] = []
@@ -181,7 +182,7 @@ def _label(key: str) -> str:
     return key.rstrip("?")
 
 
-def _first_verdict(intent: QuestionIntent, sources: Sequence[str]) -> bool | None:
+def _first_verdict(intent: QuestionIntent, sources: Sequence[ToolResult | str]) -> bool | None:
     """The yes / no of the first answer field when the question is a yes / no one (None otherwise)."""
     if intent.form != "yes_no" or intent.negated:
         return None
