@@ -83,7 +83,7 @@ def add_organ_conversations(data_dir: str | Path, n_cases: int, seed: int = 0, *
     for a small model to copy the organ, and its side, from the question into the call and the answer."""
     import shutil
 
-    from data.instructions import build_datasets
+    from data.instructions import ClinicianMix, build_datasets
     from data.phantoms.labels import CT_LABELS, CT_ORGANS
 
     data_dir = Path(data_dir)
@@ -92,8 +92,9 @@ def add_organ_conversations(data_dir: str | Path, n_cases: int, seed: int = 0, *
         raise TrainError(f"no {target}: build the recipe's data first.")
     tmp = data_dir / ".organ_conversations"
     shutil.rmtree(tmp, ignore_errors=True)
+    # template organ questions only: the clinician mix has its own organ questions in the recipe's data already
     path = build_datasets({"ct": n_cases}, tmp, seed + ORGAN_SEED_OFFSET, stages=("medical-ift",), split="train",
-                          phantom_options=phantom_options)["medical-ift"]
+                          phantom_options=phantom_options, clinician=ClinicianMix(per_case=0))["medical-ift"]
     organs = {CT_LABELS[v] for v in CT_ORGANS}
     keep = [r for r in json.loads(path.read_text())
             if any(c["name"] == "ct_segmentation" and c["arguments"].get("targets") in organs for c in r["meta"]["tool_calls"])]
