@@ -10,8 +10,19 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tests.compress.conftest import patterned_ids, tiny_llama
 from vlm.compress.calibration import pack_tokens
-from vlm.compress.elastic import (ElasticConfig, ElasticError, ElasticSpace, LayerWidth, activation_importance, apply_ordering,
-                                  count_params, importance_ordering, make_elastic, plan_applied, set_plan)
+from vlm.compress.elastic import (
+    ElasticConfig,
+    ElasticError,
+    ElasticSpace,
+    LayerWidth,
+    activation_importance,
+    apply_ordering,
+    count_params,
+    importance_ordering,
+    make_elastic,
+    plan_applied,
+    set_plan,
+)
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "vlm" / "weights" / "default"
 

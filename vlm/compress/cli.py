@@ -18,6 +18,7 @@ import torch
 
 from vlm.compress.calibration import calibration_size, iterate_batches, load_texts, mean_loss, pack_tokens, vlm_batches
 from vlm.compress.depth import DepthConfig, angular_importance, load_pruned_lm, prune_depth, save_pruned_lm
+from vlm.compress.elastic.distill import DistillConfig
 from vlm.compress.errors import CompressError
 from vlm.compress.maskllm import MaskLLMConfig, train_maskllm
 from vlm.compress.masks_io import MASKS_FILENAME, load_masks, save_masks
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``compress`` (with maskllm, oneshot, mft, depth) and ``export`` on the ``m3`` parser."""
+    """Register ``compress`` (with maskllm, oneshot, mft, depth, flextron, flextron-export) and ``export`` on the ``m3`` parser."""
     compress = sub.add_parser("compress", help="make the model smaller or adapt it to a site")
     methods = compress.add_subparsers(dest="compress_method", metavar="METHOD", required=True)
 
@@ -66,6 +67,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recovery", choices=["none", "bias", "lowrank"], default="lowrank")
     p.add_argument("--rank", type=int, default=DepthConfig.rank)
     p.set_defaults(func=_cmd_depth)
+
+    p = _common(methods.add_parser("flextron", help="elastic widths (Flextron): one model that deploys at many sizes"))
+    p.add_argument("--steps", type=int, default=DistillConfig.steps)
+    p.add_argument("--lr", type=float, default=DistillConfig.lr)
+    p.add_argument("--batch-size", type=int, default=DistillConfig.batch_size)
+    p.add_argument("--kd-weight", type=float, default=DistillConfig.kd_weight, help="weight of KL(full model ‖ sub-network)")
+    p.add_argument("--task-weight", type=float, default=DistillConfig.task_weight, help="weight of the task cross-entropy")
+    p.add_argument("--random-subnets", type=int, default=DistillConfig.random_subnets, help="random-width sub-networks per step")
+    p.add_argument("--checkpoint-every", type=int, default=DistillConfig.checkpoint_every)
+    p.add_argument("--seed", type=int, default=DistillConfig.seed)
+    p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its last checkpoint")
+    p.set_defaults(func=_cmd_flextron)
+
+    p = methods.add_parser("flextron-export", help="write one width of an elastic model as a plain model folder for a budget")
+    p.add_argument("--model", required=True, help="elastic model folder (from m3 compress flextron)")
+    p.add_argument("--data", required=True, help="calibration conversations the router scores widths on (as for flextron)")
+    p.add_argument("--out", required=True, help="new, empty model folder")
+    p.add_argument("--budget", required=True, help="params=0.5 (fraction of the LM, or a count), memory_mb=M or latency_ms=T")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float16")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--max-samples", type=int, default=200)
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=_cmd_flextron_export)
 
     p = sub.add_parser("export", help="write an on-prem build folder (weights, masks, model card, manifest)")
     p.add_argument("--model", required=True, help="VILA-layout model folder")
@@ -214,6 +238,32 @@ def _cmd_depth(args) -> int:
     out_llm = _save(args, root, llm_dir, lm, tok, record)
     print(f"depth: removed blocks {config.blocks}, attention {config.attention} ({args.recovery}); "
           f"loss {before:.4f} → {record['loss_after']:.4f} nats/token; saved {out_llm}")
+    return 0
+
+
+def _cmd_flextron(args) -> int:
+    from vlm.compress.elastic.run import run_flextron
+
+    config = DistillConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, kd_weight=args.kd_weight, task_weight=args.task_weight,
+                           random_subnets=args.random_subnets, checkpoint_every=args.checkpoint_every, seed=args.seed)
+    root, _llm_dir, lm, tok, ids = _load(args)
+    record = run_flextron(root, lm, tok, ids, args.out, config, resume=args.resume)
+    print(f"flextron: {record['status']}; elastic model in {args.out}")
+    for row in record.get("widths", []):
+        print(f"  heads {row['heads']:>3}  mlp {row['mlp']:>6}  params {row['params']:>12,}  loss {row['loss']:.4f} nats/token")
+    return 0
+
+
+def _cmd_flextron_export(args) -> int:
+    from vlm.compress.elastic.deploy import export_subnetwork
+    from vlm.compress.elastic.router import parse_budget
+
+    budget = parse_budget(args.budget)
+    _root, _llm_dir, _lm, _tok, ids = _load(args)
+    out, result = export_subnetwork(args.model, args.out, budget, ids, dtype=args.dtype)
+    w = result.plan[0]
+    print(f"sub-network for {budget}: {w.heads} heads, {w.mlp} MLP neurons per layer, {result.params:,} LM parameters, "
+          f"calibration loss {result.loss:.4f} nats/token; written to {out} (card: {out / 'model_card.md'})")
     return 0
 
 

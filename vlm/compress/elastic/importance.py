@@ -20,7 +20,7 @@ from vlm.compress.elastic.errors import ElasticError
 from vlm.compress.elastic.widths import ElasticSpace, attention_parts, mlp_parts
 from vlm.compress.targets import decoder_layers, resolve_lm
 
-__all__ = ["Importance", "Ordering", "activation_importance", "importance_ordering", "apply_ordering"]
+__all__ = ["Importance", "Ordering", "activation_importance", "apply_ordering", "importance_ordering"]
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Ordering:
         return {"heads": self.heads, "mlp": self.mlp}
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "Ordering":
+    def from_dict(cls, raw: dict) -> Ordering:
         return cls(heads=[list(map(int, h)) for h in raw["heads"]], mlp=[list(map(int, m)) for m in raw["mlp"]])
 
 

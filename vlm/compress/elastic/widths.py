@@ -12,9 +12,9 @@ of a plan without building it. Widths are prefixes, so the LM must first be perm
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,19 @@ from torch import nn
 from vlm.compress.elastic.errors import ElasticError
 from vlm.compress.targets import decoder_layers, resolve_lm
 
-__all__ = ["ElasticConfig", "ElasticLinear", "LayerWidth", "ElasticSpace", "make_elastic", "set_plan", "plan_applied",
-           "current_plan", "count_params", "attention_parts", "mlp_parts"]
+__all__ = [
+    "ElasticConfig",
+    "ElasticLinear",
+    "ElasticSpace",
+    "LayerWidth",
+    "attention_parts",
+    "count_params",
+    "current_plan",
+    "make_elastic",
+    "mlp_parts",
+    "plan_applied",
+    "set_plan",
+]
 
 Plan = list["LayerWidth"]
 
@@ -218,8 +229,8 @@ def count_params(model: nn.Module, plan: Plan | None = None, space: ElasticSpace
     total = sum(p.numel() for p in lm.parameters())  # unique parameters (tied embeddings counted once)
     hd, hidden = space.head_dim, int(lm.config.hidden_size)
     for layer, w in zip(decoder_layers(lm), plan):
-        q, k, v, o = attention_parts(layer)
-        gate, up, down = mlp_parts(layer)
+        q, k, _, _ = attention_parts(layer)
+        gate, up, _ = mlp_parts(layer)
         dropped_heads, dropped_groups = space.num_heads - w.heads, (space.num_heads - w.heads) // space.heads_per_group
         total -= dropped_heads * hd * (hidden + (q.bias is not None))  # q rows
         total -= 2 * dropped_groups * hd * (hidden + (k.bias is not None))  # k and v rows
