@@ -249,6 +249,12 @@ def flag_text(flag: str) -> str:
         return "the model's yes / no disagreed with the expert result and was corrected to it"
     if flag == "answer trimmed to the question":
         return "text the model wrote after the answer was dropped"
+    if kind == "constraint failed":
+        return ("a check that keeps the answer on the expert's fields failed while the model wrote, so part of the answer "
+                "was written unchecked; compare it with the expert result")
+    if flag == "constraints not applied (remote model)":
+        return ("the remote language model writes without the checks that keep an answer on the expert's fields; its "
+                "references and numbers were checked only afterwards")
     return flag
 
 

@@ -43,7 +43,7 @@ import vlm.generate as vlm_generate
 from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from vlm.backends.base import GenerationConfig
 from vlm.backends.hf_vlm import HFVLMBackend
-from vlm.constraints import ReferenceConstraint, SideConstraint, token_index
+from vlm.constraints import DecodingConstraints, ReferenceConstraint, SideConstraint, token_index
 from vlm.model import load_model
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -232,8 +232,9 @@ def measure(backend: HFVLMBackend, n_new: int, reps: int) -> dict:
 
         vlm_generate.generation_kwargs = kwargs
         try:
-            cfg = GenerationConfig(max_new_tokens=n_new, **(CONSTRAINED if on else {}))
-            texts["on" if on else "off"] = "".join(backend.stream_chat(messages, [image], TOOLS, cfg))
+            cfg = GenerationConfig(max_new_tokens=n_new)
+            constraints = DecodingConstraints(**CONSTRAINED) if on else None
+            texts["on" if on else "off"] = "".join(backend.stream_chat(messages, [image], TOOLS, cfg, constraints=constraints))
         finally:
             vlm_generate.generation_kwargs = real_kwargs
         steps = timer.steps()

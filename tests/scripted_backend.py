@@ -48,10 +48,12 @@ class ScriptedBackend:
         self.delay_s = delay_s  # pause between streamed pieces, to make streaming visible
         self.topics = {**TOPICS, **(topics or {})}
         self.calls = 0
+        self.constraints: list[Any] = []  # the decoding constraints each generation was given (it follows its script)
 
     def stream_chat(self, messages: list[dict[str, Any]], images: Any = None, tools: list[dict[str, Any]] | None = None,
-                    config: GenerationConfig | None = None, cache_key: str | None = None) -> Iterator[str]:
+                    config: GenerationConfig | None = None, cache_key: str | None = None, constraints: Any = None) -> Iterator[str]:
         self.calls += 1
+        self.constraints.append(constraints)
         text = self._reply(messages, tools or [])
         for piece in re.findall(r"\S+\s*", text):
             if self.delay_s:

@@ -25,6 +25,7 @@ from data.tool_text import TOOL_CALL_OPEN, format_tool_call, reference_keys, res
 from experts.base import Expert, ExpertError, ExpertResult, tool_message, with_slice_findings
 from vlm.backends.base import ChatBackend, GenerationConfig
 from vlm.call_repair import repair_arguments, repair_expert
+from vlm.constraints import DecodingConstraints
 from vlm.conversation import AgentEvent, AgentTurn, Conversation, ToolCall
 from vlm.grounding import cite_results, header_answer, planned_call, question_arguments
 from vlm.intent import POLICY_FAMILIES, QuestionIntent, parse_question
@@ -43,6 +44,7 @@ AGENT_SYSTEM_PROMPT = (
     "Output is for research and decision support, not a diagnosis."
 )
 _IMAGE = "<image>"
+REMOTE_UNCONSTRAINED = "constraints not applied (remote model)"
 
 
 def named_side(question: str) -> str:
@@ -63,10 +65,10 @@ class Agent:
 
     registry: ``experts.registry.ExpertRegistry`` (``names``, ``get``, ``run``, ``tool_schemas``).
     max_rounds: most expert-calling rounds per turn (so at most ``max_rounds + 1`` generations).
-    constrain_references: decode ``[[key]]`` references only to fields the conversation's results hold
-    (``GenerationConfig.references``), expert calls only on the side of the body the question names
-    (``GenerationConfig.call_side``) and, after a call that measured one side, answers only about that side
-    (``GenerationConfig.answer_side``); in-process backends.
+    constrain_references: each generation gets ``DecodingConstraints``: ``[[key]]`` references only to fields the
+    conversation's results hold, expert calls only on the side of the body the question names and, after a call that
+    measured one side, answers only about that side; in-process backends apply them, and a step a constraint failed
+    on ("constraint failed: …") or a remote model they cannot reach flags the turn.
     """
 
     def __init__(self, backend: ChatBackend, registry: Any, max_rounds: int = 3, *, system_prompt: str = AGENT_SYSTEM_PROMPT,
@@ -128,20 +130,14 @@ class Agent:
         planned = False
         while True:
             turn.rounds += 1
-            # references may name only fields the conversation's results hold
-            config = GenerationConfig(self.generation.max_new_tokens, self.generation.temperature, self.generation.top_p, stop,
-                                      tuple(reference_keys(self._sources(conversation))) if self.constrain_references else (),
-                                      intent.side if self.constrain_references else "",
-                                      measured_side(turn.tool_calls) if self.constrain_references else "",
-                                      question if self.constrain_references else "")
-            if self.constrain_references and "answer_keys" in GenerationConfig.__dataclass_fields__:
-                config.answer_keys = intent.answer_keys()  # type: ignore[attr-defined]
+            config = GenerationConfig(self.generation.max_new_tokens, self.generation.temperature, self.generation.top_p, stop)
+            constraints = self._constraints(conversation, intent, turn) if self.constrain_references else None
             text, shown = "", []
             filt = ToolCallFilter()
             refs = ReferenceFilter(lambda ref: resolve_references(ref, self._sources(conversation))[0])
             try:
                 for piece in self.backend.stream_chat(conversation.chat_messages(), conversation.message_images(), tools,
-                                                      config, conversation.cache_id):
+                                                      config, conversation.cache_id, constraints=constraints):
                     text += piece
                     vis = filt.feed(piece)
                     if vis:
@@ -152,11 +148,13 @@ class Agent:
             except Exception as exc:  # any backend failure ends the turn with a clear message, never a crash
                 log.exception("chat backend failed")
                 turn.flags.append(f"backend error: {type(exc).__name__}")
+                self._flag_constraints(turn, constraints)
                 yield AgentEvent("error", text=f"The language model failed: {exc}")
                 visible_parts.append("".join(shown))
                 yield from self._finish(conversation, turn, " ".join(p for p in visible_parts if p).strip()
                                         or "The model could not answer this question.", t0, stream_answer=False, record=False)
                 return
+            self._flag_constraints(turn, constraints)
             visible, calls = parse_tool_calls(text)
             tried = any(c.name in intent.experts for c in turn.tool_calls)  # a failed expert is not run again
             plan = planned_call(intent, experts, conversation.tool_calls) if self.plan_calls and not (calls or planned or tried) else None
@@ -193,6 +191,25 @@ class Agent:
         yield from self._finish(conversation, turn, answer, t0, stream_answer=False, intent=intent)
 
     # ---- steps -------------------------------------------------------------------------------------
+    def _constraints(self, conversation: Conversation, intent: QuestionIntent, turn: AgentTurn) -> DecodingConstraints:
+        """This round's decoding constraints: references only to fields the conversation's results hold, a reference
+        opening the answer to the fields that answer the question, calls on the side the question names, the answer
+        on the side the turn's calls measured."""
+        return DecodingConstraints(references=tuple(reference_keys(self._sources(conversation))), answer_keys=intent.answer_keys(),
+                                   call_side=intent.side, answer_side=measured_side(turn.tool_calls), question=turn.question)
+
+    def _flag_constraints(self, turn: AgentTurn, constraints: DecodingConstraints | None) -> None:
+        """Flag what the round's constraints could not do: steps a constraint failed on (decoded unconstrained), or a
+        remote model they cannot reach (once a turn)."""
+        if constraints is None:
+            return
+        if constraints.failures:
+            more = len(constraints.failures) - 1
+            turn.flags.append(f"constraint failed: {constraints.failures[0]}" + (f" (and {more} more step{'s' if more > 1 else ''})" if more else ""))
+        remote = getattr(getattr(self.backend, "info", None), "remote", False)
+        if remote and constraints.active and REMOTE_UNCONSTRAINED not in turn.flags:
+            turn.flags.append(REMOTE_UNCONSTRAINED)
+
     def _load_experts(self) -> tuple[dict[str, Expert], dict[str, str]]:
         """Experts that load (the registry caches them), and the load error of those that do not: a
         missing model must not stop the chat, only that expert's calls."""

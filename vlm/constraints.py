@@ -10,8 +10,14 @@ a reference, tokens spelling a side word or part of one. A step keeps a running 
 characters through the prefix index, and takes the other side's banned ids as a union of precomputed sets,
 so its cost is that of the allowed set, not of the vocabulary.
 
+What one generation round is kept on travels as one ``DecodingConstraints`` (the agent's choice: the result fields a
+reference may name, the answer's fields, the sides of calls and answers, the question), handed to
+``ChatBackend.stream_chat(..., constraints=...)``: an in-process backend turns it into these processors
+(``DecodingConstraints.processors``); a remote one cannot, and the agent says so.
+
 A failure inside a constraint does not end the answer: the step is decoded unconstrained, the failure is
-appended to the processor's ``failures`` (the caller flags the turn) and logged.
+appended to the processor's ``failures`` — the ``DecodingConstraints.failures`` it was built from, which the agent
+reads to flag the turn — and logged.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OTHER_SIDE", "Ban", "ReferenceConstraint", "RunningText", "SideConstraint", "TokenIndex", "token_index", "token_texts",
+__all__ = ["OTHER_SIDE", "Ban", "DecodingConstraints", "ReferenceConstraint", "RunningText", "SideConstraint", "TokenIndex", "token_index", "token_texts",
            "yes_no_question"]
 
 OTHER_SIDE = {"left": "right", "right": "left"}
@@ -56,16 +62,58 @@ def yes_no_question(question: str) -> bool:
     return bool(_AUXILIARY.search(asked)) and " or " not in asked
 
 
+@dataclass
+class DecodingConstraints:
+    """What one generation round's decoding is kept on (empty fields constrain nothing).
+
+    references: the result fields a ``[[key]]`` reference may name (``data.tool_text.reference_keys``);
+    answer_keys: the fields that answer the question (the agent's choice): a reference opening the answer names one of
+    them that is in ``references``; question: the user's question, the subject of such a reference otherwise;
+    call_side: the one body side ("left" / "right") the question names: no tool-call argument names the other;
+    answer_side: the one side this turn's calls measured: no answer text names the other.
+    failures: filled by the backend, one line per step a constraint failed on (that step went unconstrained).
+    """
+
+    references: tuple[str, ...] = ()
+    answer_keys: tuple[str, ...] = ()
+    call_side: str = ""
+    answer_side: str = ""
+    question: str = ""
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        """Whether any constraint applies this round."""
+        return bool(self.references or self.call_side or self.answer_side)
+
+    def processors(self, tokenizer: Any, prompt_length: int = 0) -> list[LogitsProcessor]:
+        """The ``transformers`` logits processors of these constraints over ``tokenizer`` (sharing one running text
+        and this object's ``failures``); ``prompt_length``: the prompt tokens in ``input_ids`` (0 when the prompt goes
+        in as embeddings)."""
+        running: dict[int, RunningText] = {}  # decoded once a step for every constraint
+        shared = dict(prompt_length=prompt_length, running=running, failures=self.failures)
+        out: list[LogitsProcessor] = []
+        if self.references:
+            out.append(ReferenceConstraint(tokenizer, self.references, question=self.question, answer_keys=self.answer_keys, **shared))
+        if self.call_side:
+            out.append(SideConstraint(tokenizer, self.call_side, **shared))
+        if self.answer_side:
+            out.append(SideConstraint(tokenizer, self.answer_side, in_answer=True, **shared))
+        return out
+
+
 class _Guarded(LogitsProcessor):
     """Runs ``_mask`` row by row; a failure leaves that step unconstrained and is recorded in ``failures``."""
 
     name = "constraint"
 
-    def __init__(self, tokenizer: Any, prompt_length: int, running: dict[int, RunningText] | None) -> None:
+    def __init__(self, tokenizer: Any, prompt_length: int, running: dict[int, RunningText] | None,
+                 failures: list[str] | None = None) -> None:
         self.tokenizer, self.prompt_length = tokenizer, prompt_length
         self.index = token_index(tokenizer)
         self.pieces = self.index.pieces
-        self.failures: list[str] = []  # one line per failed step: the caller flags the turn
+        # one line per failed step (shared with a ``DecodingConstraints`` when built from one): the caller flags the turn
+        self.failures: list[str] = [] if failures is None else failures
         # each batch row's running text; processors of one ``generate`` call may share it (decoded once a step)
         self._texts: dict[int, RunningText] = {} if running is None else running
 
@@ -142,8 +190,9 @@ class ReferenceConstraint(_Guarded):
     name = "reference constraint"
 
     def __init__(self, tokenizer: Any, keys: Sequence[str], prompt_length: int = 0, question: str = "",
-                 answer_keys: Sequence[str] = (), *, running: dict[int, RunningText] | None = None) -> None:
-        super().__init__(tokenizer, prompt_length, running)
+                 answer_keys: Sequence[str] = (), *, running: dict[int, RunningText] | None = None,
+                 failures: list[str] | None = None) -> None:
+        super().__init__(tokenizer, prompt_length, running, failures)
         self.question = question
         self.open, self.close = REF_OPEN, REF_CLOSE
         self.keys = sorted({_normal(k) for k in keys}, key=len, reverse=True)
@@ -285,10 +334,10 @@ class SideConstraint(_Guarded):
     name = "side constraint"
 
     def __init__(self, tokenizer: Any, side: str, prompt_length: int = 0, *, in_answer: bool = False,
-                 running: dict[int, RunningText] | None = None) -> None:
+                 running: dict[int, RunningText] | None = None, failures: list[str] | None = None) -> None:
         if side not in OTHER_SIDE:
             raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
-        super().__init__(tokenizer, prompt_length, running)
+        super().__init__(tokenizer, prompt_length, running, failures)
         self.in_answer = in_answer
         self.other = OTHER_SIDE[side]
         # a call's arguments are enum values: any word on its way to the other side is stopped early;

@@ -5,10 +5,9 @@ hash), and the LM's key/value cache of the last sequence it ran with the keys of
 follow-up question re-renders the whole conversation, finds the longest prefix already in the cache,
 drops the rest, and runs the LM only on the new tokens; images are not re-encoded. Decoding is
 transformers' ``generate`` (greedy or sampled, stop strings, EOS) with a ``TextIteratorStreamer``;
-with ``GenerationConfig.references`` set, ``ReferenceConstraint`` keeps each ``[[key]]`` reference on the
-result field its own sentence names; with ``GenerationConfig.call_side`` / ``answer_side`` set,
-``SideConstraint`` keeps the tool calls' arguments on the side of the body the question names and the
-answer on the side the calls measured (both in ``vlm.constraints``, re-exported here).
+``DecodingConstraints`` (``vlm.constraints``) become its logits processors: ``ReferenceConstraint`` keeps each
+``[[key]]`` reference on the result field its own sentence names, ``SideConstraint`` keeps the tool calls' arguments
+on the side of the body the question names and the answer on the side the calls measured (re-exported here).
 """
 
 from __future__ import annotations
@@ -28,13 +27,13 @@ from transformers import TextIteratorStreamer
 
 from data.errors import M3Error
 from vlm.backends.base import GenerationConfig
-from vlm.constraints import OTHER_SIDE, ReferenceConstraint, SideConstraint, yes_no_question
+from vlm.constraints import OTHER_SIDE, DecodingConstraints, ReferenceConstraint, SideConstraint, yes_no_question
 from vlm.constraints import token_texts as _token_texts  # noqa: F401  (older callers and tests)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PrefixCache", "CacheStore", "image_key", "stream_generate", "threaded_generate", "generation_kwargs", "token_keys", "GenerationError",
-           "ReferenceConstraint", "SideConstraint", "OTHER_SIDE", "yes_no_question"]
+           "DecodingConstraints", "ReferenceConstraint", "SideConstraint", "OTHER_SIDE", "yes_no_question"]
 
 
 class GenerationError(M3Error, RuntimeError):
@@ -114,8 +113,10 @@ def stream_generate(
     config: GenerationConfig,
     cache: PrefixCache,
     eos_token_ids: Sequence[int] = (),
+    constraints: DecodingConstraints | None = None,
 ) -> Iterator[str]:
-    """Stream the continuation of ``inputs_embeds`` ``(1, L, H)`` whose positions have ``keys``.
+    """Stream the continuation of ``inputs_embeds`` ``(1, L, H)`` whose positions have ``keys``, decoded under
+    ``constraints`` (their failures recorded on them).
 
     Positions whose keys match the start of ``cache.keys`` are taken from ``cache.kv``; afterwards the
     cache holds the prompt and the generated tokens, ready for the next turn.
@@ -138,7 +139,7 @@ def stream_generate(
     cache.reused_tokens, cache.prompt_tokens = reuse, length
     cache.keys = list(keys[:reuse])
 
-    kwargs = generation_kwargs(tokenizer, config, eos_token_ids)
+    kwargs = generation_kwargs(tokenizer, config, eos_token_ids, constraints)
     kwargs.update(inputs_embeds=inputs_embeds, attention_mask=torch.ones(1, length, dtype=torch.long, device=inputs_embeds.device))
     kwargs[_cache_kwarg(llm)] = cache.kv
     result: dict[str, Any] = {}
@@ -152,8 +153,10 @@ def stream_generate(
     cache.keys = list(keys) + [int(t) for t in generated[: max(0, cached - length)]]
 
 
-def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: Sequence[int] = ()) -> dict[str, Any]:
-    """``generate`` keyword arguments for a ``GenerationConfig`` (greedy when temperature is 0)."""
+def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: Sequence[int] = (),
+                      constraints: DecodingConstraints | None = None, prompt_length: int = 0) -> dict[str, Any]:
+    """``generate`` keyword arguments for a ``GenerationConfig`` (greedy when temperature is 0), with the
+    ``constraints``' logits processors (``prompt_length``: prompt tokens in ``input_ids``; 0 for embeddings)."""
     kwargs: dict[str, Any] = dict(
         max_new_tokens=config.max_new_tokens,
         do_sample=config.temperature > 0,
@@ -164,15 +167,7 @@ def generation_kwargs(tokenizer: Any, config: GenerationConfig, eos_token_ids: S
         kwargs.update(temperature=config.temperature, top_p=config.top_p)
     if config.stop:
         kwargs.update(stop_strings=list(config.stop), tokenizer=tokenizer)
-    processors = []
-    running: dict = {}  # one running text of the generated tokens, decoded once a step for every constraint
-    if config.references:
-        processors.append(ReferenceConstraint(tokenizer, config.references, question=config.question, answer_keys=config.answer_keys,
-                                              running=running))
-    if config.call_side:
-        processors.append(SideConstraint(tokenizer, config.call_side, running=running))
-    if config.answer_side:
-        processors.append(SideConstraint(tokenizer, config.answer_side, in_answer=True, running=running))
+    processors = constraints.processors(tokenizer, prompt_length) if constraints is not None else []
     if processors:
         from transformers import LogitsProcessorList
 

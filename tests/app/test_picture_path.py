@@ -28,7 +28,7 @@ class _RecordingBackend:
         self.info = replace(scripted_module.ScriptedBackend.info, takes_images=True)
         self.images: list[list[np.ndarray]] = []
 
-    def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None):
+    def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None, constraints=None):
         self.images.append([np.asarray(i) for i in (images or [])])
         yield "ok"
 

@@ -33,7 +33,7 @@ class OracleBackend:
                 pic = load_picture(data_dir / first)
                 self.by_key[(_hash(pic), rec["conversations"][0]["value"].replace("<image>\n", ""))] = rec
 
-    def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None) -> Iterator[str]:
+    def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None, constraints=None) -> Iterator[str]:
         first_user = next(m for m in messages if m["role"] == "user")
         rec = self.by_key.get((_hash(images[0]), first_user["content"].replace("<image>\n", "")))
         if rec is None:  # the picture control shows another case's picture: the oracle cannot know the answer

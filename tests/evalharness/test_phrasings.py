@@ -167,7 +167,7 @@ class _RefusingBackend:
 
     info = BackendInfo(name="refusing-test-backend", takes_images=False)
 
-    def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None) -> Iterator[str]:
+    def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None, constraints=None) -> Iterator[str]:
         yield "Identifiers were removed at ingest; they are not available."
 
 

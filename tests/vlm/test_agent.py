@@ -62,10 +62,12 @@ class ScriptedBackend:
         self.calls = []
         self.info = BackendInfo(name="scripted", takes_images=takes_images)
 
-    def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None):
+    def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None, constraints=None):
         self.calls.append({"messages": messages, "images": list(images or []), "tools": tools, "cache_key": cache_key,
-                           "stop": list(config.stop) if config else [], "references": tuple(config.references) if config else (),
-                           "call_side": config.call_side if config else "", "answer_side": config.answer_side if config else ""})
+                           "stop": list(config.stop) if config else [],
+                           "references": tuple(constraints.references) if constraints else (),
+                           "call_side": constraints.call_side if constraints else "",
+                           "answer_side": constraints.answer_side if constraints else ""})
         reply = self.replies.pop(0) if self.replies else "No more replies."
         for i in range(0, len(reply), 7):
             yield reply[i:i + 7]

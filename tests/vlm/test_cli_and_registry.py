@@ -39,7 +39,7 @@ class _Scripted:
 
         self.replies, self.info = list(replies), BackendInfo(name="scripted", takes_images=False)
 
-    def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None):
+    def stream_chat(self, messages, images=None, tools=None, config=None, cache_key=None, constraints=None):
         yield self.replies.pop(0)
 
 

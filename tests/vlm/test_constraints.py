@@ -18,6 +18,7 @@ from vlm.constraints import (
     SideConstraint,
     token_texts,
 )
+from vlm.constraints import DecodingConstraints
 from vlm.generate import generation_kwargs
 
 DEFAULT_LLM = Path(__file__).resolve().parents[2] / "vlm" / "weights" / "default" / "llm"
@@ -185,8 +186,8 @@ def test_an_answer_opening_with_a_reference_names_the_field_the_agent_chose(defa
 
 
 def test_the_agent_s_answer_fields_reach_the_reference_constraint(default_tokenizer):
-    config = GenerationConfig(references=("liver volume", "spleen volume"), question="How big is it?", answer_keys=("spleen volume",))
-    (processor,) = generation_kwargs(default_tokenizer, config)["logits_processor"]
+    constraints = DecodingConstraints(references=("liver volume", "spleen volume"), question="How big is it?", answer_keys=("spleen volume",))
+    (processor,) = generation_kwargs(default_tokenizer, GenerationConfig(), constraints=constraints)["logits_processor"]
     assert isinstance(processor, ReferenceConstraint) and processor.allowed("") == {"spleen volume"}
 
 
@@ -208,8 +209,8 @@ def test_a_failing_constraint_flags_the_turn_and_the_answer_goes_on(default_toke
 
 def test_constraints_of_one_generate_call_share_one_running_text_and_ban_as_they_would_alone(default_tokenizer):
     tok = default_tokenizer
-    config = GenerationConfig(references=tuple(KEYS), call_side="left", answer_side="left", question="How big is the left kidney?")
-    together = list(generation_kwargs(tok, config)["logits_processor"])
+    config = DecodingConstraints(references=tuple(KEYS), call_side="left", answer_side="left", question="How big is the left kidney?")
+    together = list(generation_kwargs(tok, GenerationConfig(), constraints=config)["logits_processor"])
     alone = [ReferenceConstraint(tok, KEYS, question=config.question), SideConstraint(tok, "left"), SideConstraint(tok, "left", in_answer=True)]
     assert together[0]._texts is together[1]._texts is together[2]._texts
     ids = tok('<tool_call>{"targets": "right kidney"}</tool_call>The right kidney is [[right kidney volume]].', add_special_tokens=False)["input_ids"]

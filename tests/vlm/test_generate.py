@@ -193,8 +193,8 @@ def test_agent_sends_the_question_side_to_the_backend():
     seen = []
 
     class Backend:
-        def stream_chat(self, messages, images, tools=None, config=None, cache_id=None):
-            seen.append(config.call_side)
+        def stream_chat(self, messages, images, tools=None, config=None, cache_id=None, constraints=None):
+            seen.append(constraints.call_side if constraints else "")
             yield "It is a CT."
 
     class Registry:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vlm.backends.base import BackendInfo, GenerationConfig
+from vlm.constraints import DecodingConstraints
 from vlm.generate import CacheStore, PrefixCache, image_key, stream_generate, token_keys
 from vlm.model import M3Model, ModelLoadError, load_model
 from vlm.vila import VILA_CHAT_FORMATS, render_vila_prompt, tokenize_with_images
@@ -79,7 +80,9 @@ class HFVLMBackend:
         tools: list[dict[str, Any]] | None = None,
         config: GenerationConfig | None = None,
         cache_key: str | None = None,
+        constraints: DecodingConstraints | None = None,
     ) -> Iterator[str]:
+        """Stream the answer to ``messages``, decoded under ``constraints`` (their failures recorded on them)."""
         config = config or GenerationConfig()
         images = list(images or [])
         cache = self.caches.get(cache_key)
@@ -93,7 +96,7 @@ class HFVLMBackend:
         with torch.no_grad():
             embeds = self.model.embed(input_ids, feats)
         tkeys = token_keys(full, self.model.image_token_index, keys, self.model.tokens_per_image)
-        yield from stream_generate(self.model.llm, self.tokenizer, embeds, tkeys, config, cache, self._eos)
+        yield from stream_generate(self.model.llm, self.tokenizer, embeds, tkeys, config, cache, self._eos, constraints)
 
 
 def _eos_ids(tokenizer: Any, llm: torch.nn.Module) -> list[int]:

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from vlm.backends.base import BackendInfo, GenerationConfig
+from vlm.constraints import DecodingConstraints
 from vlm.generate import generation_kwargs, threaded_generate
 
 __all__ = ["ImageTextBackend", "to_content_parts"]
@@ -54,12 +55,17 @@ class ImageTextBackend:
         tools: list[dict[str, Any]] | None = None,
         config: GenerationConfig | None = None,
         cache_key: str | None = None,  # this adapter re-reads the prompt each call
+        constraints: DecodingConstraints | None = None,
     ) -> Iterator[str]:
+        """Stream the answer to ``messages``, decoded under ``constraints`` (their failures recorded on them)."""
         config = config or GenerationConfig()
         pictures = [Image.fromarray(_rgb(im)) for im in images or []]
         inputs = self.processor(text=self.render(messages, tools), images=pictures or None, return_tensors="pt")
         inputs = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
-        kwargs = generation_kwargs(self.tokenizer, config, [t for t in [self.tokenizer.eos_token_id] if t is not None])
+        # ``generate`` hands the processors the prompt's ids too: the constraints read only what follows them
+        prompt_length = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
+        kwargs = generation_kwargs(self.tokenizer, config, [t for t in [self.tokenizer.eos_token_id] if t is not None], constraints,
+                                   prompt_length)
         kwargs.update(inputs)
         yield from threaded_generate(self.model, self.tokenizer, kwargs, {})
 

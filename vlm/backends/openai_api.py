@@ -57,7 +57,7 @@ class OpenAIChatBackend:
         self.session = session or requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
-        self.info = BackendInfo(name=model, version=f"remote {self.base_url}", takes_images=takes_images)
+        self.info = BackendInfo(name=model, version=f"remote {self.base_url}", takes_images=takes_images, remote=True)
 
     def list_models(self) -> list[str]:
         """The model names the server offers (``GET /models``): a cheap reachability check."""
@@ -71,6 +71,7 @@ class OpenAIChatBackend:
         tools: list[dict[str, Any]] | None = None,
         config: GenerationConfig | None = None,
         cache_key: str | None = None,  # the server keeps its own prefix cache (vLLM: automatic prefix caching)
+        constraints: Any = None,  # decoding constraints cannot reach a remote model (``info.remote``): the agent says so
     ) -> Iterator[str]:
         """Yield the answer's text as the server streams it."""
         config = config or GenerationConfig()

@@ -60,8 +60,9 @@ class KeywordRouterBackend:
                        model_card="A keyword router with templated answers over the experts: a baseline, not a model.")
 
     def stream_chat(self, messages: list[dict[str, Any]], images: Any = None, tools: list[dict[str, Any]] | None = None,
-                    config: GenerationConfig | None = None, cache_key: str | None = None) -> Iterator[str]:
-        """One reply: a tool call when the question's expert has not answered yet, else the templated answer."""
+                    config: GenerationConfig | None = None, cache_key: str | None = None, constraints: Any = None) -> Iterator[str]:
+        """One reply: a tool call when the question's expert has not answered yet, else the templated answer (its
+        templates name only the results' fields: ``constraints`` have nothing to keep it on)."""
         last_user = max((k for k, m in enumerate(messages) if m["role"] == "user"), default=-1)
         question = _normalise(str(messages[last_user]["content"]).replace("<image>", " ")) if last_user >= 0 else ""
         after = [m for m in messages[last_user + 1:] if m["role"] == "tool"]
