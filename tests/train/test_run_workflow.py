@@ -152,9 +152,11 @@ def test_recipe_files_json_and_toml_and_their_errors(micro_run, tmp_path):
     micro = get_recipe("micro")
     assert asdict(saved)["stages"] == json.loads(json.dumps(asdict(micro)["stages"], default=list)) or saved.stages == micro.stages
     toml = tmp_path / "mine.toml"
-    toml.write_text('name = "mine"\nthreads = 1\n[data]\nquestions_per_case = 2\n[stages.ift]\nsteps = 7\nmix = {ift = 1.0}\n')
+    toml.write_text('extends = "micro"\nname = "mine"\n[data]\nquestions_per_case = 2\n[stages.ift]\nsteps = 7\nmix = {ift = 1.0}\n')
     mine = load_recipe(str(toml))
     assert (mine.name, mine.data.questions_per_case, mine.stages["ift"].steps, mine.stages["ift"].mix) == ("mine", 2, 7, {"ift": 1.0})
+    assert mine.stages["ift"].batch_size == micro.stages["ift"].batch_size and mine.stages["align"] == micro.stages["align"]
+    assert mine.data.train_cases == micro.data.train_cases and mine.vision_stage  # the rest is micro's
     typo = tmp_path / "typo.json"
     typo.write_text('{"name": "t", "stages": {"ift": {"step": 7}}}')
     with pytest.raises(RecipeError, match=r"unknown \['step'\]"):

@@ -140,7 +140,8 @@ def get_recipe(name: str) -> Recipe:
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """A built-in recipe by name (``micro``, ``tiny``, ``base``) or a recipe file: JSON (e.g. a run's saved
-    ``recipe.json``) or TOML with the fields of :class:`Recipe` (missing fields keep their defaults)."""
+    ``recipe.json``) or TOML with the fields of :class:`Recipe` (missing fields keep their defaults). A file with
+    ``extends = "micro"`` (a name or a file path) changes only the fields it names, nested tables field by field."""
     text = str(name_or_path)
     if text in RECIPES:
         return get_recipe(text)
@@ -156,7 +157,24 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
                           "run's saved recipe.json.") from None
     if not isinstance(data, dict):
         raise RecipeError(f"recipe file {path} must hold an object of recipe fields, got {type(data).__name__}.")
+    base = data.pop("extends", None)
+    if base is not None:  # a recipe (name or file) whose fields this file changes, nested tables field by field
+        parent = str(path.parent / base) if str(base) not in RECIPES and not Path(base).is_absolute() else str(base)
+        data = _merge(json.loads(load_recipe(parent).to_json()), data)
     return recipe_from_dict(data, source=str(path))
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any], depth: int = 0, where: str = "") -> dict[str, Any]:
+    """``base`` with ``changes``: the sections (data, model, vision, stages, each stage, its lora) field by field;
+    a value that is itself a table (a mix, case counts) is replaced whole."""
+    out = dict(base)
+    for key, value in changes.items():
+        section = depth == 0 or (where == "stages" and depth == 1) or (where.startswith("stages.") and key == "lora")
+        if section and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, depth + 1, f"{where}.{key}" if where else key)
+        else:
+            out[key] = value
+    return out
 
 
 def recipe_from_dict(data: dict[str, Any], *, source: str = "recipe") -> Recipe:
