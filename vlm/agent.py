@@ -23,6 +23,7 @@ import numpy as np
 from data.slice_facts import asks_about_shown_slice
 from data.tool_text import TOOL_CALL_OPEN, format_tool_call, reference_keys, resolve_references
 from experts.base import Expert, ExpertError, ExpertResult, tool_message, with_slice_findings
+from vlm.agent_context import AGENT_SYSTEM_PROMPT, agent_context, model_config_of
 from vlm.backends.base import ChatBackend, GenerationConfig
 from vlm.call_repair import repair_arguments, repair_expert
 from vlm.constraints import DecodingConstraints
@@ -37,12 +38,6 @@ __all__ = ["Agent", "AGENT_SYSTEM_PROMPT", "run_agent_turn"]
 
 log = logging.getLogger(__name__)
 
-AGENT_SYSTEM_PROMPT = (
-    "You are m3, a medical imaging assistant for clinicians. Look at the images and answer briefly. "
-    "When a question needs a measurement, a segmentation or a finding probability, call the matching "
-    "expert and answer from its result; quote its numbers with their units and never invent a number. "
-    "Output is for research and decision support, not a diagnosis."
-)
 _IMAGE = "<image>"
 REMOTE_UNCONSTRAINED = "constraints not applied (remote model)"
 
@@ -71,7 +66,7 @@ class Agent:
     on ("constraint failed: …") or a remote model they cannot reach flags the turn.
     """
 
-    def __init__(self, backend: ChatBackend, registry: Any, max_rounds: int = 3, *, system_prompt: str = AGENT_SYSTEM_PROMPT,
+    def __init__(self, backend: ChatBackend, registry: Any, max_rounds: int = 3, *, system_prompt: str | None = None,
                  generation: GenerationConfig | None = None, experts: list[str] | None = None,
                  constrain_references: bool = True, plan_calls: bool = True, cite: bool = True) -> None:
         if max_rounds < 0:
@@ -79,7 +74,9 @@ class Agent:
         self.backend = backend
         self.registry = registry
         self.max_rounds = max_rounds
-        self.system_prompt = system_prompt
+        # the model's context (``vlm.agent_context``): its config's system prompt, the one it was trained with
+        self.model_config = model_config_of(backend)
+        self.system_prompt = agent_context(self.model_config, ()).system_prompt if system_prompt is None else system_prompt
         self.generation = generation or GenerationConfig()
         self.expert_names = list(experts) if experts is not None else list(registry.names())
         self.constrain_references = constrain_references
@@ -124,7 +121,7 @@ class Agent:
         # the tools offered are the experts that read this study (all of them when none does: the model's call then
         # gets the clear error)
         offered = {n: e for n, e in experts.items() if n in intent.experts} or experts
-        tools = [e.tool_schema() for e in offered.values()]
+        tools = agent_context(self.model_config, offered.values()).tools
         stop = list(dict.fromkeys(self.generation.stop + ["</tool_call>", ")>"]))
         visible_parts: list[str] = []
         planned = False

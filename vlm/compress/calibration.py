@@ -69,17 +69,17 @@ def vlm_batches(model_dir: str | Path, files: list[str | Path], *, per_file: int
     JSON with pictures) rendered with the model's chat template, system prompt and the expert tools,
     their pictures through the (uncompressed) vision tower and projector into ``inputs_embeds``; labels
     score the assistant's turns only, as in instruction tuning. ``per_file`` records from each file."""
+    from vlm.agent_context import agent_context
     from vlm.model import M3Model
-    from vlm.train.build import expert_tool_schemas
     from vlm.train.dataset import ConversationDataset, PixelCache, collate
 
     model = M3Model.from_pretrained(model_dir).float().eval()
-    system_prompt = model.config.system_prompt or ""
+    context = agent_context(model.config)  # what the agent serves this model with
     pixels = PixelCache(model.vision_tower, getattr(model.config, "image_aspect_ratio", "resize"))
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     batches: list[dict] = []
     for path in files:
-        data = ConversationDataset(path, model.tokenizer, system_prompt=system_prompt, tools=expert_tool_schemas(),
+        data = ConversationDataset(path, model.tokenizer, system_prompt=context.system_prompt, tools=context.tools,
                                    image_token_index=model.image_token_index, tokens_per_image=model.tokens_per_image,
                                    max_length=max_length)
         samples = [data[i] for i in range(min(per_file, len(data)))]

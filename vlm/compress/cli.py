@@ -145,15 +145,14 @@ def _has_pictures(path: Path) -> bool:
 
 
 def _agent_context(root: Path) -> tuple[str | None, list[dict] | None]:
-    """The system prompt (from a VILA-layout ``config.json``) and the expert tools the agent renders
-    conversations with, so chat-format calibration data reads as it does in the agent."""
-    from vlm.train.build import expert_tool_schemas
+    """The system prompt and the expert tools the agent serves the model in ``root`` with (``vlm.agent_context``, from
+    a VILA-layout ``config.json``), so chat-format calibration data reads as it does in the agent."""
+    from vlm.agent_context import agent_context
 
     cfg = root / "config.json"
-    system = None
-    if cfg.is_file() and (root / "llm").is_dir():
-        system = json.loads(cfg.read_text()).get("system_prompt")
-    return system, expert_tool_schemas()
+    config = json.loads(cfg.read_text()) if cfg.is_file() and (root / "llm").is_dir() else None
+    context = agent_context(config)
+    return context.system_prompt, context.tools
 
 
 def _save(args, root: Path, llm_dir: Path, lm, tokenizer, record: dict) -> Path:

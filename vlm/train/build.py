@@ -112,23 +112,20 @@ def add_organ_conversations(data_dir: str | Path, n_cases: int, seed: int = 0, *
 
 def expert_tool_schemas() -> list[dict[str, Any]]:
     """Tool definitions of the built-in experts, read from their classes (no weights are loaded), in
-    registry order: what the agent passes as ``tools=``."""
-    from experts.registry import BUILTIN_EXPERTS, _resolve
+    registry order: what the agent passes as ``tools=`` (``vlm.agent_context``)."""
+    from vlm.agent_context import agent_context
 
-    out = []
-    for target in BUILTIN_EXPERTS.values():
-        cls = _resolve(target)
-        out.append({"type": "function", "function": {"name": cls.name, "description": cls.description, "parameters": dict(cls.parameters)}})
-    return out
+    return agent_context().tools
 
 
 def build_tokenizer(recipe: Recipe, data_dir: str | Path, out_dir: str | Path | None = None) -> Any:
     """Train the byte-level BPE tokenizer on the train split's text plus the prompt scaffolding."""
-    from vlm.agent import AGENT_SYSTEM_PROMPT
+    from vlm.agent_context import agent_context
     from vlm.tokenizer import train_tokenizer
 
     texts = list(_corpus(data_dir))
-    scaffold = [AGENT_SYSTEM_PROMPT, json.dumps(expert_tool_schemas())]
+    context = agent_context()
+    scaffold = [context.system_prompt, json.dumps(context.tools)]
     cfg = TokenizerConfig(vocab_size=recipe.model.vocab_size, chat_template=COMPACT_CHAT_TEMPLATE, split_digits=recipe.model.split_digits)
     return train_tokenizer(scaffold * 50 + texts, out_dir, cfg)
 
@@ -137,7 +134,7 @@ def build_model(recipe: Recipe, tokenizer: Any) -> Any:
     """A fresh ``M3Model`` for ``recipe.model`` (the tower from ``encoder_path`` when that folder exists)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from vlm.agent import AGENT_SYSTEM_PROMPT
+    from vlm.agent_context import AGENT_SYSTEM_PROMPT
     from vlm.model import M3Config, M3Model
     from vlm.projector import build_projector
     from vlm.vision_tower import VisionTower

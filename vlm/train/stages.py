@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlm.train.build import ResumeConflict, TrainError, data_files, expert_tool_schemas
+from vlm.train.build import ResumeConflict, TrainError, data_files
 from vlm.train.console import console
 from vlm.train.dataset import IGNORE_INDEX, ConversationDataset, PixelCache, collate
 from vlm.train.recipes import Recipe, StageSpec
@@ -79,7 +79,7 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
     from accelerate import Accelerator
     from transformers import get_cosine_schedule_with_warmup
 
-    from vlm.agent import AGENT_SYSTEM_PROMPT
+    from vlm.agent_context import agent_context
     from vlm.model import load_model
 
     phase_dir = Path(phase_dir)
@@ -105,13 +105,13 @@ def train_phase(phase: str, spec: StageSpec, recipe: Recipe, data_dir: str | Pat
     # The phase's own random stream (the tower's position-embedding crops in train mode, LoRA init): the result
     # depends on the phase's inputs only, not on what ran before in the process; a resume restores the saved stream.
     torch.manual_seed(recipe.seed * 1000 + _PHASE_CODE.get(phase, 0))
-    tools = expert_tool_schemas()
+    context = agent_context(model.config)  # the system prompt and tools the agent serves this model with
     files = data_files(data_dir)
     datasets = {}
     for name in spec.mix:
         if f"{name}_train" not in files:
             raise TrainError(f"{phase} needs {name}_train.json in {data_dir}; build the data first (m3 train all, or m3 data instructions).")
-        datasets[name] = _dataset(files[f"{name}_train"], model, tools, AGENT_SYSTEM_PROMPT, recipe, spec.measurement_copies,
+        datasets[name] = _dataset(files[f"{name}_train"], model, context.tools, context.system_prompt, recipe, spec.measurement_copies,
                                   tuple(spec.leave_out.get(name, ())))
     trainable = _set_trainable(model, spec)
     params = [p for p in model.parameters() if p.requires_grad]
