@@ -30,7 +30,7 @@ __all__ = ["FLEXTRON_FILENAME", "export_subnetwork", "extract_subnetwork", "llm_
 
 FLEXTRON_FILENAME = "flextron.json"
 SUBNETWORK_FILENAME = "flextron_subnetwork.json"
-_NOT_COPIED = ("llm", "manifest.json", "model_card.md", "eval_metrics.json", "checkpoints")  # describe the source, not this model
+_NOT_COPIED = ("llm", "manifest.json", "model_card.md", "eval_metrics.json", "checkpoints", "flextron_loss.png")  # describe the source, not this model
 
 
 def llm_folder(root: str | Path) -> Path:
