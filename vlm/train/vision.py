@@ -422,14 +422,3 @@ def _parse_weights(text: str) -> dict[str, float]:
         return {k.strip(): float(v) for k, v in (item.split("=") for item in text.split(",") if item)}
     except ValueError:
         raise argparse.ArgumentTypeError(f"teacher weights must look like seg=1,cxr=1,clip=0.5, got {text!r}.") from None
-
-
-if __name__ == "__main__":  # python -m vlm.train.vision ...: the same command as `m3 train vision ...`
-    import sys
-
-    from vlm.train.cli import add_parsers
-
-    parser = argparse.ArgumentParser(prog="python -m vlm.train")
-    add_parsers(parser.add_subparsers(dest="command"))
-    parsed = parser.parse_args(["train", "vision", *sys.argv[1:]])
-    raise SystemExit(parsed.func(parsed))
