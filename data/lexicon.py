@@ -160,17 +160,18 @@ def words_of(text: str) -> list[str]:
     return re.findall(r"[a-z0-9%]+(?:\.[0-9]+)?", t.replace("-", " ").replace("/", " "))
 
 
-def find_terms(text: str, keys: tuple[str, ...] | None = None) -> list[TermMatch]:
+def find_terms(text: str, keys: tuple[str, ...] | None = None, extra: tuple[Term, ...] = ()) -> list[TermMatch]:
     """The terms ``text`` names, longest names first and no two overlapping, in order of appearance.
 
-    keys: the terms to look for (default every term). A name matches whole words; each word may be plural, and
-    words of five letters or more may carry one typo ("nodlue", "efusion").
+    keys: the terms to look for (default every term); extra: terms the lexicon lacks, looked for too (an expert's own
+    structures). A name matches whole words; each word may be plural, and words of five letters or more may carry one
+    typo ("nodlue", "efusion").
     """
     words = words_of(text)
     stems = [_stem(w) for w in words]
     taken = [False] * len(words)
     found: list[TermMatch] = []
-    for name, key, name_stems in _names(keys):
+    for name, key, name_stems in _names(keys, extra):
         n = len(name_stems)
         for i in range(len(words) - n + 1):
             if any(taken[i:i + n]):
@@ -183,10 +184,11 @@ def find_terms(text: str, keys: tuple[str, ...] | None = None) -> list[TermMatch
 
 
 @lru_cache(maxsize=32)
-def _names(keys: tuple[str, ...] | None) -> list[tuple[str, str, tuple[str, ...]]]:
-    """(name, key, word stems) for every name of the chosen terms, longest first (more words, then more letters)."""
+def _names(keys: tuple[str, ...] | None, extra: tuple[Term, ...] = ()) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(name, key, word stems) for every name of the chosen terms and of ``extra``, longest first (more words, then
+    more letters)."""
     rows = []
-    for key, term in TERMS.items():
+    for key, term in [*TERMS.items(), *((t.key, t) for t in extra)]:
         if keys is not None and key not in keys:
             continue
         for name in term.names:

@@ -77,6 +77,9 @@ class Expert(ABC):
     version: str = ""
     # argument → {choice: the words a question names it by}: lets a call be kept on what the question names
     vocabulary: Mapping[str, Mapping[str, tuple[str, ...]]] = {}
+    # choice → what it is, for vocabulary choices the clinical lexicon (``data.lexicon``) lacks: "organ" (a structure
+    # measured), "lesion" or "finding" (present or not); the question parser reads them with the vocabulary
+    vocabulary_kinds: Mapping[str, str] = {}
 
     def covers(self, argument: str, value: Any, choice: str) -> bool:
         """Whether ``value`` given for ``argument`` (a choice or a list of choices) includes ``choice``; experts

@@ -100,8 +100,10 @@ class Agent:
         turn = AgentTurn(question=question, answer="")
         experts, unavailable = self._load_experts()
         self._add_user_message(conversation, question)
+        # the experts' own metadata: the modalities they read and the words of what they report
         intent = parse_question(question, conversation.modalities, {n: e.modalities for n, e in experts.items()},
-                                [t.intent for t in conversation.turns if t.intent is not None])
+                                [t.intent for t in conversation.turns if t.intent is not None],
+                                {n: e.vocabulary for n, e in experts.items()}, {n: e.vocabulary_kinds for n, e in experts.items()})
         turn.intent = intent
         declined = refusal_for(question, intent.family if intent.family in POLICY_FAMILIES else "")
         if declined is not None:  # identifiers, clinical decisions, greetings: answered by policy, no expert runs
@@ -113,7 +115,7 @@ class Agent:
             turn.flags.append("answered from the header")
             yield from self._finish(conversation, turn, from_header, t0, stream_answer=True, known=[from_header])
             return
-        refusal = modality_mismatch(question, conversation.modalities, {n: e.modalities for n, e in experts.items()})
+        refusal = modality_mismatch(intent, conversation.modalities, experts)
         if refusal is not None:
             turn.flags.append("modality mismatch")
             yield from self._finish(conversation, turn, refusal, t0, stream_answer=True)

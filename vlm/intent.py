@@ -17,11 +17,12 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from data.lexicon import TERMS, find_terms, normalise_text
+from data.lexicon import TERMS, Term, find_terms, normalise_text, words_of
 from data.slice_facts import IN_SLICE
 from vlm.refusals import policy_kind
 
-__all__ = ["QuestionIntent", "parse_question", "FAMILIES", "POLICY_FAMILIES", "HEADER_FAMILIES", "term_modalities"]
+__all__ = ["QuestionIntent", "parse_question", "FAMILIES", "POLICY_FAMILIES", "HEADER_FAMILIES", "term_modalities", "lexicon_modality",
+           "declared_terms"]
 
 FAMILIES = ("presence", "count", "size", "side", "volume", "phase", "comparison", "normality", "likelihood", "report",
             "run_expert", "segment_all", "modality", "series", "identity", "decision", "help", "other")
@@ -48,7 +49,9 @@ class QuestionIntent:
     scope: ``slice`` (the picture on screen) or ``study``.
     negated: asked in the negative ("No pneumothorax, right?").
     asks_normal: for ``normality``, whether "yes" means normal ("Is the heart normal?") or abnormal ("Anything abnormal?").
-    experts: experts that can answer it on this study, best first. parts: the sub-questions of a multi-part question.
+    experts: experts that can answer it on this study, best first (those declaring a named term before the others).
+    parts: the sub-questions of a multi-part question. elsewhere: terms it names that no expert of the study's
+    modalities reports (a liver asked of a radiograph). declared: the experts' own terms the lexicon lacks.
     """
 
     text: str
@@ -62,6 +65,8 @@ class QuestionIntent:
     asks_normal: bool = True
     experts: tuple[str, ...] = ()
     parts: tuple["QuestionIntent", ...] = field(default=(), repr=False)
+    elsewhere: tuple[str, ...] = ()
+    declared: tuple[Term, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def needs_expert(self) -> bool:
@@ -81,13 +86,18 @@ class QuestionIntent:
 
 
 def parse_question(question: str, modalities: Sequence[str] = (), experts: Mapping[str, Sequence[str]] | None = None,
-                   history: Sequence["QuestionIntent"] = ()) -> QuestionIntent:
+                   history: Sequence["QuestionIntent"] = (),
+                   vocabularies: Mapping[str, Mapping[str, Mapping[str, Sequence[str]]]] | None = None,
+                   kinds: Mapping[str, Mapping[str, str]] | None = None) -> QuestionIntent:
     """Parse ``question`` asked about a study of ``modalities`` ("CT", "MR", "DX" …).
 
     experts: expert name → the modalities it reads (``Expert.modalities``); the intent's ``experts`` are those reading
     the study, ordered by the terms named. history: earlier intents of the conversation: a follow-up that names
-    nothing ("and how big is it?") takes the last named terms.
+    nothing ("and how big is it?") takes the last named terms. vocabularies: expert name → its ``Expert.vocabulary``
+    (argument → choice → words): choices the lexicon lacks are read as terms too (``declared_terms``), of the kinds in
+    ``kinds`` (expert name → its ``Expert.vocabulary_kinds``).
     """
+    declared = declared_terms(experts or {}, vocabularies or {}, kinds or {})
     text = " ".join(question.replace("<image>", " ").split())
     kind = policy_kind(text)
     if kind:
@@ -97,7 +107,7 @@ def parse_question(question: str, modalities: Sequence[str] = (), experts: Mappi
     parts: list[QuestionIntent] = []
     last_terms: tuple[str, ...] = next((h.terms for h in reversed(history) if h.terms), ())
     for clause in clauses:
-        part = _parse_clause(clause, tags, text)
+        part = _parse_clause(clause, tags, text, declared)
         if not part.terms and part.family not in HEADER_FAMILIES + ("report", "segment_all", "run_expert", "other") and last_terms:
             part = replace(part, terms=last_terms)
         if part.terms:
@@ -107,18 +117,52 @@ def parse_question(question: str, modalities: Sequence[str] = (), experts: Mappi
     readers = _readers(modalities, experts or {})
     if any(p.family != "other" for p in parts):
         parts = [p for p in parts if p.family != "other"]
+    named = {t for p in parts for t in p.terms}  # an expert declaring a named term answers first ("gallbladder")
+    readers = tuple(sorted(readers, key=lambda n: not named & _choices((vocabularies or {}).get(n) or {})))
     on_screen = _on_screen(normalise_text(text))  # "On this slice, which side is the cyst?"
-    parts = [replace(p, experts=readers, scope="slice" if on_screen else p.scope) for p in parts]
+    parts = [replace(p, experts=readers, scope="slice" if on_screen else p.scope, declared=declared) for p in parts]
     if len(parts) == 1:
         return replace(parts[0], text=text)
     first = parts[0]
-    return replace(first, text=text, terms=tuple(dict.fromkeys(t for p in parts for t in p.terms)), parts=tuple(parts))
+    return replace(first, text=text, terms=tuple(dict.fromkeys(t for p in parts for t in p.terms)), parts=tuple(parts),
+                   elsewhere=tuple(dict.fromkeys(t for p in parts for t in p.elsewhere)))
 
 
 def term_modalities(key: str) -> str:
     """The lexicon's modality of a term ("CT", "MR", "CR"); "" when unknown."""
     term = TERMS.get(key)
     return term.modality if term else ""
+
+
+def lexicon_modality(modality: str) -> str:
+    """A study's or an expert's modality as the lexicon tags terms ("DX" → "CR")."""
+    return _LEXICON_MODALITY.get(modality, modality)
+
+
+def declared_terms(experts: Mapping[str, Sequence[str]], vocabularies: Mapping[str, Mapping[str, Mapping[str, Sequence[str]]]],
+                   kinds: Mapping[str, Mapping[str, str]] | None = None) -> tuple[Term, ...]:
+    """The choices experts declare in their vocabularies that the lexicon lacks, as terms of the expert's modality, of
+    the kind the expert declares (``kinds``: expert → choice → "organ" / "lesion" / "finding"); undeclared, a lesion
+    when its last word is a lexicon lesion's or finding's ("thyroid nodule"), else a structure ("gallbladder")."""
+    out: dict[str, Term] = {}
+    for name, vocabulary in vocabularies.items():
+        tag = lexicon_modality(next(iter(experts.get(name) or ()), ""))
+        for choice, words in ((c, w) for by_choice in vocabulary.values() for c, w in by_choice.items()):
+            key = " ".join(choice.lower().split())
+            if key in TERMS or key in out or not key:
+                continue
+            kind = ((kinds or {}).get(name) or {}).get(choice) or ("lesion" if words_of(key)[-1:] and words_of(key)[-1] in _LESION_HEADS
+                                                                    else "organ")
+            out[key] = Term(key, kind, tuple(dict.fromkeys(str(w) for w in words)), modality=tag)
+    return tuple(out.values())
+
+
+# the last words of the lexicon's lesions and findings ("nodule", "cyst", "effusion"): an expert's own term ending in one is a lesion
+_LESION_HEADS = frozenset(words_of(n)[-1] for t in TERMS.values() if t.kind in ("lesion", "finding") for n in t.names if words_of(n))
+
+
+def _choices(vocabulary: Mapping[str, Mapping[str, Sequence[str]]]) -> set[str]:
+    return {" ".join(c.lower().split()) for by_choice in vocabulary.values() for c in by_choice}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -137,7 +181,7 @@ _POLITE = re.compile(r"^(?:please|pls|plz|kindly|hi|hello|hey|ok|okay|so|and|als
                      r"i need(?: to know)?|help me(?: with)?)\b[\s,:]*")
 
 
-def _parse_clause(clause: str, tags: set[str], whole: str) -> QuestionIntent:
+def _parse_clause(clause: str, tags: set[str], whole: str, declared: tuple[Term, ...] = ()) -> QuestionIntent:
     q = normalise_text(re.sub(r",\s*(?:right|correct|yes|no|true|ok|okay)\s*\?\s*$", "?", clause))  # tag question
     asked = clause.rstrip().endswith("?")
     core = q
@@ -147,14 +191,16 @@ def _parse_clause(clause: str, tags: set[str], whole: str) -> QuestionIntent:
             break
         core = stripped
     core = core or q
-    terms = _terms(clause, tags)
+    terms, elsewhere = _terms(clause, tags, declared)
     side = _named_side(q)
     negated = bool(re.match(r"^(?:no|not|there(?:'s| is) no|without)\b", core)) or bool(re.search(r"\bno \w+.*\b(?:right|correct|yes)\s*\??$", q))
     either = _either_or(q)
-    family = _family(q, core, terms, tags, either)
+    family = _family(q, core, tuple(t for t in terms if t in TERMS), tags, either)
+    if family == "other" and any(t not in TERMS for t in terms):
+        family = "presence"  # an expert's own structure or finding named without a measurement cue: is it there?
     if either and set(either) == {"left", "right"} and family in ("presence", "other", "size"):
         family = "side"
-    if not terms and tags == {"MR"} and family in ("presence", "count", "size", "side", "volume", "likelihood"):
+    if not terms and not elsewhere and tags == {"MR"} and family in ("presence", "count", "size", "side", "volume", "likelihood"):
         terms = ("tumor",)  # a brain MRI's finding is its tumour: "Which hemisphere?"
     form = "either_or" if either else ("yes_no" if _is_yes_no(core, q, asked) else ("wh" if _WH.search(q) else "command"))
     if family in ("side",) and form == "yes_no" and side:
@@ -163,7 +209,7 @@ def _parse_clause(clause: str, tags: set[str], whole: str) -> QuestionIntent:
     asks_normal = not re.search(r"\babnormal|\bpatholog|\bwrong\b|\bconcerning\b|\bsuspicious\b|\bworrying\b", q)
     options = tuple(either) if either else ()
     return QuestionIntent(clause, family=family, form=form, terms=terms, side=side, options=options, scope=scope,
-                          negated=negated, asks_normal=asks_normal)
+                          negated=negated, asks_normal=asks_normal, elsewhere=elsewhere)
 
 
 # the cue words of the families read from a question's wording, in order of precedence
@@ -223,19 +269,28 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
     return "other"
 
 
-def _terms(clause: str, tags: set[str]) -> tuple[str, ...]:
-    """Lexicon keys the clause names, narrowed to the study's modalities; a paired organ named with a side."""
-    matches = find_terms(clause)
+def _terms(clause: str, tags: set[str], declared: tuple[Term, ...] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(lexicon keys and experts' declared terms the clause names, narrowed to the study's modalities; a paired organ
+    named with a side) and (those it names that only another modality's experts report)."""
+    own = {t.key: t for t in declared}
+    matches = find_terms(clause, extra=declared)
     keys: list[str] = []
+    elsewhere: list[str] = []
     for m in matches:
-        term = TERMS[m.key]
+        term = TERMS.get(m.key) or own[m.key]
         if tags and term.modality and term.modality not in tags:
             alt = _same_name_for(m.name, tags)
             if alt is None:
+                # named by a name of one modality's term only ("liver", not "tumor"), no word of which the study's own terms
+                # use ("heart" of a chest film: "enlarged heart"; "lesions" of a CT: "liver lesion"), and not the contrast phase
+                if term.kind != "phase" and term.key not in elsewhere and _foreign(m.name, tags, own):
+                    elsewhere.append(term.key)
                 continue
             term = TERMS[alt]
         if term.key not in keys:
             keys.append(term.key)
+    mine = tuple(k for k in keys if k in own)  # the rules below read the lexicon's terms; an expert's own are kept as named
+    keys = [k for k in keys if k not in own]
     # "liver ... focal lesions", "masses in the kidney": a generic lesion word beside an organ names that organ's lesion type
     if _GENERIC_LESION.search(normalise_text(clause)):
         for k in [k for k in keys if TERMS[k].kind == "organ"]:
@@ -246,11 +301,22 @@ def _terms(clause: str, tags: set[str]) -> tuple[str, ...]:
                 keys.append(lesion)
     # "a cyst in the left kidney", "hepatic mets": an organ named as a lesion's place is where to look, not what to measure
     places = {TERMS[k].organ.rstrip("s") for k in keys if TERMS[k].kind == "lesion"}
-    return tuple(k for k in keys if not (TERMS[k].kind == "organ" and (TERMS[k].organ or k).rstrip("s") in places))
+    return tuple(k for k in keys if not (TERMS[k].kind == "organ" and (TERMS[k].organ or k).rstrip("s") in places)) + mine, tuple(elsewhere)
 
 
 _GENERIC_LESION = re.compile(r"\b(?:lesions?|mass(?:es)?|tumou?rs?|growths?|spots?|focal|abnormalit(?:y|ies)|foci|focus|"
                              r"nodules?|nodular|cysts?|cystic|metastas[ie]s|mets)\b")
+
+
+def _foreign(name: str, tags: set[str], declared: Mapping[str, Term]) -> bool:
+    """Whether ``name`` names only another modality's term: the terms going by it are of one modality, and no term of
+    the study's modalities (``tags``) uses one of its words but the generic lesion words."""
+    terms = [*TERMS.values(), *declared.values()]
+    if len({t.modality for t in terms if name in t.names}) > 1:
+        return False
+    words = {w.rstrip("s") for w in words_of(name) if not _GENERIC_LESION.fullmatch(w)} - {
+        "left", "right", "both", "the", "of", "in", "on", "lt", "rt", "l", "r"}  # "lesion", "mass": any modality's words
+    return bool(words) and not any(words & {w.rstrip("s") for w in words_of(n)} for t in terms if t.modality in tags for n in t.names)
 
 
 def _same_name_for(name: str, tags: set[str]) -> str | None:
@@ -326,7 +392,7 @@ def _part_keys(part: QuestionIntent) -> list[str]:
     fam = part.family
     keys: list[str] = []
     for t in terms:
-        term = TERMS[t]
+        term = TERMS.get(t) or next((d for d in part.declared if d.key == t), Term(t, "organ"))  # an expert's own term
         if fam == "comparison" and any(k.endswith((" kidney", " lung")) for k in keys) and t.endswith((" kidney", " lung")):
             continue  # "left kidney vs right kidney": one comparison
         if term.kind == "phase":

@@ -2,24 +2,22 @@
 
 * Every number an answer states must be found in the tool results of the conversation (or in the
   question); other numbers are reported so the turn is flagged and the user warned.
-* A question that needs an expert for another modality than the study has (a liver volume asked of a
-  radiograph) is answered plainly, before any model guesses.
+* A question that names only what experts of another modality report (a liver volume asked of a radiograph:
+  the parsed question's terms, the experts' declared modalities and vocabularies) is answered plainly, before any
+  model guesses.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["ungrounded_numbers", "needed_experts", "modality_mismatch", "QUESTION_TOPICS", "MODALITY_NAMES"]
+from data.lexicon import TERMS
+from vlm.intent import QuestionIntent, lexicon_modality
 
-# Topics that only an expert of one kind can measure (lower-case substrings of the question).
-QUESTION_TOPICS: dict[str, tuple[str, ...]] = {
-    "ct_segmentation": ("liver", "hepatic", "spleen", "kidney", "renal", "pancrea", "aorta", "lung nodule", "organ volume", "kidney cyst"),
-    "mri_brain_tumor": ("brain tumo", "glioma", "glioblastoma", "edema", "oedema", "enhancing tumo", "necrotic core"),
-    "cxr_classification": ("cardiomegaly", "pleural effusion", "pneumothorax", "consolidation", "chest x-ray", "chest radiograph"),
-}
-MODALITY_NAMES = {"CT": "CT", "MR": "MRI", "DX": "radiograph", "CR": "radiograph", "OT": "image"}
+__all__ = ["ungrounded_numbers", "needed_experts", "modality_mismatch", "MODALITY_NAMES"]
+
+MODALITY_NAMES = {"CT": "CT", "MR": "MRI", "DX": "radiograph", "CR": "radiograph", "OT": "image", "US": "ultrasound"}
 _NUMBER = re.compile(r"(?<![\w.])(\d+(?:[.,]\d+)?)(?![\w])")
 
 
@@ -42,28 +40,48 @@ def ungrounded_numbers(answer: str, sources: Iterable[str], question: str = "") 
     return missing
 
 
-def needed_experts(question: str) -> list[str]:
-    """Experts whose topic the question names (by keyword), in ``QUESTION_TOPICS`` order."""
-    q = question.lower()
-    return [name for name, words in QUESTION_TOPICS.items() if any(w in q for w in words)]
+def needed_experts(intent: QuestionIntent, experts: Mapping[str, Any]) -> list[str]:
+    """The experts that report what the question names but the study's experts do not (``intent.elsewhere``), in
+    ``experts`` order: those declaring the term in their ``vocabulary``, or reading the modality the lexicon files it
+    under. ``experts``: name → ``Expert`` (or its modalities)."""
+    needed: list[str] = []
+    for key in intent.elsewhere:
+        term = TERMS.get(key) or next((t for t in intent.declared if t.key == key), None)
+        if term is None:
+            continue
+        tag = term.modality
+        for name, expert in experts.items():
+            declared = key in {" ".join(c.lower().split()) for by_choice in _vocabulary(expert).values() for c in by_choice}
+            if name not in needed and (declared or (tag and tag in {lexicon_modality(m) for m in _modalities(expert)})):
+                needed.append(name)
+    return needed
 
 
-def modality_mismatch(question: str, study_modalities: Sequence[str], expert_modalities: Mapping[str, Sequence[str]]) -> str | None:
-    """A plain reply when the question needs an expert none of the study's modalities can feed, else None.
-
-    expert_modalities: expert name → modalities it accepts (``Expert.modalities``).
-    """
-    needed = [n for n in needed_experts(question) if n in expert_modalities]
-    if not needed or not study_modalities:
+def modality_mismatch(intent: QuestionIntent, study_modalities: Sequence[str], experts: Mapping[str, Any]) -> str | None:
+    """A plain reply when the question names only what experts of other modalities report (a liver volume asked of a
+    radiograph), else None. ``experts``: name → ``Expert`` (its declared ``modalities`` and ``vocabulary``), or name →
+    modalities."""
+    if intent.terms or not study_modalities:
+        return None
+    needed = needed_experts(intent, experts)
+    if not needed:
         return None
     have = set(study_modalities)
-    if any(have & set(expert_modalities[n]) for n in needed):
+    if any(have & set(_modalities(experts[n])) for n in needed):
         return None
     name = needed[0]
-    wanted = "/".join(dict.fromkeys(MODALITY_NAMES.get(m, m) for m in expert_modalities[name]))
+    wanted = "/".join(dict.fromkeys(MODALITY_NAMES.get(m, m) for m in _modalities(experts[name])))
     found = ", ".join(dict.fromkeys(MODALITY_NAMES.get(m, m) for m in study_modalities))
     return (
         f"I cannot answer that from this study: it needs the {name} expert, which works on {wanted} images, "
         f"and this study holds {found} only. I will not estimate it from the picture. "
         f"Load a {wanted} study to get this measurement."
     )
+
+
+def _modalities(expert: Any) -> tuple[str, ...]:
+    return tuple(getattr(expert, "modalities", expert) or ())
+
+
+def _vocabulary(expert: Any) -> Mapping[str, Mapping[str, Sequence[str]]]:
+    return getattr(expert, "vocabulary", None) or {}

@@ -59,11 +59,13 @@ def test_grounding_accepts_rounded_and_percent_numbers_only():
 
 
 def test_modality_mismatch_needs_a_topic_and_a_missing_modality():
+    from vlm.intent import parse_question
+
     experts = {"ct_segmentation": ("CT",), "mri_brain_tumor": ("MR",), "cxr_classification": ("DX", "CR")}
-    msg = modality_mismatch("What is the liver volume?", ["DX"], experts)
+    msg = modality_mismatch(parse_question("What is the liver volume?", ["DX"], experts), ["DX"], experts)
     assert msg and "CT" in msg and "radiograph" in msg
-    assert modality_mismatch("What is the liver volume?", ["CT"], experts) is None
-    assert modality_mismatch("Describe this image.", ["DX"], experts) is None
+    assert modality_mismatch(parse_question("What is the liver volume?", ["CT"], experts), ["CT"], experts) is None
+    assert modality_mismatch(parse_question("Describe this image.", ["DX"], experts), ["DX"], experts) is None
 
 
 def test_reference_filter_holds_partial_references_and_passes_plain_brackets():
