@@ -32,7 +32,9 @@ class ExpertResult(ToolResult):
 
     findings: per-label yes/no (+ probability); measurements: numbers with units;
     label_volume: integer mask on the input's grid (``Volume``) or None; label_names: value → name;
-    summary: one short paragraph for people and the VLM; seconds: wall time of ``run``.
+    summary: one short paragraph for people and the VLM; seconds: wall time of ``run``;
+    uncertain: why the result should not be taken at face value (``experts.plausibility`` reasons), empty when
+    nothing is implausible; when set, the summary ends with "Uncertain: ..." and the tool message carries it.
     """
 
     label_volume: Volume | None = None
@@ -41,6 +43,15 @@ class ExpertResult(ToolResult):
     seconds: float = 0.0
     version: str = ""
     overlay_renderer: Callable[..., Any] | None = None  # (volume, result, slice_index=None) -> RGB array
+    uncertain: list[str] = field(default_factory=list)
+
+    def mark_uncertain(self, reasons: list[str]) -> "ExpertResult":
+        """Add ``reasons`` to ``uncertain`` and say so at the end of the summary (in place; returns ``self``)."""
+        new = [r for r in reasons if r not in self.uncertain]
+        if new:
+            self.uncertain.extend(new)
+            self.summary = (self.summary.rstrip() + " Uncertain: " + "; ".join(new) + ".").strip()
+        return self
 
     def to_json(self) -> dict[str, Any]:
         """Structured findings for the tool message and the audit log (no arrays, no PHI)."""
@@ -53,6 +64,7 @@ class ExpertResult(ToolResult):
             "summary": self.summary,
             "seconds": round(self.seconds, 3),
             "version": self.version,
+            **({"uncertain": list(self.uncertain)} if self.uncertain else {}),
         }
 
     def to_json_text(self) -> str:
@@ -139,8 +151,15 @@ class Expert(ABC):
 
 def tool_message(result: ExpertResult) -> str:
     """The one text form of an expert result given to the VLM as a ``tool`` message, in training data
-    and at inference alike (``data.tool_text.format_tool_result``)."""
-    return format_tool_result(result)
+    and at inference alike (``data.tool_text.format_tool_result``). A result marked uncertain gets an
+    ``"uncertain": [reasons]`` entry at the end; without one the text is exactly ``format_tool_result``'s."""
+    text = format_tool_result(result)
+    reasons = list(getattr(result, "uncertain", None) or [])
+    if not reasons:
+        return text
+    body = json.loads(text)
+    body["uncertain"] = reasons
+    return json.dumps(body, ensure_ascii=False)
 
 
 def with_slice_findings(result: ExpertResult, slice_index: int) -> ExpertResult:

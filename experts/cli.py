@@ -1,12 +1,13 @@
-"""``m3 experts list | run | train`` — a thin argparse layer over ``experts.registry``, ``experts.outputs``
-and ``experts.train``."""
+"""``m3 experts list | run | train | eval`` — a thin argparse layer over ``experts.registry``, ``experts.outputs``,
+``experts.train`` and ``experts.family_eval``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-__all__ = ["add_parsers", "cmd_list", "cmd_run", "cmd_train"]
+__all__ = ["add_parsers", "cmd_list", "cmd_run", "cmd_train", "cmd_eval"]
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -47,6 +48,16 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe setting, e.g. lesion_weight=2, lesion_rate=0.9, 'crop_ratios.liver tumor=8', refresh_every=4 (ct_segmentation: a new phantom every 4 steps; repeatable)")
     tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="run the experts on held-out phantoms of family A and family B (drawn another way) "
+                                     "through DICOM and ingest; write results.md / .json / .png")
+    ev.add_argument("--kind", nargs="+", choices=("ct", "mri", "cxr"), default=["ct", "mri", "cxr"], help="phantom kinds (default: all)")
+    ev.add_argument("--family", nargs="+", choices=("a", "b"), default=["a", "b"], help="phantom families (default: a b)")
+    ev.add_argument("--n", type=int, default=8, help="held-out cases per family and kind (default 8)")
+    ev.add_argument("--out", default="runs/family_eval", help="output folder (default runs/family_eval)")
+    ev.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    _experts_dir_argument(ev)
+    ev.set_defaults(func=cmd_eval)
 
 
 def _experts_dir_argument(p: argparse.ArgumentParser) -> None:
@@ -118,4 +129,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     metrics = train_expert(cfg)
     print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from experts.family_eval import evaluate_families
+
+    if args.n < 1:
+        raise SystemExit(f"--n must be at least 1, got {args.n}.")
+    torch.set_num_threads(max(1, args.threads))
+    evaluate_families(list(args.kind), args.n, args.out, families=tuple(args.family), registry=_registry(args), progress=True)
+    print((Path(args.out) / "results.md").read_text())
+    print(f"  written: {args.out}/results.md, results.json, results.png")
     return 0

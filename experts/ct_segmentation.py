@@ -217,6 +217,7 @@ class CTSegmentationExpert(Expert):
         wanted = ct_targets(targets)
         labels = self.postprocess(self.segment(volume), volume)  # on all labels: lesions are checked against their organ
         phase = _phase(volume, labels)  # from the aorta and the liver, whatever was asked
+        uncertain = _plausibility(volume, labels, phase)  # on every structure, whatever was asked
         spine = next((v for v, n in CT_LABELS.items() if n == "spine"), None)
         sides = {v: lesion_sides(labels, v, volume, spine) for v in wanted if v in CT_LESIONS}  # before other labels go
         labels[~np.isin(labels, wanted)] = 0
@@ -251,7 +252,7 @@ class CTSegmentationExpert(Expert):
             label_names={v: CT_LABELS[v] for v in wanted},
             summary="CT segmentation: " + "; ".join(parts) + ".",
             overlay_renderer=render_overlay,
-        )
+        ).mark_uncertain(uncertain)
 
 
 def keep_confident_lesions(labels: np.ndarray, scores, volume: Volume, margin: float, *, winner: torch.Tensor | None = None) -> int:
@@ -289,6 +290,20 @@ def _phase(volume: Volume, labels: np.ndarray) -> tuple[list[Finding], list[Meas
     return ([Finding(f"{phase} phase", True), Finding("contrast", phase != "non-contrast")],
             [Measurement("aorta", "mean attenuation", aorta, "HU"), Measurement("liver", "mean attenuation", liver, "HU")],
             [f"{phase} phase (aorta {aorta:.0f} HU, liver {liver:.0f} HU)"])
+
+
+def _plausibility(volume: Volume, labels: np.ndarray, phase) -> list[str]:
+    """``experts.plausibility`` reasons for this segmentation: organ volumes, nodule density, the phase's aorta."""
+    from experts.plausibility import ct_nodule_density_reasons, ct_organ_volume_reasons, ct_phase_reasons
+
+    by_name = {n: v for v, n in CT_LABELS.items()}
+    reasons = ct_organ_volume_reasons(labels, {v: CT_LABELS[v] for v in CT_ORGANS}, volume)
+    reasons += ct_nodule_density_reasons(volume.array, labels, by_name["lung nodule"])
+    called = next((f.label.removesuffix(" phase") for f in phase[0] if f.label.endswith(" phase")), None)
+    aorta = next((m.value for m in phase[1] if m.structure == "aorta"), None)
+    kidneys = np.isin(labels, (by_name["left kidney"], by_name["right kidney"])).astype(np.int16)
+    kidney_hu = mean_attenuation(volume.array, kidneys, 1)
+    return reasons + ct_phase_reasons(called, aorta, kidney_hu)
 
 
 def _single_ct(volumes: Volume | Mapping[str, Volume]) -> Volume:

@@ -108,12 +108,14 @@ class CXRClassificationExpert(Expert):
         findings = [Finding(f, probs[f] >= self.thresholds[f], round(probs[f], 4), self.thresholds[f]) for f in self.config.findings]
         yes = [f.label for f in findings if f.present]
         summary = "Chest X-ray: " + (", ".join(f"{f} ({probs[f]:.2f})" for f in yes) if yes else "no finding above threshold") + "."
+        from experts.plausibility import cxr_saturation_reasons
+
         return ExpertResult(
             expert=NAME,
             findings=findings,
             summary=summary,
             overlay_renderer=render_overlay,
-        )
+        ).mark_uncertain(cxr_saturation_reasons(probs))
 
 
 def _single_radiograph(volumes: Volume | Mapping[str, Volume]) -> Volume:

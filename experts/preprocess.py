@@ -15,7 +15,8 @@ import torch
 from data.study import Volume
 from experts.base import ExpertError
 
-__all__ = ["check_volume", "to_model_grid", "labels_to_input_grid", "channel_argmax", "pick_device", "same_grid"]
+__all__ = ["check_volume", "to_model_grid", "labels_to_input_grid", "channel_argmax", "pick_device", "same_grid",
+           "labels_onto_grid", "head_mask"]
 
 # refuse inputs whose float32 copy alone would exceed this many voxels (~2 GB): a CT of 1024×1024×512
 MAX_VOXELS = 512 * 1024 * 1024
@@ -142,6 +143,56 @@ def labels_to_input_grid(scores, volume: Volume, *, channels: Sequence[int] | No
             labels[win] = c
             np.maximum(best, out, out=best)
     return labels
+
+
+def labels_onto_grid(labels: np.ndarray, affine: np.ndarray, target: Volume) -> np.ndarray:
+    """A label map on the grid ``affine`` moved onto ``target``'s grid: exact when the grids hold the same voxels
+    (flipped / reordered axes, as after a DICOM round trip), nearest-neighbour resampling otherwise."""
+    exact = _index_map(np.asarray(affine, dtype=np.float64), target.affine, labels.shape, target.shape)
+    if exact is not None:
+        order, index = exact
+        return np.asarray(labels).transpose(order)[np.ix_(*index)].astype(np.int16)
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    src = MetaTensor(torch.as_tensor(np.asarray(labels, dtype=np.float32))[None], affine=torch.as_tensor(affine))
+    out = SpatialResample(mode="nearest", padding_mode="zeros")(src, dst_affine=torch.as_tensor(target.affine), spatial_size=target.shape)
+    return np.rint(np.asarray(out[0])).astype(np.int16)
+
+
+def head_mask(image: np.ndarray) -> np.ndarray:
+    """Boolean mask of the head (or body) in a ``(X, Y, Z)`` or ``(C, X, Y, Z)`` image whatever its background:
+    exactly zero, noise, or anything darker than tissue. Otsu's threshold on the channel-wise maximum of the
+    percentile-scaled image, the largest connected component, holes filled (hand-written Otsu: scikit-image,
+    which MONAI's threshold transforms need, is not shipped)."""
+    from scipy import ndimage
+
+    a = np.asarray(image, dtype=np.float32)
+    a = a[None] if a.ndim == 3 else a
+    scaled = []
+    for ch in a:
+        hi = float(np.percentile(ch, 99.5))
+        scaled.append(np.clip(ch / hi, 0.0, 1.0) if hi > 0 else np.zeros_like(ch))
+    m = np.max(np.stack(scaled), axis=0)
+    mask = m > _otsu(m)
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        mask = labels == int(sizes.argmax())
+    mask = ndimage.binary_closing(mask, iterations=2) | mask
+    return ndimage.binary_fill_holes(mask)
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` in 0..1 (maximum between-class variance)."""
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    p = hist.astype(np.float64) / max(1, hist.sum())
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(p)
+    mu = np.cumsum(p * centres)
+    between = (mu[-1] * w0 - mu) ** 2 / np.maximum(w0 * (1 - w0), 1e-12)
+    return float(centres[int(np.argmax(between[:-1]))])
 
 
 def _index_map(src: np.ndarray, dst: np.ndarray, src_shape: tuple, dst_shape: tuple):
