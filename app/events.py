@@ -24,7 +24,7 @@ from app.expert_runs import UNKNOWN_RUN_S, RunningJobs, not_applicable, run_with
 from app.report import Report, ReportError, draft_from_results, draft_with_model, write_markdown, write_pdf
 from app.session import SessionState
 from app.viewer import PLANES, default_window, failure_html, legend_html, preset_window, render_view, window_presets
-from app.webviewer import apply_client_view, viewer_payload
+from app.webviewer import apply_client_view, burned_in_note, viewer_payload
 from data.display import native_axial_index
 from data.errors import IngestError
 from experts.base import ExpertError
@@ -405,6 +405,8 @@ class AppEvents:
                 flags, by = [], "expert results template"
         except ReportError as exc:
             return (state, gr.skip(), gr.skip(), str(exc))
+        burned_in = burned_in_note(state.series)  # pixels de-identification did not clean: the report says so
+        flags = [*flags, burned_in] if burned_in else flags
         state.report = {"findings": findings, "impression": impression, "drafted_by": by, "flags": "\n".join(flags)}
         status = f"Draft by {by} from {len(results)} expert result{'s' if len(results) > 1 else ''}. Edit it, then export."
         if flags:
@@ -419,7 +421,7 @@ class AppEvents:
                       series_uid=state.series.uid, series_description=state.series.description,
                       modality=state.series.modality, results=[r.to_json() for r in state.series_results()],
                       drafted_by=state.report.get("drafted_by", "clinician"), author=_user(request),
-                      flags=[f for f in state.report.get("flags", "").split("\n") if f])
+                      flags=_with_burned_in_note([f for f in state.report.get("flags", "").split("\n") if f], state.series))
 
     def export_report(self, findings: str, impression: str, state: SessionState, request: gr.Request) -> tuple:
         """(state, files, status): Markdown, PDF, DICOM SR and one DICOM SEG per mask, in the session folder."""
@@ -449,6 +451,12 @@ class AppEvents:
         status = f"Exported {len(files)} files: the report as {', '.join(kinds)}{masks}. Download them below."
         status += (" " + " ".join(notes)) if notes else ""
         return (state, [str(p) for p in files], status)
+
+
+def _with_burned_in_note(flags: list[str], series: Any) -> list[str]:
+    """``flags`` with the series' burned-in annotation warning (``app.webviewer.burned_in_note``) once, when it has one."""
+    note = burned_in_note(series)
+    return flags + [note] if note and note not in flags else flags
 
 
 def _as_list(files: Any) -> list[Any]:

@@ -169,7 +169,7 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
                     example_buttons = [gr.Button(label, size="sm", elem_classes="m3-example") for label in EXAMPLES]
                 study_status = gr.Markdown("Upload a study or open an example.", elem_id="m3-study-status")
                 table = gr.Dataframe(headers=SERIES_COLUMNS, interactive=False, wrap=True, max_height=260,
-                                     column_widths=["6%", "18%", "26%", "22%", "28%"], elem_id="m3-series-table")
+                                     column_widths=["5%", "18%", "24%", "23%", "30%"], elem_id="m3-series-table")
                 series = gr.Dropdown(label="Series", choices=[], elem_id="m3-series")
                 if pacs is not None:
                     pacs.search_layout(pacs_ui)
@@ -202,6 +202,7 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
                 with gr.Row():
                     expert_buttons = [gr.Button(label, size="sm", elem_classes="m3-expert") for label in expert_labels]
                 expert_status = gr.Markdown(elem_id="m3-expert-status")
+                gr.HTML("<a href='#m3-report'>Go to the report ↓</a>", elem_id="m3-report-link")  # below the fold on a laptop
         with gr.Accordion("Report", open=True, elem_id="m3-report"):
             draft = gr.Button("Draft report", elem_id="m3-draft")
             report_status = gr.Markdown(elem_id="m3-report-status")  # under Draft, where the eye is when it is pressed

@@ -16,11 +16,13 @@ from experts.base import ExpertResult
 
 __all__ = ["render_overlay", "label_colour", "PALETTE"]
 
-# RGB per label value (value 1 takes PALETTE[0]); distinct, readable on grey
+# RGB per label value (value 1 takes PALETTE[0]); colour-blind safe and readable on grey: Okabe-Ito's seven, then
+# Paul Tol's "light" set. Ordered so each lesion differs from its organ in hue and lightness (data.phantoms.labels:
+# liver 1 orange / liver tumour 10 light blue; lungs 5, 6 / nodule 11 light yellow; kidneys 3, 4 / cyst 12 light cyan).
 PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195),
+    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0), (204, 121, 167),
+    (255, 170, 187), (68, 187, 153), (119, 170, 221), (238, 221, 136), (153, 221, 255), (170, 170, 0),
+    (238, 136, 102), (221, 221, 221), (187, 204, 51),
 )
 
 
@@ -74,7 +76,7 @@ def render_overlay(
     entries = [(label_colour(v), result.label_names.get(v, f"label {v}")) for v in present]
     if mask is None:
         entries = [
-            ((230, 25, 75) if f.present else (120, 120, 120), f"{f.label}: {'yes' if f.present else 'no'}"
+            (label_colour(1) if f.present else (120, 120, 120), f"{f.label}: {'yes' if f.present else 'no'}"
              + (f" ({f.probability:.2f})" if f.probability is not None else ""))
             for f in result.findings
         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -142,3 +143,34 @@ def _FILES_bytes(url: str) -> bytes:
     from app.webviewer import _FILES
 
     return _FILES.get(url.rsplit("/", 1)[1]).read_bytes()
+
+
+def test_a_report_on_a_series_that_may_carry_burned_in_text_says_so(tmp_path):
+    from app.audit import AuditLog
+    from app.chat import ChatEngine
+    from app.events import AppEvents, UploadLimits
+    from app.report import write_markdown
+    from experts.registry import ExpertRegistry
+
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    events = AppEvents(ChatEngine(None, ExpertRegistry(), audit), audit, UploadLimits())
+    markdown = write_markdown(events.make_report("No abnormality.", "", _state(_volume(modality="US")), None), tmp_path / "us.md")
+    checks = Path(markdown).read_text().split("## Checks")[1]
+    assert "burned-in annotation" in checks.lower()
+    plain = write_markdown(events.make_report("No abnormality.", "", _state(_volume(modality="CT")), None), tmp_path / "ct.md")
+    assert "burned-in" not in Path(plain).read_text().lower()
+
+
+def test_organ_and_lesion_colours_stay_apart_for_colour_blind_readers():
+    """Liver / liver tumour, lungs / nodule, kidneys / cyst, and the brain tumour's three parts: each pair differs in
+    colour by a visible step (over 15 % in some channel) under simulated deuteranopia and protanopia (Machado 2009, severity 1)."""
+    from data.phantoms.labels import CT_LABELS
+
+    simulate = {"deuteranopia": np.array([[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]]),
+                "protanopia": np.array([[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]])}
+    pairs = [(1, 10), (5, 11), (6, 11), (3, 12), (4, 12), (1, 2), (1, 8), (1, 3), (1, 4)] + [(1, 2), (2, 3), (1, 3)]
+    assert CT_LABELS[10] == "liver tumor" and CT_LABELS[11] == "lung nodule" and CT_LABELS[12] == "kidney cyst"
+    for name, matrix in simulate.items():
+        for a, b in pairs:
+            seen_a, seen_b = (np.clip(matrix @ (np.asarray(label_colour(v)) / 255.0), 0, 1) for v in (a, b))
+            assert np.abs(seen_a - seen_b).max() > 0.15, (name, a, b, seen_a, seen_b)

@@ -87,13 +87,16 @@ def _open_example(page, url: str) -> None:
     _settle(page)
 
 
-def _upload(page, url: str, path: Path) -> None:
+def _upload(page, url: str, path: Path, timeout_ms: int = TIMEOUT_MS) -> float:
+    """Upload ``path``; seconds from the study's "Loaded" until the browser viewer shows it."""
     page.goto(url)
     page.locator("#m3-chat").wait_for(timeout=TIMEOUT_MS)
     page.locator("#m3-upload input[type=file]").set_input_files(str(path))
-    page.locator("#m3-study-status").filter(has_text="Loaded 1 series").wait_for(timeout=TIMEOUT_MS)
-    page.locator("#m3-web-root.m3-web-ready").wait_for(timeout=TIMEOUT_MS)
+    page.locator("#m3-study-status").filter(has_text="Loaded 1 series").wait_for(timeout=timeout_ms)
+    t0 = time.perf_counter()
+    page.locator("#m3-web-root.m3-web-ready").wait_for(timeout=timeout_ms)
     _settle(page)
+    return time.perf_counter() - t0
 
 
 def _settle(page) -> None:
@@ -405,3 +408,85 @@ def test_an_ultrasound_file_is_shown_with_the_burned_in_annotation_warning(new_p
     picture = _stage(page)
     assert (np.abs(picture[..., 0].astype(int) - picture[..., 2]) > 30).mean() > 0.001  # shown in colour
     page.screenshot(path=str(artifacts / "viewer_10_ultrasound_burned_in.png"))
+
+
+# --- layout --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("width", "height"), [(1366, 768), (1920, 1080)])
+def test_the_series_table_reads_cleanly_and_the_report_is_one_click_away(new_page, viewer_server, artifacts, width, height):
+    page = new_page(viewport={"width": width, "height": height})
+    _open_example(page, viewer_server.url)
+    headers = [h.strip() for h in page.locator("#m3-series-table th").all_inner_texts()]
+    assert headers == ["#", "Modality", "Description", "Voxels", "Spacing (mm)"]
+    # every header and every cell but the description on one line, its text (not its clipped box) inside its column
+    layout = page.evaluate("""() => [...document.querySelectorAll(
+        '#m3-series-table th span.header, #m3-series-table [role=gridcell]:not([data-col="2"]) span')].map(span => {
+          const cell = span.closest('th, [role=gridcell]').getBoundingClientRect();
+          const range = document.createRange();
+          range.selectNodeContents(span);
+          const text = range.getBoundingClientRect();
+          return [span.textContent, range.getClientRects().length, text.right <= cell.right + 0.5];
+        })""")
+    assert layout and all(lines == 1 and inside for _, lines, inside in layout), [cell for cell in layout if cell[1:] != [1, True]]
+    stage = page.locator(".m3w-stage").bounding_box()
+    assert stage["y"] + stage["height"] <= height  # the whole picture on the first screen
+    page.screenshot(path=str(artifacts / f"viewer_11_layout_{width}x{height}.png"))
+    page.locator("#m3-report-link a").click()
+    draft = page.locator("#m3-draft").bounding_box()
+    page.wait_for_function("() => { const r = document.querySelector('#m3-draft').getBoundingClientRect(); "
+                           "return r.top >= 0 && r.bottom <= window.innerHeight }", timeout=TIMEOUT_MS)
+    assert draft is not None
+
+
+# --- speed -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_wheel_scrolling_a_300_slice_ct_stays_in_the_browser_at_30_slices_a_second(new_page, viewer_server, tmp_path, artifacts):
+    """A 512 x 512 x 300 CT: every wheel notch is one slice drawn (measured two ways: a notch per animation frame, each
+    slice drawn before the next notch; and Playwright's wheel events as fast as they come), with no server request."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(5)
+    shape = (512, 512, 300)
+    x, y = np.meshgrid(np.arange(shape[0]) - 255.5, np.arange(shape[1]) - 255.5, indexing="ij")
+    body = ((x / 230) ** 2 + (y / 170) ** 2 <= 1)[..., None]
+    ct = np.where(body, 40, -1000).astype(np.int16) + rng.integers(-20, 21, size=shape, dtype=np.int16)
+    ct[200:260, 230:290, :] = 400  # a bone-like bar through every slice
+    path = tmp_path / "ct_300.nii.gz"
+    nib.save(nib.Nifti1Image(ct, np.diag([0.7, 0.7, 1.0, 1.0])), path)
+    page = new_page()
+    load_s = _upload(page, viewer_server.url, path, timeout_ms=300_000)
+    assert page.locator(".m3w-info").inner_text() == "Axial 151/300"  # the middle, as NiiVue opens it
+    page.evaluate("() => window.m3Viewer.current.goToMM(window.m3Viewer.current.nv.frac2mm([0.5, 0.5, 0.001]))")
+    _settle(page)
+    assert _slice(page) == ("axial", 0)
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.locator(".m3w-stage").hover()
+
+    # one notch per animation frame, each slice drawn (and the frame presented) before the next notch
+    drawn = page.evaluate("""async () => {
+        const v = window.m3Viewer.current, stage = document.querySelector('.m3w-stage');
+        const r = stage.getBoundingClientRect(), frame = () => new Promise(f => requestAnimationFrame(f));
+        const frames0 = v.frames, t0 = performance.now();
+        for (let i = 0; i < 299; i++) {
+          stage.dispatchEvent(new WheelEvent('wheel', {deltaY: 100, clientX: r.left + r.width / 2, clientY: r.top + r.height / 2, bubbles: true, cancelable: true}));
+          await frame();
+        }
+        await frame();
+        return {seconds: (performance.now() - t0) / 1000, frames: v.frames - frames0, index: v.sliceIndex('axial')};
+    }""")
+    assert drawn["index"] == 299 and drawn["frames"] == 299
+    per_frame = 299 / drawn["seconds"]
+
+    # Playwright's own wheel events, as fast as they come: steps that arrive within one frame are drawn together
+    t0 = time.perf_counter()
+    for _ in range(299):
+        page.mouse.wheel(0, -100)
+    page.wait_for_function("() => window.m3Viewer.current.sliceIndex('axial') === 0", timeout=TIMEOUT_MS)
+    input_rate = 299 / (time.perf_counter() - t0)
+    result = {"slices_per_s_each_drawn": round(per_frame, 1), "slices_per_s_playwright_wheel": round(input_rate, 1),
+              "frames": drawn["frames"], "requests_while_scrolling": len(requests), "series_to_browser_s": round(load_s, 1),
+              "nifti_gz_mb": round(path.stat().st_size / 2**20, 1)}
+    (artifacts / "viewer_scroll_speed.json").write_text(json.dumps(result, indent=1))
+    print("scroll speed:", result)
+    assert requests == [], requests[:5]
+    assert per_frame >= 30, result
