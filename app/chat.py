@@ -247,6 +247,8 @@ def flag_text(flag: str) -> str:
         return "the model answered without an expert; the expert the question needs was run and the answer rewritten from its result"
     if flag == "answer corrected to the expert result":
         return "the model's yes / no disagreed with the expert result and was corrected to it"
+    if flag == "expert uncertain":
+        return "the expert marked its result uncertain; read the reasons in the answer"
     if flag == "answer trimmed to the question":
         return "text the model wrote after the answer was dropped"
     if kind == "constraint failed":

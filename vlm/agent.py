@@ -308,6 +308,11 @@ class Agent:
             answer, flags = cite_results(intent, answer, self._sources(conversation),
                                          [c.result.summary for c in turn.tool_calls if c.result is not None and c.result.summary])
             turn.flags.extend(flags)
+            reasons = list(dict.fromkeys(r for c in turn.tool_calls if c.result is not None for r in getattr(c.result, "uncertain", ())))
+            if reasons:  # the expert doubts its own result: the answer says so whatever the model wrote
+                turn.flags.append("expert uncertain")
+                if "uncertain" not in answer.lower():
+                    answer += "\n\nUncertain: the expert marked this result uncertain (" + "; ".join(reasons) + ")."
             if answer != written:
                 yield AgentEvent("token", text=answer[len(written):] if answer.startswith(written) else "\n\n" + answer)
         results = self._sources(conversation)

@@ -90,8 +90,11 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
     if verdict is not None and lead and (lead.group(1).lower() == "yes") != verdict:
         answer = ("Yes" if verdict else "No") + answer[lead.end():]
         flags.append("answer corrected to the expert result")
-    if intent.family in ("report", "run_expert", "segment_all") and summaries and not re.search(r"\d", answer):
-        cited += [s for s in summaries if s not in answer]
+    compared = _comparison(intent, values) if any(p.family == "comparison" for p in intent.all_parts) else ""
+    if compared:
+        cited.insert(0, compared)
+    if intent.family in ("report", "run_expert", "segment_all"):  # the whole result, unless the answer states all of it
+        cited += [s.rstrip(".") for s in summaries if not _states(answer, s)]
     if cited:
         answer = (answer.rstrip() + "\n\n" if answer.strip() else "") + "Expert result — " + "; ".join(cited) + "."
     return answer, flags
@@ -145,6 +148,22 @@ def _covers(expert: Expert, have: Mapping[str, Any], want: Mapping[str, Any]) ->
         if argument in have and not all(expert.covers(argument, have[argument], v) for v in values):
             return False
     return True
+
+
+def _comparison(intent: QuestionIntent, values: Mapping[str, str]) -> str:
+    """"The liver is larger than the spleen (1133.7 mL vs 108.1 mL)" from two cited volumes; "" without two."""
+    volumes = []
+    for key, value in values.items():
+        number = re.match(r"\s*(\d+(?:\.\d+)?)\s*mL", value)
+        if key.endswith(" volume") and number:
+            volumes.append((key[: -len(" volume")], float(number.group(1)), value))
+    if len(volumes) < 2:
+        return ""
+    (a, va, ta), (b, vb, tb) = volumes[:2]
+    if va == vb:
+        return f"The {a} and the {b} have the same volume ({ta})"
+    big, small = ((a, ta), (b, tb)) if va > vb else ((b, tb), (a, ta))
+    return f"The {big[0]} is larger than the {small[0]} ({big[1]} vs {small[1]})"
 
 
 def _trim(answer: str, values: list[str]) -> tuple[str, bool]:

@@ -233,7 +233,9 @@ _FAMILY_CUES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((family, re.compil
 def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: list[str]) -> str:
     organs = [t for t in terms if TERMS[t].kind == "organ"]
     lesions = [t for t in terms if TERMS[t].kind != "organ" and TERMS[t].kind != "phase"]
-    if re.search(r"\bmodalit|\bwhat (?:kind|type|sort) of (?:scan|study|imaging|image|exam)|\bis (?:this|it) (?:an? )?"
+    if re.search(r"\bmodalit|\b(?:what|which) (?:kind|type|sort) of (?:\w+ )?(?:scan|study|imaging|image|exam|examination|test|"
+                 r"picture|acquisition)|\bscan type\b|\btype of (?:scan|study|imaging|exam)\b|\bwhat am i looking at\b|"
+                 r"\bwhat is this (?:scan|image|study|exam)\b|\bimaging (?:technique|method)\b|\bis (?:this|it) (?:an? )?"
                  r"(?:ct|mri?|x-?ray|radiograph|cxr|mr)\b(?! scan of)|\b(?:ct|mri?|x-?ray) or (?:ct|mri?|x-?ray)\b|"
                  r"\bwhich (?:scanner|imaging)|\bimaging type\b|\bacquired (?:on|with)\b", q) and not lesions:
         return "modality"
@@ -256,8 +258,10 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
             (either and all(o in _PHASES for o in either)):
         return "phase"
     paired = [t for t in organs if t in ("kidneys", "lungs") or TERMS[t].paired]
+    measured = [t for t in terms if TERMS[t].kind != "phase"]
     if re.search(r"\b(?:bigger|larger|smaller|greater|compare|comparison|versus|vs\.?|asymmetr|symmetric|difference|"
-                 r"more volume|less volume)\b", q) and (paired or re.search(r"\bkidney|\blung", q)):
+                 r"more volume|less volume)\b", q) and (paired or len(measured) >= 2 or re.search(r"\bkidney|\blung", q)) or (
+            len(measured) >= 2 and re.search(r"\b(?:more|less)\b", q) and re.search(r"\b(?:or|than|vs)\b", q)):
         return "comparison"
     for family, cue in _FAMILY_CUES:  # first cue wins: "Is the heart size normal?" asks about normality, not size
         if cue.search(q):
@@ -423,11 +427,16 @@ def _part_keys(part: QuestionIntent) -> list[str]:
                 keys.append(f"{t}{IN_SLICE} side" if slice_ else f"{t} side")
         elif fam == "volume":
             keys.append(f"{_MRI_VOLUME[t]} volume" if term.modality == "MR" and t in _MRI_VOLUME else f"{t} volume")
-        elif fam == "comparison" and term.kind == "organ":
+        elif fam == "comparison":
             pair = "kidney" if "kidney" in t else ("lung" if "lung" in t else "")
-            if pair:
+            text = normalise_text(part.text)
+            paired = term.kind == "organ" and pair and (t in ("kidneys", "lungs") or sum(x.endswith(" " + pair) for x in terms) == 2
+                                                        or ("left" in text and "right" in text))
+            if paired:
                 smaller = bool(re.search(r"\bsmaller\b|\bless\b", normalise_text(part.text)))
                 keys.append(f"{'smaller' if smaller else 'larger'} {pair}")
+            elif term.kind != "phase":  # any two structures: their volumes, compared when cited ("liver vs spleen")
+                keys.append(f"{_MRI_VOLUME[t]} volume" if term.modality == "MR" and t in _MRI_VOLUME else f"{t} volume")
     if fam == "phase" or "contrast phase" in terms:
         keys.append("phase")
     if fam == "normality" and not keys:

@@ -26,7 +26,11 @@ _IDENTITY = re.compile(
     r"phone number|accession number|(?:name|identity|identifiers?|details) of (?:the|this) (?:patient|pt|person)|"
     r"\bidentify (?:the|this) (?:patient|pt|person)\b|\bpatient (?:identifiers?|details|demographics|info(?:rmation)?)\b|"
     r"\bpt (?:name|id|details)\b|\bname (?:of|on) (?:the|this) (?:scan|study|film|image)|\bwhen was (?:the patient|he|she) born\b|"
-    r"\bhow old is (?:the patient|he|she|this patient)\b|\bwhat(?:'s| is) (?:his|her) (?:age|name)\b)", re.IGNORECASE)
+    r"\bhow old is (?:the patient|he|she|this patient)\b|\bwhat(?:'s| is) (?:his|her) (?:age|name)\b|"
+    r"\b(?:patient|pt)'?s? (?:first|last|full|given|family)? ?name\b|\bname of (?:the )?(?:patient|pt)\b|\bwho (?:does|did) "
+    r"(?:this|the) (?:scan|study|image|film) belong to\b|\bbelongs? to whom\b|\b(?:patient|pt) (?:number|no\.?|#)|"
+    r"\bhospital (?:id|number|no)\b|\bdemographics\b|\bidentif(?:y|ying|iers?) (?:the )?(?:patient|pt|person)|"
+    r"\b(?:patient|pt) identity\b|\breferring (?:physician|doctor)\b|\bwhich patient\b)", re.IGNORECASE)
 _DECISION = re.compile(
     r"\b(?:should (?:we|i|he|she|they|the patient|the pt|this patient) (?:be )?(?:operate|operated|treat|treated|start|stop|"
     r"give|get|have|receive|go|be discharged|discharge|admit|admitted|biopsy|biopsied|resect|resected|refer|referred|send|sent|"
@@ -41,14 +45,25 @@ _DECISION = re.compile(
     r"\bhow many (?:mg|milligrams)\b|\bmg\b|\bmg/kg\b|\bwhat (?:do|should) (?:i|we) (?:do|give|tell)|"
     r"\b(?:can|could) (?:he|she|they|the patient) go home\b|\bsend (?:him|her|them|the patient) home\b|\bicu\b|\badmission\b|"
     r"\bneeds? (?:surgery|an operation|a biopsy|treatment|admission|antibiotics)\b|\bwhat should (?:we|i) do\b|\brecommend (?:a |an )?"
-    r"(?:treatment|therapy|drug|dose|surgery|plan)\b|\bis (?:it|this) (?:cancer|malignant|benign)\b\?? *(?:should|what)\b)", re.IGNORECASE)
+    r"(?:treatment|therapy|drug|dose|surgery|plan)\b|\bis (?:it|this) (?:cancer|malignant|benign)\b\?? *(?:should|what)\b|"
+    r"\bnext steps?\b|\bhow (?:should|do) (?:we|i) proceed\b|\bwhat (?:now|next)\b|\b(?:start|stop|give|prescribe|increase|"
+    r"decrease|switch|adjust|titrate) (?:him|her|them|the patient|the pt)?\s*(?:on )?(?:antibiotics?|steroids?|anticoagul\w*|"
+    r"diuretics?|insulin|chemo\w*|medication|meds|drugs?|treatment|therapy|dexamethasone|heparin|furosemide|lasix)\b|"
+    r"\b(?:antibiotics?|steroids?|anticoagul\w*|diuretics?|chemo\w*|dexamethasone|heparin|furosemide|lasix|"
+    r"chest (?:tube|drain)|thoracentesis|thoracostomy|resection|craniotomy|biopsy|radiation|surgery|operation)\b.*\?|"
+    r"\b(?:surgical|operative) (?:candidate|option)|\bwhen (?:can|should|will) (?:he|she|they|the patient) (?:go home|be "
+    r"discharged|leave)\b|\bsafe to (?:discharge|send home|operate|fly|drive)\b|\bhow long (?:to|will|does) (?:live|survive)|"
+    r"\bcurable\b|\bstage (?:of )?(?:the )?cancer\b)", re.IGNORECASE)
 _GREETING = re.compile(r"^\W*(?:hi|hello|hey|hiya|howdy|yo|greetings|good (?:morning|afternoon|evening|day)|thanks?|thank you|thx|ty|"
-                       r"cheers|ok|okay)\b[\w\s,!.']*\??$", re.IGNORECASE)
+                       r"cheers|ok|okay|morning|evening|hallo|hola|bonjour|sup|what'?s up)\b[\w\s,!.']*\??$", re.IGNORECASE)
 _HELP = re.compile(r"\b(?:what can you do|what do you do|what are you able to|what are your (?:capabilities|functions|features)|"
                    r"how (?:do|can|should) i use (?:you|this|it|the assistant|m3)|who are you|what are you|help me use|^\W*help\W*$|"
                    r"^\W*help me\W*$|what (?:questions|kind of questions|things) can i ask|what can i ask|how does this work|"
                    r"what is this (?:tool|app|assistant|for)|what (?:tools|experts|models) do you have|instructions|"
-                   r"^\W*\?+\W*$|how can you help|can you help(?: me)?\W*$|what can you help with|usage|getting started)", re.IGNORECASE)
+                   r"^\W*\?+\W*$|how can you help|can you help(?: me)?\W*$|what can you help with|usage|getting started|"
+                   r"what (?:are you|is this) (?:for|good for|capable of)|what (?:can|do) you (?:offer|support|know)|tell me about "
+                   r"yourself|introduce yourself|how does (?:this|it|m3) work|what (?:should|could|can) i (?:ask|do|type)|"
+                   r"\bmenu\b|\bcommands\b|\bwhat features\b|\bhow to use\b|are you (?:a bot|an ai|human))", re.IGNORECASE)
 _ABOUT_IMAGES = re.compile(r"\b(?:volume|size|measure|segment|lesion|tumou?r|mass|nodule|cyst|effusion|pneumothorax|"
                            r"consolidation|cardiomegaly|liver|spleen|kidney|lung|heart|aorta|spine|edema|oedema|"
                            r"hemisphere|phase|contrast|slice|report|findings?|normal|brain)\b", re.IGNORECASE)

@@ -274,3 +274,17 @@ def test_a_conversation_on_a_study_shows_the_middle_slice_and_knows_it():
     conv = Conversation.from_study(study)
     assert len(conv.images) == 1 and conv.shown_slice == 2  # the picture the model sees is the slice "in this slice" means
     assert Conversation.from_study(study, on_screen=False).shown_slice is None
+
+
+def test_an_answer_on_a_result_the_expert_marked_uncertain_says_uncertain(registry, monkeypatch):
+    run = registry.run
+
+    def doubtful(name, volumes, **arguments):
+        return run(name, volumes, **arguments).mark_uncertain(["liver volume far above the adult range"])
+
+    monkeypatch.setattr(registry, "run", doubtful)
+    backend = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "liver"}), "The liver volume is [[liver volume]]."])
+    turn = Agent(backend, registry).run_turn(_ct_conversation(), "What is the liver volume?")
+    assert turn.answer.startswith("The liver volume is 1523.4 mL.")
+    assert "Uncertain: the expert marked this result uncertain (liver volume far above the adult range)." in turn.answer
+    assert "expert uncertain" in turn.flags

@@ -48,3 +48,18 @@ def test_counts_and_whole_study_sides_are_result_fields():
     assert "Kidney cyst: 2 found" in count
     side, _ = cite_results(parse_question("Which side are the renal cysts on?", ["CT"], EXPERTS), "", [CT])
     assert "Kidney cyst side: left" in side
+
+
+def test_any_two_structures_compared_say_which_is_larger():
+    ct = format_tool_result(ToolResult("ct_segmentation", measurements=[Measurement("liver", "volume", 1133.7, "mL"),
+                                                                         Measurement("spleen", "volume", 108.1, "mL")]))
+    answer, _ = cite_results(parse_question("Is the liver bigger than the spleen?", ["CT"], EXPERTS), "", [ct])
+    assert answer.startswith("Expert result — The liver is larger than the spleen (1133.7 mL vs 108.1 mL)")
+
+
+def test_a_segment_everything_request_gets_the_whole_result_when_the_answer_leaves_parts_out():
+    intent = parse_question("segment all organs", ["CT"], EXPERTS)
+    summary = "CT segmentation: liver 1134 mL; spleen 108 mL."
+    answer, _ = cite_results(intent, "The liver is 1134 mL.", [CT], [summary])
+    assert answer.endswith("CT segmentation: liver 1134 mL; spleen 108 mL.")
+    assert cite_results(intent, summary, [CT], [summary])[0] == summary
