@@ -190,6 +190,10 @@ def _derive(expert: str, measurements: dict[str, str], findings: dict[str, str])
                 sides.setdefault(k[: m.start()], []).append(k[m.end():])
     for x, named in sides.items():
         t.put(4, x + " side", " and ".join(named), "side")
+    # 4. a counted lesion the expert did not find has no side: "kidney cyst side" → "none found"
+    for x in findings:
+        if x not in yes and x not in sides and f"{x} count" in measurements:
+            t.put(4, x + " side", "none found", "side")
     # 4. a brain tumour's side is its hemisphere: "tumor side" → "left (left hemisphere)"
     hemispheres = [k for k in findings if k.endswith(" hemisphere") and k in yes]
     if hemispheres:
@@ -244,6 +248,7 @@ def _suggested(measurements: dict[str, str], findings: dict[str, str]) -> list[s
     keys += [p for k in measurements for p in _word_prefixes(k)]
     keys += [k[: -len(" largest diameter")] + " size" for k in measurements if k.endswith(" largest diameter")]
     keys += [k.split(" on the ")[0] + " side" for k in findings if " on the " in k]
+    keys += [k + " side" for k in findings if f"{k} count" in measurements]
     keys += [k.split()[-1] for k in findings] + [k + "?" for k in findings] + (list(FINDING_LISTS) if findings else [])
     keys += [k + " normal?" for k in findings if not _descriptive(k)] + (["normal?"] if findings else [])
     keys += [f"{w} {p}" for p in PAIRS for w in ("larger", "smaller")]
@@ -266,7 +271,9 @@ def _descriptive(finding: str) -> bool:
 
 def _finding_list(key: str, findings: dict[str, str]) -> str:
     on = key != "negative findings"
-    picked = [(k, v[v.find("(") + 1:v.find(")")] if "(" in v else "") for k, v in findings.items() if v.startswith("yes") == on]
+    # a lesion's side, the slice on screen and "contrast" describe other findings or the study: not findings of their own
+    listed = {k: v for k, v in findings.items() if " on the " not in k and IN_SLICE_WORDS not in k and k != "contrast"}
+    picked = [(k, v[v.find("(") + 1:v.find(")")] if "(" in v else "") for k, v in listed.items() if v.startswith("yes") == on]
     if key == "impression":
         return ("; ".join(k for k, _ in picked).capitalize() + ".") if picked else "No finding above the expert's thresholds."
     return ", ".join(f"{k} ({p})" if p else k for k, p in picked) if picked else "none"

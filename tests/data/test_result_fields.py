@@ -74,3 +74,13 @@ def test_the_latest_result_naming_a_field_wins_and_unknown_fields_are_said_so():
     newer = ToolResult("ct_segmentation", {}, [], [Measurement("liver", "volume", 1400.0, "mL")])
     text, missing = resolve_references("[[liver volume]] and [[spleen volume]]", [CT, newer])
     assert text == "1400.0 mL and (not in the expert result)" and missing == ["spleen volume"]
+
+
+def test_an_absent_lesion_has_no_side_and_report_lists_hold_only_findings():
+    from data.tool_text import Finding, Measurement, ToolResult, resolve_references
+
+    result = ToolResult("ct_segmentation", findings=[Finding("liver tumor", True), Finding("liver tumor on the right", True),
+                                                     Finding("kidney cyst", False), Finding("contrast", True)],
+                        measurements=[Measurement("liver tumor", "count", 1, "count"), Measurement("kidney cyst", "count", 0, "count")])
+    text, missing = resolve_references("[[kidney cyst side]] / [[impression]] / [[positive findings]]", [result])
+    assert missing == [] and text == "none found / Liver tumor. / liver tumor"
