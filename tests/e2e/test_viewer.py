@@ -394,6 +394,18 @@ def test_the_overlay_lands_on_the_mask_in_its_colour_and_each_label_toggles(new_
     colour = np.median(shown[core], axis=0)
     assert np.abs(colour - np.asarray(label_colour(1))).max() <= 12, colour
 
+    # the legend's ⌖ goes to the label's largest cross-section (where the overlay opened), from wherever the user is
+    busiest = int(np.argmax(apply_orientation(mask, io_orientation(volume.affine)).sum(axis=(0, 1))))
+    assert index == busiest
+    page.locator(".m3w-stage").hover()
+    for _ in range(6):
+        page.mouse.wheel(0, 100)
+        _settle(page)
+    assert _slice(page)[1] == busiest + 6
+    labels.locator("button.m3w-go[data-label='1']").click()
+    _settle(page)
+    assert _slice(page) == ("axial", busiest)
+
 
 # --- burned-in annotation --------------------------------------------------------------------------------
 def test_an_ultrasound_file_is_shown_with_the_burned_in_annotation_warning(new_page, viewer_server, artifacts):
@@ -440,8 +452,10 @@ def test_the_series_table_reads_cleanly_and_the_report_is_one_click_away(new_pag
 # --- speed -----------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_wheel_scrolling_a_300_slice_ct_stays_in_the_browser_at_30_slices_a_second(new_page, viewer_server, tmp_path, artifacts):
-    """A 512 x 512 x 300 CT: every wheel notch is one slice drawn (measured two ways: a notch per animation frame, each
-    slice drawn before the next notch; and Playwright's wheel events as fast as they come), with no server request."""
+    """A 512 x 512 x 300 CT. Measured: slices shown when each wheel notch waits for its slice to be drawn in a frame;
+    Playwright's wheel events as fast as they come; the browser's frame rate with nothing changing; the viewer's own
+    cost of one slice step (move and issue the draw). Asserted: no server request while scrolling, every notch drawn,
+    and >= 30 slices shown a second. The figures go to tests/artifacts/viewer_scroll_speed.json."""
     import nibabel as nib
 
     rng = np.random.default_rng(5)
@@ -462,31 +476,36 @@ def test_wheel_scrolling_a_300_slice_ct_stays_in_the_browser_at_30_slices_a_seco
     page.on("request", lambda r: requests.append(r.url))
     page.locator(".m3w-stage").hover()
 
-    # one notch per animation frame, each slice drawn (and the frame presented) before the next notch
-    drawn = page.evaluate("""async () => {
-        const v = window.m3Viewer.current, stage = document.querySelector('.m3w-stage');
+    measured = page.evaluate("""async () => {
+        const v = window.m3Viewer.current, nv = v.nv, gl = nv.gl, stage = document.querySelector('.m3w-stage');
         const r = stage.getBoundingClientRect(), frame = () => new Promise(f => requestAnimationFrame(f));
-        const frames0 = v.frames, t0 = performance.now();
-        for (let i = 0; i < 299; i++) {
-          stage.dispatchEvent(new WheelEvent('wheel', {deltaY: 100, clientX: r.left + r.width / 2, clientY: r.top + r.height / 2, bubbles: true, cancelable: true}));
-          await frame();
-        }
+        const notch = (dy) => stage.dispatchEvent(new WheelEvent('wheel', {deltaY: dy, clientX: r.left + r.width / 2,
+                                                   clientY: r.top + r.height / 2, bubbles: true, cancelable: true}));
+        let t0 = performance.now();
+        for (let i = 0; i < 60; i++) await frame();
+        const idleFps = 60 / ((performance.now() - t0) / 1000);
+        const frames0 = v.frames;
+        t0 = performance.now();
+        for (let i = 0; i < 299; i++) { notch(100); await frame(); }  // each notch drawn in its own frame
         await frame();
-        return {seconds: (performance.now() - t0) / 1000, frames: v.frames - frames0, index: v.sliceIndex('axial')};
+        const shown = 299 / ((performance.now() - t0) / 1000), drawn = v.frames - frames0, index = v.sliceIndex('axial');
+        t0 = performance.now();
+        for (let i = 0; i < 299; i++) nv.moveCrosshairInVox(0, 0, -1);  // the viewer's own cost: move and draw
+        gl.finish();
+        const stepMs = (performance.now() - t0) / 299;
+        return {idleFps, shown, drawn, index, stepMs, back: v.sliceIndex('axial')};
     }""")
-    assert drawn["index"] == 299 and drawn["frames"] == 299
-    per_frame = 299 / drawn["seconds"]
-
-    # Playwright's own wheel events, as fast as they come: steps that arrive within one frame are drawn together
+    assert measured["index"] == 299 and measured["drawn"] == 299 and measured["back"] == 0
     t0 = time.perf_counter()
-    for _ in range(299):
-        page.mouse.wheel(0, -100)
-    page.wait_for_function("() => window.m3Viewer.current.sliceIndex('axial') === 0", timeout=TIMEOUT_MS)
-    input_rate = 299 / (time.perf_counter() - t0)
-    result = {"slices_per_s_each_drawn": round(per_frame, 1), "slices_per_s_playwright_wheel": round(input_rate, 1),
-              "frames": drawn["frames"], "requests_while_scrolling": len(requests), "series_to_browser_s": round(load_s, 1),
-              "nifti_gz_mb": round(path.stat().st_size / 2**20, 1)}
+    for _ in range(299):  # Playwright's own wheel events, as fast as they come
+        page.mouse.wheel(0, 100)
+    page.wait_for_function("() => window.m3Viewer.current.sliceIndex('axial') === 299", timeout=TIMEOUT_MS)
+    playwright_rate = 299 / (time.perf_counter() - t0)
+    result = {"slices_per_s_shown_one_per_frame": round(measured["shown"], 1), "idle_frames_per_s": round(measured["idleFps"], 1),
+              "slices_per_s_playwright_wheel": round(playwright_rate, 1), "step_ms_move_and_draw": round(measured["stepMs"], 2),
+              "slices_per_s_step_capacity": round(1000 / measured["stepMs"], 0), "requests_while_scrolling": len(requests),
+              "series_to_browser_s": round(load_s, 1), "nifti_gz_mb": round(path.stat().st_size / 2**20, 1)}
     (artifacts / "viewer_scroll_speed.json").write_text(json.dumps(result, indent=1))
     print("scroll speed:", result)
     assert requests == [], requests[:5]
-    assert per_frame >= 30, result
+    assert measured["shown"] >= 30, result  # the target (issue #35); software WebGL on 2 shared cores shows 13-16
