@@ -17,6 +17,7 @@ import re
 from typing import Any, Mapping, Sequence
 
 from data.lexicon import TERMS
+from data.slice_facts import IN_SLICE
 from data.tool_text import ToolResult, resolve_references, value_reference
 from experts.base import Expert
 from vlm.intent import QuestionIntent
@@ -75,12 +76,14 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
         value, missing = resolve_references(value_reference(key), sources)
         if not missing:
             values[key] = value
+    # a field of the slice on screen answers before its whole-study twin ("kidney cyst in this slice side" before "kidney cyst side")
+    values = {k: v for k, v in values.items() if not any(IN_SLICE in o and o.replace(IN_SLICE, "") == k for o in values)}
     answer, trimmed = _trim(answer, list(values.values()))
     if trimmed:
         flags.append("answer trimmed to the question")
     if values and answer.strip().rstrip(".") in values.values():  # a bare value: say what it is
         key = next(k for k, v in values.items() if v == answer.strip().rstrip("."))
-        answer = _sentence(key, values[key])
+        answer = _sentence(key, values[key], lead_with_value=True)  # a closed question's answer leads
     for key, value in values.items():
         if _states(answer, value) and not (intent.negated and _label(key) not in answer.lower()):
             continue
@@ -184,13 +187,26 @@ def _states(answer: str, value: str) -> bool:
     return value.lower() in answer.lower()
 
 
-def _sentence(key: str, value: str) -> str:
+def _sentence(key: str, value: str, lead_with_value: bool = False) -> str:
     """A result field in words: "Kidney cyst: 3 found, …", "Not normal: nodule (0.64).", "Larger kidney: the right …"."""
+    yes = value.startswith("yes")
+    detail = value[value.find("(") + 1:value.rfind(")")] if "(" in value else ""
     if key == "normal?" or key.endswith(" normal?"):
-        yes = value.startswith("yes")
-        detail = value[value.find("(") + 1:value.rfind(")")] if "(" in value else ""
-        return ("Normal" if yes else "Not normal") + (f": {detail}" if detail else "") + "."
-    return f"{_label(key)[:1].upper()}{_label(key)[1:]}: {value}."
+        return ("Yes, normal" if yes else "No, not normal") + (f": {detail}" if detail else "") + "."
+    if lead_with_value and key.endswith("?") and value.startswith(("yes", "no")):  # a closed question: yes / no first
+        return ("Yes" if yes else "No") + f" ({_label(key)}" + (f": {detail}" if detail else "") + ")."
+    label = _label(key)
+    if not lead_with_value:
+        return f"{label[:1].upper()}{label[1:]}: {value}."
+    counted = re.match(r"(\d+) found(.*)$", value)
+    if counted:  # "3 found, volume …" → "3 kidney cysts found, volume …": the number first, then what was counted
+        n = int(counted.group(1))
+        return f"{n} {label}{'' if n == 1 else 's'} found{counted.group(2)}."
+    if value == "none found":
+        return f"No {label} found."
+    if set(label.split()) <= set(value.lower().replace("(", " ").split()):
+        return value + "."
+    return f"{value} — {label}."  # the value first: a closed question's answer leads
 
 
 def _label(key: str) -> str:
@@ -198,6 +214,9 @@ def _label(key: str) -> str:
         return f"normal ({key[:-len(' normal?')]} absent)"
     if key == "normal?":
         return "normal study"
+    for suffix in (" side", " size"):  # "kidney cyst side" → "side of the kidney cyst"
+        if key.endswith(suffix):
+            return f"{suffix.strip()} of the {key[: -len(suffix)]}"
     return key.rstrip("?")
 
 

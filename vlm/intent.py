@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 from data.lexicon import TERMS, Term, find_terms, normalise_text, words_of
-from data.slice_facts import IN_SLICE
+from data.slice_facts import IN_SLICE, asks_about_shown_slice
 from vlm.refusals import policy_kind
 
 __all__ = ["QuestionIntent", "parse_question", "FAMILIES", "POLICY_FAMILIES", "HEADER_FAMILIES", "term_modalities", "lexicon_modality",
@@ -205,7 +205,9 @@ def _parse_clause(clause: str, tags: set[str], whole: str, declared: tuple[Term,
     form = "either_or" if either else ("yes_no" if _is_yes_no(core, q, asked) else ("wh" if _WH.search(q) else "command"))
     if family in ("side",) and form == "yes_no" and side:
         family = "presence"  # "Is the cyst on the left?": presence on that side, answered with the sides found
-    scope = "slice" if _on_screen(q) else "study"
+    # "is the cyst on the left or right?" and "small, medium or large?" read the slice on screen (the convention the
+    # model was trained on); a field of the slice that does not resolve falls back to the whole study's (``answer_keys``)
+    scope = "slice" if _on_screen(q) or asks_about_shown_slice(clause) else "study"
     asks_normal = not re.search(r"\babnormal|\bpatholog|\bwrong\b|\bconcerning\b|\bsuspicious\b|\bworrying\b", q)
     options = tuple(either) if either else ()
     return QuestionIntent(clause, family=family, form=form, terms=terms, side=side, options=options, scope=scope,
@@ -446,4 +448,5 @@ def _part_keys(part: QuestionIntent) -> list[str]:
         keys.append(f"larger {pair}")
     if fam in ("report",):
         keys.append("impression")
-    return keys
+    # each field of the slice on screen is followed by its whole-study twin, cited when the slice's does not resolve
+    return list(dict.fromkeys(k for key in keys for k in ((key, key.replace(IN_SLICE, "")) if IN_SLICE in key else (key,))))

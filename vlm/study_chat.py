@@ -27,6 +27,7 @@ class TurnSettings:
 
     max_rounds: int = 3
     max_new_tokens: int = 256
+    plan_calls: bool = True  # a measurement question answered without its expert gets the expert run (``vlm.grounding``)
 
     def __post_init__(self) -> None:
         if self.max_rounds < 0:
@@ -73,7 +74,7 @@ class StudyChat:
         """The agent's events for ``question`` (``vlm.agent.Agent.stream_turn``) on the slice in front of the model."""
         conversation = self.conversation or self.look_at()
         agent = Agent(self.backend, self.registry, self.settings.max_rounds,
-                      generation=GenerationConfig(max_new_tokens=self.settings.max_new_tokens))
+                      generation=GenerationConfig(max_new_tokens=self.settings.max_new_tokens), plan_calls=self.settings.plan_calls)
         yield from agent.stream_turn(conversation, question)
 
     def ask(self, question: str) -> AgentTurn:

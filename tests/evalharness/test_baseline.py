@@ -138,7 +138,7 @@ def test_data(tmp_path_factory):
 def test_eval_scores_the_baseline_beside_the_model_on_the_same_items(test_data, tmp_path):
     from vlm.eval.harness import evaluate_model
 
-    report = evaluate_model(_NoBackend(), test_data, tmp_path, experts="truth", progress=False, baseline="keyword")
+    report = evaluate_model(_NoBackend(), test_data, tmp_path, experts="truth", progress=False, baseline="keyword", plan_calls=False)
     base = report["baseline"]
     assert base["name"] == "keyword" and set(base["headline"]) == set(report["headline"])
     assert base["vqa"]["n_closed"] == report["vqa"]["n_closed"] and base["experts"]["n"] == report["experts"]["n"]

@@ -71,7 +71,8 @@ def test_a_perfect_model_scores_perfectly(test_data, tmp_path):
     from vlm.eval.harness import evaluate_model
     from vlm.eval.tools import score_dialogues, DialogueItem
 
-    report = evaluate_model(OracleBackend(test_data), test_data, tmp_path, experts="truth", progress=False)
+    # the model alone: the agent's own expert calls for unanswered measurement questions off
+    report = evaluate_model(OracleBackend(test_data), test_data, tmp_path, experts="truth", progress=False, plan_calls=False)
     h = report["headline"]
     assert report["expert_mode"] == "truth"
     assert h["closed_accuracy"] == 1.0 and h["open_recall"] == 1.0
@@ -96,7 +97,7 @@ def test_a_perfect_model_scores_perfectly(test_data, tmp_path):
 def test_a_model_that_always_says_no_fails_the_bars(test_data, tmp_path):
     from vlm.eval.harness import evaluate_model
 
-    report = evaluate_model(NoBackend(), test_data, tmp_path, experts="truth", progress=False)
+    report = evaluate_model(NoBackend(), test_data, tmp_path, experts="truth", progress=False, plan_calls=False)
     h = report["headline"]
     assert h["call_recall"] == 0.0
     assert h["closed_accuracy"] < 0.9

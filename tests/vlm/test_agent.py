@@ -263,7 +263,7 @@ def test_a_question_about_the_slice_on_screen_gets_what_that_slice_of_the_mask_s
         assert found == extra
         # a bare field is said with its name; a field the result lacks stays "(not in the expert result)"
         cited = "\n\nExpert result — Liver volume: 1523.4 mL." if question.startswith("What") else ""  # the field asked for
-        assert turn.answer == ("Liver in this slice: no." if extra else "(not in the expert result)" + cited)
+        assert turn.answer == ("No (liver in this slice)." if extra else "(not in the expert result)" + cited)
 
 
 def test_a_conversation_on_a_study_shows_the_middle_slice_and_knows_it():

@@ -54,6 +54,9 @@ def test_real_registry_on_a_phantom_ct():
     call = turn.tool_calls[0]
     if call.result is not None:  # trained weights are installed: a real measurement in mL
         liver = [m for m in call.result.measurements if m.structure == "liver" and m.unit == "mL"]
-        assert liver and liver[0].value > 0 and turn.flags == []
+        assert liver and liver[0].value > 0
+        # a phantom's organ outside the adult range is marked uncertain by the expert, and the answer says so
+        assert turn.flags == (["expert uncertain"] if call.result.uncertain else [])
+        assert ("Uncertain:" in turn.answer) == bool(call.result.uncertain)
     else:  # no weights yet: the agent reports the expert's own message to the model, no crash
         assert "weights not found" in call.error and turn.answer == "See the expert result."

@@ -27,7 +27,7 @@ def test_modality_and_series_come_from_the_header_not_the_picture():
 
 def test_a_normality_question_is_answered_about_normality_with_the_probability():
     answer, _ = cite_results(parse_question("Is the heart size normal?", ["DX"], EXPERTS), "", [CXR])
-    assert answer == "Expert result — Not normal: cardiomegaly present, probability 0.87."
+    assert answer == "Expert result — No, not normal: cardiomegaly present, probability 0.87."
 
 
 def test_a_yes_against_the_expert_is_corrected_and_flagged():
@@ -39,7 +39,7 @@ def test_a_yes_against_the_expert_is_corrected_and_flagged():
 def test_a_bare_value_is_said_with_its_name_and_text_after_the_answer_is_dropped():
     intent = parse_question("which kidney is bigger", ["CT"], EXPERTS)
     answer, flags = cite_results(intent, "the left kidney (left 150.2 mL, right 120.9 mL). Spleen volume is (not in the expert result).", [CT])
-    assert answer == "Larger kidney: the left kidney (left 150.2 mL, right 120.9 mL)."
+    assert answer == "the left kidney (left 150.2 mL, right 120.9 mL) — larger kidney."  # the value leads, as a closed answer
     assert flags == ["answer trimmed to the question"]
 
 
@@ -47,7 +47,7 @@ def test_counts_and_whole_study_sides_are_result_fields():
     count, _ = cite_results(parse_question("how many renal cysts", ["CT"], EXPERTS), "", [CT])
     assert "Kidney cyst: 2 found" in count
     side, _ = cite_results(parse_question("Which side are the renal cysts on?", ["CT"], EXPERTS), "", [CT])
-    assert "Kidney cyst side: left" in side
+    assert "Side of the kidney cyst: left" in side
 
 
 def test_any_two_structures_compared_say_which_is_larger():
@@ -63,3 +63,15 @@ def test_a_segment_everything_request_gets_the_whole_result_when_the_answer_leav
     answer, _ = cite_results(intent, "The liver is 1134 mL.", [CT], [summary])
     assert answer.endswith("CT segmentation: liver 1134 mL; spleen 108 mL.")
     assert cite_results(intent, summary, [CT], [summary])[0] == summary
+
+
+def test_a_field_of_the_slice_on_screen_answers_before_the_whole_studys_and_the_study_answers_without_one():
+    intent = parse_question("Is the cyst on the left or right?", ["CT"], EXPERTS)
+    assert intent.scope == "slice" and intent.answer_keys() == ("kidney cyst in this slice side", "kidney cyst side")
+    on_slice = format_tool_result(ToolResult("ct_segmentation", findings=[Finding("kidney cyst", True), Finding("kidney cyst on the left", True),
+                                                                          Finding("kidney cyst on the right", True),
+                                                                          Finding("kidney cyst in this slice on the right", True)],
+                                             measurements=[Measurement("kidney cyst", "count", 2, "count")]))
+    # the slice's side, no whole-study side beside it; without a slice on screen, the whole study's
+    assert cite_results(intent, "right", [on_slice])[0] == "right — side of the kidney cyst in this slice."
+    assert cite_results(intent, "", [CT])[0] == "Expert result — Side of the kidney cyst: left."

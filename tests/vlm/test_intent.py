@@ -46,7 +46,7 @@ def test_either_or_names_its_options_and_a_tag_question_is_not_a_side():
 
 def test_a_question_about_the_picture_on_screen_has_slice_scope():
     assert parse_question("On this slice, which side is the cyst?", ["CT"], EXPERTS).scope == "slice"
-    assert parse_question("Is the liver tumour visible here?", ["CT"], EXPERTS).answer_keys() == ("liver tumor in this slice?",)
+    assert parse_question("Is the liver tumour visible here?", ["CT"], EXPERTS).answer_keys() == ("liver tumor in this slice?", "liver tumor?")
     assert parse_question("Which side is the cyst on?", ["CT"], EXPERTS).scope == "study"
 
 

@@ -69,19 +69,20 @@ class TruthRegistry:
 
 
 def evaluate_model(model: str | Path, data_dir: str | Path, out_dir: str | Path, *, experts: str = "auto", limit: int = 0,
-                   max_new_tokens: int = 256, progress: bool = True, baseline: str = "") -> dict[str, Any]:
+                   max_new_tokens: int = 256, progress: bool = True, baseline: str = "", plan_calls: bool = True) -> dict[str, Any]:
     """Evaluate ``model`` (a model folder, or a ``ChatBackend``) on the test files in ``data_dir``; returns
     the metrics (also written to ``out_dir``). limit: questions / reports / conversations per part (0: all).
     max_new_tokens: per generation, as the app's (``vlm.study_chat.TurnSettings``) by default. baseline: a name of
     ``vlm.eval.baselines.BASELINES`` ("keyword") scored in the same run on the same items, registry and path; its
-    metrics go under ``"baseline"`` (answers in ``baseline_*_answers.json``), "": none."""
+    metrics go under ``"baseline"`` (answers in ``baseline_*_answers.json``), "": none. plan_calls: as the app
+    (``TurnSettings.plan_calls``); off to score what the model alone calls."""
     if baseline and baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {sorted(BASELINES)} or empty, got {baseline!r}.")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     backend = _backend(model)
     registry, expert_mode = _registry(experts)
-    cases = _CaseCache(data_dir)
+    cases = _CaseCache(data_dir, plan_calls)
     t0 = time.perf_counter()
     parts = _score_parts(backend, registry, cases, data_dir, out_dir, limit, max_new_tokens, progress)
     report = {"model": _name(model), "expert_mode": expert_mode, "seconds": round(time.perf_counter() - t0, 1), **parts}
@@ -265,8 +266,9 @@ class _CaseCache:
     """The test records' phantom cases, regenerated from their seeds, written as DICOM and ingested as an upload
     (the study the app would hold); one case is kept at a time."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, plan_calls: bool = True) -> None:
         self.data_dir = data_dir
+        self.plan_calls = plan_calls  # ``TurnSettings.plan_calls`` of every chat
         spec = data_dir / "data_spec.json"
         self.options = json.loads(spec.read_text()).get("phantom_options", {}) if spec.is_file() else {}
         self._key: tuple[str, int] | None = None
@@ -293,7 +295,7 @@ class _CaseCache:
         case (a public VQA file) gets its picture file alone."""
         from vlm.study_chat import StudyChat, TurnSettings
 
-        settings = TurnSettings(max_new_tokens=max_new_tokens)
+        settings = TurnSettings(max_new_tokens=max_new_tokens, plan_calls=self.plan_calls)
         meta = record.get("meta", {})
         if "kind" not in meta or "seed" not in meta:
             images = [load_picture(p if Path(p).is_absolute() else self.data_dir / p) for p in record.get("images") or [record["image"]]]
