@@ -96,8 +96,10 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
     compared = _comparison(intent, values) if any(p.family == "comparison" for p in intent.all_parts) else ""
     if compared:
         cited.insert(0, compared)
-    if intent.family in ("report", "run_expert", "segment_all"):  # the whole result, unless the answer states all of it
+    if intent.family in ("run_expert", "segment_all"):  # the whole result, unless the answer states all of it
         cited += [s.rstrip(".") for s in summaries if not _states(answer, s)]
+    elif intent.family == "report" and not re.search(r"\d", answer):  # a report the model wrote stands; none: the result's
+        cited += [s.rstrip(".") for s in summaries if s not in answer]
     if cited:
         answer = (answer.rstrip() + "\n\n" if answer.strip() else "") + "Expert result — " + "; ".join(cited) + "."
     return answer, flags
@@ -121,7 +123,10 @@ def _choices(expert: Expert, argument: str) -> list[str]:
 def question_arguments(expert: Expert, intent: QuestionIntent) -> dict[str, Any]:
     """Arguments naming what the question names, per argument with choices (``targets``); the expert's defaults
     for anything it does not name, and for whole-study requests."""
-    if intent.family in ("report", "segment_all", "run_expert", "normality") and not (intent.family == "normality" and intent.terms):
+    if intent.family == "segment_all":  # everything an argument can name: its default ("everything") or all its choices
+        props = dict(expert.parameters.get("properties", {}))
+        return {a: spec["default"] for a, spec in props.items() if isinstance(spec, dict) and "default" in spec}
+    if intent.family in ("report", "run_expert", "normality") and not (intent.family == "normality" and intent.terms):
         return {}
     out: dict[str, Any] = {}
     for argument in dict(expert.parameters.get("properties", {})):

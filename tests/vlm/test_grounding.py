@@ -4,7 +4,7 @@ import numpy as np
 
 from data.study import Volume
 from data.tool_text import format_tool_result, Finding, Measurement, ToolResult
-from vlm.grounding import cite_results, header_answer
+from vlm.grounding import cite_results, header_answer, question_arguments
 from vlm.intent import parse_question
 
 EXPERTS = {"ct_segmentation": ("CT",), "cxr_classification": ("DX", "CR")}
@@ -75,3 +75,11 @@ def test_a_field_of_the_slice_on_screen_answers_before_the_whole_studys_and_the_
     # the slice's side, no whole-study side beside it; without a slice on screen, the whole study's
     assert cite_results(intent, "right", [on_slice])[0] == "right — side of the kidney cyst in this slice."
     assert cite_results(intent, "", [CT])[0] == "Expert result — Side of the kidney cyst: left."
+
+
+def test_a_segment_everything_request_asks_the_expert_for_everything():
+    from experts.registry import default_registry
+
+    ct = default_registry().get("ct_segmentation")
+    assert question_arguments(ct, parse_question("segment all the organs please", ["CT"], EXPERTS)) == {"targets": "everything"}
+    assert question_arguments(ct, parse_question("liver volume?", ["CT"], EXPERTS)) == {"targets": "liver"}
