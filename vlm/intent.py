@@ -239,7 +239,7 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
                  r"picture|acquisition)|\bscan type\b|\btype of (?:scan|study|imaging|exam)\b|\bwhat am i looking at\b|"
                  r"\bwhat is this (?:scan|image|study|exam)\b|\bimaging (?:technique|method)\b|\bis (?:this|it) (?:an? )?"
                  r"(?:ct|mri?|x-?ray|radiograph|cxr|mr)\b(?! scan of)|\b(?:ct|mri?|x-?ray) or (?:ct|mri?|x-?ray)\b|"
-                 r"\bwhich (?:scanner|imaging)|\bimaging type\b|\bacquired (?:on|with)\b", q) and not lesions:
+                 r"\bwhich (?:scanner|imaging)|\bimaging type\b|\bacquired on\b", q) and not lesions:
         return "modality"
     if re.search(r"\bseries\b|\bsequences?\b|\bacquisitions?\b|\bhow many (?:images|stacks|scans)\b|\bwhat (?:images|scans) "
                  r"(?:are|were|do)\b|\bwhich (?:images|scans) (?:are|were|do)\b|\bweighting", q) and not lesions:
@@ -418,8 +418,8 @@ def _part_keys(part: QuestionIntent) -> list[str]:
         elif fam == "size":
             if term.kind == "organ":
                 keys.append(f"{t} volume")
-            elif term.modality == "MR":
-                keys.append("whole tumor largest diameter")
+            elif term.modality == "MR":  # a brain tumour's size: on the slice, or the whole tumour's
+                keys.append(f"tumor{IN_SLICE} size" if slice_ else "whole tumor size")
             else:
                 keys.append(f"{t}{IN_SLICE} size" if slice_ else f"{t} size")
         elif fam == "side" and term.kind != "organ":
@@ -440,7 +440,9 @@ def _part_keys(part: QuestionIntent) -> list[str]:
             elif term.kind != "phase":  # any two structures: their volumes, compared when cited ("liver vs spleen")
                 keys.append(f"{_MRI_VOLUME[t]} volume" if term.modality == "MR" and t in _MRI_VOLUME else f"{t} volume")
     if fam == "phase" or "contrast phase" in terms:
-        keys.append("phase")
+        named_phase = any(re.search(rf"\b(?:{p})", normalise_text(part.text)) for p in _PHASES.values())
+        # "Was contrast given?" is answered yes / no by the contrast finding; "Which phase?" / "arterial or venous?" by the phase
+        keys.append("contrast?" if part.form == "yes_no" and not named_phase else "phase")
     if fam == "normality" and not keys:
         keys.append("normal?")
     if fam == "comparison" and not keys:
@@ -449,4 +451,5 @@ def _part_keys(part: QuestionIntent) -> list[str]:
     if fam in ("report",):
         keys.append("impression")
     # each field of the slice on screen is followed by its whole-study twin, cited when the slice's does not resolve
-    return list(dict.fromkeys(k for key in keys for k in ((key, key.replace(IN_SLICE, "")) if IN_SLICE in key else (key,))))
+    twins = {f"tumor{IN_SLICE} size": "whole tumor size"}  # a brain tumour's whole-study size is the whole tumour's
+    return list(dict.fromkeys(k for key in keys for k in ((key, twins.get(key, key.replace(IN_SLICE, ""))) if IN_SLICE in key else (key,))))

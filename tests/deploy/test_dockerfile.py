@@ -124,12 +124,11 @@ def test_install_and_start_steps_in_a_fresh_venv(dockerfile, image_stand_in, tmp
 def _assert_package_data_installed(site_packages: Path) -> None:
     """The default bundle is package data: every weight / card / config file of the source packages
     is in the installed copy (the image bakes what the wheel carries)."""
-    patterns = ("*.safetensors", "*.json", "*.md", "*.yaml", "*.txt", "*.jinja", "*.css", "*.toml")
-    for package in ("data", "experts", "vlm", "app"):
-        for pattern in patterns:
-            for src in (ROOT / package).rglob(pattern):
-                if "__pycache__" in src.parts:
-                    continue
-                rel = src.relative_to(ROOT)
-                assert (site_packages / rel).is_file(), f"{rel} is not in the installed package (package data missing)"
+    suffixes = (".safetensors", ".json", ".md", ".yaml", ".txt", ".jinja", ".css", ".toml")
+    # the files the repository tracks (a local build's node_modules or a cache is not source)
+    tracked = subprocess.run(["git", "ls-files", "data", "experts", "vlm", "app"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    for rel in (Path(t) for t in tracked):
+        if rel.suffix in suffixes and "__pycache__" not in rel.parts:
+            assert (site_packages / rel).is_file(), f"{rel} is not in the installed package (package data missing)"
 
