@@ -95,7 +95,7 @@ def test_config_errors_and_cli_help():
         VisionStageConfig(normalisation="zca")
     with pytest.raises(ValueError, match="multiple of 2 × patch_size"):
         VisionStageConfig(resolutions=(100,))
-    res = subprocess.run([sys.executable, "-m", "vlm.train.vision", "--help"], cwd=ROOT, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "app.main", "train", "vision", "--help"], cwd=ROOT, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert res.returncode == 0 and "--teacher-weights" in res.stdout and "--compare-plain" in res.stdout
 

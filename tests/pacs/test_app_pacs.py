@@ -214,6 +214,6 @@ def test_pacs_section_over_http_needs_a_login(orthanc, make_study, pacs_config, 
         assert rows["data"] == [[1, "DOE, OTTO", "PAT-APP-6", "2023-02-20", "ACC-APP-6", "CT", "CT neck", 1]], status
         table, _, message, *_, pacs_status = client.predict(0, api_name="/pacs_load")
         assert table["data"][0][1] == "CT" and "Loaded 1 series (de-identified)" in message, pacs_status
-        assert [r["event"] for r in AuditLog(config.audit.log_path).read()] == ["pacs_search", "pacs_load"]
+        assert [r["event"] for r in AuditLog(config.audit.log_path).read() if r["event"].startswith("pacs_")] == ["pacs_search", "pacs_load"]
     finally:
         server.close()
