@@ -441,8 +441,8 @@ def _part_keys(part: QuestionIntent) -> list[str]:
                 keys.append(f"{_MRI_VOLUME[t]} volume" if term.modality == "MR" and t in _MRI_VOLUME else f"{t} volume")
     if fam == "phase" or "contrast phase" in terms:
         named_phase = any(re.search(rf"\b(?:{p})", normalise_text(part.text)) for p in _PHASES.values())
-        # "Was contrast given?" is answered yes / no by the contrast finding; "Which phase?" / "arterial or venous?" by the phase
-        keys.append("contrast?" if part.form == "yes_no" and not named_phase else "phase")
+        # "Was contrast given?" is answered yes / no by the contrast finding, then the phase; "Which phase?" by the phase
+        keys += ["contrast?", "phase"] if part.form == "yes_no" and not named_phase else ["phase"]
     if fam == "normality" and not keys:
         keys.append("normal?")
     if fam == "comparison" and not keys:

@@ -73,7 +73,7 @@ def test_policy_and_header_questions_are_told_apart_from_image_questions(questio
 
 
 def test_whether_contrast_was_given_is_a_yes_no_on_contrast_and_which_phase_names_the_phase():
-    assert parse_question("Was IV contrast given?", ["CT"], EXPERTS).answer_keys() == ("contrast?",)
+    assert parse_question("Was IV contrast given?", ["CT"], EXPERTS).answer_keys() == ("contrast?", "phase")
     assert parse_question("Was this scan acquired with intravenous contrast?", ["CT"], EXPERTS).family == "phase"
     assert parse_question("arterial or portal venous?", ["CT"], EXPERTS).answer_keys() == ("phase",)
     assert parse_question("Is the tumour small, medium or large?", ["MR"], EXPERTS).answer_keys() == ("tumor in this slice size", "whole tumor size")
