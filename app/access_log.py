@@ -12,11 +12,23 @@ import logging
 import time
 from typing import Any, Callable
 
-__all__ = ["access_logged", "USER_KEY", "loggable_path"]
+__all__ = ["access_logged", "USER_KEY", "loggable_path", "StatusWatch"]
 
 log = logging.getLogger("m3.access")
 USER_KEY = "m3.user"  # scope key the route guard sets to the signed-in user's name
 _FILE_ROUTE = "/gradio_api/file="
+
+
+class StatusWatch:
+    """An ASGI ``send`` that passes messages on and remembers the response's status code (0 before it starts)."""
+
+    def __init__(self, send: Callable) -> None:
+        self.send, self.status = send, 0
+
+    async def __call__(self, message: dict) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
 
 
 def access_logged(app: Any) -> Any:
@@ -25,20 +37,13 @@ def access_logged(app: Any) -> Any:
     async def logged(scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await app(scope, receive, send)
-        status, started = 0, time.perf_counter()
-
-        async def watch(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        watch, started = StatusWatch(send), time.perf_counter()
         try:
             await app(scope, receive, watch)
         finally:
             client = (scope.get("client") or ("-",))[0]
             log.info("%s %s %s %s %d %.0f", client, scope.get(USER_KEY) or "-", scope.get("method", "-"),
-                     loggable_path(scope.get("path", "")), status, (time.perf_counter() - started) * 1000)
+                     loggable_path(scope.get("path", "")), watch.status, (time.perf_counter() - started) * 1000)
 
     return logged
 

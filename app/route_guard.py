@@ -17,7 +17,7 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocketClose
 
-from app.access_log import USER_KEY
+from app.access_log import USER_KEY, StatusWatch
 from app.auth import RAW_PEER, SIGN_IN_CLIENT, client_address
 from app.config import AppConfig
 from app.login_limits import LoginLimiter, client_key
@@ -91,16 +91,10 @@ class RouteGuard:
             self.audit.event("logout", user=user, reason="signed out")
         if not _DOWNLOAD.fullmatch(name):
             return await self.app(scope, receive, send)
-        status = 0
-
-        async def watch(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+        watch = StatusWatch(send)
 
         await self.app(scope, receive, watch)
-        if status == 200 and scope.get("method") == "GET":
+        if watch.status == 200 and scope.get("method") == "GET":
             self.audit.event("download", user=user, file=name)
 
     async def _sign_in(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -124,18 +118,12 @@ class RouteGuard:
             wait = math.ceil(admission.wait_s)
             return await JSONResponse({"detail": f"Too many failed sign-ins from this address; try again in {wait} s."},
                                       status_code=429, headers={"Retry-After": str(wait)})(scope, receive, send)
-        status = 0
-
-        async def watch(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+        watch = StatusWatch(send)
 
         try:
             await self.app(scope, receive, watch)
         finally:
-            self.limiter.settle(admission, succeeded=status == 200)  # Gradio answers 400 to wrong credentials
+            self.limiter.settle(admission, succeeded=watch.status == 200)  # Gradio answers 400 to wrong credentials
 
 
 def guard_routes(api: Any, config: AppConfig, *, audit: Any = None, open_paths: tuple[str, ...] | None = None) -> None:
