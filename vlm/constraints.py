@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,7 +103,7 @@ class DecodingConstraints:
         return out
 
 
-class _Guarded(LogitsProcessor):
+class _Guarded(LogitsProcessor, ABC):
     """Runs ``_mask`` row by row; a failure leaves that step unconstrained and is recorded in ``failures``."""
 
     name = "constraint"
@@ -136,8 +137,9 @@ class _Guarded(LogitsProcessor):
                 banned.apply(scores[b])
         return scores
 
+    @abstractmethod
     def _banned(self, text: str, vocab: int) -> Ban | None:
-        raise NotImplementedError
+        """The tokens a subclass bans after ``text`` (None: none), over a vocabulary of ``vocab`` ids."""
 
     def _mask(self, vocab: int, ids: Iterable[int] | np.ndarray = (), *, all_candidates: bool = False,
               allowed: Sequence[int] | None = None) -> Ban | None:

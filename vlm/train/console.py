@@ -40,13 +40,10 @@ def quiet_libraries(verbose: bool) -> None:
         return
     for name in _CHATTY:
         logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # transformers is a dependency of vlm; absent only in a partial install
-        pass
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     for category in (DeprecationWarning, FutureWarning):
         warnings.filterwarnings("ignore", category=category)
 
