@@ -11,7 +11,7 @@ __all__ = ["add_parsers", "cmd_list", "cmd_run", "cmd_train", "cmd_eval"]
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("experts", help="expert models: list, run on a study, train")
+    p = subparsers.add_parser("experts", help="expert models: list, run on a study, train, evaluate")
     sub = p.add_subparsers(dest="experts_command", metavar="ACTION")
 
     ls = sub.add_parser("list", help="the registered experts and their model cards")
@@ -28,23 +28,33 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     _experts_dir_argument(run)
     run.set_defaults(func=cmd_run)
 
-    tr = sub.add_parser("train", help="train a built-in expert on phantom studies generated in memory")
+    tr = sub.add_parser("train", help="train a built-in expert on phantom studies generated in memory",
+                        description="Train a built-in expert on phantom studies generated in memory. Checkpoints go to "
+                                    "RUN_DIR/NAME/; the finished expert to WEIGHTS_ROOT/NAME/ (never the shipped bundle unless "
+                                    "named). A run folder that already holds a checkpoint needs --resume (continue it with its "
+                                    "saved settings) or --force (discard it and start again).")
     tr.add_argument("name", help="ct_segmentation | mri_brain_tumor | cxr_classification")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--steps", type=int)
-    tr.add_argument("--batch-size", type=int)
-    tr.add_argument("--lr", type=float)
-    tr.add_argument("--n-train", type=int, help="number of training phantoms")
-    tr.add_argument("--n-val", type=int, help="number of validation phantoms")
-    tr.add_argument("--n-test", type=int, help="number of held-out phantoms for the model card")
-    tr.add_argument("--val-every", type=int)
-    tr.add_argument("--run-dir", default="runs/experts", help="checkpoints and curves (resumed when present)")
-    tr.add_argument("--weights-root", default=None, help="where to write <name>/ (default: the embedded bundle)")
-    tr.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
-    tr.add_argument("--no-resume", action="store_true")
-    tr.add_argument("--init-from", help="weights folder to continue from (e.g. experts/weights/NAME)")
+    recipe = " (default: the expert's recipe; with --resume: the run's)"
+    tr.add_argument("--seed", type=int, help="seed of the training phantoms, initial weights and batches (default 0; with --resume: the run's)")
+    tr.add_argument("--steps", type=int, help="optimizer steps" + recipe)
+    tr.add_argument("--batch-size", type=int, help="patches or images per step" + recipe)
+    tr.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule" + recipe)
+    tr.add_argument("--n-train", type=int, help="number of training phantoms" + recipe)
+    tr.add_argument("--n-val", type=int, help="number of validation phantoms" + recipe)
+    tr.add_argument("--n-test", type=int, help="number of held-out phantoms measured for the model card" + recipe)
+    tr.add_argument("--val-every", type=int, help="validate and save a checkpoint every this many steps" + recipe)
+    tr.add_argument("--run-dir", default="runs/experts", help="checkpoints, loss curve and metrics go to RUN_DIR/NAME/ (default runs/experts)")
+    tr.add_argument("--weights-root", default=None, help="where the trained expert's folder NAME/ is written (default: RUN_DIR/weights; "
+                                                         "the shipped experts/weights/ changes only when named here)")
+    tr.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest on a busy machine)")
+    again = tr.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR/NAME from its newest checkpoint with its saved "
+                                                             "recipe, seed and settings; a flag that disagrees with them is refused")
+    again.add_argument("--force", action="store_true", help="discard the checkpoint in RUN_DIR/NAME and train from step 0")
+    tr.add_argument("--init-from", help="weights folder to start from instead of random weights (e.g. experts/weights/NAME)")
     tr.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
-                    help="bfloat16 forward pass; auto: only where the CPU has native bfloat16 (emulated it is ~30x slower)")
+                    help="bfloat16 forward pass; auto: only where the CPU has native bfloat16 (emulated it is ~30x slower); "
+                         "with --resume: the run's (default auto)")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe setting, e.g. lesion_weight=2, lesion_rate=0.9, 'crop_ratios.liver tumor=8', refresh_every=4 (ct_segmentation: a new phantom every 4 steps; repeatable)")
     tr.set_defaults(func=cmd_train)
@@ -123,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         name=args.name, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr, n_train=args.n_train,
         n_val=args.n_val, n_test=args.n_test, val_every=args.val_every, run_dir=args.run_dir,
-        weights_root=args.weights_root, threads=args.threads, resume=not args.no_resume,
+        weights_root=args.weights_root, threads=args.threads, resume=args.resume, force=args.force,
         bf16={"auto": None, "on": True, "off": False}[args.bf16],
         init_from=args.init_from, overrides=_key_values(args.overrides),
     )

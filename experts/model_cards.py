@@ -30,6 +30,7 @@ def _common(config: dict[str, Any], title: str, data: str, quality: str) -> str:
         f"`m3 experts train {config['expert']} --steps {rc['steps']} --batch-size {rc['batch_size']} --lr {rc['lr']} --n-train {rc['n_train']}"
         f" --n-val {rc['n_val']} --n-test {rc['n_test']} --val-every {rc['val_every']}"
         + "".join(f" --{k.replace('_', '-')} {v}" for k, v in (tr.get("settings") or {}).items() if k in ("threads", "run_dir", "weights_root"))
+        + ({True: " --bf16 on", False: " --bf16 off"}.get((tr.get("settings") or {}).get("bf16"), ""))
         + (f" --seed {tr['seed']}" if tr["seed"] else "")
         + "".join(f" --set '{k}={v}'" for k, v in (tr.get("overrides") or {}).items()) +
         f"{' --init-from <the previous weights folder>' if tr.get('init_from') else ''}` — {rc['steps']} steps, batch {rc['batch_size']}, AdamW with "
@@ -50,7 +51,8 @@ def ct_card(config: dict[str, Any]) -> str:
         config,
         "CT organ and lesion segmentation",
         "Synthetic chest/abdomen CT phantoms in HU (128×128×64 voxels, ~3 mm, three contrast phases, noise "
-        "6–22 HU) with 9 organs and liver tumours, lung nodules, kidney cysts (lesion rate 0.9 per type).",
+        f"6–22 HU) with 9 organs and liver tumours, lung nodules, kidney cysts (lesion rate {config['training']['recipe'].get('lesion_rate', 0.9)} "
+        "per type in the training phantoms).",
         f"Model: MONAI 3D UNet, channels {net['channels']}, inputs: wide and soft-tissue HU windows + left-right position, on a "
         f"{net['spacing_mm']} mm RAS grid, "
         f"sliding window {net['roi_size']}. Mean organ Dice **{m.get('mean_organ_dice')}** (bar 0.90), "

@@ -54,9 +54,9 @@ def test_training_command_checkpoints_resumes_and_exports(tmp_path, name):
     import torch
 
     assert torch.load(ckpt, weights_only=False)["state"]["step"] == 2
-    with pytest.raises(ExpertError, match="another recipe"):  # another recipe never mixes with the checkpoint
-        train_expert(TrainConfig(**{**base, "steps": 3}))
-    train_expert(TrainConfig(**{**base, "steps": 3, "resume": False}))  # --no-resume: starts afresh
+    with pytest.raises(ExpertError, match="other settings"):  # another recipe never mixes with the checkpoint
+        train_expert(TrainConfig(**{**base, "steps": 3, "resume": True}))
+    train_expert(TrainConfig(**{**base, "steps": 3, "force": True}))  # --force: starts afresh
     assert torch.load(ckpt, weights_only=False)["state"]["step"] == 3
     files = {p.name for p in (tmp_path / "w" / name).iterdir()}
     assert files == {"model.safetensors", "config.json", "model_card.md", "loss_curve.png", "manifest.json"}

@@ -46,17 +46,17 @@ def test_training_writes_to_the_run_folder_never_the_shipped_bundle_and_says_how
     assert "`m3 experts train cxr_classification --steps 2`" in card  # the command as typed, under "Commands that trained it"
 
 
-def test_a_checkpoint_of_another_recipe_is_refused_and_no_resume_starts_afresh(tmp_path):
+def test_a_checkpoint_of_another_recipe_is_refused_and_force_starts_afresh(tmp_path):
     import torch
 
     from experts.base import ExpertError
     from experts.train import train_expert
 
     train_expert(_config(tmp_path))
-    with pytest.raises(ExpertError, match=r"steps 2 → 3.*--no-resume"):
-        train_expert(_config(tmp_path, steps=3))
-    train_expert(_config(tmp_path, steps=3, resume=False, command="m3 experts train cxr_classification --steps 3 --no-resume"))
+    with pytest.raises(ExpertError, match=r"steps 2 \(saved\) vs 3 \(given\).*--force"):
+        train_expert(_config(tmp_path, steps=3, resume=True))
+    train_expert(_config(tmp_path, steps=3, force=True, command="m3 experts train cxr_classification --steps 3 --force"))
     ckpt = torch.load(tmp_path / "runs" / "cxr_classification" / "checkpoint.pt", weights_only=False)
     assert ckpt["state"]["step"] == 3 and ckpt["state"]["history"]["step"] == [1, 2, 3]
     config = json.loads((tmp_path / "runs" / "weights" / "cxr_classification" / "config.json").read_text())
-    assert [c["command"] for c in config["training"]["commands"]] == ["m3 experts train cxr_classification --steps 3 --no-resume"]
+    assert [c["command"] for c in config["training"]["commands"]] == ["m3 experts train cxr_classification --steps 3 --force"]
