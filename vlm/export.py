@@ -2,7 +2,8 @@
 
 A build holds ``config.json``, ``llm/`` (weights, tokenizer; optionally 2:4-masked weights plus the packed
 masks, or int8 weight-only weights through torchao), ``vision_tower/``, ``mm_projector/``, optional
-``experts/``, ``model_card.md`` (model card with the compression table and a memory / hardware table),
+``experts/``, ``model_card.md`` (the build's own measured figures: parameters, bytes and a memory / hardware table;
+the source model's card and an optional ``--model-card`` table follow, each labelled with where its figures come from),
 ``build.json`` (the options) and ``manifest.json`` (SHA-256 and size of every file). The server calls
 :func:`verify_manifest` before loading a build.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -46,7 +48,7 @@ class ExportConfig:
     masks: str | None = None  # a 2:4 mask file (m3 compress maskllm|oneshot) to apply to the LM weights
     dtype: str = "bfloat16"  # float32 | float16 | bfloat16 for the stored LM weights
     int8: bool = False  # int8 weight-only LM weights through torchao (skipped with a message when absent)
-    model_card: str | None = None  # Markdown to include (default: benchmarks/results/compress.md when present)
+    model_card: str | None = None  # Markdown to include, labelled as measured elsewhere (e.g. benchmarks/results/compress.md)
     experts_dir: str | None = None  # a folder of expert bundles to ship with the build
     measure_memory: bool = True  # load the LM in a subprocess and record its peak resident memory
     context_tokens: int = 4096  # for the expected KV-cache size in the GPU table
@@ -68,6 +70,8 @@ def export_build(src: str | Path, out: str | Path, config: ExportConfig | None =
     _check_layout(src)
     if config.dtype not in _DTYPES:
         raise ExportError(f"Export dtype must be one of {sorted(_DTYPES)}, got {config.dtype!r}.")
+    if config.model_card and not Path(config.model_card).is_file():
+        raise ExportError(f"--model-card must be a Markdown file to include in the card, got {config.model_card}, which does not exist.")
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"Build folder {out} is not empty; choose a new folder so no stale file ends up in the build.")
     out.mkdir(parents=True, exist_ok=True)
@@ -216,14 +220,22 @@ def _memory_table(out: Path, lm, params_llm: int, masks, config: ExportConfig) -
 
 
 def _model_card(src: Path, config: ExportConfig, notes: list[str], memory: str) -> str:
+    """The build's card: its own measured figures first; figures measured on other runs (the source model's card,
+    a ``--model-card`` file) only under a heading that names where they were measured."""
     card = ["# m3 on-prem build", "", "Built by `m3 export` from a VILA-layout model folder. The server verifies "
-            "`manifest.json` (SHA-256 of every file) before loading.", ""]
+            "`manifest.json` (SHA-256 of every file) before loading.", "", memory,
+            "## Build options", "", *(f"- {k}: {v}" for k, v in asdict(config).items() if k != "experts_dir"), *(f"- {n}" for n in notes), ""]
     source_card = next((c for c in (src / "model_card.md", src / "README.md") if c.is_file()), None)
     if source_card:
-        card += ["## Source model card", "", source_card.read_text().strip(), ""]
-    card += ["## Build options", "", *(f"- {k}: {v}" for k, v in asdict(config).items() if k != "experts_dir"), *(f"- {n}" for n in notes), ""]
-    table = Path(config.model_card) if config.model_card else _REPO / "benchmarks" / "results" / "compress.md"
-    if table.is_file():
-        card += [table.read_text().strip(), ""]
-    card.append(memory)
+        card += [f"## Source model `{src.resolve()}` (measured there, not on this build)", "",
+                 f"> Its card as written ({source_card.name}); any figure below was measured on that model, before this "
+                 "build's options (masks, precision) were applied.", "", _demote(source_card.read_text().strip()), ""]
+    if config.model_card:
+        table = Path(config.model_card)
+        card += [f"## Included from `{table}` (measured by that run, not on this build)", "", _demote(table.read_text().strip()), ""]
     return "\n".join(card)
+
+
+def _demote(markdown: str) -> str:
+    """Headings two levels down (``#`` → ``###``), so an included card stays inside its ``##`` section."""
+    return re.sub(r"^(#{1,4}) ", r"##\1 ", markdown, flags=re.M)

@@ -97,7 +97,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--masks", help="2:4 mask file to apply (from m3 compress maskllm|oneshot)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="bfloat16")
     p.add_argument("--int8", action="store_true", help="int8 weight-only LM weights (needs torchao)")
-    p.add_argument("--model-card", help="Markdown with the compression table (default: benchmarks/results/compress.md)")
+    p.add_argument("--model-card", help="Markdown to include in the card, labelled as measured elsewhere, e.g. benchmarks/results/compress.md (default: none)")
     p.add_argument("--experts", help="folder of expert bundles to ship")
     p.add_argument("--no-measure", action="store_true", help="skip the peak-memory measurement")
     p.set_defaults(func=_cmd_export)
