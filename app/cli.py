@@ -10,6 +10,9 @@ import getpass
 import sys
 from pathlib import Path
 
+from vlm.cli import add_placement_arguments
+from vlm.device import resolve_device
+
 __all__ = ["add_parsers"]
 
 
@@ -59,6 +62,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default from config: 7860)")
+    add_placement_arguments(p, default=None)  # unset: models.device / models.dtype of the config (default auto)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -74,7 +78,11 @@ def _serve(args: argparse.Namespace) -> int:
         config.models = dataclasses.replace(config.models, model_dir=args.model)
     if args.experts_dir:
         config.models = dataclasses.replace(config.models, experts_dir=args.experts_dir)
+    for name in ("device", "dtype"):
+        if getattr(args, name):
+            config.models = dataclasses.replace(config.models, **{name: getattr(args, name)})
     config.validate()
+    resolve_device(config.models.device, config.models.dtype)  # a GPU asked for and absent refuses the start here
     serve(config)  # logs the address once the login, model and page are ready (refusals come first)
     return 0
 

@@ -14,6 +14,8 @@ Example file (every key optional)::
     [models]
     model_dir = "/models/vlm"
     experts_dir = "/models/experts"
+    device = "cuda"          # auto | cpu | cuda | cuda:N
+    dtype = "bfloat16"       # auto | float32 | bfloat16 | float16
     [auth]
     users_file = "/etc/m3/users.toml"
     trusted_proxies = ["127.0.0.1/32", "::1/128"]
@@ -42,6 +44,7 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 from data.errors import M3Error
+from vlm.device import DeviceError, check_placement_names
 
 __all__ = [
     "AppConfig",
@@ -90,6 +93,8 @@ class ModelsConfig:
     lm_url: str = ""  # remote OpenAI-compatible LM (vLLM, `m3 serve-lm`), e.g. http://gpu-node:8000/v1; empty = in process
     lm_model: str = ""  # the served model name at lm_url
     lm_api_key: str = field(default="", repr=False)  # only from $M3_LM_API_KEY
+    device: str = "auto"  # where the in-process VLM runs: auto (CUDA when available, else cpu), cpu, cuda, cuda:N
+    dtype: str = "auto"  # its precision: auto (bfloat16 on a GPU, float32 on CPU), float32, bfloat16, float16
 
 
 @dataclass
@@ -184,6 +189,10 @@ class AppConfig:
                 f"models.lm_url must be an http(s) API root like http://gpu-node:8000/v1 with models.lm_model naming the "
                 f"served model, got {self.models.lm_url!r} / {self.models.lm_model!r} (from {self.source})."
             )
+        try:
+            check_placement_names(self.models.device, self.models.dtype)
+        except DeviceError as exc:
+            raise ConfigError(f"{str(exc).rstrip('.')} (from {self.source}).") from None
         if self.pacs.writeback_enabled and not self.pacs.url:
             raise ConfigError("pacs.writeback_enabled is true but pacs.url is empty; set the PACS URL or turn write-back off.")
         if self.pacs.retries < 0 or self.pacs.backoff_s < 0 or self.pacs.timeout_s <= 0:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_parsers", "chat", "ask"]
+__all__ = ["add_parsers", "add_placement_arguments", "chat", "ask"]
 
 _OTHER_COMMANDS = ("vlm.train.cli", "vlm.eval.cli", "vlm.compress.cli", "vlm.serve_lm")
 
@@ -47,14 +47,16 @@ def add_parsers(sub: Any) -> None:
             importlib.import_module(name).add_parsers(sub)
 
 
-def chat(model: str | None, study: str, question: str, *, max_rounds: int = 3, max_new_tokens: int = 256, out: Any = None) -> Any:
-    """Run one agent turn on ``study`` with the model in folder ``model`` (default: the embedded one) through
-    ``vlm.study_chat.StudyChat`` (the app's path); prints as it streams and returns the ``AgentTurn``."""
+def chat(model: str | None, study: str, question: str, *, max_rounds: int = 3, max_new_tokens: int = 256, out: Any = None,
+         device: str = "auto", dtype: str = "auto", lm_url: str | None = None, lm_model: str | None = None) -> Any:
+    """Run one agent turn on ``study`` with the model in folder ``model`` (default: the embedded one) on ``device`` in
+    ``dtype`` (``vlm.device.resolve_device``) — or the model ``lm_model`` served at ``lm_url`` (experts stay here) —
+    through ``vlm.study_chat.StudyChat`` (the app's path); prints as it streams and returns the ``AgentTurn``."""
     from data import load_study
     from vlm.study_chat import StudyChat, TurnSettings
 
     out = out or sys.stdout
-    backend, registry = _load(model)
+    backend, registry = _load(model, device, dtype, lm_url, lm_model)
     session = StudyChat(backend, registry, load_study(study), settings=TurnSettings(max_rounds, max_new_tokens))
     turn = None
     for event in session.stream(question):
@@ -74,15 +76,17 @@ def chat(model: str | None, study: str, question: str, *, max_rounds: int = 3, m
     return turn
 
 
-def ask(model: str | None, study: str, questions: str, out: str, *, max_rounds: int = 3, max_new_tokens: int = 256) -> list[dict]:
+def ask(model: str | None, study: str, questions: str, out: str, *, max_rounds: int = 3, max_new_tokens: int = 256,
+        device: str = "auto", dtype: str = "auto", lm_url: str | None = None, lm_model: str | None = None) -> list[dict]:
     """``m3 ask``: every question of the JSON-lines file ``questions`` about ``study``, one fresh conversation each
-    (``vlm.ask``); answers written to ``out`` line by line as they come. Returns the records."""
+    (``vlm.ask``), with the model on ``device`` in ``dtype`` (or ``lm_model`` served at ``lm_url``); answers written to
+    ``out`` line by line as they come. Returns the records."""
     from data import load_study
     from vlm.ask import ask_questions, load_questions, summarise_answers
     from vlm.study_chat import TurnSettings
 
     items = load_questions(questions)  # a bad file fails before any model loads
-    backend, registry = _load(model)
+    backend, registry = _load(model, device, dtype, lm_url, lm_model)
     records = []
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,27 +100,59 @@ def ask(model: str | None, study: str, questions: str, out: str, *, max_rounds: 
     return records
 
 
-def _load(model: str | None) -> tuple[Any, Any]:
+def add_placement_arguments(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--device`` and ``--dtype`` (``vlm.device``) on a command that loads a model; ``default`` None leaves them
+    unset so a config file's ``models.device`` / ``models.dtype`` apply."""
+    from vlm.device import DEVICE_CHOICES, DTYPE_CHOICES
+
+    shown = default or "models.device / models.dtype of the config, else auto"
+    p.add_argument("--device", default=default, metavar="|".join(DEVICE_CHOICES) + "|cuda:N",
+                   help=f"where the model runs: auto = CUDA when available, else CPU (default: {shown})")
+    p.add_argument("--dtype", default=default, choices=DTYPE_CHOICES,
+                   help=f"model precision: auto = bfloat16 on a GPU (float16 where it lacks bf16), float32 on CPU (default: {shown})")
+
+
+def _load(model: str | None, device: str = "auto", dtype: str = "auto", lm_url: str | None = None,
+          lm_model: str | None = None) -> tuple[Any, Any]:
     """(chat backend, expert registry): ``vlm.backends.load_backend`` (manifest checked) on ``model`` or the embedded
-    default model, and the built-in experts."""
+    default model, placed on ``device`` in ``dtype`` — or, with ``lm_url``, the model ``lm_model`` of that
+    OpenAI-compatible server (key: $M3_LM_API_KEY) — and the built-in experts, which run here either way."""
     from experts.registry import default_registry
     from vlm.backends import load_backend
+    from vlm.device import resolve_device
+
+    if lm_url:
+        import os
+
+        from vlm.backends.openai_api import RemoteBackendError, connect
+
+        if model or not lm_model:
+            raise RemoteBackendError(f"--lm-url {lm_url} needs --lm-model naming the served model, and no --model (the model "
+                                     f"is the server's); got --lm-model {lm_model!r}, --model {model!r}.")
+        return connect(lm_url, lm_model, api_key=os.environ.get("M3_LM_API_KEY") or None), default_registry()
 
     folder = Path(model) if model else Path(__file__).parent / "weights" / "default"
-    return load_backend(folder), default_registry()
+    resolve_device(device, dtype)  # a GPU asked for and absent fails here, before any weights are read
+    return load_backend(folder, device=device, dtype=dtype), default_registry()
 
 
 def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="checkpoint folder (m3, VILA layout, or an image-text-to-text model; default: the embedded model)")
     p.add_argument("--max-rounds", type=int, default=3, help="most expert-calling rounds (default 3, as in the app)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per generation (default 256, as in the app)")
+    add_placement_arguments(p)
+    p.add_argument("--lm-url", help="the API root of an OpenAI-compatible server (m3 serve-lm, vLLM) to use as the language "
+                                    "model, e.g. http://gpu-node:8000/v1; experts run here (key: $M3_LM_API_KEY)")
+    p.add_argument("--lm-model", help="the model name served at --lm-url")
 
 
 def _ask_command(args: argparse.Namespace) -> int:
-    ask(args.model, args.study, args.questions, args.out, max_rounds=args.max_rounds, max_new_tokens=args.max_new_tokens)
+    ask(args.model, args.study, args.questions, args.out, max_rounds=args.max_rounds, max_new_tokens=args.max_new_tokens,
+        device=args.device, dtype=args.dtype, lm_url=args.lm_url, lm_model=args.lm_model)
     return 0
 
 
 def _chat_command(args: argparse.Namespace) -> int:
-    chat(args.model, args.study, args.question, max_rounds=args.max_rounds, max_new_tokens=args.max_new_tokens)
+    chat(args.model, args.study, args.question, max_rounds=args.max_rounds, max_new_tokens=args.max_new_tokens,
+         device=args.device, dtype=args.dtype, lm_url=args.lm_url, lm_model=args.lm_model)
     return 0

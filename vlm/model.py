@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vlm.device import from_pretrained_kwargs, resolve_device
 from vlm.model_config import IMAGE_TOKEN, MODEL_TYPE, VILA_IMAGE_TOKEN_INDEX, M3Config, ModelLoadError
 from vlm.projector import build_projector
 from vlm.vila import config_from_vila
@@ -66,11 +67,14 @@ class M3Model(nn.Module):
         return self._tokens_per_image
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` normalised pixels → ``(B, T, H)`` features in the LM's embedding space."""
-        feats = self.vision_tower(pixel_values)  # (B, N, C)
-        proj_dtype = next(self.mm_projector.parameters()).dtype
-        out = self.mm_projector(feats.to(proj_dtype))  # (B, T, H)
-        return out.to(self.llm.get_input_embeddings().weight.dtype)
+        """``(B, 3, S, S)`` normalised pixels (any device, any float dtype) → ``(B, T, H)`` features in the LM's
+        embedding space, on the device and in the dtype of the LM's input embeddings."""
+        tower = next(self.vision_tower.parameters())
+        feats = self.vision_tower(pixel_values.to(device=tower.device, dtype=tower.dtype))  # (B, N, C)
+        proj = next(self.mm_projector.parameters())
+        out = self.mm_projector(feats.to(device=proj.device, dtype=proj.dtype))  # (B, T, H)
+        embeddings = self.llm.get_input_embeddings().weight
+        return out.to(device=embeddings.device, dtype=embeddings.dtype)
 
     def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, L)`` ids with image positions → ``(B, L, H)`` embeddings; ``image_features`` is
@@ -141,14 +145,18 @@ class M3Model(nn.Module):
         return load_model(path, **kwargs)
 
 
-def load_model(path: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> M3Model:
+def load_model(path: str | Path, *, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None) -> M3Model:
     """Load an m3 checkpoint or a published VILA / VILA-M3 checkpoint from a local folder.
 
-    dtype: parameter dtype (default float32 on CPU, the checkpoint's own on CUDA).
+    device: "auto", "cpu", "cuda", "cuda:N" (``vlm.device.resolve_device``; default CPU). dtype: "auto" (bf16 on a GPU,
+    float32 on CPU), "float32", "bfloat16", "float16" or a ``torch.dtype`` (default "auto"). Every part is read
+    straight into that dtype (a bf16 checkpoint loaded as bf16 makes no float32 copy); on CUDA the LM loads with
+    accelerate's ``device_map`` and the vision tower and projector follow it onto the GPU.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
+    placement = resolve_device(device if device is not None else "cpu", dtype if dtype is not None else "auto")
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise ModelLoadError(f"model folder {path} must hold config.json (VILA layout: config.json, llm/, vision_tower/, mm_projector/); none found.")
@@ -162,19 +170,19 @@ def load_model(path: str | Path, *, dtype: torch.dtype | None = None, device: st
         config = M3Config.from_dict(raw)
     else:
         raise ModelLoadError(f"config.json model_type must be {MODEL_TYPE!r} or 'llava_llama', got {raw.get('model_type')!r}.")
-    if dtype is None and device is not None and torch.device(device).type == "cuda":
-        dtype = None  # keep the checkpoint's own (bf16 for VILA)
-    elif dtype is None:
-        dtype = torch.float32
-    llm = AutoModelForCausalLM.from_pretrained(path / "llm", dtype=dtype or "auto").eval()
+    llm_kwargs = from_pretrained_kwargs(placement)
+    llm = AutoModelForCausalLM.from_pretrained(path / "llm", **llm_kwargs).eval()
+    if "device_map" not in llm_kwargs:
+        llm = llm.to(placement.device)
     tokenizer = AutoTokenizer.from_pretrained(path / "llm")
     tower = VisionTower.from_pretrained(path / "vision_tower", select_layer=config.vision_select_layer,
-                                        select_feature=config.vision_select_feature, dtype=dtype)
+                                        select_feature=config.vision_select_feature, dtype=placement.dtype)
     proj_dir = path / "mm_projector"
     proj_cfg = json.loads((proj_dir / "config.json").read_text()) if (proj_dir / "config.json").is_file() else {}
     config.projector_type = proj_cfg.get("mm_projector_type", config.projector_type)
     config.projector_options = proj_cfg.get("options", config.projector_options)
-    projector = build_projector(config.projector_type, tower.hidden_size, _llm_hidden(llm.config), **config.projector_options)
+    with torch.device("meta"):  # no float32 parameters: the stored tensors become the parameters (assign=True)
+        projector = build_projector(config.projector_type, tower.hidden_size, _llm_hidden(llm.config), **config.projector_options)
     weights = sorted(proj_dir.glob("*.safetensors"))
     if not weights:
         raise ModelLoadError(f"{proj_dir} must hold the projector weights as *.safetensors; none found.")
@@ -182,12 +190,13 @@ def load_model(path: str | Path, *, dtype: torch.dtype | None = None, device: st
     for w in weights:
         state.update(load_file(str(w)))
     state = {k.removeprefix("mm_projector."): v for k, v in state.items()}
-    missing, unexpected = projector.load_state_dict(state, strict=False)
+    missing, unexpected = projector.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise ModelLoadError(f"projector weights in {proj_dir} must match {config.projector_type}: missing {missing}, unexpected {unexpected}.")
-    projector = projector.to(dtype=llm.get_input_embeddings().weight.dtype).eval()
-    model = M3Model(config, tower, projector, llm, tokenizer).eval()
-    return model.to(device) if device is not None else model
+    embeddings = llm.get_input_embeddings().weight  # the LM's first device (accelerate may spread it over several)
+    projector = projector.to(device=embeddings.device, dtype=placement.dtype).eval()
+    tower = tower.to(device=embeddings.device).eval()
+    return M3Model(config, tower, projector, llm, tokenizer).eval()
 
 
 def _llm_hidden(cfg: Any) -> int:

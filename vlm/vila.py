@@ -3,7 +3,8 @@
 ``load_model(path)`` (``vlm.model``) calls ``config_from_vila`` when ``config.json`` says
 ``model_type: llava_llama``; the sub-folders load as they are (``llm/`` a Llama causal LM, maybe bf16
 and sharded with an index; ``vision_tower/`` a ``SiglipVisionModel`` with ``vision_model.*`` keys;
-``mm_projector/`` with ``layers.1/2/4``). Prompts follow VILA's own conversation classes:
+``mm_projector/`` with ``layers.1/2/4``), each read straight into the requested dtype
+(``load_model(path, dtype="bfloat16")`` keeps published bf16 weights as they are, with no float32 copy). Prompts follow VILA's own conversation classes:
 ``llama_3`` (VILA-M3 8B) and ``vicuna_v1`` (3B / 13B), with VILA's system prompts, and
 ``tokenize_with_images`` splits on ``<image>`` as VILA's ``tokenizer_image_token`` does (which leaves
 two BOS tokens at the start of a llama_3 prompt; VILA keeps them, so do we).

@@ -38,11 +38,14 @@ class HFVLMBackend:
         self._eos = _eos_ids(self.tokenizer, model.llm)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "HFVLMBackend":
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None) -> "HFVLMBackend":
+        """The backend over the checkpoint folder ``path``, loaded on ``device`` in ``dtype`` (``vlm.model.load_model``:
+        "auto" = CUDA with bf16 where available, else CPU float32; ``None`` = CPU)."""
         path = Path(path)
         # m3 folders carry model_card.md; published Hugging Face checkpoints a README.md
         card = next((c for c in (path / "model_card.md", path / "README.md") if c.is_file()), None)
-        return cls(load_model(path), name=path.name, model_card=card.read_text() if card else "")
+        return cls(load_model(path, device=device, dtype=dtype), name=path.name, model_card=card.read_text() if card else "")
 
     def render(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         """The prompt text for ``messages`` (ending with the assistant's turn opening)."""
@@ -66,7 +69,7 @@ class HFVLMBackend:
         if todo:
             pixels = self.model.vision_tower.preprocess([images[i] for i in todo], self.model.config.image_aspect_ratio)
             with torch.no_grad():
-                feats = self.model.encode_images(pixels.to(self.model.llm.device))
+                feats = self.model.encode_images(pixels)  # moved to the model's device and dtype there
             for j, i in enumerate(todo):
                 cache.image_features[keys[i]] = feats[j]
         if not keys:

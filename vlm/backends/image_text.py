@@ -16,6 +16,7 @@ from PIL import Image
 
 from vlm.backends.base import BackendInfo, GenerationConfig
 from vlm.constraints import DecodingConstraints
+from vlm.device import from_pretrained_kwargs, resolve_device
 from vlm.generate import generation_kwargs, threaded_generate
 
 __all__ = ["ImageTextBackend", "to_content_parts"]
@@ -35,11 +36,17 @@ class ImageTextBackend:
         self.info = BackendInfo(name=name, version="", takes_images=True, model_card=model_card)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.float32) -> "ImageTextBackend":
+    def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None) -> "ImageTextBackend":
+        """Load ``path`` on ``device`` in ``dtype`` (``vlm.device.resolve_device``; ``None`` = CPU, "auto" precision)."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         path = Path(path)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        placement = resolve_device(device if device is not None else "cpu", dtype if dtype is not None else "auto")
+        kwargs = from_pretrained_kwargs(placement)
+        model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        if "device_map" not in kwargs:
+            model = model.to(placement.device)
         card = path / "README.md"
         return cls(model, AutoProcessor.from_pretrained(path), name=path.name, model_card=card.read_text() if card.is_file() else "")
 
@@ -61,7 +68,9 @@ class ImageTextBackend:
         config = config or GenerationConfig()
         pictures = [Image.fromarray(_rgb(im)) for im in images or []]
         inputs = self.processor(text=self.render(messages, tools), images=pictures or None, return_tensors="pt")
-        inputs = {k: v.to(self.model.device) if hasattr(v, "to") else v for k, v in inputs.items()}
+        # ids stay integers; pixel tensors take the model's dtype (a bf16 model refuses float32 pixels)
+        inputs = {k: (v.to(self.model.device, self.model.dtype) if v.is_floating_point() else v.to(self.model.device))
+                  if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         # ``generate`` hands the processors the prompt's ids too: the constraints read only what follows them
         prompt_length = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else 0
         kwargs = generation_kwargs(self.tokenizer, config, [t for t in [self.tokenizer.eos_token_id] if t is not None], constraints,

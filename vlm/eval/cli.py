@@ -19,6 +19,7 @@ __all__ = ["add_parsers"]
 
 def add_parsers(sub: Any) -> None:
     """Register ``eval``."""
+    from vlm.cli import add_placement_arguments
     from vlm.eval.baselines import BASELINES
     from vlm.eval.vqa import VQA_FORMATS
 
@@ -41,6 +42,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=9001, help="with --phrasings: phantom seed of the studies (default 9001)")
     p.add_argument("--compare-projectors", metavar="RECIPE", help="train and score mlp_downsample vs token merging on RECIPE's budget")
     p.add_argument("--steps-scale", type=float, default=1.0, help="with --compare-projectors: scale the recipe's steps (default 1)")
+    add_placement_arguments(p)
     p.set_defaults(func=_run)
 
 
@@ -76,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
 
         out = Path(args.out) if args.out else default_out(args.model, "eval_phrasings")
         evaluate_phrasings(args.model or Path(__file__).parents[1] / "weights" / "default", args.phrasings, out, seed=args.seed,
-                           baseline=args.baseline or "")
+                           baseline=args.baseline or "", device=args.device, dtype=args.dtype)
         print((out / "phrasings.md").read_text())
         print(f"written to {out}")
         return 0
@@ -88,12 +90,13 @@ def _run(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if data.is_dir():
         report = evaluate_model(args.model, data, out, experts=args.experts, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                                baseline=args.baseline or "")
+                                baseline=args.baseline or "", device=args.device, dtype=args.dtype)
     elif args.baseline:
         raise SystemExit(f"m3 eval: error: --baseline scores the test files of a --data folder; {data} is a file. "
                          "Give the folder of `m3 data instructions --split test`, or drop --baseline.")
     else:
-        report = evaluate_vqa_file(args.model, data, out, fmt=args.format, image_root=args.image_root, experts=args.experts, limit=args.limit)
+        report = evaluate_vqa_file(args.model, data, out, fmt=args.format, image_root=args.image_root, experts=args.experts, limit=args.limit,
+                                   device=args.device, dtype=args.dtype)
     print((out / "eval.md").read_text())
     print(json.dumps(report["headline"]))
     if "baseline" in report:

@@ -69,18 +69,20 @@ class TruthRegistry:
 
 
 def evaluate_model(model: str | Path, data_dir: str | Path, out_dir: str | Path, *, experts: str = "auto", limit: int = 0,
-                   max_new_tokens: int = 256, progress: bool = True, baseline: str = "", plan_calls: bool = True) -> dict[str, Any]:
+                   max_new_tokens: int = 256, progress: bool = True, baseline: str = "", plan_calls: bool = True,
+                   device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
     """Evaluate ``model`` (a model folder, or a ``ChatBackend``) on the test files in ``data_dir``; returns
     the metrics (also written to ``out_dir``). limit: questions / reports / conversations per part (0: all).
     max_new_tokens: per generation, as the app's (``vlm.study_chat.TurnSettings``) by default. baseline: a name of
     ``vlm.eval.baselines.BASELINES`` ("keyword") scored in the same run on the same items, registry and path; its
     metrics go under ``"baseline"`` (answers in ``baseline_*_answers.json``), "": none. plan_calls: as the app
-    (``TurnSettings.plan_calls``); off to score what the model alone calls."""
+    (``TurnSettings.plan_calls``); off to score what the model alone calls. device / dtype: where a model folder
+    loads (``vlm.device.resolve_device``; None = CPU, auto precision)."""
     if baseline and baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {sorted(BASELINES)} or empty, got {baseline!r}.")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    backend = _backend(model)
+    backend = _backend(model, device, dtype)
     registry, expert_mode = _registry(experts)
     cases = _CaseCache(data_dir, plan_calls)
     t0 = time.perf_counter()
@@ -125,9 +127,11 @@ def _score_parts(backend: Any, registry: Any, cases: "_CaseCache", data_dir: Pat
 
 
 def evaluate_vqa_file(model: str | Path, path: str | Path, out_dir: str | Path, *, fmt: str = "llava", image_root: str | Path | None = None,
-                      experts: str = "auto", limit: int = 0, progress: bool = True) -> dict[str, Any]:
+                      experts: str = "auto", limit: int = 0, progress: bool = True, device: str | None = None,
+                      dtype: str | None = None) -> dict[str, Any]:
     """The VQA scorer on one file: a phantom ``ift_test.json`` or a VQA-RAD / SLAKE / PathVQA file
-    (``fmt``); same agent, same protocol. Writes ``metrics.json`` / ``eval.md`` / ``eval.png``."""
+    (``fmt``); same agent, same protocol. Writes ``metrics.json`` / ``eval.md`` / ``eval.png``. device / dtype: as
+    ``evaluate_model``'s."""
     from vlm.eval.vqa import load_vqa_file
 
     out_dir = Path(out_dir)
@@ -137,7 +141,7 @@ def evaluate_vqa_file(model: str | Path, path: str | Path, out_dir: str | Path, 
         records = [records[i] for i in sorted(set(np.linspace(0, len(records) - 1, limit).round().astype(int).tolist()))]
     if not records:
         raise ValueError(f"{path} must hold VQA records with an answer type (closed / open); found none.")
-    backend = _backend(model)
+    backend = _backend(model, device, dtype)
     registry, expert_mode = _registry(experts)
     cases = _CaseCache(Path(path).parent)
     t0 = time.perf_counter()
@@ -349,10 +353,10 @@ def _registry(mode: str) -> tuple[Any, str]:
     return TruthRegistry(), "truth"
 
 
-def _backend(model: Any) -> Any:
+def _backend(model: Any, device: str | None = None, dtype: str | None = None) -> Any:
     from vlm.backends import load_backend
 
-    return model if hasattr(model, "stream_chat") else load_backend(model)
+    return model if hasattr(model, "stream_chat") else load_backend(model, device=device, dtype=dtype)
 
 
 def _name(model: Any) -> str:

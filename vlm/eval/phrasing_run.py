@@ -44,17 +44,18 @@ class CachedRegistry:
 
 
 def evaluate_phrasings(model: Any, set_path: str | Path, out_dir: str | Path, *, seed: int = 9001, baseline: str = "",
-                       progress: bool = True) -> dict[str, Any]:
+                       progress: bool = True, device: str | None = None, dtype: str | None = None) -> dict[str, Any]:
     """Ask and score the set with ``model`` (a folder or a ``ChatBackend``) and, when named, a baseline
     (``vlm.eval.baselines.BASELINES``) on phantom studies of ``seed``; writes ``phrasings.json`` and
-    ``phrasings.md`` into ``out_dir`` and returns ``{"model": scores, "baseline": scores}``."""
+    ``phrasings.md`` into ``out_dir`` and returns ``{"model": scores, "baseline": scores}``. device / dtype: where a
+    model folder loads (``vlm.device.resolve_device``; None = CPU, auto precision)."""
     from experts.registry import default_registry
     from vlm.backends import load_backend
     from vlm.eval.baselines import BASELINES
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs = {"model": model if hasattr(model, "stream_chat") else load_backend(model)}
+    runs = {"model": model if hasattr(model, "stream_chat") else load_backend(model, device=device, dtype=dtype)}
     if baseline:
         runs["baseline"] = BASELINES[baseline]()
     registry = CachedRegistry(default_registry())
