@@ -115,7 +115,8 @@ def load_backend(config: AppConfig) -> ModelStatus:
         return ModelStatus(problem="this installation carries no language model and none is configured",
                            admin_hint="set models.model_dir (or M3_MODELS_MODEL_DIR) to a model folder and restart.")
     try:
-        return ModelStatus(backend=load_model_folder(folder), source=str(folder))
+        backend = load_model_folder(folder, device=config.models.device, dtype=config.models.dtype)  # DeviceError: no CUDA
+        return ModelStatus(backend=backend, source=str(folder))
     except ManifestError as exc:
         if config.models.model_dir is not None:
             raise ConfigError(f"models.model_dir {folder} was refused: {exc}") from exc
