@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "experts.cli",  # m3 experts list|run|train
     "vlm.cli",  # m3 train|eval|compress|export|chat|serve-lm
     "app.cli",  # m3 serve|demo
+    "app.pacs_cli",  # m3 pacs outbox list|retry|drop
 )
 # Commands that run experts through ``experts.registry.default_registry()``: the front door points it at the
 # configured experts folder first (``m3 serve`` / ``demo`` build their own from the same setting).

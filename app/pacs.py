@@ -9,7 +9,8 @@
 Everything downstream of ``load`` sees only the de-identified ``Study``. Write-back re-identifies the
 derived objects at the last moment with the in-process key kept by ``data.deid`` and only when the
 admin enabled it (``[pacs] writeback_enabled``). A STOW batch is written to the outbox folder first and
-deleted only once the PACS has every object, so a PACS outage loses nothing (``retry_outbox``).
+deleted only once the PACS has every object, so a PACS outage loses nothing (``retry_outbox``; the folder itself is
+``app.pacs_outbox.Outbox``, listed and pruned by ``m3 pacs outbox list|retry|drop``).
 GET requests (idempotent) and refused connections are retried with exponential backoff by urllib3;
 a POST that reached the PACS is never repeated automatically. Errors are ``PacsError`` with a message
 for the clinician; no message or log line carries a patient identifier or a query value.
@@ -18,13 +19,10 @@ for the clinician; no message or log line carries a patient identifier or a quer
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
 import re
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -36,6 +34,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from app.config import AppConfig, PacsConfig
+from app.pacs_outbox import Outbox
 from data.errors import M3Error
 
 __all__ = [
@@ -242,10 +241,13 @@ class PacsClient:
                     )
         return self._send_batch(batch)
 
-    def retry_outbox(self) -> OutboxReport:
-        """Send every batch waiting in the outbox (oldest first); batches that fail stay there."""
+    def retry_outbox(self, names: Iterable[str] | None = None) -> OutboxReport:
+        """Send every batch waiting in the outbox (oldest first), or only those called ``names``; batches that
+        fail stay there. A name that is not in the outbox raises ``app.pacs_outbox.OutboxError``."""
         report = OutboxReport()
-        for batch in self.pending_batches():
+        outbox = Outbox(self.outbox)
+        batches = self.pending_batches() if names is None else [outbox.get(name).path for name in names]
+        for batch in batches:
             try:
                 self._send_batch(batch)
                 report.sent += 1
@@ -256,33 +258,25 @@ class PacsClient:
 
     def pending_batches(self) -> list[Path]:
         """Outbox batch folders not yet confirmed by the PACS, oldest first."""
-        if not self.outbox.is_dir():
-            return []
-        return sorted(p for p in self.outbox.iterdir() if p.is_dir() and (p / "batch.json").is_file())
+        return Outbox(self.outbox).pending()
 
     # --- private ---------------------------------------------------------------------------------
     def _write_batch(self, datasets: list[Dataset]) -> Path:
-        self.outbox.mkdir(parents=True, exist_ok=True, mode=0o700)
-        batch = self.outbox / f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        batch.mkdir(mode=0o700)
-        for i, ds in enumerate(datasets):
-            path = batch / f"{i:03d}.dcm"
-            ds.save_as(path, enforce_file_format=True)
-            os.chmod(path, 0o600)  # re-identified: readable by the service user only
-        (batch / "batch.json").write_text(json.dumps({"objects": len(datasets), "attempts": 0, "last_error": ""}))
-        return batch
+        return Outbox(self.outbox).add(datasets)
 
     def _send_batch(self, batch: Path) -> StoreReceipt:
         files = sorted(batch.glob("*.dcm"))
         datasets = [pydicom.dcmread(p) for p in files]
-        state = json.loads((batch / "batch.json").read_text())
+        state = Outbox.read_state(batch)
         state["attempts"] += 1
+        state["last_attempt"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         try:
             response = self._call("store", self._dicomweb.store_instances, datasets)
         except PacsError as exc:
             state["last_error"] = str(exc)
-            (batch / "batch.json").write_text(json.dumps(state))
-            raise type(exc)(f"{exc} The results wait in the outbox ({batch.name}) and are sent again by retry_outbox.", exc.status) from None
+            Outbox.write_state(batch, state)
+            raise type(exc)(f"{exc} The results wait in the outbox ({batch.name}); an administrator sends them again with "
+                            "`m3 pacs outbox retry` (or the app's retry button).", exc.status) from None
         stored = {str(item.ReferencedSOPInstanceUID) for item in getattr(response, "ReferencedSOPSequence", [])}
         failed = len(getattr(response, "FailedSOPSequence", []))
         for path, ds in zip(files, datasets):
@@ -291,7 +285,7 @@ class PacsClient:
         left = len(list(batch.glob("*.dcm")))
         if left or failed:
             state["last_error"] = f"the PACS refused {left} of {len(files)} objects"
-            (batch / "batch.json").write_text(json.dumps(state))
+            Outbox.write_state(batch, state)
             raise PacsError(
                 f"the PACS refused {left} of {len(files)} objects; they wait in the outbox ({batch.name}). "
                 "Ask the PACS administrator to check its log for the refused SOP instances."
@@ -337,8 +331,10 @@ def _translate(exc: Exception, action: str, url: str, retries: int = 0) -> PacsE
         tries = tries if code in _RETRY_STATUS else ""
         return PacsError(f"{what} failed: {url} answered {code} {reason}{tries}; {hint}", status=code)
     kind = "timed out" if isinstance(exc, requests.Timeout) else "is unreachable"
+    # A failed send leaves its batch in the outbox (the caller says so); only a failed read changed nothing.
+    unchanged = "" if action in ("store", "check") else " Nothing was changed."
     return PacsUnavailableError(
-        f"{what} failed: the PACS at {url} {kind}{tries}; check that it is up and that [pacs] url is right. Nothing was changed."
+        f"{what} failed: the PACS at {url} {kind}{tries}; check that it is up and that [pacs] url is right.{unchanged}"
     )
 
 
