@@ -25,6 +25,7 @@ from safetensors import safe_open
 
 from data.errors import M3Error
 from experts.manifest import MANIFEST_FILENAME, ManifestError, write_manifest, verify_manifest  # noqa: F401 (re-exported)
+from vlm.compress.build_files import finish_model_folder
 from vlm.compress.depth import RECIPE_FILENAME, load_pruned_lm, save_pruned_lm
 from vlm.compress.masks_io import MASKS_FILENAME, load_masks, save_masks
 from vlm.compress.targets import apply_masks, prunable_linears
@@ -47,7 +48,7 @@ class ExportConfig:
 
     masks: str | None = None  # a 2:4 mask file (m3 compress maskllm|oneshot) to apply to the LM weights
     dtype: str = "bfloat16"  # float32 | float16 | bfloat16 for the stored LM weights
-    int8: bool = False  # int8 weight-only LM weights through torchao (skipped with a message when absent)
+    int8: bool = False  # int8 weight-only LM weights through torchao (the `m3[gpu]` extra); refused when it is absent
     model_card: str | None = None  # Markdown to include, labelled as measured elsewhere (e.g. benchmarks/results/compress.md)
     experts_dir: str | None = None  # a folder of expert bundles to ship with the build
     measure_memory: bool = True  # load the LM in a subprocess and record its peak resident memory
@@ -59,7 +60,8 @@ def int8_available() -> tuple[bool, str]:
     try:
         from torchao.quantization import Int8WeightOnlyConfig  # noqa: F401
     except ImportError as exc:
-        return False, f"torchao is not installed ({exc}); install `torchao` to export int8 weight-only builds"
+        return False, (f"torchao is not installed ({exc}); install the GPU extra (pip install 'm3[gpu]', or pip install torchao) "
+                       "to export int8 weight-only builds, or export without --int8")
     return True, ""
 
 
@@ -74,6 +76,12 @@ def export_build(src: str | Path, out: str | Path, config: ExportConfig | None =
         raise ExportError(f"--model-card must be a Markdown file to include in the card, got {config.model_card}, which does not exist.")
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"Build folder {out} is not empty; choose a new folder so no stale file ends up in the build.")
+    if config.int8:  # refused before anything is written: a build without the int8 it was asked for is no build
+        ok, why = int8_available()
+        if not ok:
+            raise ExportError(f"int8 export of {src} needs torchao: {why}.")
+        if (src / "llm" / RECIPE_FILENAME).is_file():
+            raise ExportError("int8 export of a depth-pruned LM is not supported; export it without --int8.")
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     shutil.copy2(src / "config.json", out / "config.json")
@@ -97,20 +105,13 @@ def export_build(src: str | Path, out: str | Path, config: ExportConfig | None =
         save_masks(masks, out / "llm" / MASKS_FILENAME, method="export")
     int8_done = False
     if config.int8:
-        ok, why = int8_available()
-        if not ok:
-            notes.append(f"int8 skipped: {why}")
-            log.warning("int8 export skipped: %s", why)
-        elif (src / "llm" / RECIPE_FILENAME).is_file():
-            raise ExportError("int8 export of a depth-pruned LM is not supported; export it without --int8.")
-        else:
-            _quantize_int8(out / "llm")
-            int8_done = True
-            notes.append("LM linear weights stored int8 weight-only (torchao Int8WeightOnlyConfig, per-row scales)")
+        _quantize_int8(out / "llm")
+        int8_done = True
+        notes.append("LM linear weights stored int8 weight-only (torchao Int8WeightOnlyConfig, per-row scales)")
     (out / "build.json").write_text(json.dumps({"export": asdict(config), "int8_applied": int8_done, "notes": notes}, indent=2))
     memory = _memory_table(out, lm, params_dense, masks, config)
     (out / "model_card.md").write_text(_model_card(src, config, notes, memory))
-    write_manifest(out)
+    finish_model_folder(out)  # files 0644 and manifest.json, last
     return out
 
 

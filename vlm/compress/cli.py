@@ -2,7 +2,8 @@
 
 Every compress command reads a model folder (VILA layout with ``llm/``, or a bare Hugging Face causal
 LM folder) and text samples (``--data``: .txt lines, .jsonl or .json records), and writes a new model
-folder of the same layout, with the options in ``compress.json`` next to the LM.
+folder of the same layout, with the options in ``compress.json`` next to the LM, its files readable by all and a
+fresh ``manifest.json`` (``vlm.compress.build_files``), so ``m3 serve`` accepts it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from vlm.compress.build_files import finish_model_folder
 from vlm.compress.calibration import calibration_size, iterate_batches, load_texts, mean_loss, pack_tokens, vlm_batches
 from vlm.compress.depth import DepthConfig, angular_importance, load_pruned_lm, prune_depth, save_pruned_lm
 from vlm.compress.elastic.distill import DistillConfig
@@ -96,7 +98,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="new, empty build folder")
     p.add_argument("--masks", help="2:4 mask file to apply (from m3 compress maskllm|oneshot)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="bfloat16")
-    p.add_argument("--int8", action="store_true", help="int8 weight-only LM weights (needs torchao)")
+    p.add_argument("--int8", action="store_true", help="int8 weight-only LM weights (needs torchao: pip install 'm3[gpu]')")
     p.add_argument("--model-card", help="Markdown to include in the card, labelled as measured elsewhere, e.g. benchmarks/results/compress.md (default: none)")
     p.add_argument("--experts", help="folder of expert bundles to ship")
     p.add_argument("--no-measure", action="store_true", help="skip the peak-memory measurement")
@@ -193,6 +195,7 @@ def _cmd_maskllm(args) -> int:
               "loss_masked": mean_loss(lm, ids), "changed_from_prior": result.changed_from_prior, "losses": result.losses}
     out_llm = _save(args, root, llm_dir, lm, tok, record)
     path = save_masks(result.masks, out_llm / MASKS_FILENAME, method="maskllm")
+    finish_model_folder(args.out)
     print(f"masks: {path}  calibration loss dense {before:.4f} → 2:4 {record['loss_masked']:.4f} nats/token")
     return 0
 
@@ -205,6 +208,7 @@ def _cmd_oneshot(args) -> int:
     record = {"method": args.method, "config": asdict(config), "loss_dense": before, "loss_masked": mean_loss(lm, ids)}
     out_llm = _save(args, root, llm_dir, lm, tok, record)
     path = save_masks(masks, out_llm / MASKS_FILENAME, method=args.method)
+    finish_model_folder(args.out)
     print(f"masks: {path}  calibration loss dense {before:.4f} → 2:4 {record['loss_masked']:.4f} nats/token")
     return 0
 
@@ -217,6 +221,7 @@ def _cmd_mft(args) -> int:
     record = {"method": args.method, "config": asdict(config), "site_loss_before": before, "site_loss_after": mean_loss(lm, ids),
               "losses": result.losses}
     out_llm = _save(args, root, llm_dir, lm, tok, record)
+    finish_model_folder(args.out)
     print(f"{args.method}: site loss {before:.4f} → {record['site_loss_after']:.4f} nats/token; saved {out_llm}")
     return 0
 
@@ -235,6 +240,7 @@ def _cmd_depth(args) -> int:
     prune_depth(lm, config, ids[:64])
     record = {"method": "depth", "config": asdict(config), "importance": importance, "loss_before": before, "loss_after": mean_loss(lm, ids)}
     out_llm = _save(args, root, llm_dir, lm, tok, record)
+    finish_model_folder(args.out)
     print(f"depth: removed blocks {config.blocks}, attention {config.attention} ({args.recovery}); "
           f"loss {before:.4f} → {record['loss_after']:.4f} nats/token; saved {out_llm}")
     return 0

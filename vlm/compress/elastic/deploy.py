@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from experts.manifest import write_manifest
+from vlm.compress.build_files import finish_model_folder
 from vlm.compress.calibration import CalibData, mean_loss
 from vlm.compress.elastic.errors import ElasticError
 from vlm.compress.elastic.router import Budget, RouteResult, measure_latency, route
@@ -121,7 +121,7 @@ def export_subnetwork(elastic_root: str | Path, out: str | Path, budget: Budget,
            "space": space.to_dict(), "elastic_training": {k: record.get(k) for k in ("config", "status", "steps_done", "seconds")}}
     (out_llm / SUBNETWORK_FILENAME).write_text(json.dumps(sub, indent=2, default=str) + "\n")
     (out / "model_card.md").write_text(_card(sub, space))
-    write_manifest(out)
+    finish_model_folder(out)
     return out, result
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vlm.compress.build_files import finish_model_folder
 from vlm.compress.calibration import CalibData, mean_loss
 from vlm.compress.elastic.deploy import FLEXTRON_FILENAME, save_elastic
 from vlm.compress.elastic.distill import CHECKPOINTS, DistillConfig, DistillResult, train_elastic
@@ -43,6 +44,7 @@ def run_flextron(src_root: str | Path, lm: nn.Module, tokenizer, data: CalibData
     save_elastic(src_root, lm, tokenizer, out, record)
     _loss_plot(result, out / "flextron_loss.png")
     shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    finish_model_folder(out)
     return record
 
 
