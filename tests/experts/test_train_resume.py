@@ -23,8 +23,8 @@ class _Killed(BaseException):
 
 
 def _config(run_dir, **kw) -> TrainConfig:
-    base = dict(name=NAME, steps=4, batch_size=2, n_train=2, n_val=8, n_test=8, val_every=2, run_dir=str(run_dir),
-                command=f"m3 experts train {NAME} --steps 4")
+    base = {"name": NAME, "steps": 4, "batch_size": 2, "n_train": 2, "n_val": 8, "n_test": 8, "val_every": 2, "run_dir": str(run_dir),
+            "command": f"m3 experts train {NAME} --steps 4"}
     return TrainConfig(**{**base, **kw})
 
 
