@@ -101,15 +101,26 @@ def embedded_model_dir() -> Path | None:
 
 
 def load_backend(config: AppConfig) -> ModelStatus:
-    """The chat backend from ``config.models.model_dir``, else the embedded bundle, else none.
+    """The chat backend: the remote LM at ``config.models.lm_url``, else ``config.models.model_dir``, else the
+    embedded bundle, else none.
 
-    Loads through ``vlm.backends.load_backend`` (the loader of every command, which verifies a folder's
-    ``manifest.json`` first): a configured model that fails refuses the start (``ConfigError``); when the embedded
-    one fails, chat is off and the banner and ``/healthz`` say why.
+    A remote LM (``vlm.backends.openai_api.connect``) only writes; experts, grounding and the audit log stay in this
+    process. A server that refuses the key or does not serve ``models.lm_model`` refuses the start; one not up yet
+    is logged and each question says so. Folders load through ``vlm.backends.load_backend`` (the loader of every
+    command, which verifies a folder's ``manifest.json`` first): a configured model that fails refuses the start
+    (``ConfigError``); when the embedded one fails, chat is off and the banner and ``/healthz`` say why.
     """
     from experts.manifest import ManifestError
     from vlm.backends import load_backend as load_model_folder
 
+    if config.models.lm_url:
+        from vlm.backends.openai_api import RemoteBackendError, connect
+
+        try:
+            remote = connect(config.models.lm_url, config.models.lm_model, api_key=config.models.lm_api_key or None)
+        except RemoteBackendError as exc:
+            raise ConfigError(f"models.lm_url was refused: {exc}") from exc
+        return ModelStatus(backend=remote, source=config.models.lm_url)
     folder = config.models.model_dir or embedded_model_dir()
     if folder is None:
         return ModelStatus(problem="this installation carries no language model and none is configured",
