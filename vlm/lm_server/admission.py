@@ -2,8 +2,7 @@
 arrival order, and one beyond both is refused at once with HTTP 429 (the OpenAI client retries it after a pause).
 
 The model generates one request per slot (no batching across requests), so the queue bounds both the memory a burst
-can claim and the time a queued request waits: at most ``max_waiting`` generations ahead of it, each ``max_running``
-at a time.
+can claim and the time an admitted request waits: at most ``max_running + max_waiting - 1`` requests are ahead of it.
 """
 
 from __future__ import annotations
