@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import openai
 import uvicorn
 from localhost import free_port
 
@@ -60,8 +61,18 @@ def test_m3_ask_through_serve_lm_answers_as_the_model_in_process_with_the_expert
             time.sleep(0.05)
         assert main(["ask", str(study), "--questions", str(questions), "--out", str(remote_out),
                      "--lm-url", f"http://127.0.0.1:{port}/v1", "--lm-model", "m3-default"]) == 0
+        # the agent's first request again, through the openai client: the shipped model's call as tool_calls
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        request = {k: v for k, v in bodies[0].items() if k != "stream"}
+        called = client.chat.completions.create(**request)
+        short = client.chat.completions.create(**{**request, "max_tokens": 3})
     finally:
         server.should_exit = True
+    choice = called.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls[0].function.name == "ct_segmentation"
+    assert choice.message.tool_calls[0].id.startswith("call_") and choice.model_extra["stop_reason"] == "</tool_call>"
+    assert called.usage.prompt_tokens > 64 and 0 < called.usage.completion_tokens < request["max_tokens"]
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
 
     local, remote = (json.loads(p.read_text()) for p in (local_out, remote_out))  # one line each
     assert remote["answer"] == local["answer"] and "mL" in remote["answer"] and remote["passed"] is True
