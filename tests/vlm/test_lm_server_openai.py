@@ -225,6 +225,18 @@ def test_tool_calls_and_results_sent_back_reach_the_model_as_the_agents_text(ser
         client.chat.completions.create(model=MODEL, messages=USER + bad)
 
 
+@pytest.mark.parametrize("content,names", [
+    ([{"type": "image_url", "image_url": {}}], "images must be sent inline as data:image"),
+    ([{"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGEgcG5n"}}], "could not be decoded"),
+    ([{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}], "content part type 'input_audio' is not supported"),
+    (42, "must be a string or a list of content parts"),
+])
+def test_messages_the_model_cannot_read_are_400_not_500(serve, content, names):
+    client, _ = serve(ScriptedModel())
+    with pytest.raises(openai.BadRequestError, match=re.escape(names)):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}])
+
+
 def _wait(condition, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():

@@ -188,7 +188,8 @@ def _content_part(part: Any, images: list[np.ndarray], where: str) -> str:
     if kind == "text":
         return str(part.get("text", ""))
     if kind == "image_url":
-        url = part["image_url"]["url"] if isinstance(part.get("image_url"), dict) else part.get("image_url", "")
+        image_url = part.get("image_url")
+        url = image_url.get("url", "") if isinstance(image_url, dict) else image_url or ""
         images.append(_decode_data_url(str(url)))
         return IMAGE_PLACEHOLDER + "\n"
     raise ServeError(f"{where}: content part type {kind!r} is not supported; use text or image_url.", param=where)
