@@ -23,7 +23,8 @@ import base64
 import io
 import json
 import logging
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 import requests
@@ -216,7 +217,7 @@ def to_openai_messages(messages: list[dict[str, Any]], images: list[np.ndarray])
                         raise RemoteBackendError(f"the messages hold more <image> placeholders than the {len(images)} images given.")
                     parts.append({"type": "image_url", "image_url": {"url": image_data_url(images[used])}})
                     used += 1
-                    chunk = chunk[1:] if chunk.startswith("\n") else chunk  # "<image>\n" is one unit; servers re-add the break
+                    chunk = chunk.removeprefix("\n")  # "<image>\n" is one unit; servers re-add the break
                 if chunk:
                     parts.append({"type": "text", "text": chunk})
             clean["content"] = parts

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from vlm.lm_server.protocol import ServeError
 
@@ -35,7 +35,7 @@ class Admission:
     def limit(self) -> int:
         return self.max_running + self.max_waiting
 
-    def admit(self) -> "_Place":
+    def admit(self) -> _Place:
         """A place in line, or ``ServeError`` with status 429 when ``max_running + max_waiting`` are taken."""
         if self.admitted >= self.limit:
             raise ServeError(
