@@ -23,8 +23,8 @@ import base64
 import io
 import json
 import logging
-from typing import Any
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import requests

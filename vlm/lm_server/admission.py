@@ -8,8 +8,8 @@ can claim and the time an admitted request waits: at most ``max_running + max_wa
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from vlm.lm_server.protocol import ServeError
 

@@ -11,8 +11,8 @@ Routes: ``GET /health``, ``GET /v1/models``, ``GET /v1/models/{model}``, ``POST 
 import json
 import secrets
 import time
-from typing import Any
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 from vlm.backends.base import ChatBackend
 from vlm.lm_server.admission import DEFAULT_MAX_QUEUE, Admission

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Sequence
 
 from data.tool_text import TOOL_CALL_OPEN
 from vlm.tools import parse_tool_calls
