@@ -249,6 +249,10 @@ def flag_text(flag: str) -> str:
         return "the model's yes / no disagreed with the expert result and was corrected to it"
     if flag == "expert uncertain":
         return "the expert marked its result uncertain; read the reasons in the answer"
+    if flag == "answer composed from the expert result":
+        return "the model's wording did not state the expert result, so the answer gives the result's fields"
+    if kind == "model text dropped":
+        return "sentences of the model's answer that no expert result supports (or that were cut off) were left out"
     if flag == "answer trimmed to the question":
         return "text the model wrote after the answer was dropped"
     if kind == "constraint failed":

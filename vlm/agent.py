@@ -126,6 +126,7 @@ class Agent:
         tools = agent_context(self.model_config, offered.values()).tools
         stop = list(dict.fromkeys(self.generation.stop + ["</tool_call>", ")>"]))
         visible_parts: list[str] = []
+        limit_note = ""
         planned = False
         while True:
             turn.rounds += 1
@@ -155,8 +156,9 @@ class Agent:
                 return
             self._flag_constraints(turn, constraints)
             visible, calls = parse_tool_calls(text)
-            tried = any(c.name in intent.experts for c in turn.tool_calls)  # a failed expert is not run again
-            plan = planned_call(intent, experts, conversation.tool_calls) if self.plan_calls and not (calls or planned or tried) else None
+            failed = any(c.name in intent.experts and c.result is None for c in turn.tool_calls)  # a failed expert is not run again
+            # the question's call when the model answered without it, or without part of it ("spleen volume and liver lesions?")
+            plan = planned_call(intent, experts, conversation.tool_calls) if self.plan_calls and not (calls or planned or failed) else None
             if plan is not None:
                 # the model answered a measurement question without the result it needs: the question's expert runs
                 # (its arguments what the question names) and the model writes the answer again from the result
@@ -177,7 +179,7 @@ class Agent:
                 note = (f"I stopped after {self.max_rounds} expert calls for one question. "
                         + " ".join(c.result.summary for c in turn.tool_calls if c.result is not None and c.result.summary))
                 yield AgentEvent("token", text=note)
-                visible_parts.append(note)
+                limit_note = note  # the agent's words, not the model's: said after the answer is checked
                 break
             end = text.rfind(calls[-1].raw) + len(calls[-1].raw)
             conversation.messages.append({"role": "assistant", "content": text[:end]})
@@ -187,7 +189,7 @@ class Agent:
                 turn.tool_calls.append(call)
                 yield AgentEvent("tool_result", text=call.error or (call.result.summary if call.result else ""), tool_call=call)
         answer = " ".join(p for p in visible_parts if p).strip()
-        yield from self._finish(conversation, turn, answer, t0, stream_answer=False, intent=intent)
+        yield from self._finish(conversation, turn, answer, t0, stream_answer=False, intent=intent, limit=limit_note)
 
     # ---- steps -------------------------------------------------------------------------------------
     def _constraints(self, conversation: Conversation, intent: QuestionIntent, turn: AgentTurn) -> DecodingConstraints:
@@ -296,7 +298,8 @@ class Agent:
             return None
 
     def _finish(self, conversation: Conversation, turn: AgentTurn, answer: str, t0: float, *, stream_answer: bool,
-                record: bool = True, intent: QuestionIntent | None = None, known: list[str] | None = None) -> Iterator[AgentEvent]:
+                record: bool = True, intent: QuestionIntent | None = None, known: list[str] | None = None,
+                limit: str = "") -> Iterator[AgentEvent]:
         if stream_answer:
             yield AgentEvent("token", text=answer)
         if record:
@@ -324,6 +327,8 @@ class Agent:
                     "result of this conversation; verify before use.)")
             yield AgentEvent("token", text=note)
             answer += note
+        if limit:
+            answer = limit + ("\n\n" + answer if answer else "")
         turn.answer = answer
         turn.seconds = time.perf_counter() - t0
         conversation.turns.append(turn)

@@ -6,9 +6,10 @@
   from the question — the expert that reads this study, its arguments narrowed to what the question names (the
   ``tool_choice`` of an OpenAI-style API, chosen by the parser) — so a small model's slip to another expert or
   another organ cannot happen; the model then writes the answer from the result.
-* ``cite_results``: an answer that rests on an expert result ends with the result fields that answer the question,
-  in words ("Expert result (ct_segmentation) — liver tumor: yes (1 found, …)"); a leading yes / no that contradicts
-  them is corrected and the turn flagged.
+* ``cite_results``: an answer that rests on an expert result states the result fields that answer the question —
+  the model's own words when they stand and state them, else the fields in words, the direct answer first — and
+  ends with the experts it rests on ("Source: ct_segmentation result."); a leading yes / no that contradicts them is
+  corrected and the turn flagged.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any, Mapping, Sequence
 
 from data.lexicon import TERMS
 from data.slice_facts import IN_SLICE
+from data.result_fields import ResultFields, fields_from_text
 from data.tool_text import ToolResult, resolve_references, value_reference
 from experts.base import Expert
+from vlm.answer_text import comparison_sentence, field_label, field_sentence, standing_clauses, states
 from vlm.intent import QuestionIntent
 
 __all__ = ["header_answer", "planned_call", "question_arguments", "cite_results", "MODALITY_WORDS"]
@@ -57,52 +60,97 @@ def planned_call(intent: QuestionIntent, experts: Mapping[str, Expert], done: Se
         return None
     expert = experts[name]
     arguments = question_arguments(expert, intent)
-    for call in done:
-        if call.name == name and call.result is not None and _covers(expert, call.arguments, arguments):
-            return None
+    ran = [call.arguments for call in done if call.name == name and call.result is not None]
+    if any(_covers(expert, have, arguments) for have in ran):
+        return None
+    if ran and arguments:  # a call that covered part of the question ("spleen volume and liver lesions?"): the rest
+        rest = {}
+        for argument, value in arguments.items():
+            values = [value] if isinstance(value, str) else list(value)
+            left = [v for v in values if not any(_covers(expert, have, {argument: v}) for have in ran)]
+            if left:
+                rest[argument] = left[0] if len(left) == 1 else left
+        arguments = rest or arguments
     return name, arguments
 
 
 def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResult | str],
                  summaries: Sequence[str] = ()) -> tuple[str, list[str]]:
-    """(the answer with the fields that answer ``intent`` cited after it, flags). ``sources``: the conversation's
-    results, oldest first (``ExpertResult`` objects; tool message texts for text-only callers); ``summaries``: this turn's result summaries (cited for report, run and segment
-    requests). Fields the answer already states are not repeated; a leading yes / no against the first field's is
-    replaced by it."""
+    """(the answer as the user reads it, flags). ``sources``: the conversation's results, oldest first
+    (``ExpertResult`` objects; tool message texts for text-only callers); ``summaries``: this turn's result summaries
+    (cited for report, run and segment requests).
+
+    The model's clauses that cannot stand (``vlm.answer_text.standing_clauses``) are dropped. When what remains states
+    every field that answers the question, it is the answer; otherwise the answer is those fields in words, the direct
+    answer first (flag ``answer composed from the expert result``). A leading yes / no against the expert is corrected.
+    The answer ends with the experts whose results it rests on."""
     flags: list[str] = []
-    cited: list[str] = []
-    values = {}
+    values, experts = _answer_values(intent, sources)
+    known = _known_texts(sources) + list(summaries)
+    text, dropped = standing_clauses(answer, known, intent.text)
+    if dropped:
+        flags.append("model text dropped: " + str(len(dropped)) + " unsupported or malformed clause" + ("s" if len(dropped) > 1 else ""))
+    verdict = _first_verdict(intent, sources)
+    lead = re.match(r"^\s*(yes|no)\b", text, re.IGNORECASE)
+    if verdict is not None and lead and (lead.group(1).lower() == "yes") != verdict:
+        text = ("Yes" if verdict else "No") + text[lead.end():]
+        flags.append("answer corrected to the expert result")
+    families = {p.family for p in intent.all_parts}
+    if values:
+        text, trimmed = _trim(text, list(values.values()))
+        if trimmed:
+            flags.append("answer trimmed to the question")
+        compared = comparison_sentence(values) if "comparison" in families else ""
+        bare = text.strip().rstrip(".").lower() in {v.lower() for v in values.values()}  # a value without what it is
+        stated = not bare and all(states(text, v, k) and not (intent.negated and field_label(k) not in text.lower()) for k, v in values.items())
+        if not stated:
+            lead_sentences = [compared + "."] if compared else []
+            lead_sentences += [field_sentence(k, v, lead=True) for k, v in values.items() if not (compared and k.endswith(" volume"))]
+            text = " ".join(lead_sentences)
+            flags.append("answer composed from the expert result")
+    extra: list[str] = []
+    if families & {"run_expert", "segment_all"}:  # the whole result, unless the answer states all of it
+        extra = [s.rstrip(".") + "." for s in summaries if not states(text, s)]
+    elif "report" in families and not re.search(r"\d", text.replace(values.get("impression", ""), "")):
+        extra = [s.rstrip(".") + "." for s in summaries if s not in text]  # a report without a measurement: the result's
+    elif not text.strip() and summaries:  # nothing of the model's stands and no field answers: the result itself
+        extra = [s.rstrip(".") + "." for s in summaries]
+        flags.append("answer composed from the expert result")
+    answer = "\n\n".join(p for p in (text.strip(), " ".join(extra)) if p)
+    if experts and answer:
+        answer += "\n\nSource: " + ", ".join(experts) + (" result." if len(experts) == 1 else " results.")
+    return answer, flags
+
+
+def _answer_values(intent: QuestionIntent, sources: Sequence[ToolResult | str]) -> tuple[dict[str, str], list[str]]:
+    """(key → value of the fields that answer the question, the experts reporting them)."""
+    values: dict[str, str] = {}
+    experts: list[str] = []
     for key in intent.answer_keys():
         value, missing = resolve_references(value_reference(key), sources)
         if not missing:
             values[key] = value
+            name = next((f.expert for f in map(_fields_of, reversed(list(sources))) if f.value(key) is not None), "")
+            if name and name not in experts:
+                experts.append(name)
     # a field of the slice on screen answers before its whole-study twin ("kidney cyst in this slice side" before "kidney cyst side")
     values = {k: v for k, v in values.items() if not any(IN_SLICE in o and o.replace(IN_SLICE, "") == k for o in values)}
-    answer, trimmed = _trim(answer, list(values.values()))
-    if trimmed:
-        flags.append("answer trimmed to the question")
-    if values and answer.strip().rstrip(".") in values.values():  # a bare value: say what it is
-        key = next(k for k, v in values.items() if v == answer.strip().rstrip("."))
-        answer = _sentence(key, values[key], lead_with_value=True)  # a closed question's answer leads
-    for key, value in values.items():
-        if _states(answer, value) and not (intent.negated and _label(key) not in answer.lower()):
-            continue
-        cited.append(_sentence(key, value).rstrip("."))
-    verdict = _first_verdict(intent, sources)
-    lead = re.match(r"^\s*(yes|no)\b", answer, re.IGNORECASE)
-    if verdict is not None and lead and (lead.group(1).lower() == "yes") != verdict:
-        answer = ("Yes" if verdict else "No") + answer[lead.end():]
-        flags.append("answer corrected to the expert result")
-    compared = _comparison(intent, values) if any(p.family == "comparison" for p in intent.all_parts) else ""
-    if compared:
-        cited.insert(0, compared)
-    if intent.family in ("run_expert", "segment_all"):  # the whole result, unless the answer states all of it
-        cited += [s.rstrip(".") for s in summaries if not _states(answer, s)]
-    elif intent.family == "report" and not re.search(r"\d", answer):  # a report the model wrote stands; none: the result's
-        cited += [s.rstrip(".") for s in summaries if s not in answer]
-    if cited:
-        answer = (answer.rstrip() + "\n\n" if answer.strip() else "") + "Expert result — " + "; ".join(cited) + "."
-    return answer, flags
+    return values, experts
+
+
+def _fields_of(source: ToolResult | str) -> ResultFields:
+    return source.fields() if isinstance(source, ToolResult) else fields_from_text(source)
+
+
+def _known_texts(sources: Sequence[ToolResult | str]) -> list[str]:
+    """What the results say, as text: their tool messages and every field's value (numbers and structures an answer
+    may state)."""
+    out = []
+    for source in sources:
+        fields = _fields_of(source)
+        out.append(fields.tool_text())
+        out.append(" ".join(f"{k}: {f.value}" for k, f in fields.items()))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -158,71 +206,14 @@ def _covers(expert: Expert, have: Mapping[str, Any], want: Mapping[str, Any]) ->
     return True
 
 
-def _comparison(intent: QuestionIntent, values: Mapping[str, str]) -> str:
-    """"The liver is larger than the spleen (1133.7 mL vs 108.1 mL)" from two cited volumes; "" without two."""
-    volumes = []
-    for key, value in values.items():
-        number = re.match(r"\s*(\d+(?:\.\d+)?)\s*mL", value)
-        if key.endswith(" volume") and number:
-            volumes.append((key[: -len(" volume")], float(number.group(1)), value))
-    if len(volumes) < 2:
-        return ""
-    (a, va, ta), (b, vb, tb) = volumes[:2]
-    if va == vb:
-        return f"The {a} and the {b} have the same volume ({ta})"
-    big, small = ((a, ta), (b, tb)) if va > vb else ((b, tb), (a, ta))
-    return f"The {big[0]} is larger than the {small[0]} ({big[1]} vs {small[1]})"
-
-
 def _trim(answer: str, values: list[str]) -> tuple[str, bool]:
     """The answer up to the clause that states the last of ``values`` it states: what a small model writes after
     the answer (another structure's field, "(not in the expert result)") is dropped. Unchanged when it states none."""
     clauses = re.split(r"(?<=[.;])\s+", answer.strip())
-    last = max((i for i, c in enumerate(clauses) if any(_states(c, v) for v in values)), default=-1)
+    last = max((i for i, c in enumerate(clauses) if any(states(c, v) for v in values)), default=-1)
     if last < 0 or last == len(clauses) - 1:
         return answer, False
     return " ".join(clauses[:last + 1]).rstrip(";,") .rstrip() + ("" if clauses[last].rstrip().endswith(".") else "."), True
-
-
-def _states(answer: str, value: str) -> bool:
-    """Whether the answer already gives ``value`` (its numbers, or its words when it has none)."""
-    numbers = re.findall(r"\d+(?:\.\d+)?", value)
-    if numbers:
-        return all(n in answer for n in numbers)
-    return value.lower() in answer.lower()
-
-
-def _sentence(key: str, value: str, lead_with_value: bool = False) -> str:
-    """A result field in words: "Kidney cyst: 3 found, …", "Not normal: nodule (0.64).", "Larger kidney: the right …"."""
-    yes = value.startswith("yes")
-    detail = value[value.find("(") + 1:value.rfind(")")] if "(" in value else ""
-    if key == "normal?" or key.endswith(" normal?"):
-        return ("Yes, normal" if yes else "No, not normal") + (f": {detail}" if detail else "") + "."
-    if lead_with_value and key.endswith("?") and value.startswith(("yes", "no")):  # a closed question: yes / no first
-        return ("Yes" if yes else "No") + f" ({_label(key)}" + (f": {detail}" if detail else "") + ")."
-    label = _label(key)
-    if not lead_with_value:
-        return f"{label[:1].upper()}{label[1:]}: {value}."
-    counted = re.match(r"(\d+) found(.*)$", value)
-    if counted:  # "3 found, volume …" → "3 kidney cysts found, volume …": the number first, then what was counted
-        n = int(counted.group(1))
-        return f"{n} {label}{'' if n == 1 else 's'} found{counted.group(2)}."
-    if value == "none found":
-        return f"No {label} found."
-    if set(label.split()) <= set(value.lower().replace("(", " ").split()):
-        return value + "."
-    return f"{value} — {label}."  # the value first: a closed question's answer leads
-
-
-def _label(key: str) -> str:
-    if key.endswith(" normal?"):
-        return f"normal ({key[:-len(' normal?')]} absent)"
-    if key == "normal?":
-        return "normal study"
-    for suffix in (" side", " size"):  # "kidney cyst side" → "side of the kidney cyst"
-        if key.endswith(suffix):
-            return f"{suffix.strip()} of the {key[: -len(suffix)]}"
-    return key.rstrip("?")
 
 
 def _first_verdict(intent: QuestionIntent, sources: Sequence[ToolResult | str]) -> bool | None:

@@ -200,6 +200,8 @@ def _parse_clause(clause: str, tags: set[str], whole: str, declared: tuple[Term,
         family = "presence"  # an expert's own structure or finding named without a measurement cue: is it there?
     if either and set(either) == {"left", "right"} and family in ("presence", "other", "size"):
         family = "side"
+    if family == "normality":  # "is the liver normal?": the organ's lesions decide, beside its volume
+        terms = terms + tuple(k for k in _organ_lesions(terms, tags) if k not in terms)
     if not terms and not elsewhere and tags == {"MR"} and family in ("presence", "count", "size", "side", "volume", "likelihood"):
         terms = ("tumor",)  # a brain MRI's finding is its tumour: "Which hemisphere?"
     form = "either_or" if either else ("yes_no" if _is_yes_no(core, q, asked) else ("wh" if _WH.search(q) else "command"))
@@ -238,7 +240,7 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
     if re.search(r"\bmodalit|\b(?:what|which) (?:kind|type|sort) of (?:\w+ )?(?:scan|study|imaging|image|exam|examination|test|"
                  r"picture|acquisition)|\bscan type\b|\btype of (?:scan|study|imaging|exam)\b|\bwhat am i looking at\b|"
                  r"\bwhat is this (?:scan|image|study|exam)\b|\bimaging (?:technique|method)\b|\bis (?:this|it) (?:an? )?"
-                 r"(?:ct|mri?|x-?ray|radiograph|cxr|mr)\b(?! scan of)|\b(?:ct|mri?|x-?ray) or (?:ct|mri?|x-?ray)\b|"
+                 r"(?:ct|mri?|x-?ray|radiograph|cxr|mr)(?: (?:scan|study|exam|image|film))?\s*(?:\?|$|\bor\b)|\b(?:ct|mri?|x-?ray) or (?:ct|mri?|x-?ray)\b|"
                  r"\bwhich (?:scanner|imaging)|\bimaging type\b|\bacquired on\b", q) and not lesions:
         return "modality"
     if re.search(r"\bseries\b|\bsequences?\b|\bacquisitions?\b|\bhow many (?:images|stacks|scans)\b|\bwhat (?:images|scans) "
@@ -310,6 +312,15 @@ def _terms(clause: str, tags: set[str], declared: tuple[Term, ...] = ()) -> tupl
     return tuple(k for k in keys if not (TERMS[k].kind == "organ" and (TERMS[k].organ or k).rstrip("s") in places)) + mine, tuple(elsewhere)
 
 
+def _organ_lesions(terms: tuple[str, ...], tags: set[str]) -> list[str]:
+    """The lexicon's lesion types of the organs among ``terms`` ("kidneys" → "kidney cyst"), of the study's modalities."""
+    out = []
+    for k in (k for k in terms if k in TERMS and TERMS[k].kind == "organ"):
+        organ = (TERMS[k].organ or k).rstrip("s")
+        out += [t.key for t in TERMS.values() if t.kind == "lesion" and t.organ.rstrip("s") == organ and (not tags or t.modality in tags)]
+    return list(dict.fromkeys(out))
+
+
 _GENERIC_LESION = re.compile(r"\b(?:lesions?|mass(?:es)?|tumou?rs?|growths?|spots?|focal|abnormalit(?:y|ies)|foci|focus|"
                              r"nodules?|nodular|cysts?|cystic|metastas[ie]s|mets)\b")
 
@@ -342,7 +353,8 @@ def _named_side(q: str) -> str:
 
 def _either_or(q: str) -> list[str]:
     """The options of an either-or question: two sides or two phases joined by "or"."""
-    if re.search(r"\b(?:left|lt|l) or (?:the )?(?:right|rt|r)\b|\b(?:right|rt|r) or (?:the )?(?:left|lt|l)\b|\bl/r\b|\br/l\b", q):
+    organ = r"(?: (?:kidney|lung|side|lobe|hemisphere|one|half|breast|adrenal|ovary))?"  # "left kidney or right kidney"
+    if re.search(rf"\b(?:left|lt|l){organ} or (?:the )?(?:right|rt|r)\b|\b(?:right|rt|r){organ} or (?:the )?(?:left|lt|l)\b|\bl/r\b|\br/l\b", q):
         return ["left", "right"]
     found = [p for p, pattern in _PHASES.items() if re.search(rf"\b(?:{pattern})", q)]
     if len(found) >= 2 and " or " in q:
@@ -418,6 +430,8 @@ def _part_keys(part: QuestionIntent) -> list[str]:
         elif fam == "size":
             if term.kind == "organ":
                 keys.append(f"{t} volume")
+            elif term.modality == "MR" and t in ("edema", "necrotic core", "enhancing tumor", "tumor core"):
+                keys.append(f"{_MRI_VOLUME[t]} volume")  # a subregion has no one diameter: how big it is is its volume
             elif term.modality == "MR":  # a brain tumour's size: on the slice, or the whole tumour's
                 keys.append(f"tumor{IN_SLICE} size" if slice_ else "whole tumor size")
             else:
@@ -445,6 +459,8 @@ def _part_keys(part: QuestionIntent) -> list[str]:
         keys += ["contrast?", "phase"] if part.form == "yes_no" and not named_phase else ["phase"]
     if fam == "normality" and not keys:
         keys.append("normal?")
+    if fam == "normality":  # the verdict first, then what it rests on (the organ's volume)
+        keys.sort(key=lambda k: not k.endswith("normal?"))
     if fam == "comparison" and not keys:
         pair = "kidney" if "kidney" in part.text.lower() or "renal" in part.text.lower() else "lung"
         keys.append(f"larger {pair}")

@@ -98,7 +98,7 @@ def test_several_tool_rounds_then_a_grounded_answer(registry):
     assert isinstance(backend, ChatBackend)
     conv = _ct_conversation()
     turn = Agent(backend, registry, max_rounds=3).run_turn(conv, "What is the liver volume?")
-    assert turn.answer == "Let me measure. The liver volume is 1523.4 mL."
+    assert turn.answer == "Let me measure. The liver volume is 1523.4 mL.\n\nSource: ct_segmentation result."
     assert turn.rounds == 3 and turn.flags == []
     ct, bad = turn.tool_calls
     assert ct.result.measurements[0].value == 1523.4 and ct.arguments == {"targets": "liver"}
@@ -180,8 +180,8 @@ def test_streamed_events_hide_call_text(registry):
     kinds = [e.kind for e in events]
     assert kinds.index("tool_call") < kinds.index("tool_result") < kinds.index("done") == len(kinds) - 1
     streamed = "".join(e.text for e in events if e.kind == "token")
-    assert streamed == "Checking. Liver 1523.4 mL." and "tool_call" not in streamed
-    assert events[-1].turn.answer == "Checking. Liver 1523.4 mL."
+    assert streamed.startswith("Checking. Liver 1523.4 mL.") and "tool_call" not in streamed
+    assert events[-1].turn.answer == "Checking. Liver 1523.4 mL.\n\nSource: ct_segmentation result."
 
 
 def test_legacy_trigger_runs_expert_and_mr_sequences_go_together(registry):
@@ -225,7 +225,7 @@ def test_field_references_are_filled_from_the_tool_result_in_stream_and_answer(r
 def test_references_are_constrained_to_the_fields_the_results_hold(registry):
     backend = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "liver"}), "The liver volume is [[liver volume]]."])
     turn = Agent(backend, registry, max_rounds=2).run_turn(_ct_conversation(), "Liver volume?")
-    assert turn.answer == "The liver volume is 1523.4 mL."
+    assert turn.answer == "The liver volume is 1523.4 mL.\n\nSource: ct_segmentation result."
     assert backend.calls[0]["references"] == ()  # no result yet: nothing to constrain to
     assert "liver volume" in backend.calls[1]["references"] and "liver" in backend.calls[1]["references"]
     off = ScriptedBackend([format_tool_call("ct_segmentation", {"targets": "liver"}), "Done."])
@@ -262,8 +262,9 @@ def test_a_question_about_the_slice_on_screen_gets_what_that_slice_of_the_mask_s
         found = {f.label: "yes" if f.present else "no" for f in turn.tool_calls[0].result.findings}
         assert found == extra
         # a bare field is said with its name; a field the result lacks stays "(not in the expert result)"
-        cited = "\n\nExpert result — Liver volume: 1523.4 mL." if question.startswith("What") else ""  # the field asked for
-        assert turn.answer == ("No (liver in this slice)." if extra else "(not in the expert result)" + cited)
+        # without a slice on screen the unfilled reference is not shown: the field asked for answers, else the result's summary
+        asked = "Liver volume: 1523.4 mL.\n\nSource: ct_segmentation result." if question.startswith("What") else "Liver 1523.4 mL."
+        assert turn.answer == ("No (liver in this slice).\n\nSource: ct_segmentation result." if extra else asked)
 
 
 def test_a_conversation_on_a_study_shows_the_middle_slice_and_knows_it():

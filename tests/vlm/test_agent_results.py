@@ -19,7 +19,7 @@ class KidneyCT(Expert):
     name = "ct_segmentation"
     description = "CT organ segmentation with volumes in mL."
     modalities = ("CT",)
-    parameters = {"type": "object", "properties": {"targets": {"type": "string", "enum": ["left kidney", "right kidney", "everything"]}},
+    parameters = {"type": "object", "properties": {"targets": {"type": "string", "enum": ["left kidney", "right kidney", "kidney cyst", "everything"]}},
                   "additionalProperties": False}
 
     def _run(self, volumes, **args):
@@ -55,7 +55,7 @@ def test_the_cyst_side_is_filled_from_the_result_itself_not_from_its_tool_text(r
         raise AssertionError("the agent parsed a tool message back")
 
     monkeypatch.setattr(data.tool_text, "fields_from_text", no_text)
-    backend = Scripted([format_tool_call("ct_segmentation", {"targets": "left kidney"}), "The cyst is on the [[kidney cyst side]]."])
+    backend = Scripted([format_tool_call("ct_segmentation", {"targets": "kidney cyst"}), "The cyst is on the [[kidney cyst side]]."])
     turn = Agent(backend, registry, cite=False).run_turn(_conversation(), "Which side is the renal cyst on?")
     assert turn.answer == "The cyst is on the left." and turn.flags == []
 

@@ -56,7 +56,8 @@ def test_real_registry_on_a_phantom_ct():
         liver = [m for m in call.result.measurements if m.structure == "liver" and m.unit == "mL"]
         assert liver and liver[0].value > 0
         # a phantom's organ outside the adult range is marked uncertain by the expert, and the answer says so
-        assert turn.flags == (["expert uncertain"] if call.result.uncertain else [])
+        assert turn.flags == ["answer composed from the expert result"] + (["expert uncertain"] if call.result.uncertain else [])
+        assert turn.answer.startswith("Liver volume: ")  # "See the expert result." states no field: the field answers
         assert ("Uncertain:" in turn.answer) == bool(call.result.uncertain)
     else:  # no weights yet: the agent reports the expert's own message to the model, no crash
         assert "weights not found" in call.error and turn.answer == "See the expert result."

@@ -27,34 +27,37 @@ def test_modality_and_series_come_from_the_header_not_the_picture():
 
 def test_a_normality_question_is_answered_about_normality_with_the_probability():
     answer, _ = cite_results(parse_question("Is the heart size normal?", ["DX"], EXPERTS), "", [CXR])
-    assert answer == "Expert result — No, not normal: cardiomegaly present, probability 0.87."
+    assert answer == "No, not normal: cardiomegaly present, probability 0.87.\n\nSource: cxr_classification result."
 
 
 def test_a_yes_against_the_expert_is_corrected_and_flagged():
     answer, flags = cite_results(parse_question("Is there a pneumothorax?", ["DX"], EXPERTS), "Yes, there is.", [CXR])
-    assert answer.startswith("No, there is.") and "probability 0.03" in answer
-    assert flags == ["answer corrected to the expert result"]
+    assert answer.startswith("No (pneumothorax: probability 0.03).")  # "Yes, there is." states no field: the field answers
+    assert flags == ["answer corrected to the expert result", "answer composed from the expert result"]
+    kept, flags = cite_results(parse_question("Is there a pneumothorax?", ["DX"], EXPERTS), "Yes, pneumothorax (probability 0.03).", [CXR])
+    assert kept.startswith("No, pneumothorax (probability 0.03).") and flags == ["answer corrected to the expert result"]
 
 
 def test_a_bare_value_is_said_with_its_name_and_text_after_the_answer_is_dropped():
     intent = parse_question("which kidney is bigger", ["CT"], EXPERTS)
     answer, flags = cite_results(intent, "the left kidney (left 150.2 mL, right 120.9 mL). Spleen volume is (not in the expert result).", [CT])
-    assert answer == "the left kidney (left 150.2 mL, right 120.9 mL) — larger kidney."  # the value leads, as a closed answer
-    assert flags == ["answer trimmed to the question"]
+    assert answer.startswith("The left kidney is larger (left 150.2 mL, right 120.9 mL).")  # the value leads, in a sentence
+    assert "Spleen" not in answer and answer.endswith("Source: ct_segmentation result.")
+    assert flags[0] == "model text dropped: 1 unsupported or malformed clause"
 
 
 def test_counts_and_whole_study_sides_are_result_fields():
     count, _ = cite_results(parse_question("how many renal cysts", ["CT"], EXPERTS), "", [CT])
-    assert "Kidney cyst: 2 found" in count
+    assert count.startswith("2 kidney cysts found")
     side, _ = cite_results(parse_question("Which side are the renal cysts on?", ["CT"], EXPERTS), "", [CT])
-    assert "Side of the kidney cyst: left" in side
+    assert side.startswith("The kidney cyst is on the left.")
 
 
 def test_any_two_structures_compared_say_which_is_larger():
     ct = format_tool_result(ToolResult("ct_segmentation", measurements=[Measurement("liver", "volume", 1133.7, "mL"),
                                                                          Measurement("spleen", "volume", 108.1, "mL")]))
     answer, _ = cite_results(parse_question("Is the liver bigger than the spleen?", ["CT"], EXPERTS), "", [ct])
-    assert answer.startswith("Expert result — The liver is larger than the spleen (1133.7 mL vs 108.1 mL)")
+    assert answer.startswith("The liver is larger than the spleen (1133.7 mL vs 108.1 mL).")
 
 
 def test_a_segment_everything_request_gets_the_whole_result_when_the_answer_leaves_parts_out():
@@ -73,8 +76,8 @@ def test_a_field_of_the_slice_on_screen_answers_before_the_whole_studys_and_the_
                                                                           Finding("kidney cyst in this slice on the right", True)],
                                              measurements=[Measurement("kidney cyst", "count", 2, "count")]))
     # the slice's side, no whole-study side beside it; without a slice on screen, the whole study's
-    assert cite_results(intent, "right", [on_slice])[0] == "right — side of the kidney cyst in this slice."
-    assert cite_results(intent, "", [CT])[0] == "Expert result — Side of the kidney cyst: left."
+    assert cite_results(intent, "right", [on_slice])[0].startswith("In this slice, the kidney cyst is on the right.")
+    assert cite_results(intent, "", [CT])[0].startswith("The kidney cyst is on the left.")
 
 
 def test_a_segment_everything_request_asks_the_expert_for_everything():
@@ -83,3 +86,24 @@ def test_a_segment_everything_request_asks_the_expert_for_everything():
     ct = default_registry().get("ct_segmentation")
     assert question_arguments(ct, parse_question("segment all the organs please", ["CT"], EXPERTS)) == {"targets": "everything"}
     assert question_arguments(ct, parse_question("liver volume?", ["CT"], EXPERTS)) == {"targets": "liver"}
+
+
+def test_clauses_with_numbers_no_result_holds_or_broken_brackets_are_dropped_and_the_fields_answer():
+    intent = parse_question("how many renal cysts and which side", ["CT"], EXPERTS)
+    answer, flags = cite_results(intent, "1 3 found, volume 7.9 mL (largest. The cysts are in the kidneys.", [CT])
+    assert "7.9" not in answer and "(largest" not in answer
+    assert answer.startswith("2 kidney cysts found") and "The kidney cyst is on the left." in answer
+    assert "answer composed from the expert result" in flags
+
+
+def test_a_finding_of_another_organ_than_any_result_names_is_not_shown():
+    answer, _ = cite_results(parse_question("fluid on the lungs?", ["DX"], EXPERTS),
+                             "Liver tumors: present. No pleural effusion is reported.", [CXR])
+    assert "Liver" not in answer
+
+
+def test_an_answer_that_states_the_fields_stands_as_written_and_cites_its_expert():
+    intent = parse_question("which kidney is bigger", ["CT"], EXPERTS)
+    written = "The left kidney is larger: left 150.2 mL, right 120.9 mL."
+    answer, flags = cite_results(intent, written, [CT])
+    assert answer == written + "\n\nSource: ct_segmentation result." and flags == []

@@ -88,13 +88,13 @@ def test_a_gallbladder_volume_question_calls_the_gallbladder_expert_and_quotes_i
 def test_a_gallstone_question_is_answered_yes_from_the_new_experts_finding():
     turn = Agent(Answers("Checked."), _registry()).run_turn(_study("CT"), "Any cholelithiasis?")
     assert [c.name for c in turn.tool_calls] == ["gallbladder_ct"] and turn.tool_calls[0].arguments == {"targets": "gallstone"}
-    assert "gallstone: yes (probability 0.91)" in turn.answer.lower()
+    assert turn.answer.startswith("Yes (gallstone: probability 0.91).")
 
 
 def test_an_ultrasound_expert_answers_an_ultrasound_study_and_a_ct_is_told_it_needs_one():
     turn = Agent(Answers("Looked."), _registry()).run_turn(_study("US"), "Is there a thyroid nodule?")
     assert [c.name for c in turn.tool_calls] == ["thyroid_us"]
-    assert "thyroid nodule: yes (probability 0.80)" in turn.answer.lower()
+    assert turn.answer.startswith("Yes (thyroid nodule: probability 0.80).")
     backend = Answers("A guess.")
     refused = Agent(backend, _registry()).run_turn(_study("CT"), "Is there a thyroid nodule?")
     assert refused.flags == ["modality mismatch"] and backend.tools == []

@@ -1,0 +1,165 @@
+"""An answer's words: result fields said as a clinician reads them, and the model's clauses that stand.
+
+* ``field_sentence``: one result field (``data.result_fields`` key and value) as a sentence — "The left kidney is
+  larger (left 150.2 mL, right 120.9 mL).", "Kidney cysts on both sides (left and right).", "3 lung nodules found,
+  …", "No, not normal: cardiomegaly present, probability 0.87." With ``lead`` the value comes first, as the answer to
+  a closed question does; without, as a labelled citation ("Side of the kidney cyst: left.").
+* ``comparison_sentence``: two cited volumes compared ("The liver is larger than the spleen (… vs …)").
+* ``standing_clauses``: the clauses of a model's answer that can be shown as written: a clause with an unbalanced
+  bracket, an unfilled reference, a number no result or the question holds, a run of bare numbers ("1 3 found"), or a
+  structure that neither the question nor any result names (a liver on a chest film) is dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+from data.lexicon import find_terms
+from data.tool_text import UNRESOLVED
+from vlm.safety import ungrounded_numbers
+
+__all__ = ["field_sentence", "field_label", "comparison_sentence", "standing_clauses", "states"]
+
+
+def states(answer: str, value: str, key: str = "") -> bool:
+    """Whether ``answer`` already gives ``value`` (its numbers, or its words when it has none) — about the structure
+    of ``key`` when one is given ("pneumothorax … 0.00" does not state a pleural effusion's 0.00)."""
+    numbers = re.findall(r"\d+(?:\.\d+)?", value)
+    said = all(n in answer for n in numbers) if numbers else value.lower() in answer.lower()
+    subject = _subject(key)
+    if not said or not subject:
+        return said
+    named = {m.key for m in find_terms(answer)}
+    return subject in named or all(w in answer.lower() for w in re.findall(r"[a-z]{4,}", subject))
+
+
+def _subject(key: str) -> str:
+    """The structure a field key is about ("kidney cyst in this slice side" → "kidney cyst"); "" for study-wide keys."""
+    key = key.rstrip("?").replace(" in this slice", "")
+    for suffix in (" normal", " side", " size", " volume"):
+        key = key[: -len(suffix)] if key.endswith(suffix) else key
+    key = re.sub(r"^(?:larger|smaller) ", "", key)
+    return "" if key in ("normal", "phase", "contrast", "impression", "positive findings", "negative findings") else key
+
+
+def field_label(key: str) -> str:
+    """A field key in words: "kidney cyst side" → "side of the kidney cyst", "cardiomegaly normal?" → "normal
+    (cardiomegaly absent)"."""
+    if key.endswith(" normal?"):
+        return f"normal ({key[:-len(' normal?')]} absent)"
+    if key == "normal?":
+        return "normal study"
+    for suffix in (" side", " size"):
+        if key.endswith(suffix):
+            return f"{suffix.strip()} of the {key[: -len(suffix)]}"
+    return key.rstrip("?")
+
+
+def field_sentence(key: str, value: str, lead: bool = False) -> str:
+    """One result field as a sentence (see the module docstring)."""
+    value = value.strip().rstrip(".")
+    yes = value.startswith("yes")
+    detail = value[value.find("(") + 1:value.rfind(")")] if "(" in value else ""
+    if key == "normal?" or key.endswith(" normal?"):
+        return ("Yes, normal" if yes else "No, not normal") + (f": {detail}" if detail else "") + "."
+    if not lead:
+        label = field_label(key)
+        return f"{label[:1].upper()}{label[1:]}: {value}."
+    if key.endswith("?") and value.startswith(("yes", "no")):  # a closed question: yes / no first
+        return ("Yes" if yes else "No") + f" ({field_label(key)}" + (f": {detail}" if detail else "") + ")."
+    if re.fullmatch(r"(?:larger|smaller) (?:kidney|lung)", key):
+        m = re.match(r"the (left|right) (\w+)(.*)$", value)
+        if m:
+            return f"The {m.group(1)} {m.group(2)} is {key.split()[0]}{m.group(3)}."
+    if key.endswith(" side"):
+        return _side_sentence(key[: -len(" side")], value)
+    if key.endswith(" size") and "(" in value:
+        what = key[: -len(" size")]
+        return f"{_upper(what)}: {value}."
+    counted = re.match(r"(\d+) found(.*)$", value)
+    label = field_label(key)
+    if counted:  # "3 found, volume …" → "3 kidney cysts found, volume …": the number first, then what was counted
+        n = int(counted.group(1))
+        return f"{n} {label}{'' if n == 1 else 's'} found{counted.group(2)}."
+    if value == "none found":
+        return f"No {label} found."
+    return f"{_upper(label)}: {value}."
+
+
+def _side_sentence(what: str, value: str) -> str:
+    """"kidney cyst", "left and right" → "Kidney cysts on both sides (left and right).\""""
+    where = ""
+    if " in this slice" in what:
+        what, where = what.replace(" in this slice", ""), "In this slice, "
+    if value == "none found":
+        return _upper(f"{where}no {what} found.")
+    sides = value.split(" (")[0]
+    extra = value[len(sides):]
+    if sides in ("left and right", "right and left"):
+        return _upper(f"{where}{what}s on both sides (left and right){extra}.")
+    return _upper(f"{where}the {what} is on the {sides}{extra}.")
+
+
+def _upper(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def comparison_sentence(values: dict[str, str]) -> str:
+    """"The liver is larger than the spleen (1133.7 mL vs 108.1 mL)" from two cited volumes; "" without two."""
+    volumes = []
+    for key, value in values.items():
+        number = re.match(r"\s*(\d+(?:\.\d+)?)\s*mL", value)
+        if key.endswith(" volume") and number:
+            volumes.append((key[: -len(" volume")], float(number.group(1)), value))
+    if len(volumes) < 2:
+        return ""
+    (a, va, ta), (b, vb, tb) = volumes[:2]
+    if va == vb:
+        return f"The {a} and the {b} have the same volume ({ta})"
+    big, small = ((a, ta), (b, tb)) if va > vb else ((b, tb), (a, ta))
+    return f"The {big[0]} is larger than the {small[0]} ({big[1]} vs {small[1]})"
+
+
+_CLAUSE_END = re.compile(r"(?<=[.;!?])\s+|\n+")
+_NUMBER_RUN = re.compile(r"^\s*\d+(?:\.\d+)?\s+(?:\d|[A-Z])")
+
+
+def standing_clauses(answer: str, known: Sequence[str], question: str = "") -> tuple[str, list[str]]:
+    """(the clauses of ``answer`` that stand, joined; the dropped ones). ``known``: the conversation's result texts
+    (numbers and structures an answer may state)."""
+    known_text = " ".join(known).lower() + " " + question.lower()
+    kept: list[str] = []
+    dropped: list[str] = []
+    for clause in (c.strip() for c in _CLAUSE_END.split(answer.strip())):
+        if not clause:
+            continue
+        if _malformed(clause) or ungrounded_numbers(clause, known, question) or _foreign_structure(clause, known_text):
+            dropped.append(clause)
+        else:
+            kept.append(clause)
+    return " ".join(kept), dropped
+
+
+def _malformed(clause: str) -> bool:
+    if UNRESOLVED in clause or "[[" in clause or "]]" in clause:
+        return True
+    if clause.count("(") != clause.count(")") or clause.count("[") != clause.count("]"):
+        return True
+    if _NUMBER_RUN.match(clause):  # "1 3 found", "1 Liver tumors: …": a number left over before the sentence
+        return True
+    return len(re.findall(r"[A-Za-z]{2,}", clause)) < 1
+
+
+def _foreign_structure(clause: str, known_text: str) -> bool:
+    """Whether the clause names a structure or finding that no result and not the question names."""
+    for match in find_terms(clause):
+        names = {match.key, match.name}
+        if not any(n.lower() in known_text for n in names) and not _any_word_known(match.key, known_text):
+            return True
+    return False
+
+
+def _any_word_known(key: str, known_text: str) -> bool:
+    words = [w for w in re.findall(r"[a-z]+", key.lower()) if len(w) > 3]
+    return bool(words) and all(w in known_text for w in words)
