@@ -15,6 +15,7 @@ import ipaddress
 import os
 import sys
 
+from vlm.cli import add_placement_arguments
 from vlm.lm_server import DEFAULT_MAX_QUEUE, ServeError, create_app, from_openai_messages
 
 __all__ = ["create_app", "serve_lm", "from_openai_messages", "add_parsers", "ServeError", "API_KEY_ENV"]
@@ -23,8 +24,9 @@ API_KEY_ENV = "M3_LM_API_KEY"
 
 
 def serve_lm(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_concurrency: int = 1,
-             max_queue: int = DEFAULT_MAX_QUEUE) -> None:
-    """Load the checkpoint folder ``model`` (``vlm.backends.load_backend``) and serve it until stopped."""
+             max_queue: int = DEFAULT_MAX_QUEUE, device: str = "auto", dtype: str = "auto") -> None:
+    """Load the checkpoint folder ``model`` (``vlm.backends.load_backend``) on ``device`` in ``dtype`` and serve it until
+    stopped."""
     import uvicorn
 
     from vlm.backends import load_backend
@@ -33,7 +35,7 @@ def serve_lm(model: str, *, host: str = "127.0.0.1", port: int = 8000, api_key: 
         raise ServeError(f"serving on {host} without an API key would open the model to the network; set ${API_KEY_ENV} or bind 127.0.0.1.")
     if max_concurrency < 1 or max_queue < 0:
         raise ServeError(f"--max-concurrency must be >= 1 and --max-queue >= 0, got {max_concurrency} and {max_queue}.")
-    backend = load_backend(model)
+    backend = load_backend(model, device=device, dtype=dtype)
     app = create_app(backend, api_key=api_key, max_concurrency=max_concurrency, max_queue=max_queue)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
@@ -47,13 +49,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrency", type=int, default=1, help="requests generating at once (default 1)")
     p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                    help=f"requests waiting beyond those generating; more get HTTP 429 (default {DEFAULT_MAX_QUEUE})")
+    add_placement_arguments(p)
     p.set_defaults(func=_serve_command)
 
 
 def _serve_command(args: argparse.Namespace) -> int:
     try:
         serve_lm(args.model, host=args.host, port=args.port, api_key=os.environ.get(API_KEY_ENV) or None,
-                 max_concurrency=args.max_concurrency, max_queue=args.max_queue)
+                 max_concurrency=args.max_concurrency, max_queue=args.max_queue, device=args.device, dtype=args.dtype)
     except ServeError as exc:
         print(f"m3 serve-lm: error: {exc}", file=sys.stderr)
         return 2
