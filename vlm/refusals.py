@@ -30,7 +30,12 @@ _IDENTITY = re.compile(
     r"\b(?:patient|pt)'?s? (?:first|last|full|given|family)? ?name\b|\bname of (?:the )?(?:patient|pt)\b|\bwho (?:does|did) "
     r"(?:this|the) (?:scan|study|image|film) belong to\b|\bbelongs? to whom\b|\b(?:patient|pt) (?:number|no\.?|#)|"
     r"\bhospital (?:id|number|no)\b|\bdemographics\b|\bidentif(?:y|ying|iers?) (?:the )?(?:patient|pt|person)|"
-    r"\b(?:patient|pt) identity\b|\breferring (?:physician|doctor)\b|\bwhich patient\b)", re.IGNORECASE)
+    r"\b(?:patient|pt) identity\b|\breferring (?:physician|doctor)\b|\bwhich patient\b|"
+    r"\bwhen was (?:this |the )?(?:patient|pt|person) born\b|\b(?:patient|pt)'?s? (?:age|sex|gender|birthday)\b|"
+    r"\bhow old\b(?! (?:is|are) (?:the|this|that) (?:lesion|fracture|bleed|infarct|ha?emorrhage|clot|injury))|"
+    r"\b(?:which|what) (?:hospital|institution|clinic|site|facility|scanner location)\b|\baccession\b|"
+    r"\b(?:study|scan|exam|acquisition) (?:date|time)\b|\bwhen was (?:this|the) (?:scan|study|exam|image|film|x-?ray) "
+    r"(?:done|taken|acquired|performed|made)\b)", re.IGNORECASE)
 _DECISION = re.compile(
     r"\b(?:should (?:we|i|he|she|they|the patient|the pt|this patient) (?:be )?(?:operate|operated|treat|treated|start|stop|"
     r"give|get|have|receive|go|be discharged|discharge|admit|admitted|biopsy|biopsied|resect|resected|refer|referred|send|sent|"
@@ -53,7 +58,12 @@ _DECISION = re.compile(
     r"chest (?:tube|drain)|thoracentesis|thoracostomy|resection|craniotomy|biopsy|radiation|surgery|operation)\b.*\?|"
     r"\b(?:surgical|operative) (?:candidate|option)|\bwhen (?:can|should|will) (?:he|she|they|the patient) (?:go home|be "
     r"discharged|leave)\b|\bsafe to (?:discharge|send home|operate|fly|drive)\b|\bhow long (?:to|will|does) (?:live|survive)|"
-    r"\bcurable\b|\bstage (?:of )?(?:the )?cancer\b)", re.IGNORECASE)
+    r"\bcurable\b|\bstage (?:of )?(?:the )?cancer\b|"
+    r"\b(?:can|could|should|may) (?:the patient|the pt|he|she|they) (?:fly|drive|travel|work|exercise|return to)\b|"
+    r"\bshould (?:i|we) (?:call|consult|contact|page|involve|get|refer to) (?:the )?(?:surgeons?|surgery|oncology|"
+    r"oncologists?|cardiology|neurosurgery|specialists?|icu|team)\b|\bwhat follow[- ]?up\b|"
+    r"\brecommend\w* (?:a |any )?follow[- ]?up\b|\bfollow[- ]?up (?:imaging|scan|study|interval)\b.*\brecommend|"
+    r"\bsafe (?:to go|for) (?:home|discharge)\b|\bgo home\b)", re.IGNORECASE)
 _GREETING = re.compile(r"^\W*(?:hi|hello|hey|hiya|howdy|yo|greetings|good (?:morning|afternoon|evening|day)|thanks?|thank you|thx|ty|"
                        r"cheers|ok|okay|morning|evening|hallo|hola|bonjour|sup|what'?s up)\b[\w\s,!.']*\??$", re.IGNORECASE)
 _HELP = re.compile(r"\b(?:what can you do|what do you do|what are you able to|what are your (?:capabilities|functions|features)|"
@@ -63,7 +73,12 @@ _HELP = re.compile(r"\b(?:what can you do|what do you do|what are you able to|wh
                    r"^\W*\?+\W*$|how can you help|can you help(?: me)?\W*$|what can you help with|usage|getting started|"
                    r"what (?:are you|is this) (?:for|good for|capable of)|what (?:can|do) you (?:offer|support|know)|tell me about "
                    r"yourself|introduce yourself|how does (?:this|it|m3) work|what (?:should|could|can) i (?:ask|do|type)|"
-                   r"\bmenu\b|\bcommands\b|\bwhat features\b|\bhow to use\b|are you (?:a bot|an ai|human))", re.IGNORECASE)
+                   r"\bmenu\b|\bcommands\b|\bwhat features\b|\bhow to use\b|are you (?:a bot|an ai|human)|"
+                   r"\bwhat (?:kinds? of |types? of |sort of )?(?:things )?can you (?:measure|do|find|detect|segment|answer|check)\b|"
+                   r"\bexplain what you (?:are|do)\b|\btips?\b.*\b(?:using|use)\b|\bwhat (?:experts|tools|models) (?:can|do|will) "
+                   r"you (?:run|use|call|have)\b|\bwho (?:made|built|created|developed|trained|wrote) you\b|"
+                   r"\b(?:approved|cleared|certified|validated|licensed) for (?:clinical|diagnostic) use\b|\bfor clinical use\b|"
+                   r"\bfda\b|\bce[- ]marked?\b)", re.IGNORECASE)
 _ABOUT_IMAGES = re.compile(r"\b(?:volume|size|measure|segment|lesion|tumou?r|mass|nodule|cyst|effusion|pneumothorax|"
                            r"consolidation|cardiomegaly|liver|spleen|kidney|lung|heart|aorta|spine|edema|oedema|"
                            r"hemisphere|phase|contrast|slice|report|findings?|normal|brain)\b", re.IGNORECASE)

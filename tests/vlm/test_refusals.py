@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlm.refusals import refusal_for
+from vlm.refusals import policy_kind, refusal_for
 
 
 @pytest.mark.parametrize("question,kind", [
@@ -44,3 +44,23 @@ def test_a_declined_question_calls_no_expert_and_is_flagged_for_the_audit_log():
     turn = Agent(NeverCalled(), ExpertRegistry()).run_turn(Conversation(images=[np.zeros((8, 8), np.uint8)]), "What is the patient's name?")
     assert turn.tool_calls == [] and turn.flags == ["refusal: identity"]
     assert "identifiers are removed when a study is loaded" in turn.answer
+
+
+def test_birth_dates_ages_hospitals_accessions_and_study_dates_are_identifiers():
+    for q in ("When was this patient born?", "patient age?", "what hospital is this from", "Give me the accession",
+              "what is the study date"):
+        assert policy_kind(q) == "identity", q
+    assert policy_kind("How old is the fracture?") == ""  # the age of a finding is a question about the image
+
+
+def test_fitness_to_fly_calling_surgeons_follow_up_and_going_home_are_the_clinicians_decision():
+    for q in ("Can the patient fly next week?", "Should I call the surgeons?", "what follow-up imaging do you recommend",
+              "Is this patient safe to go home?"):
+        assert policy_kind(q) == "decision", q
+
+
+def test_questions_about_the_assistant_itself_get_the_help_answer():
+    for q in ("Can you explain what you are?", "any tips for using this tool?", "What experts can you run on this study?",
+              "Who made you?", "is this tool approved for clinical use?"):
+        assert policy_kind(q) == "help", q
+    assert policy_kind("can you measure the liver") == ""
