@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from rapidfuzz.distance import Levenshtein
 
-__all__ = ["Term", "TERMS", "TermMatch", "find_terms", "words_of", "normalise_text"]
+__all__ = ["Term", "TERMS", "TermMatch", "find_terms", "one_typo", "words_of", "normalise_text"]
 
 
 @dataclass(frozen=True)
@@ -213,9 +213,15 @@ def _stem(word: str) -> str:
 
 def _close(a: str, b: str) -> bool:
     """One typo (an edit or a swap of neighbours) apart, for words of five letters or more."""
+    return one_typo(a, b)
+
+
+def one_typo(a: str, b: str, min_length: int = 5) -> bool:
+    """Whether ``a`` is ``b`` with one typo (an edit or a swap of neighbours), both words of ``min_length`` letters or
+    more and starting alike (the first letter, or the first two swapped)."""
     if a == b:
         return True
-    if min(len(a), len(b)) < 5 or a[0] != b[0] and a[:2] != b[:2][::-1]:
+    if min(len(a), len(b)) < min_length or a[0] != b[0] and a[:2] != b[:2][::-1]:
         return False
     return Levenshtein.distance(a, b, weights=(1, 1, 1)) <= 1 or _swapped(a, b)
 

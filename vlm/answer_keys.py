@@ -70,7 +70,7 @@ def part_keys(part: Any) -> list[str]:
             pair = "kidney" if "kidney" in t else ("lung" if "lung" in t else "")
             text = normalise_text(part.text)
             paired = term.kind == "organ" and pair and (t in ("kidneys", "lungs") or sum(x.endswith(" " + pair) for x in terms) == 2
-                                                        or ("left" in text and "right" in text))
+                                                        or (bool(re.search(r"\b(?:left|lt|l)\b", text)) and bool(re.search(r"\b(?:right|rt|r)\b", text))))
             if paired:
                 smaller = bool(re.search(r"\bsmaller\b|\bless\b", normalise_text(part.text)))
                 keys.append(f"{'smaller' if smaller else 'larger'} {pair}")

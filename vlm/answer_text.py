@@ -125,20 +125,28 @@ _CLAUSE_END = re.compile(r"(?<=[.;!?])\s+|\n+")
 _NUMBER_RUN = re.compile(r"^\s*\d+(?:\.\d+)?\s+(?:\d|[A-Z])")
 
 
-def standing_clauses(answer: str, known: Sequence[str], question: str = "") -> tuple[str, list[str]]:
+def standing_clauses(answer: str, known: Sequence[str], question: str = "", names: Iterable[str] = ()) -> tuple[str, list[str]]:
     """(the clauses of ``answer`` that stand, joined; the dropped ones). ``known``: the conversation's result texts
-    (numbers and structures an answer may state)."""
+    (numbers and structures an answer may state); ``names``: the results' field keys — a clause that is only a field's
+    name ("aorta volume;") says nothing and is dropped, as is a clause said twice."""
     known_text = " ".join(known).lower() + " " + question.lower()
+    bare = {_plain(n) for n in names}
     kept: list[str] = []
     dropped: list[str] = []
     for clause in (c.strip() for c in _CLAUSE_END.split(answer.strip())):
         if not clause:
             continue
-        if _malformed(clause) or ungrounded_numbers(clause, known, question) or _foreign_structure(clause, known_text):
+        plain = _plain(clause)
+        if plain in bare or any(_plain(k) == plain for k in kept) or _malformed(clause) or ungrounded_numbers(clause, known, question) \
+                or _foreign_structure(clause, known_text):
             dropped.append(clause)
         else:
             kept.append(clause)
     return " ".join(kept), dropped
+
+
+def _plain(text: str) -> str:
+    return " ".join(re.sub(r"[^a-z0-9?]+", " ", text.lower()).split())
 
 
 def _malformed(clause: str) -> bool:

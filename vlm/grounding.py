@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from data.lexicon import TERMS
+from data.lexicon import TERMS, find_terms
 from data.slice_facts import IN_SLICE
 from data.result_fields import ResultFields, fields_from_text
 from data.tool_text import ToolResult, resolve_references, value_reference
@@ -25,7 +25,7 @@ from experts.base import Expert
 from vlm.answer_text import comparison_sentence, field_label, field_sentence, standing_clauses, states
 from vlm.intent import QuestionIntent
 
-__all__ = ["header_answer", "planned_call", "question_arguments", "cite_results", "MODALITY_WORDS"]
+__all__ = ["header_answer", "planned_call", "question_arguments", "cite_results", "relevant_doubts", "MODALITY_WORDS"]
 
 MODALITY_WORDS = {"CT": "CT (computed tomography)", "MR": "MRI (magnetic resonance imaging)",
                   "DX": "radiograph (X-ray)", "CR": "radiograph (X-ray)", "OT": "image", "US": "ultrasound",
@@ -87,7 +87,7 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
     flags: list[str] = []
     values, experts = _answer_values(intent, sources)
     known = _known_texts(sources) + list(summaries)
-    text, dropped = standing_clauses(answer, known, intent.text)
+    text, dropped = standing_clauses(answer, known, intent.text, [k for source in sources for k in _fields_of(source)])
     if dropped:
         flags.append("model text dropped: " + str(len(dropped)) + " unsupported or malformed clause" + ("s" if len(dropped) > 1 else ""))
     verdict = _first_verdict(intent, sources)
@@ -102,7 +102,8 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
             flags.append("answer trimmed to the question")
         compared = comparison_sentence(values) if "comparison" in families else ""
         bare = text.strip().rstrip(".").lower() in {v.lower() for v in values.values()}  # a value without what it is
-        stated = not bare and all(states(text, v, k) and not (intent.negated and field_label(k) not in text.lower()) for k, v in values.items())
+        # a comparison is said by the fields: which side is larger is not left to the model's wording
+        stated = not bare and "comparison" not in families and all(states(text, v, k) and not (intent.negated and field_label(k) not in text.lower()) for k, v in values.items())
         if not stated:
             lead_sentences = [compared + "."] if compared else []
             lead_sentences += [field_sentence(k, v, lead=True) for k, v in values.items() if not (compared and k.endswith(" volume"))]
@@ -120,6 +121,23 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
     if experts and answer:
         answer += "\n\nSource: " + ", ".join(experts) + (" result." if len(experts) == 1 else " results.")
     return answer, flags
+
+
+def relevant_doubts(intent: QuestionIntent, reasons: Sequence[str]) -> list[str]:
+    """The reasons an expert gave for doubting its result that bear on the question: a reason naming none of the
+    structures the question asks about (a lung nodule's density, asked about a kidney) is left out; reasons naming no
+    structure, and every reason for a report or a whole-result request, are kept."""
+    if {p.family for p in intent.all_parts} & {"report", "run_expert", "segment_all", "normality", "other"} or not intent.terms:
+        return list(reasons)
+    asked = set(intent.terms) | {TERMS[t].organ for t in intent.terms if t in TERMS and TERMS[t].organ}
+    asked |= {k.rstrip("s") for k in asked}
+    out = []
+    for reason in reasons:
+        named = {m.key for m in find_terms(reason)}
+        named |= {TERMS[k].organ for k in named if k in TERMS and TERMS[k].organ}
+        if not named or named & asked or {n.rstrip("s") for n in named} & asked:
+            out.append(reason)
+    return out
 
 
 def _answer_values(intent: QuestionIntent, sources: Sequence[ToolResult | str]) -> tuple[dict[str, str], list[str]]:
@@ -188,6 +206,9 @@ def question_arguments(expert: Expert, intent: QuestionIntent) -> dict[str, Any]
                 continue
             organ = key[:-1] if key.endswith("s") else key  # "kidneys" → both kidneys
             picked += [c for c in choices if c in TERMS and TERMS[c].organ == organ and TERMS[c].kind == "organ"]
+        if any(p.family == "comparison" for p in intent.all_parts):  # "is the right kidney bigger than the left?": both sides
+            picked += [c for k in picked for c in choices if re.fullmatch(r"(?:left|right) " + re.escape(k.split(" ", 1)[-1]), c)
+                       and k.split(" ", 1)[0] in ("left", "right")]
         picked = list(dict.fromkeys(picked))
         if picked:
             out[argument] = picked[0] if len(picked) == 1 else picked

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from data.lexicon import TERMS, Term, find_terms, normalise_text, words_of
+from data.lexicon import TERMS, Term, find_terms, normalise_text, one_typo, words_of
 from data.slice_facts import asks_about_shown_slice
 from vlm.answer_keys import PHASES as _PHASES
 from vlm.answer_keys import part_keys as _part_keys
@@ -180,7 +180,7 @@ _POLITE = re.compile(r"^(?:please|pls|plz|kindly|hi|hello|hey|ok|okay|so|and|als
 
 
 def _parse_clause(clause: str, tags: set[str], whole: str, declared: tuple[Term, ...] = ()) -> QuestionIntent:
-    q = normalise_text(re.sub(r",\s*(?:right|correct|yes|no|true|ok|okay)\s*\?\s*$", "?", clause))  # tag question
+    q = _corrected(normalise_text(re.sub(r",\s*(?:right|correct|yes|no|true|ok|okay)\s*\?\s*$", "?", clause)))  # tag question
     asked = clause.rstrip().endswith("?")
     core = q
     for _ in range(3):  # lead-ins before the question proper: "could you tell me: is there …"
@@ -212,6 +212,38 @@ def _parse_clause(clause: str, tags: set[str], whole: str, declared: tuple[Term,
     options = tuple(either) if either else ()
     return QuestionIntent(clause, family=family, form=form, terms=terms, side=side, options=options, scope=scope,
                           negated=negated, asks_normal=asks_normal, elsewhere=elsewhere)
+
+
+# the words the family cues below are made of: a word one typo from one of them (and not a word in its own right) is read
+# as it ("biger" → "bigger", "volme" → "volume", "sise" → "size")
+_CUE_WORDS = ("bigger", "larger", "smaller", "greater", "compare", "comparison", "versus", "symmetric", "asymmetric",
+              "volume", "size", "sized", "diameter", "dimension", "dimensions", "measure", "measurement", "normal",
+              "abnormal", "unremarkable", "healthy", "pathology", "count", "number", "multiple", "solitary", "several",
+              "laterality", "lateral", "hemisphere", "which", "where", "located", "location", "phase", "contrast",
+              "enhanced", "unenhanced", "arterial", "venous", "portal", "delayed", "report", "impression", "summarise",
+              "summarize", "segment", "segmentation", "contour", "outline", "likely", "likelihood", "probability",
+              "chance", "present", "visible", "modality", "series", "sequence", "sequences", "bilateral", "unilateral")
+# words one typo from a cue word that are words in their own right, never corrected ("side" is not "size")
+_REAL_WORDS = frozenset(("side", "sides", "were", "here", "there", "these", "those", "when", "then", "than", "whose", "whole",
+                         "while", "white", "mass", "case", "base", "bases", "phrase", "phased", "report", "sure", "more",
+                         "core", "hole", "home", "some", "same", "seen", "size", "sizes", "seize", "later", "latter", "letter",
+                         "ladder", "number", "lumber", "counter", "county", "court", "mount", "amount", "normally", "formal",
+                         "visibly", "presence", "presented", "summary", "series", "serial", "measured", "measures",
+                         "venus", "venue", "larger", "large", "bigger", "count", "counts", "compared", "contrasts",
+                         "delay", "enhance", "enhancing", "located", "locate", "portals", "arteries", "artery", "veins"))
+
+
+def _corrected(q: str) -> str:
+    """``q`` with each word one typo from exactly one cue word read as it (lexicon terms are matched typo-tolerant
+    by ``find_terms`` already; this reads the words that say what is asked)."""
+    words = q.split(" ")
+    for i, word in enumerate(words):
+        if len(word) < 4 or word in _CUE_WORDS or word in _REAL_WORDS or not word.isalpha():
+            continue
+        close = [c for c in _CUE_WORDS if one_typo(word, c, min_length=4)]
+        if len(close) == 1:
+            words[i] = close[0]
+    return " ".join(words)
 
 
 # the cue words of the families read from a question's wording, in order of precedence
@@ -255,7 +287,7 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
     if re.search(r"\bsegment|\bcontour|\bdelineat|\blabel (?:all|every|the)|\boutline|\bmask", q) and (
             not terms or "MR" in tags or re.search(r"\b(?:all|every|everything|whole|each|full|organs|entire|complete)\b", q)):
         return "segment_all"
-    if "contrast phase" in terms or re.search(r"\bphase\b|\bcontrast (?:timing|bolus)\b|\b(?:with|without|post|pre)[- ]contrast\b|"
+    if "contrast phase" in terms or re.search(r"\bphase\b|\bcontrast (?:timing|bolus)\b|\bbolus\b|\btiming of (?:the )?(?:contrast|injection|scan)\b|\b(?:with|without|post|pre)[- ]contrast\b|"
                                               r"\benhanced\b|\bunenhanced\b|\bcontrast (?:study|scan|given)\b", q) or \
             (either and all(o in _PHASES for o in either)):
         return "phase"

@@ -103,7 +103,43 @@ def test_a_finding_of_another_organ_than_any_result_names_is_not_shown():
 
 
 def test_an_answer_that_states_the_fields_stands_as_written_and_cites_its_expert():
-    intent = parse_question("which kidney is bigger", ["CT"], EXPERTS)
-    written = "The left kidney is larger: left 150.2 mL, right 120.9 mL."
+    intent = parse_question("how many renal cysts", ["CT"], EXPERTS)
+    written = "There are 2 kidney cysts, the largest 14.0 mm across."
     answer, flags = cite_results(intent, written, [CT])
     assert answer == written + "\n\nSource: ct_segmentation result." and flags == []
+
+
+def test_a_clause_that_only_names_a_field_or_repeats_itself_is_not_an_answer():
+    answer, flags = cite_results(parse_question("which kidney is bigger", ["CT"], EXPERTS), "aorta volume; aorta volume;", [CT])
+    assert "aorta" not in answer and answer.startswith("The left kidney is larger")
+
+
+def test_which_side_is_larger_is_said_by_the_fields_even_when_the_model_states_the_numbers():
+    intent = parse_question("is the rt kidney biger than the left", ["CT"], EXPERTS)
+    assert intent.family == "comparison" and intent.answer_keys() == ("larger kidney",)
+    answer, _ = cite_results(intent, "The right kidney is larger (left 150.2 mL, right 120.9 mL).", [CT])
+    assert answer.startswith("The left kidney is larger (left 150.2 mL, right 120.9 mL).")
+
+
+def test_both_kidneys_are_measured_when_one_is_compared_with_the_other():
+    from experts.registry import default_registry
+
+    ct = default_registry().get("ct_segmentation")
+    args = question_arguments(ct, parse_question("Is the right kidney bigger than the left?", ["CT"], EXPERTS))
+    assert sorted(args["targets"]) == ["left kidney", "right kidney"]
+
+
+def test_an_experts_doubt_about_another_structure_is_not_attached_to_the_answer():
+    from vlm.grounding import relevant_doubts
+
+    reasons = ["1 of 3 lung nodules have fat density, not soft tissue", "the scan is truncated"]
+    assert relevant_doubts(parse_question("size of the kidney cyst", ["CT"], EXPERTS), reasons) == ["the scan is truncated"]
+    assert relevant_doubts(parse_question("how many lung nodules", ["CT"], EXPERTS), reasons) == reasons
+    assert relevant_doubts(parse_question("Draft a report", ["CT"], EXPERTS), reasons) == reasons
+
+
+def test_one_typo_in_the_words_that_say_what_is_asked_is_read_through_but_side_stays_side():
+    assert parse_question("sise of the kidny cyst", ["CT"], EXPERTS).family == "size"
+    assert parse_question("splen volme", ["CT"], EXPERTS).family == "volume"
+    assert parse_question("what phse of contrast", ["CT"], EXPERTS).family == "phase"
+    assert parse_question("which side is the cyst on", ["CT"], EXPERTS).family == "side"
