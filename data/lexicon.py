@@ -212,8 +212,16 @@ def _stem(word: str) -> str:
 
 
 def _close(a: str, b: str) -> bool:
-    """One typo (an edit or a swap of neighbours) apart, for words of five letters or more."""
+    """One typo (an edit or a swap of neighbours) apart, for words of five letters or more; a four-letter word that is a
+    five-letter name's word with one letter dropped after its first two ("livr" for "liver"), unless it is a word itself."""
+    if len(a) == 4 and len(b) == 5 and a[:2] == b[:2] and a not in _FOUR_LETTER_WORDS:
+        return any(b[:i] + b[i + 1:] == a for i in range(2, 5))
     return one_typo(a, b)
+
+
+# four-letter words that are a five-letter name's word with a letter dropped, and words in their own right
+_FOUR_LETTER_WORDS = frozenset(("live", "spin", "hear", "hart", "bran", "brin", "mass", "lobe", "bone", "done", "gone",
+                                "tone", "vein", "cyst", "lung", "left", "size", "side", "node", "bral", "head", "tumo"))
 
 
 def one_typo(a: str, b: str, min_length: int = 5) -> bool:
