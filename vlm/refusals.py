@@ -74,7 +74,7 @@ _HELP = re.compile(r"\b(?:what can you do|what do you do|what are you able to|wh
                    r"what (?:are you|is this) (?:for|good for|capable of)|what (?:can|do) you (?:offer|support|know)|tell me about "
                    r"yourself|introduce yourself|how does (?:this|it|m3) work|what (?:should|could|can) i (?:ask|do|type)|"
                    r"\bmenu\b|\bcommands\b|\bwhat features\b|\bhow to use\b|are you (?:a bot|an ai|human)|"
-                   r"\bwhat (?:kinds? of |types? of |sort of )?(?:things )?can you (?:measure|do|find|detect|segment|answer|check)\b|"
+                   r"\bwhat (?:kinds? of |types? of |sort of )?(?:\w+ )?can you (?:measure|do|find|detect|segment|answer|check)\b|"
                    r"\bexplain what you (?:are|do)\b|\btips?\b.*\b(?:using|use)\b|\bwhat (?:experts|tools|models) (?:can|do|will) "
                    r"you (?:run|use|call|have)\b|\bwho (?:made|built|created|developed|trained|wrote) you\b|"
                    r"\b(?:approved|cleared|certified|validated|licensed) for (?:clinical|diagnostic) use\b|\bfor clinical use\b|"
@@ -82,6 +82,15 @@ _HELP = re.compile(r"\b(?:what can you do|what do you do|what are you able to|wh
 _ABOUT_IMAGES = re.compile(r"\b(?:volume|size|measure|segment|lesion|tumou?r|mass|nodule|cyst|effusion|pneumothorax|"
                            r"consolidation|cardiomegaly|liver|spleen|kidney|lung|heart|aorta|spine|edema|oedema|"
                            r"hemisphere|phase|contrast|slice|report|findings?|normal|brain)\b", re.IGNORECASE)
+
+# what makes a question name the study on screen rather than the assistant's abilities ("what findings can you detect?"
+# is help; "can you measure the liver?" and "hi, is there an effusion?" ask about the study)
+_ABOUT_THIS_STUDY = re.compile(r"\b(?:the|this|these|that|those|his|her|its|their|my|any|there(?:'s)?)\s+(?:\w+\s+){0,2}?"
+                               r"(?:liver|spleen|kidneys?|lungs?|heart|aorta|spine|brain|tumou?r|mass|lesions?|nodules?|cysts?|"
+                               r"effusion|pneumothorax|consolidation|scan|study|film|image|slice|ct|mri|x-?ray|radiograph|"
+                               r"volume|size|phase|report|findings?|patient)\b|\b(?:is|are) there\b|\bhow (?:big|large|many|much)\b|"
+                               r"^\W*(?:hi|hello|hey)?\W*(?:what(?:'s| is)|measure|segment|report|check|assess|is|are|does|do)\b(?!.*\byou\b)",
+                               re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,7 @@ def policy_kind(question: str) -> str:
         return "identity"
     if _DECISION.search(q):
         return "decision"
-    if (_GREETING.match(q) or _HELP.search(q)) and not _ABOUT_IMAGES.search(q):
+    if (_GREETING.match(q) or _HELP.search(q)) and not (_ABOUT_IMAGES.search(q) and _ABOUT_THIS_STUDY.search(q)):
         return "help"
     return ""
 

@@ -64,3 +64,10 @@ def test_questions_about_the_assistant_itself_get_the_help_answer():
               "Who made you?", "is this tool approved for clinical use?"):
         assert policy_kind(q) == "help", q
     assert policy_kind("can you measure the liver") == ""
+
+
+def test_a_question_about_what_the_assistant_can_find_is_help_but_one_about_the_study_is_not():
+    assert policy_kind("what kinds of findings can you detect?") == "help"
+    assert policy_kind("hey what organs can you segment") == "help"
+    assert policy_kind("Hi, can you measure the liver?") == ""
+    assert policy_kind("hi, is there an effusion?") == ""
