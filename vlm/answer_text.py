@@ -26,7 +26,7 @@ def states(answer: str, value: str, key: str = "") -> bool:
     """Whether ``answer`` already gives ``value`` (its numbers, or its words when it has none) — about the structure
     of ``key`` when one is given ("pneumothorax … 0.00" does not state a pleural effusion's 0.00)."""
     numbers = re.findall(r"\d+(?:\.\d+)?", value)
-    said = all(n in answer for n in numbers) if numbers else value.lower() in answer.lower()
+    said = all(n in answer for n in numbers) if numbers else value.lower().strip().rstrip(".") in answer.lower()
     subject = _subject(key)
     if not said or not subject:
         return said

@@ -112,15 +112,18 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
     extra: list[str] = []
     if families & {"run_expert", "segment_all"}:  # the whole result, unless the answer states all of it
         extra = [s.rstrip(".") + "." for s in summaries if not states(text, s)]
-    elif "report" in families and not re.search(r"\d", text.replace(values.get("impression", ""), "")):
-        extra = [s.rstrip(".") + "." for s in summaries if s not in text]  # a report without a measurement: the result's
+    elif "report" in families and not all(states(text, s) for s in summaries):
+        # a report that leaves out part of the result is not the report: the impression and every result, in full
+        text = field_sentence("impression", values["impression"], lead=True) if "impression" in values else ""
+        extra = [s.rstrip(".") + "." for s in summaries]
+        flags.append("answer composed from the expert result")
     elif not text.strip() and summaries:  # nothing of the model's stands and no field answers: the result itself
         extra = [s.rstrip(".") + "." for s in summaries]
         flags.append("answer composed from the expert result")
     answer = "\n\n".join(p for p in (text.strip(), " ".join(extra)) if p)
     if experts and answer:
         answer += "\n\nSource: " + ", ".join(experts) + (" result." if len(experts) == 1 else " results.")
-    return answer, flags
+    return answer, list(dict.fromkeys(flags))
 
 
 def relevant_doubts(intent: QuestionIntent, reasons: Sequence[str]) -> list[str]:

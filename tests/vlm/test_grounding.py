@@ -143,3 +143,13 @@ def test_one_typo_in_the_words_that_say_what_is_asked_is_read_through_but_side_s
     assert parse_question("splen volme", ["CT"], EXPERTS).family == "volume"
     assert parse_question("what phse of contrast", ["CT"], EXPERTS).family == "phase"
     assert parse_question("which side is the cyst on", ["CT"], EXPERTS).family == "side"
+
+
+def test_a_report_that_leaves_out_part_of_the_result_is_replaced_by_the_impression_and_every_result():
+    intent = parse_question("Draft a report for this CT.", ["CT"], EXPERTS)
+    summary = "CT segmentation: 2 kidney cysts (largest 14 mm, left); left kidney 150 mL; right kidney 121 mL."
+    answer, flags = cite_results(intent, "The left kidney measures 150.2 mL. No other findings.", [CT], [summary])
+    assert answer.startswith("Impression:") and summary in answer and "No other findings" not in answer
+    assert flags.count("answer composed from the expert result") == 1
+    full = "Kidney cysts: 2, largest 14 mm, left. Left kidney 150 mL, right kidney 121 mL. " + summary
+    assert cite_results(intent, full, [CT], [summary])[0].startswith(full)  # a report stating every result stands
