@@ -97,7 +97,7 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
         flags.append("answer corrected to the expert result")
     families = {p.family for p in intent.all_parts}
     if values:
-        text, trimmed = _trim(text, list(values.values()))
+        text, trimmed = _trim(text, list(values.values())) if not families & {"report", "run_expert", "segment_all"} else (text, False)
         if trimmed:
             flags.append("answer trimmed to the question")
         compared = comparison_sentence(values) if "comparison" in families else ""
