@@ -1,6 +1,6 @@
 """Decoding constraints' cost: tokens/s of generation with every constraint on (``[[key]]`` references, the
-call's side, the answer's side) vs off, same prompts, on the shipped default model and on a VILA-layout
-model with a 128,256-token Llama-3-sized tokenizer.
+call's side, the answer's side, the call's expert name and argument values) vs off, same prompts, on the shipped
+default model and on a VILA-layout model with a 128,256-token Llama-3-sized tokenizer.
 
     python benchmarks/constraints.py [--quick]
 
@@ -55,7 +55,8 @@ LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>"
 KEYS = ("left kidney volume", "left kidney", "right kidney volume", "right kidney", "liver volume", "liver", "liver tumor count",
         "liver tumor", "edema?", "edema volume", "hemisphere", "left hemisphere")
 QUESTION = "What is the volume of the left kidney?"
-CONSTRAINED = {"references": KEYS, "call_side": "left", "answer_side": "left", "question": QUESTION, "answer_keys": ("left kidney volume",)}
+CONSTRAINED = {"references": KEYS, "call_side": "left", "answer_side": "left", "question": QUESTION, "answer_keys": ("left kidney volume",),
+               "answer_form": "wh", "call_arguments": {"ct_segmentation": {"targets": ("left kidney",)}}}
 SCRIPT = ('[[left kidney volume]]. The left kidney volume is [[left kidney volume]] and the liver volume is [[liver volume]]; '
           'liver tumors: [[liver tumor count]], the largest [[liver tumor]]. <tool_call>{"name": "ct_segmentation", '
           '"arguments": {"targets": "right kidney"}}</tool_call> The right kidney was not measured. The left hemisphere '
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared machine)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    reps, n_new, old_steps = (2, 48, 1) if args.quick else (6, 160, 3)
+    reps, n_new, old_steps = (2, 72, 1) if args.quick else (6, 160, 3)  # 72 tokens: quick runs reach past the tool call
 
     results, builds = {}, {}
     for label, path in (("default", DEFAULT_MODEL), ("128k", None)):
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         index = token_index(backend.tokenizer)
         for side, mp in (("right", 2), ("right", 4)):
             index.side_sets(side, mp)
+        index.quote_sets()
         builds[f"{label}_token_index_s"] = round(time.perf_counter() - t0, 2)
         results[label] = measure(backend, n_new, reps)
         if label == "128k":
