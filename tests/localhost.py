@@ -1,11 +1,39 @@
-"""A free TCP port on localhost for servers the tests start (the app, serve-lm, fake PACS)."""
+"""Local servers the tests start (the app, serve-lm, fake PACS): a free TCP port, and an ASGI app served in a thread."""
 
 import socket
+import threading
+import time
 
-__all__ = ["free_port"]
+__all__ = ["free_port", "serve_in_thread", "cli_options"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_in_thread(app, timeout: float = 20.0):
+    """(the started ``uvicorn.Server``, its port) for ``app`` served on 127.0.0.1 in a daemon thread."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the server did not start"
+    return server, port
+
+
+def cli_options(parser, path: str):
+    """(command path, option strings, help) for every option and positional under an ``argparse`` parser."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from cli_options(sub, f"{path} {name}")
+        else:
+            yield path, action.option_strings or [action.dest], action.help

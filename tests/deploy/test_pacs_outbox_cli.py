@@ -11,6 +11,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from localhost import cli_options
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -147,21 +148,13 @@ def test_retry_sends_a_named_batch_to_a_real_pacs_and_empties_it_from_the_outbox
     assert len(DICOMwebClient(orthanc.dicomweb_url).search_for_instances(study_uid)) == 2
 
 
-def _options(parser: argparse.ArgumentParser, path: str):
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from _options(sub, f"{path} {name}")
-        else:
-            yield path, action.option_strings or [action.dest], action.help
-
 
 def test_every_option_of_the_pacs_commands_has_help_text():
     from app.main import build_parser
 
     root = build_parser()
     pacs = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction)).choices["pacs"]
-    options = list(_options(pacs, "m3 pacs"))
+    options = list(cli_options(pacs, "m3 pacs"))
     assert {"m3 pacs outbox list", "m3 pacs outbox retry", "m3 pacs outbox drop"} <= {p for p, _, _ in options}
     missing = [f"{path} {'/'.join(names)}" for path, names, text in options if not (text and text.strip())]
     assert not missing, f"options without help: {missing}"

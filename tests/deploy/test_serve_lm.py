@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import uvicorn
+from localhost import serve_in_thread
 
 from vlm.backends.base import BackendInfo, ChatBackend, GenerationConfig
 from vlm.backends.openai_api import OpenAIChatBackend, RemoteBackendError
@@ -42,15 +43,7 @@ class RecordingBackend:
 
 
 def _serve(app) -> tuple[uvicorn.Server, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the LM server did not start"
+    server, port = serve_in_thread(app)
     return server, f"http://127.0.0.1:{port}/v1"
 
 
@@ -185,7 +178,12 @@ def test_serve_lm_command_serves_a_real_checkpoint_like_in_process(tmp_path):
     from pathlib import Path
 
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
 
     from vlm.backends.hf_vlm import HFVLMBackend
     from vlm.model import M3Config, M3Model

@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from localhost import cli_options
 from safetensors.torch import load_file
 
 from experts.base import ExpertError
@@ -132,22 +133,13 @@ def test_cli_flags_reach_the_training_config(monkeypatch, argv, resume, force):
     assert cfg.seed is None and cfg.steps is None  # not given: the recipe's (or, resuming, the run's)
 
 
-def _options(parser: argparse.ArgumentParser, path: str):
-    """(command path, option strings, help) for every option and positional under ``parser``."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from _options(sub, f"{path} {name}")
-        else:
-            yield path, action.option_strings or [action.dest], action.help
-
 
 def test_every_option_of_the_experts_commands_has_help_text():
     from app.main import build_parser
 
     root = build_parser()
     experts = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction)).choices["experts"]
-    options = list(_options(experts, "m3 experts"))
+    options = list(cli_options(experts, "m3 experts"))
     commands = {path for path, _, _ in options}
     assert {"m3 experts list", "m3 experts run", "m3 experts train", "m3 experts eval"} <= commands
     missing = [f"{path} {'/'.join(names)}" for path, names, text in options if not (text and text.strip())]

@@ -11,8 +11,7 @@ import time
 
 import openai
 import pytest
-import uvicorn
-from localhost import free_port
+from localhost import serve_in_thread
 
 from vlm.backends.base import BackendInfo
 from vlm.lm_server import create_app
@@ -56,13 +55,7 @@ def serve():
 
     def start(backend, **kwargs):
         app = create_app(backend, **kwargs)
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-        threading.Thread(target=server.run, daemon=True).start()
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert server.started, "the LM server did not start"
+        server, port = serve_in_thread(app)
         servers.append(server)
         return openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=30), app
 
