@@ -318,6 +318,8 @@ def _terms(clause: str, tags: set[str], declared: tuple[Term, ...] = ()) -> tupl
         term = TERMS.get(m.key) or own[m.key]
         if tags and term.modality and term.modality not in tags:
             alt = _same_name_for(m.name, tags)
+            if alt is None and "CR" in tags and not re.search(r"\bvolume|\bml\b|\bcc\b|\blit(?:er|re)s?\b", clause.lower()):
+                alt = _RADIOGRAPH_READS.get(term.key)  # a volume is not read from a radiograph: that stays a CT's
             if alt is None:
                 # named by a name of one modality's term only ("liver", not "tumor"), no word of which the study's own terms
                 # use ("heart" of a chest film: "enlarged heart"; "lesions" of a CT: "liver lesion"), and not the contrast phase
@@ -350,6 +352,9 @@ def _organ_lesions(terms: tuple[str, ...], tags: set[str]) -> list[str]:
         out += [t.key for t in TERMS.values() if t.kind == "lesion" and t.organ.rstrip("s") == organ and (not tags or t.modality in tags)]
     return list(dict.fromkeys(out))
 
+
+# a structure a chest radiograph shows only through one finding: its heart is read as the heart's size ("heart normal?")
+_RADIOGRAPH_READS = {"heart": "cardiomegaly"}
 
 _GENERIC_LESION = re.compile(r"\b(?:lesions?|mass(?:es)?|tumou?rs?|growths?|spots?|focal|abnormalit(?:y|ies)|foci|focus|"
                              r"nodules?|nodular|cysts?|cystic|metastas[ie]s|mets)\b")

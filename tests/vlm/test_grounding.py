@@ -153,3 +153,8 @@ def test_a_report_that_leaves_out_part_of_the_result_is_replaced_by_the_impressi
     assert flags.count("answer composed from the expert result") == 1
     full = "Kidney cysts: 2, largest 14 mm, left. Left kidney 150 mL, right kidney 121 mL. " + summary
     assert cite_results(intent, full, [CT], [summary])[0].startswith(full)  # a report stating every result stands
+
+
+def test_the_heart_of_a_chest_radiograph_is_read_as_its_size_but_its_volume_needs_a_ct():
+    assert parse_question("heart normal sized?", ["DX"], EXPERTS).answer_keys() == ("cardiomegaly normal?",)
+    assert parse_question("heart volume?", ["DX"], EXPERTS).terms == ()  # not a cardiomegaly volume
