@@ -1,12 +1,12 @@
 """An answer's words: result fields said as a clinician reads them, and the model's clauses that stand.
 
 * ``field_sentence``: one result field (``data.result_fields`` key and value) as a sentence — "The left kidney is
-  larger (left 150.2 mL, right 120.9 mL).", "Kidney cysts on both sides (left and right).", "3 lung nodules found,
+  larger (left 150.2 mL, right 120.9 mL).", "Left (kidney cyst in this slice).", "3 lung nodules found,
   …", "No, not normal: cardiomegaly present, probability 0.87." With ``lead`` the value comes first, as the answer to
   a closed question does; without, as a labelled citation ("Side of the kidney cyst: left.").
 * ``comparison_sentence``: two cited volumes compared ("The liver is larger than the spleen (… vs …)").
 * ``standing_clauses``: the clauses of a model's answer that can be shown as written: a clause with an unbalanced
-  bracket, an unfilled reference, a number no result or the question holds, a run of bare numbers ("1 3 found"), or a
+  bracket, an unfilled reference, a number no result or the question holds, or a
   structure that neither the question nor any result names (a liver on a chest film) is dropped.
 """
 
@@ -74,9 +74,6 @@ def field_sentence(key: str, value: str, lead: bool = False) -> str:
             return f"The {m.group(1)} {m.group(2)} is {key.split()[0]}{m.group(3)}."
     if key.endswith(" side"):
         return _side_sentence(key[: -len(" side")], value)
-    if key.endswith(" size") and "(" in value:
-        what = key[: -len(" size")]
-        return f"{_upper(what)}: {value}."
     counted = re.match(r"(\d+) found(.*)$", value)
     label = field_label(key)
     if counted:  # "3 found, volume …" → "3 kidney cysts found, volume …": the number first, then what was counted
@@ -84,11 +81,13 @@ def field_sentence(key: str, value: str, lead: bool = False) -> str:
         return f"{n} {label}{'' if n == 1 else 's'} found{counted.group(2)}."
     if value == "none found":
         return f"No {label} found."
-    return f"{_upper(label)}: {value}."
+    if key in ("impression", "positive findings", "negative findings"):
+        return f"{_upper(key)}: {value}."
+    return f"{_upper(value)} — {'contrast phase' if key == 'phase' else label}."  # the value first, as a closed question's answer leads
 
 
 def _side_sentence(what: str, value: str) -> str:
-    """"kidney cyst", "left and right" → "Kidney cysts on both sides (left and right).\""""
+    """"kidney cyst", "left" → "Left (kidney cyst).": the side first."""
     where = ""
     if " in this slice" in what:
         what, where = what.replace(" in this slice", ""), "In this slice, "
@@ -96,9 +95,10 @@ def _side_sentence(what: str, value: str) -> str:
         return _upper(f"{where}no {what} found.")
     sides = value.split(" (")[0]
     extra = value[len(sides):]
+    detail = f"{what}{' in this slice' if where else ''}" + (f", {extra.strip()[1:-1]}" if extra.strip().startswith("(") else extra)
     if sides in ("left and right", "right and left"):
-        return _upper(f"{where}{what}s on both sides (left and right){extra}.")
-    return _upper(f"{where}the {what} is on the {sides}{extra}.")
+        return f"Left and right ({detail}: both sides)."
+    return f"{_upper(sides)} ({detail})."  # the side first, as an either-or answer leads
 
 
 def _upper(text: str) -> str:
@@ -122,7 +122,6 @@ def comparison_sentence(values: dict[str, str]) -> str:
 
 
 _CLAUSE_END = re.compile(r"(?<=[.;!?])\s+|\n+")
-_NUMBER_RUN = re.compile(r"^\s*\d+(?:\.\d+)?\s+(?:\d|[A-Z])")
 
 
 def standing_clauses(answer: str, known: Sequence[str], question: str = "", names: Iterable[str] = ()) -> tuple[str, list[str]]:
@@ -153,8 +152,6 @@ def _malformed(clause: str) -> bool:
     if UNRESOLVED in clause or "[[" in clause or "]]" in clause:
         return True
     if clause.count("(") != clause.count(")") or clause.count("[") != clause.count("]"):
-        return True
-    if _NUMBER_RUN.match(clause):  # "1 3 found", "1 Liver tumors: …": a number left over before the sentence
         return True
     return len(re.findall(r"[A-Za-z]{2,}", clause)) < 1
 

@@ -61,6 +61,8 @@ def planned_call(intent: QuestionIntent, experts: Mapping[str, Expert], done: Se
     expert = experts[name]
     arguments = question_arguments(expert, intent)
     ran = [call.arguments for call in done if call.name == name and call.result is not None]
+    if ran and not arguments:  # the question names nothing of its own: the expert's run answers it
+        return None
     if any(_covers(expert, have, arguments) for have in ran):
         return None
     if ran and arguments:  # a call that covered part of the question ("spleen volume and liver lesions?"): the rest

@@ -263,7 +263,7 @@ def test_a_question_about_the_slice_on_screen_gets_what_that_slice_of_the_mask_s
         assert found == extra
         # a bare field is said with its name; a field the result lacks stays "(not in the expert result)"
         # without a slice on screen the unfilled reference is not shown: the field asked for answers, else the result's summary
-        asked = "Liver volume: 1523.4 mL.\n\nSource: ct_segmentation result." if question.startswith("What") else "Liver 1523.4 mL."
+        asked = "1523.4 mL — liver volume.\n\nSource: ct_segmentation result." if question.startswith("What") else "Liver 1523.4 mL."
         assert turn.answer == ("No (liver in this slice).\n\nSource: ct_segmentation result." if extra else asked)
 
 

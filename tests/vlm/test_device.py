@@ -137,7 +137,7 @@ def test_bfloat16_on_cpu_loads_the_default_model_in_bfloat16_and_answers_one_cha
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16} and model.llm.device.type == "cpu"
     calls = [c for c in turn.tool_calls if c.name == "ct_segmentation" and c.result is not None]
     assert turn.rounds >= 1 and calls, turn.tool_calls
-    assert "Liver volume" in turn.answer and "mL" in turn.answer and "mL" in out.getvalue()
+    assert "liver volume" in turn.answer.lower() and "mL" in turn.answer and "mL" in out.getvalue()
 
 
 def test_the_server_loads_its_model_in_the_configured_precision():

@@ -150,7 +150,7 @@ def token_index(tokenizer: Any) -> TokenIndex:
     index = TokenIndex(pieces, by_text, max((len(p) for p in pieces), default=0), closing, ids_array(close_start),
                        ids_array(ref_inside), ids_array(bracket_start), ids_array(empty), _text_decoder(tokenizer))
     try:
-        ref: Any = weakref.ref(tokenizer, lambda _, k=key: _INDEXES.pop(k, None))
+        ref: Any = weakref.ref(tokenizer, lambda _, k=key, d=_INDEXES: d.pop(k, None))  # the dict bound: gone at shutdown
     except TypeError:  # not weak-referenceable: keep it alive with its index
         ref = _Strong(tokenizer)
     _INDEXES[key] = (ref, index)
