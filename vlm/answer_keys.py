@@ -48,7 +48,7 @@ def part_keys(part: Any) -> list[str]:
                 keys.append(f"{finding}?" if fam == "presence" else finding)
         elif fam == "normality":
             keys.append(f"{finding} normal?" if term.kind != "organ" else f"{t} volume")
-        elif fam == "count" and term.kind != "organ":
+        elif fam == "count" and term.kind != "organ" and not slice_:  # a whole-study count does not answer "on this slice"
             keys.append(t)
         elif fam == "size":
             if term.kind == "organ":

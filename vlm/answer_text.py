@@ -56,11 +56,14 @@ def field_label(key: str) -> str:
     return key.rstrip("?")
 
 
-def field_sentence(key: str, value: str, lead: bool = False) -> str:
-    """One result field as a sentence (see the module docstring)."""
+def field_sentence(key: str, value: str, lead: bool = False, wh: bool = False) -> str:
+    """One result field as a sentence (see the module docstring); ``wh``: the question asks "what …?", not "is …?"
+    ("What abnormalities?" is answered "None: …", not "Yes, normal: …")."""
     value = value.strip().rstrip(".")
     yes = value.startswith("yes")
     detail = value[value.find("(") + 1:value.rfind(")")] if "(" in value else ""
+    if wh and (key == "normal?" or key.endswith(" normal?")):
+        return ("None" if yes else "Abnormal") + (f": {detail}" if detail else "") + "."
     if key == "normal?" or key.endswith(" normal?"):
         return ("Yes, normal" if yes else "No, not normal") + (f": {detail}" if detail else "") + "."
     if not lead:

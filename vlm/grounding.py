@@ -108,7 +108,8 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
         stated = not bare and "comparison" not in families and all(states(text, v, k) and not (intent.negated and field_label(k) not in text.lower()) for k, v in values.items())
         if not stated:
             lead_sentences = [compared + "."] if compared else []
-            lead_sentences += [field_sentence(k, v, lead=True) for k, v in values.items() if not (compared and k.endswith(" volume"))]
+            lead_sentences += [field_sentence(k, v, lead=True, wh=intent.form == "wh") for k, v in values.items()
+                               if not (compared and k.endswith(" volume"))]
             text = " ".join(lead_sentences)
             flags.append("answer composed from the expert result")
     extra: list[str] = []

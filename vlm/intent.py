@@ -246,6 +246,8 @@ def _corrected(q: str) -> str:
     return " ".join(words)
 
 
+_WHICH_PART = re.compile(r"\b(?:lobe|lobes|zone|zones|organ|segment|region|part|territory|gyrus|quadrant)\b")
+
 # the cue words of the families read from a question's wording, in order of precedence
 _FAMILY_CUES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((family, re.compile(pattern)) for family, pattern in (
     ("normality", r"\bnormal\b|\bunremarkable\b|\bhealthy\b|\bwnl\b|\bwithin normal limits\b|\babnormal|\bpatholog|\bclear\b|"
@@ -297,6 +299,8 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
                  r"more volume|less volume)\b", q) and (paired or len(measured) >= 2 or re.search(r"\bkidney|\blung", q)) or (
             len(measured) >= 2 and re.search(r"\b(?:more|less)\b", q) and re.search(r"\b(?:or|than|vs)\b", q)):
         return "comparison"
+    if _WHICH_PART.search(q) and re.search(r"\b(?:which|what|where)\b", q) and not either:
+        return "other"  # "which lobe is it in?", "in which organ?": a place no result field gives, left to the model
     for family, cue in _FAMILY_CUES:  # first cue wins: "Is the heart size normal?" asks about normality, not size
         if cue.search(q):
             return "volume" if family == "size" and organs and not lesions else family

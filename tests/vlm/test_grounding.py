@@ -158,3 +158,15 @@ def test_a_report_that_leaves_out_part_of_the_result_is_replaced_by_the_impressi
 def test_the_heart_of_a_chest_radiograph_is_read_as_its_size_but_its_volume_needs_a_ct():
     assert parse_question("heart normal sized?", ["DX"], EXPERTS).answer_keys() == ("cardiomegaly normal?",)
     assert parse_question("heart volume?", ["DX"], EXPERTS).terms == ()  # not a cardiomegaly volume
+
+
+def test_which_lobe_or_organ_is_left_to_the_model_and_a_slice_count_is_not_answered_by_the_study_count():
+    assert parse_question("which lobe is the lesion located?", ["MR"], {"mri_brain_tumor": ("MR",)}).family == "other"
+    assert parse_question("how many renal cysts are on this slice?", ["CT"], EXPERTS).answer_keys() == ()
+    assert parse_question("how many renal cysts?", ["CT"], EXPERTS).answer_keys() == ("kidney cyst",)
+
+
+def test_what_abnormalities_is_answered_none_not_yes():
+    normal = format_tool_result(ToolResult("cxr_classification", findings=[Finding("cardiomegaly", False, 0.02)]))
+    answer, _ = cite_results(parse_question("what abnormalities do you see?", ["DX"], EXPERTS), "", [normal])
+    assert answer.startswith("None")
