@@ -1,7 +1,7 @@
 """An answer's words: result fields said as a clinician reads them, and the model's clauses that stand.
 
 * ``field_sentence``: one result field (``data.result_fields`` key and value) as a sentence — "The left kidney is
-  larger (left 150.2 mL, right 120.9 mL).", "Left (kidney cyst in this slice).", "3 lung nodules found,
+  larger (left 150.2 mL, right 120.9 mL).", "Left: the kidney cyst is on the left.", "3 lung nodules found,
   …", "No, not normal: cardiomegaly present, probability 0.87." With ``lead`` the value comes first, as the answer to
   a closed question does; without, as a labelled citation ("Side of the kidney cyst: left.").
 * ``comparison_sentence``: two cited volumes compared ("The liver is larger than the spleen (… vs …)").
@@ -90,7 +90,8 @@ def field_sentence(key: str, value: str, lead: bool = False, wh: bool = False) -
 
 
 def _side_sentence(what: str, value: str) -> str:
-    """"kidney cyst", "left" → "Left (kidney cyst).": the side first."""
+    """"kidney cyst", "left" → "Left: the kidney cyst is on the left.": the side first, then in full (a bare leading
+    "Right" reads as "correct")."""
     where = ""
     if " in this slice" in what:
         what, where = what.replace(" in this slice", ""), "In this slice, "
@@ -98,10 +99,13 @@ def _side_sentence(what: str, value: str) -> str:
         return _upper(f"{where}no {what} found.")
     sides = value.split(" (")[0]
     extra = value[len(sides):]
-    detail = f"{what}{' in this slice' if where else ''}" + (f", {extra.strip()[1:-1]}" if extra.strip().startswith("(") else extra)
+    what_here = f"{what}{' in this slice' if where else ''}"
     if sides in ("left and right", "right and left"):
-        return f"Left and right ({detail}: both sides)."
-    return f"{_upper(sides)} ({detail})."  # the side first, as an either-or answer leads
+        return f"Left and right: {what}s{' in this slice' if where else ''} on both sides."
+    hemisphere = extra.strip()[1:-1] if extra.strip().startswith("(") and "hemisphere" in extra else ""
+    if hemisphere:  # "Left: the tumor is in the left hemisphere."
+        return f"{_upper(sides)}: the {what_here} is in the {hemisphere}."
+    return f"{_upper(sides)}: the {what_here} is on the {sides}{extra}."  # the side first, then said in full
 
 
 def _upper(text: str) -> str:

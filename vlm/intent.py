@@ -246,7 +246,7 @@ def _corrected(q: str) -> str:
     return " ".join(words)
 
 
-_WHICH_PART = re.compile(r"\b(?:lobe|lobes|zone|zones|organ|segment|region|part|territory|gyrus|quadrant)\b")
+_WHICH_PART = re.compile(r"\b(?:lobe|lobes|zone|zones|organ|gyrus|territory)\b")
 
 # the cue words of the families read from a question's wording, in order of precedence
 _FAMILY_CUES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((family, re.compile(pattern)) for family, pattern in (

@@ -50,7 +50,7 @@ def test_counts_and_whole_study_sides_are_result_fields():
     count, _ = cite_results(parse_question("how many renal cysts", ["CT"], EXPERTS), "", [CT])
     assert count.startswith("2 kidney cysts found")
     side, _ = cite_results(parse_question("Which side are the renal cysts on?", ["CT"], EXPERTS), "", [CT])
-    assert side.startswith("Left (kidney cyst).")  # the side first, as an either-or answer leads
+    assert side.startswith("Left: the kidney cyst is on the left.")  # the side first, as an either-or answer leads
 
 
 def test_any_two_structures_compared_say_which_is_larger():
@@ -76,8 +76,8 @@ def test_a_field_of_the_slice_on_screen_answers_before_the_whole_studys_and_the_
                                                                           Finding("kidney cyst in this slice on the right", True)],
                                              measurements=[Measurement("kidney cyst", "count", 2, "count")]))
     # the slice's side, no whole-study side beside it; without a slice on screen, the whole study's
-    assert cite_results(intent, "right", [on_slice])[0].startswith("Right (kidney cyst in this slice).")
-    assert cite_results(intent, "", [CT])[0].startswith("Left (kidney cyst).")
+    assert cite_results(intent, "right", [on_slice])[0].startswith("Right: the kidney cyst in this slice is on the right.")
+    assert cite_results(intent, "", [CT])[0].startswith("Left: the kidney cyst is on the left.")
 
 
 def test_a_segment_everything_request_asks_the_expert_for_everything():
@@ -92,7 +92,7 @@ def test_clauses_with_numbers_no_result_holds_or_broken_brackets_are_dropped_and
     intent = parse_question("how many renal cysts and which side", ["CT"], EXPERTS)
     answer, flags = cite_results(intent, "1 3 found, volume 7.9 mL (largest. The cysts are in the kidneys.", [CT])
     assert "7.9" not in answer and "(largest" not in answer
-    assert answer.startswith("2 kidney cysts found") and "Left (kidney cyst)." in answer
+    assert answer.startswith("2 kidney cysts found") and "Left: the kidney cyst is on the left." in answer
     assert "answer composed from the expert result" in flags
 
 
