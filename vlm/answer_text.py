@@ -63,7 +63,7 @@ def field_sentence(key: str, value: str, lead: bool = False, wh: bool = False) -
     yes = value.startswith("yes")
     detail = value[value.find("(") + 1:value.rfind(")")] if "(" in value else ""
     if wh and (key == "normal?" or key.endswith(" normal?")):
-        return ("None" if yes else "Abnormal") + (f": {detail}" if detail else "") + "."
+        return ("None (0 findings)" if yes else "Abnormal") + (f": {detail}" if detail else "") + "."
     if key == "normal?" or key.endswith(" normal?"):
         return ("Yes, normal" if yes else "No, not normal") + (f": {detail}" if detail else "") + "."
     if not lead:
@@ -131,10 +131,13 @@ def comparison_sentence(values: dict[str, str]) -> str:
 _CLAUSE_END = re.compile(r"(?<=[.;!?])\s+|\n+")
 
 
-def standing_clauses(answer: str, known: Sequence[str], question: str = "", names: Iterable[str] = ()) -> tuple[str, list[str]]:
+def standing_clauses(answer: str, known: Sequence[str], question: str = "", names: Iterable[str] = (),
+                     drop_ungrounded: bool = True) -> tuple[str, list[str]]:
     """(the clauses of ``answer`` that stand, joined; the dropped ones). ``known``: the conversation's result texts
     (numbers and structures an answer may state); ``names``: the results' field keys — a clause that is only a field's
-    name ("aorta volume;") says nothing and is dropped, as is a clause said twice."""
+    name ("aorta volume;") says nothing and is dropped, as is a clause said twice. ``drop_ungrounded``: also drop a
+    clause stating a number no result holds (when the result's fields answer the question; otherwise such a clause is
+    the model's own reading, kept and flagged by the agent)."""
     known_text = " ".join(known).lower() + " " + question.lower()
     bare = {_plain(n) for n in names}
     kept: list[str] = []
@@ -143,7 +146,7 @@ def standing_clauses(answer: str, known: Sequence[str], question: str = "", name
         if not clause:
             continue
         plain = _plain(clause)
-        if plain in bare or any(_plain(k) == plain for k in kept) or _malformed(clause) or ungrounded_numbers(clause, known, question) \
+        if plain in bare or any(_plain(k) == plain for k in kept) or _malformed(clause) or (drop_ungrounded and ungrounded_numbers(clause, known, question)) \
                 or _foreign_structure(clause, known_text):
             dropped.append(clause)
         else:

@@ -89,7 +89,8 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
     flags: list[str] = []
     values, experts = _answer_values(intent, sources)
     known = _known_texts(sources) + list(summaries)
-    text, dropped = standing_clauses(answer, known, intent.text, [k for source in sources for k in _fields_of(source)])
+    text, dropped = standing_clauses(answer, known, intent.text, [k for source in sources for k in _fields_of(source)],
+                                     drop_ungrounded=bool(values) or bool({p.family for p in intent.all_parts} & {"report", "run_expert", "segment_all"}))
     if dropped:
         flags.append("model text dropped: " + str(len(dropped)) + " unsupported or malformed clause" + ("s" if len(dropped) > 1 else ""))
     verdict = _first_verdict(intent, sources)

@@ -170,3 +170,9 @@ def test_what_abnormalities_is_answered_none_not_yes():
     normal = format_tool_result(ToolResult("cxr_classification", findings=[Finding("cardiomegaly", False, 0.02)]))
     answer, _ = cite_results(parse_question("what abnormalities do you see?", ["DX"], EXPERTS), "", [normal])
     assert answer.startswith("None")
+
+
+def test_a_number_no_result_holds_stays_when_no_field_answers_the_question():
+    intent = parse_question("how many renal cysts are on this slice?", ["CT"], EXPERTS)
+    answer, _ = cite_results(intent, "1 kidney cyst in this slice.", [CT])
+    assert answer.startswith("1 kidney cyst in this slice.")  # the model's own reading: the agent flags the number
