@@ -287,6 +287,16 @@ class Agent:
         """The conversation's expert results, oldest first (their ``fields()`` fill and offer references)."""
         return [c.result for c in conversation.tool_calls if c.result is not None]
 
+    def _titles(self, turn: AgentTurn) -> dict[str, str]:
+        """What a clinician sees for each expert this turn ran (``Expert.title``), for the answer's source line."""
+        titles = {}
+        for name in {c.name for c in turn.tool_calls if c.result is not None}:
+            try:
+                titles[name] = self.registry.get(name).title or name
+            except Exception:  # an expert the registry cannot give now: its name stands
+                titles[name] = name
+        return titles
+
     def _overlay(self, call: ToolCall, conversation: Conversation) -> np.ndarray | None:
         result = call.result
         if result is None or result.label_volume is None or result.overlay_renderer is None:
@@ -313,7 +323,8 @@ class Agent:
         if intent is not None and self.cite and turn.tool_calls:
             written = answer
             answer, flags = cite_results(intent, answer, self._sources(conversation),
-                                         [c.result.summary for c in turn.tool_calls if c.result is not None and c.result.summary])
+                                         [c.result.summary for c in turn.tool_calls if c.result is not None and c.result.summary],
+                                         self._titles(turn))
             turn.flags.extend(flags)
             reasons = list(dict.fromkeys(r for c in turn.tool_calls if c.result is not None for r in getattr(c.result, "uncertain", ())))
             reasons = relevant_doubts(intent, reasons)

@@ -77,7 +77,7 @@ def planned_call(intent: QuestionIntent, experts: Mapping[str, Expert], done: Se
 
 
 def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResult | str],
-                 summaries: Sequence[str] = ()) -> tuple[str, list[str]]:
+                 summaries: Sequence[str] = (), titles: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
     """(the answer as the user reads it, flags). ``sources``: the conversation's results, oldest first
     (``ExpertResult`` objects; tool message texts for text-only callers); ``summaries``: this turn's result summaries
     (cited for report, run and segment requests).
@@ -85,7 +85,8 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
     The model's clauses that cannot stand (``vlm.answer_text.standing_clauses``) are dropped. When what remains states
     every field that answers the question, it is the answer; otherwise the answer is those fields in words, the direct
     answer first (flag ``answer composed from the expert result``). A leading yes / no against the expert is corrected.
-    The answer ends with the experts whose results it rests on."""
+    The answer ends with the experts whose results it rests on, by their ``titles`` (expert name → what a clinician
+    sees, ``Expert.title``) where given."""
     flags: list[str] = []
     values, experts = _answer_values(intent, sources)
     known = _known_texts(sources) + list(summaries)
@@ -126,7 +127,8 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
         flags.append("answer composed from the expert result")
     answer = "\n\n".join(p for p in (text.strip(), " ".join(extra)) if p)
     if experts and answer:
-        answer += "\n\nSource: " + ", ".join(experts) + (" result." if len(experts) == 1 else " results.")
+        named = [(titles or {}).get(e) or e for e in experts]
+        answer += "\n\nSource: " + ", ".join(named) + (" result." if len(named) == 1 else " results.")
     return answer, list(dict.fromkeys(flags))
 
 

@@ -53,3 +53,10 @@ def test_grounding_checks_every_number():
     assert is_grounded("The liver measures 1523.4 mL with 2 tumors.", tool)
     assert not is_grounded("The liver measures 1800 mL.", tool)
     assert is_grounded("No measurement was needed.", tool)
+
+
+def test_a_closed_answer_followed_by_a_line_break_still_counts():
+    from vlm.eval.metrics import closed_match
+
+    assert closed_match("Liver in this slice: yes.\n\nSource: CT segmentation result.", "yes")
+    assert closed_match("Left.\nThe cyst is on the left.", "left")

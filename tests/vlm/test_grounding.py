@@ -176,3 +176,9 @@ def test_a_number_no_result_holds_stays_when_no_field_answers_the_question():
     intent = parse_question("how many renal cysts are on this slice?", ["CT"], EXPERTS)
     answer, _ = cite_results(intent, "1 kidney cyst in this slice.", [CT])
     assert answer.startswith("1 kidney cyst in this slice.")  # the model's own reading: the agent flags the number
+
+
+def test_the_source_line_names_the_expert_as_a_clinician_sees_it():
+    answer, _ = cite_results(parse_question("Is the heart size normal?", ["DX"], EXPERTS), "", [CXR],
+                             titles={"cxr_classification": "Chest X-ray findings"})
+    assert answer.endswith("Source: Chest X-ray findings result.") and "cxr_classification" not in answer

@@ -35,7 +35,7 @@ def normalize_answer(text: str) -> str:
     """Lower case, punctuation and articles removed, whitespace collapsed."""
     text = text.lower().strip()
     text = "".join(" " if ch in string.punctuation and ch != "." else ch for ch in text)
-    text = text.replace(". ", " ").rstrip(".")
+    text = re.sub(r"\.(?=\s|$)", " ", text)  # a full stop ending a sentence, before a space or a line break
     return " ".join(w for w in text.split() if w not in _ARTICLES)
 
 
