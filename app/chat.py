@@ -158,8 +158,10 @@ class ChatEngine:
             elif event.kind == "done" and event.turn is not None:
                 turn = event.turn
                 answer = turn.answer or answer
-                # a refusal or a header answer is the answer, not a warning
-                shown = [f for f in turn.flags if not f.startswith(("refusal", "answered from the header"))]
+                # a refusal, a header answer or an answer given by the expert's own fields is the answer, not a warning
+                # (the audit log keeps every flag)
+                shown = [f for f in turn.flags if not f.startswith(("refusal", "answered from the header", "answer composed from",
+                                                                    "model text dropped"))]
                 text = answer + ("\n\nCheck: " + "; ".join(flag_text(f) for f in shown) + "." if shown else "")
                 history[-1] = _assistant(text)
                 self._audit(state, user, question, turn, time.perf_counter() - t0)
