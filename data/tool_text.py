@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from data.result_fields import IN_SLICE_WORDS, ResultField, ResultFields, fields_from_text, result_fields, size_category
 
 __all__ = [
+    "fields_of",
     "Measurement",
     "Finding",
     "ToolResult",
@@ -146,7 +147,7 @@ def resolve_references(text: str, sources: Sequence[ToolResult | ResultFields | 
     hemisphere"); a normality ("cardiomegaly normal?", "normal?"); a paired organ compared ("larger kidney"); and the
     findings as a report states them: "positive findings", "negative findings", "impression".
     """
-    tables = [_fields(s) for s in reversed(list(sources))]
+    tables = [fields_of(s) for s in reversed(list(sources))]
     missing: list[str] = []
 
     def sub(match: re.Match) -> str:
@@ -170,7 +171,7 @@ def reference_keys(sources: Sequence[ToolResult | ResultFields | str]) -> list[s
     ``ResultFields.offered``), e.g. ``["liver volume", "liver", "liver tumor count", "liver tumor", …]``."""
     keys: dict[str, None] = {}
     for source in sources:
-        keys.update(dict.fromkeys(_fields(source).offered))
+        keys.update(dict.fromkeys(fields_of(source).offered))
     return list(keys)
 
 
@@ -184,7 +185,8 @@ def parse_tool_result(text: str) -> tuple[dict[str, str], dict[str, str]]:
     return measurements, findings
 
 
-def _fields(source: ToolResult | ResultFields | str) -> ResultFields:
+def fields_of(source: ToolResult | ResultFields | str) -> ResultFields:
+    """The field table of a result, whichever form the caller holds it in (object, table, or ``tool`` message text)."""
     if isinstance(source, ResultFields):
         return source
     if isinstance(source, ToolResult):

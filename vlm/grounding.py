@@ -19,10 +19,15 @@ from typing import Any, Mapping, Sequence
 
 from data.lexicon import TERMS, find_terms
 from data.slice_facts import IN_SLICE
-from data.result_fields import ResultFields, fields_from_text
-from data.tool_text import ToolResult, resolve_references, value_reference
+from data.tool_text import ToolResult, fields_of, resolve_references, value_reference
 from experts.base import Expert
-from vlm.answer_text import comparison_sentence, field_label, field_sentence, standing_clauses, states
+from vlm.answer_text import (
+    comparison_sentence,
+    field_label,
+    field_sentence,
+    standing_clauses,
+    states,
+)
 from vlm.intent import QuestionIntent
 
 __all__ = ["header_answer", "planned_call", "question_arguments", "cite_results", "relevant_doubts", "MODALITY_WORDS"]
@@ -90,7 +95,7 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
     flags: list[str] = []
     values, experts = _answer_values(intent, sources)
     known = _known_texts(sources) + list(summaries)
-    text, dropped = standing_clauses(answer, known, intent.text, [k for source in sources for k in _fields_of(source)],
+    text, dropped = standing_clauses(answer, known, intent.text, [k for source in sources for k in fields_of(source)],
                                      drop_ungrounded=bool(values) or bool({p.family for p in intent.all_parts} & {"report", "run_expert", "segment_all"}))
     if dropped:
         flags.append("model text dropped: " + str(len(dropped)) + " unsupported or malformed clause" + ("s" if len(dropped) > 1 else ""))
@@ -157,7 +162,7 @@ def _answer_values(intent: QuestionIntent, sources: Sequence[ToolResult | str]) 
         value, missing = resolve_references(value_reference(key), sources)
         if not missing:
             values[key] = value
-            name = next((f.expert for f in map(_fields_of, reversed(list(sources))) if f.value(key) is not None), "")
+            name = next((f.expert for f in map(fields_of, reversed(list(sources))) if f.value(key) is not None), "")
             if name and name not in experts:
                 experts.append(name)
     # a field of the slice on screen answers before its whole-study twin ("kidney cyst in this slice side" before "kidney cyst side")
@@ -165,16 +170,12 @@ def _answer_values(intent: QuestionIntent, sources: Sequence[ToolResult | str]) 
     return values, experts
 
 
-def _fields_of(source: ToolResult | str) -> ResultFields:
-    return source.fields() if isinstance(source, ToolResult) else fields_from_text(source)
-
-
 def _known_texts(sources: Sequence[ToolResult | str]) -> list[str]:
     """What the results say, as text: their tool messages and every field's value (numbers and structures an answer
     may state)."""
     out = []
     for source in sources:
-        fields = _fields_of(source)
+        fields = fields_of(source)
         out.append(fields.tool_text())
         out.append(" ".join(f"{k}: {f.value}" for k, f in fields.items()))
     return out
