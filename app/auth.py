@@ -1,4 +1,5 @@
-"""Who may use the app: password logins (salted scrypt / PBKDF2 hashes) or a trusted reverse-proxy header.
+"""Who may use the app: password logins (salted scrypt / PBKDF2 hashes) or a trusted reverse-proxy header (OpenID
+Connect single sign-on is ``app.oidc``'s).
 
 Users come from a TOML or JSON file (``[users]`` table / ``{"users": {...}}``, username → hash, e.g.
 ``alice = "scrypt$16384$8$1$<salt>$<hash>"``; the ``auth.users_file`` setting) or from the
@@ -196,13 +197,19 @@ def client_address(peer: str, forwarded_for: str, trusted_proxies: tuple[str, ..
     return hops[0] if hops else peer
 
 
-def check_login_methods(trusted_header: str, users: Mapping[str, str]) -> None:
-    """Refuse two login methods at once: a proxy header and m3's own passwords (file or ``$M3_USERS``)."""
-    if trusted_header and users:
+def check_login_methods(trusted_header: str, users: Mapping[str, str], oidc_issuer: str = "") -> None:
+    """Refuse more than one login method at once: a proxy header, OIDC single sign-on (``app.oidc``) and m3's own
+    passwords (file or ``$M3_USERS``)."""
+    methods = [f"auth.trusted_header ({trusted_header})"] if trusted_header else []
+    if oidc_issuer:
+        methods.append(f"auth.oidc_issuer ({oidc_issuer})")
+    if users:
+        methods.append(f"{len(users)} password user(s) (auth.users_file or ${USERS_ENV})")
+    if len(methods) > 1:
         raise ConfigError(
-            f"both login methods are configured: auth.trusted_header ({trusted_header}) and {len(users)} password "
-            f"user(s) (auth.users_file or ${USERS_ENV}). Expected one; unset the users to sign in through the proxy, "
-            "or unset auth.trusted_header to use passwords."
+            f"{'both' if len(methods) == 2 else 'several'} login methods are configured: {' and '.join(methods)}. "
+            "Expected one; keep the one the site uses and unset the others (the users, to sign in through the proxy "
+            "or single sign-on)."
         )
 
 
@@ -221,7 +228,8 @@ def require_auth_for_host(host: str, auth_configured: bool) -> None:
     if not is_loopback(host) and not auth_configured:
         raise ConfigError(
             f"refusing to listen on {host!r} without authentication: anyone on the network could read studies. "
-            f"Configure users (a users file or ${USERS_ENV}) or a trusted proxy header, or bind to 127.0.0.1."
+            f"Configure users (a users file or ${USERS_ENV}), a trusted proxy header or auth.oidc_issuer, or bind to "
+            "127.0.0.1."
         )
 
 

@@ -31,13 +31,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_demo, config=None, model=None, experts_dir=None)
 
     h = sub.add_parser("hash-password", help="print a salted scrypt hash for a users file or $M3_USERS")
-    h.add_argument("--user", default="", help="also print the 'user:hash' form for $M3_USERS")
+    h.add_argument("--user", default="", help="also print the 'user:hash' form for $M3_USERS (default: none, the hash alone)")
     h.set_defaults(func=_hash_password)
 
     m = sub.add_parser("manifest", help="verify a model folder against its manifest.json, or sign it after editing its card",
                        description="verify: list every file that differs from the folder's manifest (exit 1 if any). "
                                    "write: record every file's SHA-256 (after editing a model card or metrics by hand).")
-    m.add_argument("action", choices=("verify", "write"))
+    m.add_argument("action", choices=("verify", "write"), help="verify: compare every file with the manifest; write: sign the folder again")
     m.add_argument("folder", type=Path, help="model folder (e.g. vlm/weights/default, experts/weights/ct_segmentation)")
     m.set_defaults(func=_manifest)
 

@@ -4,7 +4,8 @@ Precedence, lowest first: the defaults below → the config file (``--config`` o
 environment variables ``M3_<SECTION>_<FIELD>`` (``M3_SERVER_PORT=8080``, ``M3_PACS_WRITEBACK_ENABLED=1``)
 → command-line flags the caller applies with ``dataclasses.replace``. A container sets everything with
 ``-e`` flags or one mounted file; both are checked here, before anything starts. Secrets (the PACS
-password) come only from the environment, never from the file, so the file can be shared read-only.
+password, the OIDC client secret) come only from the environment, never from the file, so the file can be shared
+read-only.
 
 Example file (every key optional)::
 
@@ -20,6 +21,9 @@ Example file (every key optional)::
     users_file = "/etc/m3/users.toml"
     trusted_proxies = ["127.0.0.1/32", "::1/128"]
     idle_logout_min = 30
+    # or single sign-on instead of users_file (the secret from $M3_OIDC_CLIENT_SECRET):
+    # oidc_issuer = "https://login.hospital.org/realms/staff"
+    # oidc_client_id = "m3"
     [pacs]
     url = "http://pacs.example.org:8042/dicom-web"
     writeback_enabled = true
@@ -65,7 +69,8 @@ __all__ = [
 
 CONFIG_ENV = "M3_CONFIG"  # path of the one config file
 ENV_PREFIX = "M3_"
-SECRET_ENV = {"pacs.password": "M3_PACS_PASSWORD", "models.lm_api_key": "M3_LM_API_KEY"}  # environment only
+SECRET_ENV = {"pacs.password": "M3_PACS_PASSWORD", "models.lm_api_key": "M3_LM_API_KEY",
+              "auth.oidc_client_secret": "M3_OIDC_CLIENT_SECRET"}  # environment only
 # M3_* variables that are no setting: the config file, password logins (app.auth), the image's build argument for
 # its user id (set in the environment of the Dockerfile's RUN steps)
 OTHER_ENV = (CONFIG_ENV, "M3_USERS", "M3_UID")
@@ -107,12 +112,24 @@ class AuthConfig:
     failures_before_delay: int = 5  # failed sign-ins per client address before each further one doubles its wait
     max_delay_s: float = 900.0  # the longest wait one address is given
     global_failures_per_minute: int = 60  # failed sign-ins per minute from all addresses without a recent sign-in
-    idle_logout_min: float = 30.0  # a password session unused this long is signed out; 0 = never
+    idle_logout_min: float = 30.0  # a password or OIDC session unused this long is signed out; 0 = never
+    # OpenID Connect single sign-on (app.oidc): the provider's issuer URL (discovery at ISSUER/.well-known/...)
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""  # m3's client id at the provider
+    oidc_client_secret: str = field(default="", repr=False)  # only from $M3_OIDC_CLIENT_SECRET
+    oidc_scopes: tuple[str, ...] = ("openid", "profile", "email")
+    oidc_username_claim: str = "preferred_username"  # the ID token claim that is the user name
+    oidc_groups_claim: str = "groups"  # the ID token claim listing the user's groups or roles
+    oidc_allowed_groups: tuple[str, ...] = ()  # sign in only members of one of these; empty = everyone the provider admits
 
     @property
     def configured(self) -> bool:
         """True when some login mechanism is set (required to bind beyond localhost)."""
-        return self.users_file is not None or bool(self.trusted_header)
+        return self.users_file is not None or bool(self.trusted_header) or bool(self.oidc_issuer)
+
+    def login_methods(self) -> list[str]:
+        """The login settings that are set, as ``auth.KEY`` names (at most one may be)."""
+        return [f"auth.{name}" for name in ("users_file", "trusted_header", "oidc_issuer") if getattr(self, name)]
 
 
 @dataclass
@@ -218,11 +235,15 @@ class AppConfig:
                 raise ConfigError(f"auth.{name} must be >= 1, got {getattr(self.auth, name)}.")
         if not self.auth.max_delay_s >= 1:
             raise ConfigError(f"auth.max_delay_s must be >= 1, got {self.auth.max_delay_s}.")
-        if self.auth.users_file is not None and self.auth.trusted_header:
+        methods = self.auth.login_methods()
+        if len(methods) > 1:
             raise ConfigError(
-                f"auth.users_file and auth.trusted_header are both set (from {self.source}): one login method only. "
-                "Expected the hospital proxy's header (trusted_header) or m3's own passwords (users_file); unset one."
+                f"{' and '.join(methods)} are {'both' if len(methods) == 2 else 'all'} set (from {self.source}): one "
+                "login method only. Expected the hospital proxy's header (trusted_header), single sign-on (oidc_issuer) "
+                "or m3's own passwords (users_file); unset all but one."
             )
+        if self.auth.oidc_issuer:
+            self._validate_oidc()
         if not self.auth.idle_logout_min >= 0:
             raise ConfigError(f"auth.idle_logout_min must be >= 0 (0 = never), got {self.auth.idle_logout_min}.")
         if not self.audit.max_mb > 0 or self.audit.keep_files < 0:
@@ -238,6 +259,24 @@ class AppConfig:
             if path is not None and not path.is_dir():
                 raise ConfigError(f"{what} must be an existing folder, got {path}; mount it or unset it to use the embedded bundle.")
         return self
+
+    def _validate_oidc(self) -> None:
+        auth = self.auth
+        parsed = urlparse(auth.oidc_issuer)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
+            raise ConfigError(f"auth.oidc_issuer must be the provider's issuer URL like "
+                              f"https://login.hospital.org/realms/staff, got {auth.oidc_issuer!r} (from {self.source}).")
+        missing = [name for name, value in (("auth.oidc_client_id", auth.oidc_client_id),
+                                            (f"${SECRET_ENV['auth.oidc_client_secret']}", auth.oidc_client_secret)) if not value]
+        if missing:
+            raise ConfigError(f"auth.oidc_issuer is set but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                              f"empty (from {self.source}); set the client id and secret m3 was registered with at the "
+                              "provider.")
+        if "openid" not in auth.oidc_scopes:
+            raise ConfigError(f"auth.oidc_scopes must include \"openid\", got {list(auth.oidc_scopes)} (from {self.source}).")
+        for name in ("oidc_username_claim", "oidc_groups_claim"):
+            if not getattr(auth, name):
+                raise ConfigError(f"auth.{name} must name an ID token claim, got an empty value (from {self.source}).")
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AppConfig:

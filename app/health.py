@@ -168,7 +168,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="health URL (default: loopback, the configured port and root path, /healthz)")
     p.add_argument("--probe", choices=sorted(PROBES), default="health",
                    help="which route the default URL checks: health (/healthz), ready (/readyz) or live (/livez)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)")
     p.add_argument("--config", help="config file (default $M3_CONFIG)")
     p.add_argument("--serve", action="store_true", help="serve /healthz alone instead of checking it")
     p.add_argument("--host", help="with --serve: bind address (default from config)")

@@ -32,7 +32,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     drop = verbs.add_parser("drop", help="delete waiting batches without sending them (recorded in the audit log)")
     drop.add_argument("names", nargs="*", metavar="BATCH", help="batch names to drop (see `m3 pacs outbox list`)")
-    drop.add_argument("--older-than", type=float, metavar="DAYS", help="drop every batch written more than DAYS days ago (expiry)")
+    drop.add_argument("--older-than", type=float, metavar="DAYS",
+                      help="drop every batch written more than DAYS days ago (expiry) (default: none, only the batches named)")
     drop.set_defaults(func=_drop)
 
     for verb in (ls, retry, drop):

@@ -14,7 +14,7 @@ import weakref
 from typing import Any, Callable
 
 from starlette.requests import HTTPConnection
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse
 from starlette.websockets import WebSocketClose
 
 from app.access_log import USER_KEY, StatusWatch
@@ -36,15 +36,18 @@ class RouteGuard:
     """ASGI middleware in front of the app with Gradio mounted at ``mount_path``.
 
     Only the page (``/``), ``/login``, static assets and the paths in ``open_paths`` (``/healthz``) answer
-    without a session; everything else (``/gradio_api/cancel``, ``/openapi.json``, …) gets 401.
+    without a session; everything else (``/gradio_api/cancel``, ``/openapi.json``, …) gets 401. With a
+    ``sign_in_url`` (single sign-on) the page itself redirects there instead of showing Gradio's login form.
     ``session_user(connection)`` names the signed-in user or returns ``None``. With a ``limiter``, each
     ``POST /login`` is admitted or refused (429 with ``Retry-After``) by its client address first.
     """
 
     def __init__(self, app: Any, *, session_user: Callable[[HTTPConnection], Any], mount_path: str = "/",
                  limiter: LoginLimiter | None = None, trusted_proxies: tuple[str, ...] = (),
-                 open_paths: tuple[str, ...] = ("/healthz", "/livez", "/readyz"), audit: Any = None):
+                 open_paths: tuple[str, ...] = ("/healthz", "/livez", "/readyz"), audit: Any = None,
+                 sign_in_url: str = ""):
         self.app = app
+        self.sign_in_url = sign_in_url  # where the page sends a browser without a session (OIDC); "" = Gradio's form
         self.audit = audit
         self.session_user = session_user
         self._takes_refresh = "refresh" in inspect.signature(session_user).parameters  # idle logout knows activity
@@ -66,7 +69,8 @@ class RouteGuard:
             if page_path in ("/login", "/login/") and scope.get("method") == "POST":
                 return await self._sign_in(scope, receive, send)
             if page_path == "/":  # an idle session is signed out before the page decides to show the login form
-                await self._user(scope, refresh=False)
+                if await self._user(scope, refresh=False) is None and self.sign_in_url and scope["type"] == "http":
+                    return await RedirectResponse(self.sign_in_url, status_code=302)(scope, receive, send)
             return await self.app(scope, receive, send)
         user = await self._user(scope, refresh="/heartbeat/" not in path)  # the page's heartbeat is no activity
         if user is not None:
@@ -126,17 +130,18 @@ class RouteGuard:
             self.limiter.settle(admission, succeeded=watch.status == 200)  # Gradio answers 400 to wrong credentials
 
 
-def guard_routes(api: Any, config: AppConfig, *, audit: Any = None, open_paths: tuple[str, ...] | None = None) -> None:
+def guard_routes(api: Any, config: AppConfig, *, audit: Any = None, open_paths: tuple[str, ...] | None = None,
+                 sign_in_url: str = "") -> None:
     """Put a ``RouteGuard`` in front of ``api``, a FastAPI app with the Gradio app mounted at ``server.root_path``:
     sessions as Gradio sees them, signed out after ``auth.idle_logout_min`` without a request; sign-ins
     rate-limited (password login only) with state in ``config.login_state_file``; ``audit``: an
     ``app.audit.AuditLog`` for sign-ins, sign-outs and downloads; ``open_paths``: routes answering without a session
-    (default the health routes)."""
+    (default the health routes); ``sign_in_url``: where the page sends a browser without a session (``app.oidc``)."""
     from gradio.routes import App as GradioApp
 
     gradio_app = next(r.app for r in api.routes if isinstance(getattr(r, "app", None), GradioApp))
     limiter = None
-    if not config.auth.trusted_header:
+    if not (config.auth.trusted_header or config.auth.oidc_issuer):  # only m3's own password form is rate-limited here
         limiter = LoginLimiter(config.login_state_file, failures_before_delay=config.auth.failures_before_delay,
                                max_delay_s=config.auth.max_delay_s,
                                global_failures_per_minute=config.auth.global_failures_per_minute)
@@ -147,7 +152,7 @@ def guard_routes(api: Any, config: AppConfig, *, audit: Any = None, open_paths: 
 
     extra = {"open_paths": open_paths} if open_paths is not None else {}
     api.add_middleware(RouteGuard, session_user=session_user, mount_path=config.server.root_path or "/", limiter=limiter,
-                       trusted_proxies=config.auth.trusted_proxies, audit=audit, **extra)
+                       trusted_proxies=config.auth.trusted_proxies, audit=audit, sign_in_url=sign_in_url, **extra)
 
 
 class SessionActivity:
@@ -193,9 +198,18 @@ def behind_proxies(app: Any, trusted_proxies: tuple[str, ...]) -> Any:
 def _active_user(gradio_app: Any, connection: HTTPConnection, activity: SessionActivity, audit: Any, refresh: bool) -> Any:
     """The signed-in user exactly as Gradio's own ``/gradio_api/user`` finds it (``gradio.routes``
     ``get_current_user``: its auth dependency, else the session cookie set by ``/login``), or ``None`` once the
-    session was idle too long (its login token is dropped, so the page shows the login form again)."""
+    session was idle too long (its login token, or the single sign-on session, is dropped, so the page shows the
+    login form or sends the browser to the provider again)."""
     if gradio_app.auth_dependency is not None:
-        user = gradio_app.auth_dependency(connection)
+        dependency = gradio_app.auth_dependency
+        user = dependency(connection)
+        if user is not None and hasattr(dependency, "end_session"):  # a sign-in session of its own (app.oidc)
+            if activity.touch(dependency.session_key(connection), refresh=refresh) == "expired":
+                dependency.end_session(connection)
+                if audit is not None:
+                    audit.event("logout", user=user, reason="idle")
+                return None
+            return user
         if user is not None and activity.touch(f"header:{user}", refresh=refresh) == "new" and audit is not None:
             audit.event("login", user=user, method="proxy header", client=connection.client.host if connection.client else "")
         return user

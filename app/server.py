@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import logging  # noqa: E402
+import secrets  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -25,6 +26,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
+from starlette.middleware.sessions import SessionMiddleware  # noqa: E402
 
 from app.access_log import access_logged  # noqa: E402
 from app.audit import AuditLog, record_service_start  # noqa: E402
@@ -32,6 +34,7 @@ from app.auth import PasswordAuth, TrustedHeaderAuth, check_login_methods, load_
 from app.chat import NO_MODEL_MESSAGE, ChatEngine  # noqa: E402
 from app.config import AppConfig, ConfigError  # noqa: E402
 from app.events import EXAMPLES, SERIES_COLUMNS, AppEvents, UploadLimits  # noqa: E402
+from app.oidc import OidcLogin  # noqa: E402
 from app.pacs_panel import PacsComponents, PacsPanel  # noqa: E402
 from app.route_guard import behind_proxies, guard_routes  # noqa: E402
 from app.session import close_session, live_sessions, new_session  # noqa: E402
@@ -288,8 +291,8 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
     _start_upload_sweeper(options.sweep_interval_s)
     users = load_users(config.auth.users_file)
     header = config.auth.trusted_header
-    check_login_methods(header, users)
-    require_auth_for_host(config.server.host, bool(users) or bool(header))
+    check_login_methods(header, users, config.auth.oidc_issuer)
+    require_auth_for_host(config.server.host, bool(users) or bool(header) or bool(config.auth.oidc_issuer))
     status = ModelStatus(backend=backend, source="given") if backend is not None else load_backend(config)
     if registry is None:
         registry = experts_registry(config)
@@ -304,12 +307,17 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
     blocks.queue(default_concurrency_limit=8, max_size=256)
 
     api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    mount_viewer_routes(api)  # before the page: Gradio's mount at "/" would answer these paths otherwise
+    mount_viewer_routes(api, config.server.root_path)  # before the page: Gradio's mount would answer these paths otherwise
     health_paths = mount_health(api, config, {"sessions": lambda: (True, f"{live_sessions()} live"),
                                               "chat_model": lambda: _chat_health(status),
                                               "experts": lambda: _experts_health(registry)})
     auth: dict[str, Any] = {}
-    if header:
+    oidc = None
+    if config.auth.oidc_issuer:  # single sign-on: its routes before the page, which would answer them otherwise
+        oidc = OidcLogin(config.auth, prefix=config.server.root_path, audit=audit)
+        oidc.add_routes(api)
+        auth["auth_dependency"] = oidc
+    elif header:
         auth["auth_dependency"] = TrustedHeaderAuth(header, config.auth.trusted_proxies)
     elif users:
         auth["auth"] = PasswordAuth(users, audit=audit)
@@ -321,7 +329,11 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
         **auth,
     )
     if auth:  # only /, /login, static assets and the health routes without a session; sign-ins rate-limited per address
-        guard_routes(api, config, audit=audit, open_paths=health_paths)
+        guard_routes(api, config, audit=audit, open_paths=health_paths + (oidc.open_paths if oidc else ()),
+                     sign_in_url=oidc.sign_in_url if oidc else "")
+    if oidc is not None:  # outside the guard: the sign-in's state and the session id travel in a signed cookie
+        api.add_middleware(SessionMiddleware, secret_key=secrets.token_urlsafe(32), session_cookie="m3_oidc",
+                           path=config.server.root_path or "/", same_site="lax", max_age=None)
     return api, blocks, status
 
 
@@ -337,8 +349,9 @@ def serve(config: AppConfig, *, backend: Any = None, registry: Any = None, optio
     # X-Forwarded-For / -Proto believed from auth.trusted_proxies only (uvicorn's middleware, the raw peer kept for the
     # proxy-header login); uvicorn's own copy of that middleware, and its access log (full paths), stay off
     asgi = behind_proxies(access_logged(api), config.auth.trusted_proxies)
-    server = uvicorn.Server(uvicorn.Config(asgi, host=config.server.host,
-                                           port=config.server.port, log_level="warning", root_path=config.server.root_path or "",
+    # no uvicorn root_path: the proxy passes the server.root_path prefix on and the page and routes are mounted under
+    # it (a root_path here too would make the page load its parts from /m3/m3)
+    server = uvicorn.Server(uvicorn.Config(asgi, host=config.server.host, port=config.server.port, log_level="warning",
                                            timeout_graceful_shutdown=3, proxy_headers=False))
     if block:
         server.run()

@@ -130,17 +130,20 @@ def volume_nifti(volume: Volume) -> bytes:
     return _gzip(image.to_bytes())
 
 
-def mount_viewer_routes(api: Any) -> None:
-    """Add ``GET /m3/viewer.js`` (the bundled viewer) and ``GET /m3/volume/{name}`` (a session's NIfTI file) to ``api``.
+def mount_viewer_routes(api: Any, prefix: str = "") -> None:
+    """Add ``GET PREFIX/m3/viewer.js`` (the bundled viewer) and ``GET PREFIX/m3/volume/{name}`` (a session's NIfTI file)
+    to ``api``, ``prefix`` being ``server.root_path`` (the page's own address, which the routes are relative to).
     Both sit behind the app's login when one is configured; an unknown or expired name answers 404."""
     from fastapi import HTTPException
     from fastapi.responses import FileResponse
 
-    @api.get(f"/{SCRIPT_ROUTE}", include_in_schema=False)
+    prefix = prefix.rstrip("/")
+
+    @api.get(f"{prefix}/{SCRIPT_ROUTE}", include_in_schema=False)
     def viewer_script() -> FileResponse:
         return FileResponse(VIEWER_SCRIPT, media_type="text/javascript", headers={"Cache-Control": "no-cache"})
 
-    @api.get(f"/{ROUTE}/{{name}}", include_in_schema=False)
+    @api.get(f"{prefix}/{ROUTE}/{{name}}", include_in_schema=False)
     def volume_file(name: str) -> FileResponse:
         path = _FILES.get(name)
         if path is None or not path.is_file():

@@ -22,7 +22,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run an expert on a study; write DICOM SEG, overlay PNG, findings JSON")
     run.add_argument("name", help="expert name (see `m3 experts list`)")
     run.add_argument("study", help="study folder, DICOM file, NIfTI file or zip")
-    run.add_argument("--targets", nargs="+", help="ct_segmentation targets, e.g. organs 'liver tumor'")
+    run.add_argument("--targets", nargs="+",
+                     help="ct_segmentation targets, e.g. organs 'liver tumor' (default: every structure it segments)")
     run.add_argument("--series", help="series index or UID suffix to use (default: chosen by modality)")
     run.add_argument("--out", default=None, help="output folder (default: ./expert_<name>)")
     _experts_dir_argument(run)
@@ -51,21 +52,25 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     again.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR/NAME from its newest checkpoint with its saved "
                                                              "recipe, seed and settings; a flag that disagrees with them is refused")
     again.add_argument("--force", action="store_true", help="discard the checkpoint in RUN_DIR/NAME and train from step 0")
-    tr.add_argument("--init-from", help="weights folder to start from instead of random weights (e.g. experts/weights/NAME)")
+    tr.add_argument("--init-from", help="weights folder to start from, e.g. experts/weights/NAME or an earlier run's RUN_DIR/weights/NAME "
+                                         "(default: random weights; with --resume: the run's)")
     tr.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                     help="bfloat16 forward pass; auto: only where the CPU has native bfloat16 (emulated it is ~30x slower); "
                          "with --resume: the run's (default auto)")
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="recipe setting, e.g. lesion_weight=2, lesion_rate=0.9, 'crop_ratios.liver tumor=8', refresh_every=4 (ct_segmentation: a new phantom every 4 steps; repeatable)")
+                    help="recipe setting, e.g. lesion_weight=2, lesion_rate=0.9, 'crop_ratios.liver tumor=8', refresh_every=4 "
+                         "(ct_segmentation: a new phantom every 4 steps); repeatable "
+                         "(default: none, the recipe as it is; with --resume: the run's)")
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="run the experts on held-out phantoms of family A and family B (drawn another way) "
                                      "through DICOM and ingest; write results.md / .json / .png")
-    ev.add_argument("--kind", nargs="+", choices=("ct", "mri", "cxr"), default=["ct", "mri", "cxr"], help="phantom kinds (default: all)")
+    ev.add_argument("--kind", nargs="+", choices=("ct", "mri", "cxr"), default=["ct", "mri", "cxr"],
+                    help="phantom kinds (default: all, ct mri cxr)")
     ev.add_argument("--family", nargs="+", choices=("a", "b"), default=["a", "b"], help="phantom families (default: a b)")
     ev.add_argument("--n", type=int, default=8, help="held-out cases per family and kind (default 8)")
     ev.add_argument("--out", default="runs/family_eval", help="output folder (default runs/family_eval)")
-    ev.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ev.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     _experts_dir_argument(ev)
     ev.set_defaults(func=cmd_eval)
 

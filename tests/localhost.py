@@ -4,7 +4,7 @@ import socket
 import threading
 import time
 
-__all__ = ["free_port", "serve_in_thread", "cli_options"]
+__all__ = ["free_port", "serve_in_thread", "cli_options", "cli_actions"]
 
 
 def free_port() -> int:
@@ -29,11 +29,18 @@ def serve_in_thread(app, timeout: float = 20.0):
 
 def cli_options(parser, path: str):
     """(command path, option strings, help) for every option and positional under an ``argparse`` parser."""
+    for command, _, action in cli_actions(parser, path):
+        yield command, action.option_strings or [action.dest], action.help
+
+
+def cli_actions(parser, path: str):
+    """(command path, the parser that holds it, ``argparse.Action``) for every option and positional under
+    ``parser``, nested commands included (``m3 train vision``, ``m3 pacs outbox drop``)."""
     import argparse
 
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                yield from cli_options(sub, f"{path} {name}")
+                yield from cli_actions(sub, f"{path} {name}")
         else:
-            yield path, action.option_strings or [action.dest], action.help
+            yield path, parser, action

@@ -142,8 +142,9 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per generation (default 256, as in the app)")
     add_placement_arguments(p)
     p.add_argument("--lm-url", help="the API root of an OpenAI-compatible server (m3 serve-lm, vLLM) to use as the language "
-                                    "model, e.g. http://gpu-node:8000/v1; experts run here (key: $M3_LM_API_KEY)")
-    p.add_argument("--lm-model", help="the model name served at --lm-url")
+                                    "model, e.g. http://gpu-node:8000/v1; experts run here (key: $M3_LM_API_KEY) (default: none, the model "
+                                    "runs in this process)")
+    p.add_argument("--lm-model", help="the model name served at --lm-url (default: none; needed with --lm-url)")
 
 
 def _ask_command(args: argparse.Namespace) -> int:

@@ -45,7 +45,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve-lm", help="serve a model over the OpenAI-compatible chat API (streaming, tool calls)")
     p.add_argument("model", help="checkpoint folder (m3, VILA layout, or an image-text-to-text model)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need $M3_LM_API_KEY)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--max-concurrency", type=int, default=1, help="requests generating at once (default 1)")
     p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                    help=f"requests waiting beyond those generating; more get HTTP 429 (default {DEFAULT_MAX_QUEUE})")

@@ -14,8 +14,9 @@ def add_parsers(data_sub) -> None:
     p.add_argument("--stage", required=True, choices=("align", "ift", "medical-ift", "all"), help="training stage (all = the three)")
     p.add_argument("--n", type=int, required=True, help="cases per kind")
     p.add_argument("--out", required=True, help="output folder (images/ and <stage>_<split>.json)")
-    p.add_argument("--seed", type=int, default=0, help="seed block (cases of different blocks never repeat)")
-    p.add_argument("--split", default="train", choices=("train", "val", "test"), help="split; its seeds never overlap the others")
+    p.add_argument("--seed", type=int, default=0, help="seed block (cases of different blocks never repeat) (default 0)")
+    p.add_argument("--split", default="train", choices=("train", "val", "test"),
+                   help="split; its seeds never overlap the others (default train)")
     p.add_argument("--kinds", default="ct,mri,cxr", help="comma-separated phantom kinds (default ct,mri,cxr)")
     p.add_argument("--questions", type=int, default=4, help="VQA questions per case for ift (default 4)")
     p.add_argument("--clinician", type=int, default=None,

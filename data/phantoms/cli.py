@@ -13,7 +13,7 @@ def add_parsers(data_sub) -> None:
     p.add_argument("--kind", required=True, choices=("ct", "mri", "cxr"), help="phantom kind")
     p.add_argument("--n", type=int, default=1, help="number of studies (default 1)")
     p.add_argument("--out", required=True, help="output folder; one sub-folder per study")
-    p.add_argument("--seed", type=int, default=0, help="first seed; studies use seed .. seed+n-1")
+    p.add_argument("--seed", type=int, default=0, help="first seed; studies use seed .. seed+n-1 (default 0)")
     p.add_argument("--shape", type=int, nargs="+", default=None, metavar="N",
                    help="grid size: I J K for ct/mri, columns rows for cxr (default: the kind's default)")
     p.set_defaults(func=_run_synth)

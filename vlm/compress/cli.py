@@ -39,46 +39,60 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     methods = compress.add_subparsers(dest="compress_method", metavar="METHOD", required=True)
 
     p = _common(methods.add_parser("maskllm", help="learn 2:4 masks end to end (MaskLLM)"))
-    p.add_argument("--steps", type=int, default=MaskLLMConfig.steps)
-    p.add_argument("--lr", type=float, default=MaskLLMConfig.lr)
-    p.add_argument("--batch-size", type=int, default=MaskLLMConfig.batch_size)
-    p.add_argument("--reg-lambda", type=float, default=MaskLLMConfig.reg_lambda)
-    p.add_argument("--prior", choices=[*METHODS, "none"], default="sparsegpt", help="one-shot mask used as the prior")
-    p.add_argument("--prior-masks", help="a saved mask file used as the prior instead (mask transfer)")
+    p.add_argument("--steps", type=int, default=MaskLLMConfig.steps, help="mask-learning steps (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=MaskLLMConfig.lr, help="AdamW learning rate of the mask logits (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=MaskLLMConfig.batch_size, help="token blocks per step (default: %(default)s)")
+    p.add_argument("--reg-lambda", type=float, default=MaskLLMConfig.reg_lambda,
+                   help="weight of the reward for masks that keep large weights, decayed to 0 over the steps (default: %(default)s)")
+    p.add_argument("--prior", choices=[*METHODS, "none"], default="sparsegpt",
+                   help="one-shot mask used as the prior; none: learn from scratch (default: %(default)s)")
+    p.add_argument("--prior-masks", help="a saved mask file used as the prior instead (mask transfer) (default: none, --prior)")
     p.set_defaults(func=_cmd_maskllm)
 
     p = _common(methods.add_parser("oneshot", help="one-shot 2:4 pruning: magnitude, Wanda or SparseGPT"))
-    p.add_argument("--method", choices=METHODS, default="sparsegpt")
-    p.add_argument("--damp", type=float, default=OneShotConfig.damp)
+    p.add_argument("--method", choices=METHODS, default="sparsegpt",
+                   help="how the two weights of each four are chosen (default: %(default)s)")
+    p.add_argument("--damp", type=float, default=OneShotConfig.damp,
+                   help="SparseGPT dampening, a fraction of the mean Hessian diagonal (default: %(default)s)")
     p.set_defaults(func=_cmd_oneshot)
 
     p = _common(methods.add_parser("mft", help="site adaptation by minifinetuning (or standard fine-tuning)"))
-    p.add_argument("--method", choices=["mft", "standard"], default="mft")
-    p.add_argument("--steps", type=int, default=FinetuneConfig.steps)
-    p.add_argument("--lr", type=float, default=FinetuneConfig.lr)
-    p.add_argument("--tau", type=float, default=FinetuneConfig.tau)
-    p.add_argument("--temperature", type=float, default=FinetuneConfig.temperature)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--method", choices=["mft", "standard"], default="mft",
+                   help="mft: minifinetuning against the model before tuning (keeps what it knew); standard: cross-entropy "
+                        "(default: %(default)s)")
+    p.add_argument("--steps", type=int, default=FinetuneConfig.steps, help="fine-tuning steps (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=FinetuneConfig.lr, help="AdamW learning rate, constant (default: %(default)s)")
+    p.add_argument("--tau", type=float, default=FinetuneConfig.tau,
+                   help="MFT: how far the target moves from the original model towards the label, 0-1 (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=FinetuneConfig.temperature,
+                   help="MFT: softmax temperature of the original model and the tuned one (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="token blocks per step (default: %(default)s)")
     p.set_defaults(func=_cmd_mft)
 
     p = _common(methods.add_parser("depth", help="remove blocks or attention sublayers, with optional recovery"))
-    p.add_argument("--blocks", type=_int_list, default=[], help="block indices to remove, e.g. 2,3")
-    p.add_argument("--attention", type=_int_list, default=[], help="attention sublayers to remove")
-    p.add_argument("--auto-blocks", type=int, default=0, help="remove the N blocks of lowest angular importance")
-    p.add_argument("--auto-attention", type=int, default=0, help="remove the N attention sublayers of lowest angular importance")
-    p.add_argument("--recovery", choices=["none", "bias", "lowrank"], default="lowrank")
-    p.add_argument("--rank", type=int, default=DepthConfig.rank)
+    p.add_argument("--blocks", type=_int_list, default=[], help="block indices to remove, e.g. 2,3 (default: none)")
+    p.add_argument("--attention", type=_int_list, default=[], help="attention sublayers to remove, e.g. 1,3 (default: none)")
+    p.add_argument("--auto-blocks", type=int, default=0, help="remove the N blocks of lowest angular importance (default: %(default)s)")
+    p.add_argument("--auto-attention", type=int, default=0,
+                   help="remove the N attention sublayers of lowest angular importance (default: %(default)s)")
+    p.add_argument("--recovery", choices=["none", "bias", "lowrank"], default="lowrank",
+                   help="what stands in for a removed part, fitted by least squares on the calibration data (default: %(default)s)")
+    p.add_argument("--rank", type=int, default=DepthConfig.rank, help="rank of the lowrank recovery (default: %(default)s)")
     p.set_defaults(func=_cmd_depth)
 
     p = _common(methods.add_parser("flextron", help="elastic widths (Flextron): one model that deploys at many sizes"))
-    p.add_argument("--steps", type=int, default=DistillConfig.steps)
-    p.add_argument("--lr", type=float, default=DistillConfig.lr)
-    p.add_argument("--batch-size", type=int, default=DistillConfig.batch_size)
-    p.add_argument("--kd-weight", type=float, default=DistillConfig.kd_weight, help="weight of KL(full model ‖ sub-network)")
-    p.add_argument("--task-weight", type=float, default=DistillConfig.task_weight, help="weight of the task cross-entropy")
-    p.add_argument("--random-subnets", type=int, default=DistillConfig.random_subnets, help="random-width sub-networks per step")
-    p.add_argument("--checkpoint-every", type=int, default=DistillConfig.checkpoint_every)
-    p.add_argument("--seed", type=int, default=DistillConfig.seed)
+    p.add_argument("--steps", type=int, default=DistillConfig.steps, help="distillation steps (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=DistillConfig.lr, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=DistillConfig.batch_size, help="token blocks per step (default: %(default)s)")
+    p.add_argument("--kd-weight", type=float, default=DistillConfig.kd_weight,
+                   help="weight of KL(full model ‖ sub-network) (default: %(default)s)")
+    p.add_argument("--task-weight", type=float, default=DistillConfig.task_weight,
+                   help="weight of the task cross-entropy (default: %(default)s)")
+    p.add_argument("--random-subnets", type=int, default=DistillConfig.random_subnets,
+                   help="random-width sub-networks per step, besides the full and the smallest (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=DistillConfig.checkpoint_every,
+                   help="steps between checkpoints in --out (for --resume) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=DistillConfig.seed, help="seed of the batches and sub-network draws (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its last checkpoint")
     p.set_defaults(func=_cmd_flextron)
 
@@ -87,20 +101,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="calibration conversations the router scores widths on (as for flextron)")
     p.add_argument("--out", required=True, help="new, empty model folder")
     p.add_argument("--budget", required=True, help="params=0.5 (fraction of the LM, or a count), memory_mb=M or latency_ms=T")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float16")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--max-samples", type=int, default=200)
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float16",
+                   help="precision of the written weights (default: %(default)s)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration block (default: %(default)s)")
+    p.add_argument("--max-samples", type=int, default=200, help="most calibration samples read from --data (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0: torch's own choice (default: %(default)s)")
     p.set_defaults(func=_cmd_flextron_export)
 
     p = sub.add_parser("export", help="write an on-prem build folder (weights, masks, model card, manifest)")
     p.add_argument("--model", required=True, help="VILA-layout model folder")
     p.add_argument("--out", required=True, help="new, empty build folder")
-    p.add_argument("--masks", help="2:4 mask file to apply (from m3 compress maskllm|oneshot)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="bfloat16")
+    p.add_argument("--masks", help="2:4 mask file to apply (from m3 compress maskllm|oneshot) (default: none, dense)")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="bfloat16",
+                   help="precision of the written weights (default: %(default)s)")
     p.add_argument("--int8", action="store_true", help="int8 weight-only LM weights (needs torchao: pip install 'm3[gpu]')")
     p.add_argument("--model-card", help="Markdown to include in the card, labelled as measured elsewhere, e.g. benchmarks/results/compress.md (default: none)")
-    p.add_argument("--experts", help="folder of expert bundles to ship")
+    p.add_argument("--experts", help="folder of expert bundles to ship (default: none, the app's configured experts serve it)")
     p.add_argument("--no-measure", action="store_true", help="skip the peak-memory measurement")
     p.set_defaults(func=_cmd_export)
 
@@ -109,9 +125,9 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (VILA layout with llm/, or a causal LM folder)")
     p.add_argument("--data", required=True, help="text samples: .txt (one per line), .jsonl or .json; for a VLM folder, a LLaVA JSON with pictures (e.g. medical-ift_train.json) calibrates on what the LM sees in the VLM")
     p.add_argument("--out", required=True, help="output model folder")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration / training block")
-    p.add_argument("--max-samples", type=int, default=2000)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration / training block (default: %(default)s)")
+    p.add_argument("--max-samples", type=int, default=2000, help="most samples read from --data (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads, 0: torch's own choice (default: %(default)s)")
     return p
 
 

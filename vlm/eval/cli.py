@@ -25,22 +25,27 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("eval", help="evaluate a VLM: VQA, reports, expert calls, grounding (Markdown table + plots)",
                        description="Evaluate a VLM through the agent loop on held-out data; prints the Markdown table.")
-    p.add_argument("--model", help="model folder (VILA layout)")
-    p.add_argument("--data", help="folder with *_test.json from `m3 data instructions --split test`, or one VQA file")
+    p.add_argument("--model", help="model folder (VILA layout) (default: none, required unless --compare-projectors; "
+                                   "with --phrasings: the embedded default model)")
+    p.add_argument("--data", help="folder with *_test.json from `m3 data instructions --split test`, or one VQA file "
+                                  "(default: none, required unless --phrasings or --compare-projectors)")
     p.add_argument("--format", choices=VQA_FORMATS, default="llava", help="format of a --data file (default llava)")
     p.add_argument("--image-root", help="image folder of a public VQA file (default: the set's own layout)")
     p.add_argument("--out", help="output folder (default: a new folder per run, runs/eval/<run>-<model>-<date>-<time>; "
                                  "runs/projectors with --compare-projectors)")
     p.add_argument("--experts", choices=("auto", "real", "truth"), default="auto",
-                   help="experts behind tool calls: trained (real), phantom ground truth (truth), real if present (auto)")
-    p.add_argument("--limit", type=int, default=0, help="items per part (0: all)")
+                   help="experts behind tool calls: trained (real), phantom ground truth (truth), real if present (auto) "
+                        "(default auto)")
+    p.add_argument("--limit", type=int, default=0, help="items per part (default 0: all)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="most tokens per generation (default 256, as in the app)")
     p.add_argument("--baseline", choices=sorted(BASELINES), default=None,
-                   help="also score a baseline on the same items in the same run: keyword (a keyword router over the same experts)")
+                   help="also score a baseline on the same items in the same run: keyword (a keyword router over the same experts) "
+                        "(default: none)")
     p.add_argument("--phrasings", metavar="SET", help="score the frozen held-out phrasing set (tests/data/heldout_phrasings.jsonl) "
-                   "instead of --data: each phrasing asked on a phantom study through the app's path")
+                   "instead of --data: each phrasing asked on a phantom study through the app's path (default: none, score --data)")
     p.add_argument("--seed", type=int, default=9001, help="with --phrasings: phantom seed of the studies (default 9001)")
-    p.add_argument("--compare-projectors", metavar="RECIPE", help="train and score mlp_downsample vs token merging on RECIPE's budget")
+    p.add_argument("--compare-projectors", metavar="RECIPE", help="train and score mlp_downsample vs token merging on RECIPE's budget "
+                   "(default: none, score --model)")
     p.add_argument("--steps-scale", type=float, default=1.0, help="with --compare-projectors: scale the recipe's steps (default 1)")
     add_placement_arguments(p)
     p.set_defaults(func=_run)

@@ -102,9 +102,9 @@ FIELD_HELP = {
     "held_out_fraction": "share of cases kept out of training for the end-of-run probes",
     "clip_steps": "training steps of the contrastive (clip) teacher",
     "image_size": "side in px of the phantom images and cached teacher targets (a multiple of patch_size)",
-    "hidden_size": "encoder width (default: the recipe's model.vision_hidden)",
-    "depth": "encoder blocks (default: the recipe's model.vision_depth)",
-    "num_heads": "attention heads (default: the recipe's model.vision_heads)",
+    "hidden_size": "encoder width",
+    "depth": "encoder blocks",
+    "num_heads": "attention heads",
     "num_registers": "register tokens",
     "patch_size": "patch side in px",
     "resolutions": "training resolutions in px; several: each step at every one (multiples of 2 x patch_size)",
@@ -121,11 +121,14 @@ FIELD_HELP = {
     "checkpoint_every": "steps between checkpoints",
     "threads": "CPU threads",
     "seed": "seed of data, initialisation and batches",
-    "save_encoder_to": "also write the final encoder (float16) here, e.g. vlm/encoder/weights",
+    "save_encoder_to": "also write the final encoder (float16) here, e.g. vlm/encoder/weights (empty: only in the stage folder)",
     "evaluate": "score linear probes and teacher fidelity on held-out phantoms after training",
     "featsharp_steps": "> 0: train and score the FeatSharp upsampler after distillation",
     "compare_plain": "also train with plain normalisation on the same budget (model card table)",
 }
+# Settings a recipe gives stage 1 from its model and run settings unless its `vision` entry names them.
+_FROM_RECIPE = {"hidden_size": "model.vision_hidden", "depth": "model.vision_depth", "num_heads": "model.vision_heads",
+                "patch_size": "model.patch_size", "seed": "seed"}
 # Fields that do not change the trained encoder: free to differ when a stage resumes or is asked again.
 _RUNTIME_FIELDS = ("output_dir", "data_dir", "threads", "checkpoint_every", "save_encoder_to", "evaluate", "featsharp_steps", "compare_plain")
 
@@ -133,15 +136,22 @@ _RUNTIME_FIELDS = ("output_dir", "data_dir", "threads", "checkpoint_every", "sav
 def vision_config(recipe, out: str | Path, **overrides) -> VisionStageConfig:
     """Stage 1's config for ``recipe`` in run folder ``out`` (``<out>/vision``): the encoder size from
     ``recipe.model``, then ``recipe.vision``, then ``overrides`` (None values ignored)."""
-    m = recipe.model
     fields_ = {f.name for f in fields(VisionStageConfig)}
     settings = {**recipe.vision, **{k: v for k, v in overrides.items() if v is not None}}
     unknown = sorted(set(settings) - fields_)
     if unknown:
         raise TrainError(f"recipe {recipe.name!r} `vision` settings must be VisionStageConfig fields ({sorted(fields_)}), got {unknown}.")
-    base = dict(hidden_size=m.vision_hidden, depth=m.vision_depth, num_heads=m.vision_heads, patch_size=m.patch_size,
-                threads=recipe.threads or 1, seed=recipe.seed)
+    base = {name: _recipe_value(recipe, path) for name, path in _FROM_RECIPE.items()}
+    base["threads"] = recipe.threads or 1
     return VisionStageConfig(**{**base, **settings, "output_dir": str(Path(out) / "vision")})
+
+
+def _recipe_value(recipe, path: str):
+    """``recipe.model.vision_hidden`` for ``"model.vision_hidden"``."""
+    value = recipe
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def run_vision_stage(config: VisionStageConfig, *, resume: bool = False, force: bool = False, commands: list[dict] | None = None) -> Path:
@@ -396,7 +406,8 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
         flag = "--" + f.name.replace("_", "-")
         value = f.default_factory() if callable(f.default_factory) else f.default
         shown = ",".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else (" ".join(map(str, value)) if isinstance(value, tuple) else value)
-        help_ = f"{FIELD_HELP.get(f.name, f.name)} (default: the recipe's, else {shown!s})"
+        otherwise = f"its {_FROM_RECIPE[f.name]}" if f.name in _FROM_RECIPE else (shown if shown != "" else "empty")
+        help_ = f"{FIELD_HELP.get(f.name, f.name)} (default: the recipe's, else {otherwise})"
         if isinstance(value, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif isinstance(value, tuple):
