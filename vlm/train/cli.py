@@ -70,7 +70,7 @@ def _core_flags(p: argparse.ArgumentParser, stage: str) -> None:
     core = p.add_argument_group("core flags (the same for every stage)")
     core.add_argument("--recipe", default=None, metavar="NAME|FILE",
                       help="built-in recipe (micro | tiny | base) or a recipe file (.json, e.g. a run's recipe.json, or .toml) "
-                           "(default: tiny; with --resume: the run's saved recipe.json)")
+                           "(default: the saved recipe.json of the run in --out, else tiny)")
     core.add_argument("--out", default=None, help="run folder; every stage writes under it (default: runs/<recipe name>)")
     core.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoints, with its saved "
                                                             "recipe; a flag that disagrees with a checkpoint is refused")
@@ -90,9 +90,9 @@ def _run(args: argparse.Namespace) -> int:
     show_on_terminal()
     quiet_libraries(bool(getattr(args, "verbose", False)))
     given = load_recipe(args.recipe) if args.recipe else None
-    if given is None and not args.resume:
-        given = load_recipe("tiny")
     out = Path(args.out or f"runs/{given.name if given else 'tiny'}")
+    if given is None and not args.resume and not (out / "recipe.json").is_file():
+        given = load_recipe("tiny")  # a new run folder; one that holds a run trains with its saved recipe.json
     recipe = open_run(out, given, resume=args.resume)
     if args.threads is not None:
         recipe.threads = args.threads

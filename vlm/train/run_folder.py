@@ -125,7 +125,8 @@ def open_run(out: str | Path, recipe: Recipe | None, *, resume: bool) -> Recipe:
         differ = _differences(asdict(saved), asdict(recipe), _RUN_FIELDS, ignore=("model.encoder_path",))
         if differ:
             raise ResumeConflict(f"{out} holds a run of recipe {saved.name!r} (its {saved_path}); the recipe given here differs in "
-                                 f"{'; '.join(differ[:6])}. Continue that run with --resume and no --recipe, or choose another --out.")
+                                 f"{'; '.join(differ[:6])}. Drop --recipe to train with the run's own (and --resume to continue a "
+                                 "killed stage), or choose another --out.")
     if resume and saved is not None:
         if recipe is not None:
             saved.threads = recipe.threads  # a runtime setting: the machine may differ after a restart
