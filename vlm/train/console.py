@@ -18,7 +18,7 @@ __all__ = ["console", "show_on_terminal", "quiet_libraries", "banner", "summary_
 console = logging.getLogger("vlm.train.console")
 
 # Loggers whose INFO lines describe the libraries' own work, not the run's (one line per saved file, per study).
-_CHATTY = ("accelerate", "absl", "data.ingest", "httpx", "vlm.train.build", "vlm.agent")
+_CHATTY = ("accelerate", "absl", "data.ingest", "httpx", "matplotlib", "vlm.train.build", "vlm.agent")
 
 
 def show_on_terminal() -> None:
