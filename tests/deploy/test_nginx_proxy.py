@@ -215,6 +215,7 @@ def test_single_sign_on_through_the_proxy_uploads_streams_and_signs_out_under_m3
         assert uploaded.status_code == 200, uploaded.text[:300]
         [stored] = uploaded.json()
         assert Path(stored).stat().st_size == len(noise)
+        Path(stored).unlink()  # the stopped server's upload cache is not swept
 
         # Gradio's heartbeat sends one event, then nothing for 15 s: a buffering proxy would hold it back
         started = time.monotonic()
