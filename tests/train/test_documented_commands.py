@@ -153,6 +153,10 @@ def test_the_training_guides_run_folder_commands_run_as_written_on_a_micro_run(m
     assert _same_weights(tmp_path / "runs" / "again" / "final", ref_final)
     resumed = ran["train all --out runs/micro --resume"]
     assert resumed.count("already finished (skipped)") == 5  # vision + four VLM phases
+    card = (tmp_path / "runs" / "micro" / "final" / "model_card.md").read_text()  # written again by the resume's evaluation
+    first = re.search(r"\| `m3 train all --recipe micro --out \S+ --experts truth` \| \d+(\.\d+)? \| finished \|", card)
+    again = card.find("| `m3 train all --out runs/micro --resume` |")
+    assert first and again > first.start()  # every invocation that made it, in order, with its wall time
     forced = ran["train ift --out runs/micro --force --steps 40"]
     assert "--force: discarding" in forced
     assert json.loads((tmp_path / "runs" / "micro" / "ift" / "ift" / "metrics.json").read_text())["steps"] == 40
