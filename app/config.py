@@ -41,6 +41,8 @@ import dataclasses
 import difflib
 import ipaddress
 import os
+import re
+import ssl
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,13 +72,16 @@ __all__ = [
 CONFIG_ENV = "M3_CONFIG"  # path of the one config file
 ENV_PREFIX = "M3_"
 SECRET_ENV = {"pacs.password": "M3_PACS_PASSWORD", "models.lm_api_key": "M3_LM_API_KEY",
-              "auth.oidc_client_secret": "M3_OIDC_CLIENT_SECRET"}  # environment only
+              "auth.oidc_client_secret": "M3_OIDC_CLIENT_SECRET", "pacs.token": "M3_PACS_TOKEN"}  # environment only
 # M3_* variables that are no setting: the config file, password logins (app.auth), the image's build argument for
 # its user id (set in the environment of the Dockerfile's RUN steps)
 OTHER_ENV = (CONFIG_ENV, "M3_USERS", "M3_UID")
 EXPORT_EXPERTS_FOLDER = "experts"  # where `m3 export --experts` puts a build's experts (vlm.export)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+_PACS_PROTOCOLS = ("dicomweb", "dimse")
+# A DICOM AE title: 1-16 characters, no backslash, no leading or trailing space.
+_AE_TITLE = re.compile(r"^[A-Za-z0-9_.\-](?:[A-Za-z0-9_. \-]{0,14}[A-Za-z0-9_.\-])?$")
 
 
 class ConfigError(M3Error):
@@ -134,19 +139,118 @@ class AuthConfig:
 
 @dataclass
 class PacsConfig:
+    protocol: str = "dicomweb"  # dicomweb (url) | dimse (host, port, AE titles: C-FIND / C-MOVE / C-STORE)
     url: str = ""  # DICOMweb root, e.g. http://pacs:8042/dicom-web; empty = no PACS
     writeback_enabled: bool = False  # STOW of SR/SEG back to the PACS; off until an admin turns it on
     username: str = ""  # HTTP basic auth user; the password only from $M3_PACS_PASSWORD
     password: str = field(default="", repr=False)
-    timeout_s: float = 30.0  # per HTTP request
-    retries: int = 3  # extra attempts for GET requests (idempotent) and refused connections
+    token: str = field(default="", repr=False)  # HTTP bearer token (instead of basic auth), only from $M3_PACS_TOKEN
+    timeout_s: float = 30.0  # per HTTP request / DIMSE message
+    retries: int = 3  # extra attempts for reads (GET, C-FIND, C-MOVE) and refused connections
     backoff_s: float = 0.5  # first retry delay; doubles each attempt
-    outbox_dir: Path = Path("var/outbox")  # STOW batches wait here until the PACS has them
-    ca_bundle: Path | None = None  # TLS trust store for an https PACS with a hospital CA
+    outbox_dir: Path = Path("var/outbox")  # write-back batches wait here until the PACS has them
+    outbox_max_age_days: float = 14.0  # older batches are never sent (stale results); 0 = no expiry
+    ca_bundle: Path | None = None  # TLS trust store (PEM) for an https PACS with a hospital CA
+    client_cert: Path | None = None  # mutual TLS: m3's client certificate (PEM) ...
+    client_key: Path | None = None  # ... and its private key (PEM, unencrypted, readable by the service user only)
+    host: str = ""  # DIMSE: the PACS's host name or address; empty = no PACS
+    port: int = 104  # DIMSE: the PACS's DICOM port
+    called_ae_title: str = ""  # DIMSE: the PACS's AE title
+    ae_title: str = "M3"  # DIMSE: m3's own AE title (registered on the PACS)
+    move_ae_title: str = ""  # DIMSE: the C-MOVE destination AE title the PACS sends to; empty = ae_title
+    move_port: int = 11112  # DIMSE: where m3 listens for the images of a C-MOVE (the PACS must reach it)
 
     @property
     def enabled(self) -> bool:
-        return bool(self.url)
+        return bool(self.host) if self.protocol == "dimse" else bool(self.url)
+
+    def check(self, source: str = "defaults") -> None:
+        """Raise ``ConfigError`` for PACS settings that cannot work: unknown protocol, an incomplete or doubled
+        login, TLS files that are missing, unreadable or do not pair, DIMSE ports and AE titles out of range."""
+        if self.protocol not in _PACS_PROTOCOLS:
+            raise ConfigError(f"pacs.protocol must be one of {', '.join(_PACS_PROTOCOLS)}, got {self.protocol!r}"
+                              f"{_closest(self.protocol, _PACS_PROTOCOLS)} (from {source}).")
+        if self.retries < 0 or self.backoff_s < 0 or self.timeout_s <= 0:
+            raise ConfigError(
+                "pacs.retries and pacs.backoff_s must be >= 0 and pacs.timeout_s > 0, got "
+                f"{self.retries}, {self.backoff_s}, {self.timeout_s}."
+            )
+        if not self.outbox_max_age_days >= 0:
+            raise ConfigError(f"pacs.outbox_max_age_days must be >= 0 (0 = no expiry), got {self.outbox_max_age_days} "
+                              f"(from {source}).")
+        if self.writeback_enabled and not self.enabled:
+            where = "pacs.host" if self.protocol == "dimse" else "pacs.url"
+            raise ConfigError(f"pacs.writeback_enabled is true but {where} is empty; set the PACS address or turn write-back off.")
+        if self.protocol == "dimse":
+            self._check_dimse(source)
+        else:
+            self._check_dicomweb(source)
+
+    def _check_dicomweb(self, source: str) -> None:
+        set_dimse = [k for k in ("host", "called_ae_title") if getattr(self, k)]
+        if set_dimse:
+            raise ConfigError(f"pacs.{set_dimse[0]} is a DIMSE setting but pacs.protocol is dicomweb (from {source}); "
+                              "set pacs.protocol = \"dimse\" or unset it.")
+        if self.url:
+            parsed = urlparse(self.url)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ConfigError(
+                    f"pacs.url must be an http(s) DICOMweb root like http://pacs:8042/dicom-web, got "
+                    f"{self.url!r} (from {source}); fix it or leave it empty to run without a PACS."
+                )
+        if self.url and self.username and not self.password:
+            raise ConfigError(f"pacs.username is set ({self.username!r}) but $M3_PACS_PASSWORD is empty (from {source}); "
+                              "set the password in the environment, or unset pacs.username.")
+        if self.url and self.password and not self.username:
+            raise ConfigError(f"$M3_PACS_PASSWORD is set but pacs.username is empty (from {source}); set the user name "
+                              "the PACS knows m3 by, or unset the password.")
+        if self.username and self.token:
+            raise ConfigError(f"both basic auth (pacs.username) and a bearer token ($M3_PACS_TOKEN) are set (from {source}): "
+                              "one login method only; unset one of them.")
+        if bool(self.client_cert) != bool(self.client_key):
+            given, missing = ("client_cert", "client_key") if self.client_cert else ("client_key", "client_cert")
+            raise ConfigError(f"pacs.{given} is set but pacs.{missing} is not (from {source}): mutual TLS needs m3's "
+                              "certificate and its private key; set both or neither.")
+        tls = [k for k in ("ca_bundle", "client_cert") if getattr(self, k)]
+        if tls and self.url and urlparse(self.url).scheme != "https":
+            raise ConfigError(f"pacs.{tls[0]} is set but pacs.url is not https ({self.url}, from {source}); TLS settings "
+                              "apply only to an https:// PACS URL.")
+        for key in ("ca_bundle", "client_cert", "client_key"):
+            path = getattr(self, key)
+            if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+                state = "is not readable by this user" if path.is_file() else "does not exist"
+                raise ConfigError(f"pacs.{key} must be a readable PEM file, got {path}, which {state} (from {source}); "
+                                  "mount it (read-only) or fix the path.")
+        try:  # the standard ssl module parses them as every connection will
+            context = ssl.create_default_context(cafile=str(self.ca_bundle) if self.ca_bundle else None)
+        except ssl.SSLError as exc:
+            raise ConfigError(f"pacs.ca_bundle {self.ca_bundle} holds no usable CA certificate ({exc.reason}); "
+                              "expected PEM certificates (-----BEGIN CERTIFICATE-----).") from None
+        if self.client_cert:
+            try:
+                context.load_cert_chain(self.client_cert, self.client_key, password=lambda: b"")
+            except ssl.SSLError as exc:
+                raise ConfigError(
+                    f"pacs.client_cert {self.client_cert} and pacs.client_key {self.client_key} cannot be used together "
+                    f"({exc.reason}); expected a PEM certificate and its unencrypted PEM private key."
+                ) from None
+
+    def _check_dimse(self, source: str) -> None:
+        set_web = [k for k in ("url", "username", "token", "ca_bundle", "client_cert", "client_key") if getattr(self, k)]
+        if set_web:
+            raise ConfigError(f"pacs.{set_web[0]} is a DICOMweb setting but pacs.protocol is dimse (from {source}); "
+                              "DIMSE logs in by AE title only. Unset it, or set pacs.protocol = \"dicomweb\".")
+        for key in ("port", "move_port"):
+            if not 0 < getattr(self, key) < 65536:
+                raise ConfigError(f"pacs.{key} must be 1-65535, got {getattr(self, key)} (from {source}).")
+        if self.host and not self.called_ae_title:
+            raise ConfigError(f"pacs.called_ae_title must name the PACS's AE title when pacs.protocol is dimse "
+                              f"(from {source}); ask the PACS administrator for it.")
+        for key in ("ae_title", "called_ae_title", "move_ae_title"):
+            title = getattr(self, key)
+            if (title or key == "ae_title") and not _AE_TITLE.match(title):
+                raise ConfigError(f"pacs.{key} must be 1-16 characters, letters, digits, spaces or _-. without "
+                                  f"leading or trailing spaces, got {title!r} (from {source}).")
 
 
 @dataclass
@@ -194,13 +298,7 @@ class AppConfig:
         """Raise ``ConfigError`` for settings that cannot work; returns ``self``."""
         if not 0 < self.server.port < 65536:
             raise ConfigError(f"server.port must be 1-65535, got {self.server.port} (from {self.source}).")
-        if self.pacs.url:
-            parsed = urlparse(self.pacs.url)
-            if parsed.scheme not in ("http", "https") or not parsed.hostname:
-                raise ConfigError(
-                    f"pacs.url must be an http(s) DICOMweb root like http://pacs:8042/dicom-web, got "
-                    f"{self.pacs.url!r} (from {self.source}); fix it or leave it empty to run without a PACS."
-                )
+        self.pacs.check(self.source)
         if self.models.lm_url and (urlparse(self.models.lm_url).scheme not in ("http", "https") or not self.models.lm_model):
             raise ConfigError(
                 f"models.lm_url must be an http(s) API root like http://gpu-node:8000/v1 with models.lm_model naming the "
@@ -210,13 +308,6 @@ class AppConfig:
             check_placement_names(self.models.device, self.models.dtype)
         except DeviceError as exc:
             raise ConfigError(f"{str(exc).rstrip('.')} (from {self.source}).") from None
-        if self.pacs.writeback_enabled and not self.pacs.url:
-            raise ConfigError("pacs.writeback_enabled is true but pacs.url is empty; set the PACS URL or turn write-back off.")
-        if self.pacs.retries < 0 or self.pacs.backoff_s < 0 or self.pacs.timeout_s <= 0:
-            raise ConfigError(
-                "pacs.retries and pacs.backoff_s must be >= 0 and pacs.timeout_s > 0, got "
-                f"{self.pacs.retries}, {self.pacs.backoff_s}, {self.pacs.timeout_s}."
-            )
         for proxy in self.auth.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)

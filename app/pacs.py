@@ -1,19 +1,19 @@
-"""The hospital PACS over DICOMweb: find studies (QIDO-RS), pull one (WADO-RS), send results back (STOW-RS).
+"""The hospital PACS: find studies, pull one, send results back, over DICOMweb or DIMSE.
 
-    client = PacsClient(config)                       # AppConfig or PacsConfig
+    client = PacsClient(config)                       # AppConfig or PacsConfig; [pacs] protocol picks the transport
     rows = client.search(patient_id="12345")          # list[StudySummary], shown to the clinician
     study = client.load(rows[0].study_uid)            # retrieve → data.load_study (de-identified) → raw files deleted
     ...                                               # SR / SEG built on the de-identified study
-    client.store([sr, seg])                           # re-identified to the original study, then STOW-RS
+    client.store([sr, seg])                           # re-identified to the original study, then sent
 
-Everything downstream of ``load`` sees only the de-identified ``Study``. Write-back re-identifies the
-derived objects at the last moment with the in-process key kept by ``data.deid`` and only when the
-admin enabled it (``[pacs] writeback_enabled``). A STOW batch is written to the outbox folder first and
-deleted only once the PACS has every object, so a PACS outage loses nothing (``retry_outbox``; the folder itself is
-``app.pacs_outbox.Outbox``, listed and pruned by ``m3 pacs outbox list|retry|drop``).
-GET requests (idempotent) and refused connections are retried with exponential backoff by urllib3;
-a POST that reached the PACS is never repeated automatically. Errors are ``PacsError`` with a message
-for the clinician; no message or log line carries a patient identifier or a query value.
+The transport is ``app.pacs_dicomweb`` (QIDO-RS / WADO-RS / STOW-RS) or ``app.pacs_dimse`` (C-FIND / C-MOVE /
+C-STORE); everything here is the same for both. Everything downstream of ``load`` sees only the de-identified
+``Study``. Write-back re-identifies the derived objects at the last moment with the in-process key kept by
+``data.deid`` and only when the admin enabled it (``[pacs] writeback_enabled``). A batch is written to the outbox
+folder first and deleted only once the PACS has every object, so a PACS outage loses nothing (``retry_outbox``; the
+folder itself is ``app.pacs_outbox.Outbox``, listed and pruned by ``m3 pacs outbox list|retry|drop``); a batch older
+than ``[pacs] outbox_max_age_days`` is never sent. Errors are ``PacsError`` with a message for the clinician; no
+message or log line carries a patient identifier or a query value.
 """
 
 from __future__ import annotations
@@ -25,55 +25,52 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Protocol
 
 import pydicom
-import requests
 from pydicom.dataset import Dataset
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from app.config import AppConfig, PacsConfig
+from app.errors import PacsError, PacsTlsError, PacsUnavailableError, WritebackDisabledError
+from app.pacs_dicomweb import DicomwebTransport
+from app.pacs_dimse import DimseTransport
 from app.pacs_outbox import Outbox
-from data.errors import M3Error
 
 __all__ = [
     "PacsClient",
+    "PacsTransport",
     "StudySummary",
     "StoreReceipt",
     "OutboxReport",
     "PacsError",
+    "PacsTlsError",
     "PacsUnavailableError",
     "WritebackDisabledError",
+    "waiting_message",
 ]
 
 log = logging.getLogger(__name__)
-# dicomweb-client and urllib3 log request URLs (which carry QIDO query values) and SOP UIDs: keep them quiet.
-for _name in ("dicomweb_client", "urllib3.connectionpool"):
-    logging.getLogger(_name).setLevel(logging.CRITICAL)
 
-_RETRY_STATUS = (429, 500, 502, 503, 504)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _DATE = re.compile(r"^\d{8}(-\d{8})?$|^\d{8}-$|^-\d{8}$")
-_STUDY_FIELDS = ("StudyDescription", "ModalitiesInStudy", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
 # Creation dates of a derived object are real (set when m3 made it); keep them through re-identification.
 _CREATION_DATES = ("InstanceCreationDate", "ContentDate", "SeriesDate")
+_TRANSPORTS = {"dicomweb": DicomwebTransport, "dimse": DimseTransport}
 
 
-class PacsError(M3Error):
-    """A PACS operation failed. ``status`` is the HTTP status when the PACS answered, else ``None``."""
+class PacsTransport(Protocol):
+    """How one protocol talks to the PACS (``DicomwebTransport``, ``DimseTransport``). Each raises ``PacsError``."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+    where: str  # the PACS's address for messages (no query values)
 
+    def find_studies(self, filters: dict[str, str], limit: int, action: str = "search") -> list[Dataset]:
+        """Study-level matches of ``filters`` (DICOM keyword → value), at most ``limit``."""
 
-class PacsUnavailableError(PacsError):
-    """The PACS could not be reached (refused, timed out, DNS) after the retries."""
+    def fetch_study(self, study_uid: str, dest: Path) -> list[Path]:
+        """Write every instance of the study into ``dest`` (original identifiers); returns the files."""
 
-
-class WritebackDisabledError(PacsError):
-    """Write-back to the PACS is off in this server's configuration."""
+    def send(self, datasets: list[Dataset]) -> frozenset[str]:
+        """Store ``datasets``; returns the SOP Instance UIDs the PACS confirmed."""
 
 
 @dataclass(repr=False)
@@ -105,7 +102,7 @@ class StudySummary:
 
 @dataclass
 class StoreReceipt:
-    """What a STOW sent: how many objects, the (new) SOP Instance UIDs of the derived objects."""
+    """What a send stored: how many objects, the (new) SOP Instance UIDs of the derived objects."""
 
     stored: int
     sop_instance_uids: list[str] = field(default_factory=list)
@@ -116,36 +113,23 @@ class StoreReceipt:
 class OutboxReport:
     sent: int = 0  # batches the PACS now has
     pending: int = 0  # batches still waiting
+    expired: int = 0  # batches older than [pacs] outbox_max_age_days: not sent, waiting to be dropped
     errors: list[str] = field(default_factory=list)
 
 
 class PacsClient:
-    """DICOMweb client for one PACS (``dicomweb-client`` over a retrying ``requests`` session)."""
+    """One configured PACS, over the transport ``[pacs] protocol`` names."""
 
     def __init__(self, config: AppConfig | PacsConfig) -> None:
-        from dicomweb_client.api import DICOMwebClient
-
         self.config = config.pacs if isinstance(config, AppConfig) else config
-        if not self.config.url:
-            raise PacsError("no PACS is configured: set [pacs] url (or $M3_PACS_URL) to the DICOMweb root, e.g. http://pacs:8042/dicom-web.")
-        self.url = self.config.url.rstrip("/")
-        session = requests.Session()
-        retry = Retry(
-            total=self.config.retries, connect=self.config.retries, read=self.config.retries, status=self.config.retries,
-            backoff_factor=self.config.backoff_s, status_forcelist=_RETRY_STATUS, allowed_methods=frozenset({"GET", "HEAD"}),
-            raise_on_status=False, respect_retry_after_header=True,
-        )
-        adapter = HTTPAdapter(max_retries=retry)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        if self.config.username:
-            session.auth = (self.config.username, self.config.password)
-        session.verify = str(self.config.ca_bundle) if self.config.ca_bundle else True
-        self._dicomweb = DICOMwebClient(url=self.url, session=session, timeout=(min(10.0, self.config.timeout_s), self.config.timeout_s))
-        self._dicomweb.set_http_retry_params(retry=False)  # retries live in the session, for GET only
+        if not self.config.enabled:
+            raise PacsError("no PACS is configured: set [pacs] url (or $M3_PACS_URL) to the DICOMweb root, e.g. "
+                            "http://pacs:8042/dicom-web, or [pacs] protocol = \"dimse\" with host, port and called_ae_title.")
+        self.transport: PacsTransport = _TRANSPORTS[self.config.protocol](self.config)
+        self.url = self.transport.where
         self.outbox = Path(self.config.outbox_dir)
 
-    # --- QIDO-RS ---------------------------------------------------------------------------------
+    # --- search ----------------------------------------------------------------------------------
     def search(
         self,
         patient_id: str | None = None,
@@ -154,7 +138,8 @@ class PacsClient:
         modality: str | None = None,
         limit: int = 100,
     ) -> list[StudySummary]:
-        """Studies matching every given filter (QIDO-RS ``/studies``); ``*`` wildcards as the PACS allows.
+        """Studies matching every given filter (QIDO-RS ``/studies`` or a study-level C-FIND); ``*`` wildcards as
+        the PACS allows.
 
         date: ``YYYYMMDD``, ``YYYYMMDD-YYYYMMDD``, a ``datetime.date``, or a ``(from, to)`` pair (either open).
         """
@@ -169,10 +154,12 @@ class PacsClient:
             filters["ModalitiesInStudy"] = str(modality).upper()
         if not filters:
             raise PacsError("a PACS search needs at least one of patient ID, accession number, date or modality.")
-        rows = self._call("search", self._dicomweb.search_for_studies, search_filters=filters, fields=_STUDY_FIELDS, limit=limit)
-        return [_summary(Dataset.from_json(row)) for row in rows]
+        started = time.monotonic()
+        rows = self.transport.find_studies(filters, limit)
+        log.debug("PACS search took %.2f s", time.monotonic() - started)
+        return [_summary(ds) for ds in rows]
 
-    # --- WADO-RS ---------------------------------------------------------------------------------
+    # --- retrieve --------------------------------------------------------------------------------
     def retrieve(self, study_uid: str, dest: str | Path) -> Path:
         """Download every instance of a study into ``dest`` (``NNNNN.dcm`` files, original identifiers).
 
@@ -182,18 +169,16 @@ class PacsClient:
         _check_uid(study_uid)
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
-        written: list[Path] = []
+        before = set(dest.glob("*.dcm"))
         try:
-            for i, ds in enumerate(self._call("retrieve", self._dicomweb.iter_study, study_uid)):
-                path = dest / f"{i:05d}.dcm"
-                ds.save_as(path, enforce_file_format=True)
-                written.append(path)
-        except (PacsError, requests.RequestException, OSError) as exc:
-            for path in written:
+            written = self.transport.fetch_study(study_uid, dest)
+        except (PacsError, OSError) as exc:
+            for path in set(dest.glob("*.dcm")) - before:
                 path.unlink(missing_ok=True)
             if isinstance(exc, PacsError):
                 raise
-            raise _translate(exc, "retrieve", self.url) from None
+            raise PacsError(f"retrieving the study failed: m3 could not write it to its temporary folder ({exc.strerror}); "
+                            "ask the admin to check the disk space of the server.") from None
         if not written:
             raise PacsError("the PACS returned no images for this study; check it in the PACS viewer.")
         log.info("retrieved %d instances from the PACS", len(written))
@@ -209,14 +194,15 @@ class PacsClient:
         with ingest_workdir("m3-pacs-") as tmp:
             return load_study(self.retrieve(study_uid, tmp))
 
-    # --- STOW-RS ---------------------------------------------------------------------------------
+    # --- write-back ------------------------------------------------------------------------------
     def store(self, datasets: Iterable[Dataset], key: Any = None, verify_study: bool = True) -> StoreReceipt:
         """Send derived objects (DICOM SR, SEG) built on a de-identified study back to the PACS.
 
         Each dataset is re-identified with ``key`` (a ``data.deid.ReidentificationKey``; default: the
         in-process key of its de-identified Study Instance UID), so it lands in the original study.
         Refused with ``WritebackDisabledError`` unless write-back is enabled. The re-identified batch
-        is written to the outbox first and deleted only when the PACS confirmed every object.
+        is written to the outbox first and deleted only when the PACS confirmed every object; any failure
+        after that says the batch waits there and how to send it again.
         """
         if not self.config.writeback_enabled:
             raise WritebackDisabledError(
@@ -227,29 +213,32 @@ class PacsClient:
         originals = [_reidentify(ds, key) for ds in datasets]
         if not originals:
             raise PacsError("nothing to send: the list of SR / SEG objects is empty.")
-        batch = self._write_batch(originals)
+        batch = Outbox(self.outbox).add(originals)
         if verify_study:
             for study_uid in {str(ds.StudyInstanceUID) for ds in originals}:
                 try:
-                    found = self._call("check", self._dicomweb.search_for_studies, search_filters={"StudyInstanceUID": study_uid}, limit=1)
+                    found = self.transport.find_studies({"StudyInstanceUID": study_uid}, 1, action="check")
                 except PacsError as exc:
-                    raise type(exc)(f"{exc} The results wait in the outbox ({batch.name}).", exc.status) from None
+                    raise type(exc)(f"{exc} {waiting_message(batch.name)}", exc.status) from None
                 if not found:
-                    raise PacsError(
-                        f"the original study is no longer on the PACS, so the results were not sent; they wait in "
-                        f"the outbox ({batch.name}) for an administrator."
-                    )
+                    raise PacsError(f"the original study is no longer on the PACS, so the results were not sent. "
+                                    f"{waiting_message(batch.name)}")
         return self._send_batch(batch)
 
     def retry_outbox(self, names: Iterable[str] | None = None) -> OutboxReport:
         """Send every batch waiting in the outbox (oldest first), or only those called ``names``; batches that
-        fail stay there. A name that is not in the outbox raises ``app.pacs_outbox.OutboxError``."""
+        fail stay there, and batches older than ``[pacs] outbox_max_age_days`` are not sent (counted as expired).
+        A name that is not in the outbox raises ``app.pacs_outbox.OutboxError``."""
         report = OutboxReport()
         outbox = Outbox(self.outbox)
-        batches = self.pending_batches() if names is None else [outbox.get(name).path for name in names]
+        batches = outbox.batches() if names is None else [outbox.get(name) for name in names]
+        expired = {b.name for b in outbox.past_max_age(self.config.outbox_max_age_days)}
         for batch in batches:
+            if batch.name in expired:
+                report.expired += 1
+                continue
             try:
-                self._send_batch(batch)
+                self._send_batch(batch.path)
                 report.sent += 1
             except PacsError as exc:
                 report.pending += 1
@@ -257,13 +246,10 @@ class PacsClient:
         return report
 
     def pending_batches(self) -> list[Path]:
-        """Outbox batch folders not yet confirmed by the PACS, oldest first."""
+        """Outbox batch folders not yet confirmed by the PACS (expired ones included), oldest first."""
         return Outbox(self.outbox).pending()
 
     # --- private ---------------------------------------------------------------------------------
-    def _write_batch(self, datasets: list[Dataset]) -> Path:
-        return Outbox(self.outbox).add(datasets)
-
     def _send_batch(self, batch: Path) -> StoreReceipt:
         files = sorted(batch.glob("*.dcm"))
         datasets = [pydicom.dcmread(p) for p in files]
@@ -271,71 +257,36 @@ class PacsClient:
         state["attempts"] += 1
         state["last_attempt"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         try:
-            response = self._call("store", self._dicomweb.store_instances, datasets)
+            stored = self.transport.send(datasets)
         except PacsError as exc:
+            _remove_stored(files, datasets, exc.stored)
             state["last_error"] = str(exc)
             Outbox.write_state(batch, state)
-            raise type(exc)(f"{exc} The results wait in the outbox ({batch.name}); an administrator sends them again with "
-                            "`m3 pacs outbox retry` (or the app's retry button).", exc.status) from None
-        stored = {str(item.ReferencedSOPInstanceUID) for item in getattr(response, "ReferencedSOPSequence", [])}
-        failed = len(getattr(response, "FailedSOPSequence", []))
-        for path, ds in zip(files, datasets):
-            if str(ds.SOPInstanceUID) in stored:
-                path.unlink()
+            raise type(exc)(f"{exc} {waiting_message(batch.name)}", exc.status) from None
+        _remove_stored(files, datasets, stored)
         left = len(list(batch.glob("*.dcm")))
-        if left or failed:
+        if left:
             state["last_error"] = f"the PACS refused {left} of {len(files)} objects"
             Outbox.write_state(batch, state)
-            raise PacsError(
-                f"the PACS refused {left} of {len(files)} objects; they wait in the outbox ({batch.name}). "
-                "Ask the PACS administrator to check its log for the refused SOP instances."
-            )
+            raise PacsError(f"the PACS refused {left} of {len(files)} objects (ask the PACS administrator to check its log "
+                            f"for the refused SOP instances). {waiting_message(batch.name)}")
         shutil.rmtree(batch)
         log.info("stored %d objects on the PACS", len(files))
         return StoreReceipt(stored=len(files), sop_instance_uids=[str(ds.SOPInstanceUID) for ds in datasets], batch=batch.name)
 
-    def _call(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run one dicomweb-client call, turning transport and HTTP errors into ``PacsError``."""
-        started = time.monotonic()
-        try:
-            result = fn(*args, **kwargs)
-            return _guarded(result, action, self.url) if isinstance(result, Iterator) else result
-        except requests.RequestException as exc:
-            raise _translate(exc, action, self.url, self.config.retries) from None
-        finally:
-            log.debug("PACS %s took %.2f s", action, time.monotonic() - started)
+
+def waiting_message(batch: str) -> str:
+    """The one sentence every failed send ends with, whatever the protocol: where the results are and how to
+    send them again."""
+    return (f"The results wait in the outbox ({batch}): press Retry sending once the PACS is back, or an "
+            f"administrator runs `m3 pacs outbox retry {batch}`.")
 
 
-def _guarded(items: Iterator[Any], action: str, url: str) -> Iterator[Any]:
-    """A streamed response whose transport errors surface as ``PacsError``."""
-    try:
-        yield from items
-    except requests.RequestException as exc:
-        raise _translate(exc, action, url) from None
-
-
-def _translate(exc: Exception, action: str, url: str, retries: int = 0) -> PacsError:
-    what = {"search": "searching the PACS", "retrieve": "retrieving the study", "store": "sending results to the PACS",
-            "check": "checking the original study on the PACS"}.get(action, action)
-    tries = f" after {retries + 1} attempts" if retries and action != "store" else ""
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        code, reason = exc.response.status_code, exc.response.reason or ""
-        if code in (401, 403):
-            hint = "the PACS refused m3's credentials; ask the admin to check [pacs] username and $M3_PACS_PASSWORD."
-        elif code == 404:
-            hint = "the PACS does not have it (or the DICOMweb URL is wrong); check the study in the PACS viewer."
-        elif 400 <= code < 500:
-            hint = "the PACS rejected the request; ask the PACS administrator to check its log."
-        else:
-            hint = "the PACS had an internal problem or is overloaded; try again in a few minutes."
-        tries = tries if code in _RETRY_STATUS else ""
-        return PacsError(f"{what} failed: {url} answered {code} {reason}{tries}; {hint}", status=code)
-    kind = "timed out" if isinstance(exc, requests.Timeout) else "is unreachable"
-    # A failed send leaves its batch in the outbox (the caller says so); only a failed read changed nothing.
-    unchanged = "" if action in ("store", "check") else " Nothing was changed."
-    return PacsUnavailableError(
-        f"{what} failed: the PACS at {url} {kind}{tries}; check that it is up and that [pacs] url is right.{unchanged}"
-    )
+def _remove_stored(files: list[Path], datasets: list[Dataset], stored: frozenset[str]) -> None:
+    """Delete the outbox files of the objects the PACS confirmed."""
+    for path, ds in zip(files, datasets):
+        if str(ds.SOPInstanceUID) in stored:
+            path.unlink()
 
 
 def _reidentify(ds: Dataset, key: Any) -> Dataset:

@@ -4,6 +4,7 @@
     outbox.batches()                       # list[OutboxBatch], oldest first: name, age, objects waiting, attempts, last error
     outbox.drop("20250101T080000-1a2b3c4d") # an administrator gives up on a batch (its files are deleted)
     outbox.expired(max_age_days=7)         # batches waiting longer than that (``m3 pacs outbox drop --older-than 7``)
+    outbox.past_max_age(config.pacs.outbox_max_age_days)  # never sent (``m3 pacs outbox drop --expired``); 0 = none
 
 A batch is a folder ``<UTC time>-<8 hex>`` holding ``NNN.dcm`` (re-identified objects, mode 0600) and ``batch.json``
 (objects, attempts, last error, last attempt). Nothing here reads the DICOM files: listing a batch shows no patient
@@ -110,6 +111,11 @@ class Outbox:
         if max_age_days < 0:
             raise OutboxError(f"the age limit must be >= 0 days, got {max_age_days}.")
         return [b for b in self.batches() if b.age_days(now) > max_age_days]
+
+    def past_max_age(self, max_age_days: float, now: dt.datetime | None = None) -> list[OutboxBatch]:
+        """The batches ``[pacs] outbox_max_age_days`` expires (never sent, dropped with ``m3 pacs outbox drop
+        --expired``): those older than ``max_age_days``; none when it is 0 (no expiry)."""
+        return self.expired(max_age_days, now) if max_age_days > 0 else []
 
     @staticmethod
     def read_state(batch: Path) -> dict[str, Any]:

@@ -69,7 +69,8 @@ class PacsPanel:
 
     def __init__(self, config: PacsConfig, events: AppEvents, max_results: int = 100) -> None:
         if not config.enabled:
-            raise PacsError("the PACS panel needs [pacs] url (or $M3_PACS_URL); without it the page shows no PACS section.")
+            raise PacsError("the PACS panel needs [pacs] url (or $M3_PACS_URL), or [pacs] host with protocol = \"dimse\"; "
+                            "without them the page shows no PACS section.")
         self.config = config
         self.events = events
         self.max_results = max_results
@@ -120,8 +121,8 @@ class PacsPanel:
     # -- events -------------------------------------------------------------------------------------
     def search(self, patient_id: str | None, accession: str | None, date_from: str | None, date_to: str | None,
                modality: str | None, state: SessionState, request: gr.Request) -> tuple:
-        """(state, results table, study picker, status): QIDO-RS with every filter given (at most
-        ``max_results`` studies), newest first."""
+        """(state, results table, study picker, status): a study search (QIDO-RS or C-FIND) with every filter
+        given (at most ``max_results`` studies), newest first."""
         filters = {"patient ID": (patient_id or "").strip(), "accession": (accession or "").strip(),
                    "modality": (modality or "").strip().upper()}
         try:
@@ -152,7 +153,7 @@ class PacsPanel:
         return gr.update(value=int(evt.index[0]))
 
     def load(self, choice: int | None, state: SessionState, request: gr.Request, progress=gr.Progress()) -> tuple:
-        """Retrieve the picked study (WADO-RS), ingest and de-identify it like an upload (the original files
+        """Retrieve the picked study (WADO-RS or C-MOVE), ingest and de-identify it like an upload (the original files
         are deleted), show its series. Outputs: the study panel's, then the PACS status."""
         hits: list[StudySummary] = state.pacs_hits
         if choice is None or not hits or not 0 <= int(choice) < len(hits):
@@ -212,6 +213,9 @@ class PacsPanel:
         status = f"Sent {outcome.sent} waiting batch(es) to the PACS."
         if outcome.pending:
             status += f" {outcome.pending} still waiting: {_sentence(outcome.errors[0])}"
+        if outcome.expired:
+            status += (f" {outcome.expired} batch(es) older than {self.config.outbox_max_age_days:g} days were not sent "
+                       "(expired); an administrator drops them with `m3 pacs outbox drop --expired`.")
         self.events.audit.write(AuditRecord(user=_user(request), session=state.id, study_uid="", series_uid="",
                                             question="[pacs retry outbox]", answer=f"{outcome.sent} sent, {outcome.pending} waiting",
                                             model="", event="pacs_send"))
@@ -235,7 +239,7 @@ def _row(number: int, hit: StudySummary) -> list[Any]:
 
 
 def _date_range(start: str | None, end: str | None) -> tuple[str, str] | None:
-    """``(from, to)`` as YYYYMMDD for the QIDO date filter; an empty ``end`` means the same day as ``start``."""
+    """``(from, to)`` as YYYYMMDD for the search's date filter; an empty ``end`` means the same day as ``start``."""
     first, last = _day(start), _day(end)
     if not first and not last:
         return None

@@ -2,6 +2,11 @@
 
     with OrthancServer(tmp_dir) as pacs:
         pacs.dicomweb_url   # http://127.0.0.1:PORT/dicom-web
+        pacs.dicom_port, pacs.dicom_aet   # its DICOM (DIMSE) service
+
+``settings`` are merged into Orthanc's configuration: ``DicomAet`` and ``DicomModalities`` let it C-MOVE to a
+known AE, ``LuaScripts`` can filter HTTP requests (e.g. check a bearer token). (Debian 12's Orthanc crashes on
+its own HTTPS, ``SslEnabled``; the TLS tests put a TLS endpoint in front of it instead.)
 
 Run ``python scripts/orthanc_fixture.py`` to keep one in the foreground (Ctrl-C stops it and deletes
 its storage). Needs the Debian packages ``orthanc`` and ``orthanc-dicomweb`` (scripts/system_deps.sh).
@@ -17,8 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 __all__ = ["OrthancServer", "ORTHANC_BINARY", "DICOMWEB_PLUGIN", "orthanc_missing_reason", "free_port"]
@@ -55,12 +58,17 @@ class _PortTaken(Exception):
 class OrthancServer:
     """An Orthanc process with its own storage under ``workdir``; loopback only, no auth."""
 
-    def __init__(self, workdir: str | Path, ready_timeout_s: float = 20.0) -> None:
+    def __init__(self, workdir: str | Path, ready_timeout_s: float = 20.0, settings: dict | None = None) -> None:
         self.workdir = Path(workdir)
         self.ready_timeout_s = ready_timeout_s
+        self.settings = dict(settings or {})
         self.http_port = 0
         self.dicom_port = 0
         self.process: subprocess.Popen | None = None
+
+    @property
+    def dicom_aet(self) -> str:
+        return self.settings.get("DicomAet", "ORTHANC")
 
     @property
     def url(self) -> str:
@@ -100,6 +108,7 @@ class OrthancServer:
             "StorageCompression": False,
             "Plugins": [str(DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Host": f"127.0.0.1:{self.http_port}"},
+            **self.settings,
         }
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
@@ -112,12 +121,9 @@ class OrthancServer:
                 if b"already in use" in (self.workdir / "orthanc.log").read_bytes():
                     raise _PortTaken()
                 raise RuntimeError(f"Orthanc exited with code {self.process.returncode}; see {self.workdir / 'orthanc.log'}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/system", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
+            if b"Orthanc has started" in (self.workdir / "orthanc.log").read_bytes():  # HTTP and DICOM servers listen
+                return self
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"Orthanc did not answer within {self.ready_timeout_s} s; see {self.workdir / 'orthanc.log'}")
 

@@ -25,7 +25,8 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_file_then_environment_wins(tmp_path):
     models = tmp_path / "models"
     models.mkdir()
-    path = write(tmp_path, f'[server]\nport = 8000\n[models]\nmodel_dir = "{models}"\n[pacs]\nurl = "http://pacs:8042/dicom-web"\n')
+    path = write(tmp_path, f'[server]\nport = 8000\n[models]\nmodel_dir = "{models}"\n[pacs]\nurl = "http://pacs:8042/dicom-web"\n'
+                            'username = "m3"\n')
     config = load_config(path, env={"M3_SERVER_PORT": "9000", "M3_PACS_WRITEBACK_ENABLED": "yes", "M3_PACS_PASSWORD": "s3cret"})
     assert config.server.port == 9000 and config.models.model_dir == models
     assert config.pacs.writeback_enabled is True and config.pacs.password == "s3cret"

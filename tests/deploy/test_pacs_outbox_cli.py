@@ -1,6 +1,7 @@
 """`m3 pacs outbox list | retry | drop`: an administrator sees what waits to be sent (never a patient identifier),
 sends it again (to a real Orthanc, or a PACS that is down: the batch stays, the message says so consistently), and
-drops batches by name or by age (expiry), each retry and drop recorded in the audit log."""
+drops batches by name or by age; batches older than pacs.outbox_max_age_days are expired: listed as such, never
+sent, dropped with --expired. Each retry and drop is recorded in the audit log."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def test_retry_to_a_pacs_that_is_down_keeps_the_batch_and_says_only_that_it_wait
     monkeypatch.setenv("M3_PACS_RETRIES", "0")
     assert main(["pacs", "outbox", "retry"]) == 1
     out = capsys.readouterr().out
-    assert "is unreachable" in out and f"wait in the outbox ({batch.name})" in out and "m3 pacs outbox retry" in out
+    assert "is unreachable" in out and f"wait in the outbox ({batch.name})" in out and f"m3 pacs outbox retry {batch.name}" in out
     assert "Nothing was changed" not in out  # the results do wait in the outbox: one message, not two contradicting ones
     assert "0 batch(es) sent, 1 still waiting" in out
     [waiting] = Outbox(site["outbox"]).batches()
@@ -147,6 +148,54 @@ def test_retry_sends_a_named_batch_to_a_real_pacs_and_empties_it_from_the_outbox
     assert not sent.exists() and other.is_dir()  # only the batch named
     assert len(DICOMwebClient(orthanc.dicomweb_url).search_for_instances(study_uid)) == 2
 
+
+
+def _written_days_ago(batch: Path, days: int) -> None:
+    import datetime as dt
+
+    created = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
+    Outbox.write_state(batch, {**Outbox.read_state(batch), "created": created.isoformat()})
+
+
+def test_batches_past_the_max_age_are_listed_expired_never_sent_and_dropped_with_expired(site, orthanc, monkeypatch, capsys):
+    from dicomweb_client.api import DICOMwebClient
+
+    outbox = Outbox(site["outbox"])
+    old_study, fresh_study = generate_uid(), generate_uid()
+    old, fresh = outbox.add([_result(old_study)]), outbox.add([_result(fresh_study)])
+    _written_days_ago(old, 10)
+    monkeypatch.setenv("M3_PACS_OUTBOX_MAX_AGE_DAYS", "7")
+    monkeypatch.setenv("M3_PACS_URL", orthanc.dicomweb_url)
+
+    assert main(["pacs", "outbox", "list"]) == 0
+    out = capsys.readouterr().out
+    states = {line.split()[0]: line.split()[6] for line in out.splitlines() if line.split() and line.split()[0] in (old.name, fresh.name)}
+    assert states == {old.name: "expired", fresh.name: "waiting"}
+    assert "1 batch(es) are older than pacs.outbox_max_age_days (7) and will not be sent" in out
+    assert main(["pacs", "outbox", "list", "--json"]) == 0
+    assert {b["name"]: b["expired"] for b in json.loads(capsys.readouterr().out)} == {old.name: True, fresh.name: False}
+
+    assert main(["pacs", "outbox", "retry"]) == 1  # the expired batch still waits: not done
+    out = capsys.readouterr().out
+    assert "1 batch(es) sent, 0 still waiting" in out and "1 expired batch(es)" in out and "drop --expired" in out
+    web = DICOMwebClient(orthanc.dicomweb_url)
+    assert len(web.search_for_instances(fresh_study)) == 1 and web.search_for_instances(old_study) == []
+    assert not fresh.exists() and Outbox.read_state(old)["attempts"] == 0  # never even tried
+    assert AuditLog(site["audit"]).read()[-1]["expired"] == 1
+
+    assert main(["pacs", "outbox", "drop", "--expired"]) == 0
+    assert f"dropped {old.name}" in capsys.readouterr().out and not old.exists()
+    assert AuditLog(site["audit"]).read()[-1]["reason"] == "expired"
+
+
+def test_drop_expired_without_an_age_limit_is_refused(site, monkeypatch, capsys):
+    batch = Outbox(site["outbox"]).add([_result()])
+    _written_days_ago(batch, 400)
+    monkeypatch.setenv("M3_PACS_OUTBOX_MAX_AGE_DAYS", "0")  # no expiry
+    assert main(["pacs", "outbox", "drop", "--expired"]) == 1
+    assert "needs pacs.outbox_max_age_days > 0" in capsys.readouterr().err and batch.is_dir()
+    assert main(["pacs", "outbox", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["expired"] is False
 
 
 def test_every_option_of_the_pacs_commands_has_help_text():

@@ -217,3 +217,22 @@ def test_pacs_section_over_http_needs_a_login(orthanc, make_study, pacs_config, 
         assert [r["event"] for r in AuditLog(config.audit.log_path).read() if r["event"].startswith("pacs_")] == ["pacs_search", "pacs_load"]
     finally:
         server.close()
+
+
+def test_the_retry_button_never_sends_an_expired_batch_and_says_who_drops_it(orthanc, make_study, pacs_config, scripted, tmp_path):
+    import datetime as dt
+
+    from app.pacs_outbox import Outbox
+
+    study = make_study("PAT-APP-5", "OLD^OTTO", "ACC-APP-5", "20230101", "CT", "CT old", seed=51)
+    batch = Outbox(pacs_config.outbox_dir).add(study.datasets[:1])
+    three_days_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
+    Outbox.write_state(batch, {**Outbox.read_state(batch), "created": three_days_ago.isoformat()})
+    panel = _panel(tmp_path, dataclasses.replace(pacs_config, outbox_max_age_days=2), scripted)
+
+    state, status, retry = panel.retry(SessionState(), _Request())
+
+    assert status.startswith("Sent 0 waiting batch(es)") and "1 batch(es) older than 2 days were not sent (expired)" in status
+    assert "m3 pacs outbox drop --expired" in status and retry["visible"] is True
+    assert Outbox.read_state(batch)["attempts"] == 0 and DICOMwebClient(orthanc.dicomweb_url).search_for_studies(
+        search_filters={"StudyInstanceUID": study.study_uid}) == []
