@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from rapidfuzz.distance import Levenshtein
 
-__all__ = ["Term", "TERMS", "TermMatch", "find_terms", "one_typo", "words_of", "normalise_text"]
+__all__ = ["Term", "TERMS", "TermMatch", "NORMAL_STATES", "find_terms", "normal_state", "one_typo", "words_of", "normalise_text"]
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,24 @@ TERMS: dict[str, Term] = {t.key: t for t in (
         "t2 hyperintensity", "flair signal abnormality", "t2/flair signal", "white matter edema", "brain swelling"),
        ("ed",), lay=("swelling", "swelling around the tumor", "fluid around the tumor"), modality="MR"),
 )}
+
+# How clinicians say a finding is absent ("the lung is fully expanded": no pneumothorax; "costophrenic angles clear": no
+# effusion). Asked as a question, such a phrase asks whether the study is normal as to that finding. Patterns read
+# ``normalise_text`` output.
+NORMAL_STATES: dict[str, tuple[str, ...]] = {
+    "pneumothorax": (r"\blungs? (?:is |are |both )?(?:fully |completely |well )?(?:re-?)?(?:expanded|inflated)\b",
+                     r"\b(?:both )?lungs? (?:is |are )?(?:fully )?up\b", r"\blungs? (?:is |are )?(?:fully )?(?:up|out) to the (?:chest )?wall\b"),
+    "pleural effusion": (r"\bcostophrenic (?:angles?|recess(?:es)?) (?:is |are )?(?:clear|sharp|preserved|normal)\b",
+                         r"\b(?:pleural spaces?|pleurae?) (?:is |are )?(?:clear|dry|normal)\b", r"\bsharp costophrenic angles?\b"),
+    "cardiomegaly": (r"\bheart (?:is |looks )?(?:a )?normal (?:size|sized)\b", r"\bcardiac (?:size|silhouette) (?:is )?(?:within normal|normal)\b"),
+}
+
+
+def normal_state(text: str) -> str:
+    """The finding ``text`` says is absent by one of ``NORMAL_STATES``' phrases, else ""."""
+    t = normalise_text(text)
+    return next((key for key, patterns in NORMAL_STATES.items() if any(re.search(p, t) for p in patterns)), "")
+
 
 # British spellings and common variants written the American way before matching
 _SPELLINGS = (("tumour", "tumor"), ("oedema", "edema"), ("haem", "hem"), ("centre", "center"), ("oesoph", "esoph"),

@@ -66,6 +66,12 @@ def planned_call(intent: QuestionIntent, experts: Mapping[str, Expert], done: Se
     expert = experts[name]
     arguments = question_arguments(expert, intent)
     ran = [call.arguments for call in done if call.name == name and call.result is not None]
+    if not arguments and _whole_study(intent):  # a report or a whole-study verdict needs the expert's whole run
+        props = dict(expert.parameters.get("properties", {}))
+        arguments = {a: spec["default"] for a, spec in props.items() if isinstance(spec, dict) and "default" in spec}
+        if ran and any(_covers(expert, have, arguments) for have in ran):
+            return None
+        return name, ({} if not ran else arguments)
     if ran and not arguments:  # the question names nothing of its own: the expert's run answers it
         return None
     if any(_covers(expert, have, arguments) for have in ran):
@@ -119,7 +125,14 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
                                if not (compared and k.endswith(" volume"))]
             text = " ".join(lead_sentences)
             flags.append("answer composed from the expert result")
+    for key in [k for k in intent.answer_keys() if k.endswith((" size", " side")) and k not in values]:
+        subject, what = key.rsplit(" ", 1)
+        if f"{subject}?" in values and what not in text.lower():  # a finding the expert reports without a size or side
+            text = text.rstrip() + f" The expert gives no {what} for the {subject}."
     extra: list[str] = []
+    # a result another of this turn's results holds in full (an organs run, then the whole run) is said once
+    summaries = list(dict.fromkeys(summaries))
+    summaries = [s for i, s in enumerate(summaries) if not any(j != i and t != s and states(t, s) for j, t in enumerate(summaries))]
     if families & {"run_expert", "segment_all"}:  # the whole result, unless the answer states all of it
         extra = [s.rstrip(".") + "." for s in summaries if not states(text, s)]
     elif "report" in families and not all(states(text, s) for s in summaries):
@@ -223,6 +236,11 @@ def question_arguments(expert: Expert, intent: QuestionIntent) -> dict[str, Any]
         if picked:
             out[argument] = picked[0] if len(picked) == 1 else picked
     return out
+
+
+def _whole_study(intent: QuestionIntent) -> bool:
+    """Whether the question is about the whole study (a report, "run the expert", "is this scan normal?")."""
+    return any(p.family in ("report", "run_expert") or (p.family == "normality" and not p.terms) for p in intent.all_parts)
 
 
 def _covers(expert: Expert, have: Mapping[str, Any], want: Mapping[str, Any]) -> bool:

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
-from data.lexicon import TERMS, Term, find_terms, normalise_text, one_typo, words_of
+from data.lexicon import TERMS, Term, find_terms, normal_state, normalise_text, one_typo, words_of
 from data.slice_facts import asks_about_shown_slice
 from vlm.answer_keys import PHASES as _PHASES
 from vlm.answer_keys import part_keys as _part_keys
@@ -101,7 +101,7 @@ def parse_question(question: str, modalities: Sequence[str] = (), experts: Mappi
     if kind:
         return QuestionIntent(text, family=kind, form="wh")
     tags = {_LEXICON_MODALITY.get(m, m) for m in modalities}
-    clauses = _clauses(text)
+    clauses = [piece for clause in _clauses(text) for piece in _family_split(clause, tags, declared)]
     parts: list[QuestionIntent] = []
     last_terms: tuple[str, ...] = next((h.terms for h in reversed(history) if h.terms), ())
     for clause in clauses:
@@ -198,6 +198,11 @@ def _parse_clause(clause: str, tags: set[str], whole: str, declared: tuple[Term,
         family = "presence"  # an expert's own structure or finding named without a measurement cue: is it there?
     if either and set(either) == {"left", "right"} and family in ("presence", "other", "size"):
         family = "side"
+    absent = normal_state(clause)  # "is the lung fully expanded?": is the film normal as to the pneumothorax
+    if absent and (not tags or TERMS[absent].modality in tags) and family in ("normality", "presence", "other", "volume", "size"):
+        family, terms = "normality", (absent,) + tuple(t for t in terms if t != absent and TERMS.get(t) is not None
+                                                       and TERMS[t].kind != "organ")
+        elsewhere = ()
     if family == "normality":  # "is the liver normal?": the organ's lesions decide, beside its volume
         terms = terms + tuple(k for k in _organ_lesions(terms, tags) if k not in terms)
     if not terms and not elsewhere and tags == {"MR"} and family in ("presence", "count", "size", "side", "volume", "likelihood"):
@@ -279,7 +284,7 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
                  r"(?:are|were|do)\b|\bwhich (?:images|scans) (?:are|were|do)\b|\bweighting", q) and not lesions:
         return "series"
     if re.search(r"\breport\b|\bimpression\b|\bsummar|\bdescribe (?:the|this|these|what)|\bread (?:the|this) (?:study|scan|film)|"
-                 r"\bwrite[- ]?up\b|\bdictat|\boverall findings\b|\bfindings\?|^findings\b|\bwhat (?:do|can) you see\b|"
+                 r"\bwrite[- ]?up\b|\bwrite (?:this|it|that|the (?:study|scan|film|case)) up\b|\bdictat|\boverall findings\b|\bfindings\?|^findings\b|\bwhat (?:do|can) you see\b|"
                  r"\bwhat(?:'s| is) (?:seen|shown|visible)\b|\bprelim", q) and not re.search(r"\bhow many|\bvolume\b|\bsize\b", q):
         return "report"
     if re.search(r"\b(?:run|use|apply|start|launch|call|execute|fire up|try)\b.*\b(?:model|expert|classifier|segment\w*|"
@@ -315,7 +320,7 @@ def _terms(clause: str, tags: set[str], declared: tuple[Term, ...] = ()) -> tupl
     """(lexicon keys and experts' declared terms the clause names, narrowed to the study's modalities; a paired organ
     named with a side) and (those it names that only another modality's experts report)."""
     own = {t.key: t for t in declared}
-    matches = find_terms(clause, extra=declared)
+    matches = find_terms(_both_sides(clause), extra=declared)
     keys: list[str] = []
     elsewhere: list[str] = []
     for m in matches:
@@ -346,6 +351,13 @@ def _terms(clause: str, tags: set[str], declared: tuple[Term, ...] = ()) -> tupl
     # "a cyst in the left kidney", "hepatic mets": an organ named as a lesion's place is where to look, not what to measure
     places = {TERMS[k].organ.rstrip("s") for k in keys if TERMS[k].kind == "lesion"}
     return tuple(k for k in keys if not (TERMS[k].kind == "organ" and (TERMS[k].organ or k).rstrip("s") in places)) + mine, tuple(elsewhere)
+
+
+def _both_sides(clause: str) -> str:
+    """``clause`` with a side pair before one organ named for each side ("left vs right kidney" → "left kidney vs right
+    kidney"), so both paired structures are read."""
+    return re.sub(r"\b(left|right)\s+(vs\.?|versus|v|and|or|/|compared (?:to|with))\s+(?:the\s+)?(right|left)\s+"
+                  r"(kidney|lung|adrenal|hemisphere)s?\b", r"\1 \4 \2 \3 \4", clause, flags=re.IGNORECASE)
 
 
 def _organ_lesions(terms: tuple[str, ...], tags: set[str]) -> list[str]:
@@ -427,6 +439,17 @@ def _clauses(text: str) -> list[str]:
             r",?\s+(?:and|also|plus|&|then)\s+(?=(?:how|what|which|where|is|are|does|do|its|it's|their|give|tell|measure|"
             r"report|count|also|whether)\b)|,\s+(?=(?:how|what|which|where)\b)", piece, flags=re.IGNORECASE) if p.strip(" ,")]
     return out or [text]
+
+
+def _family_split(clause: str, tags: set[str], declared: tuple[Term, ...]) -> list[str]:
+    """A clause joining two questions of different kinds by "and the" ("the contrast phase and the liver volume"), as
+    its two questions; otherwise the clause."""
+    for m in re.finditer(r",?\s+and\s+(?=(?:the|its|their)\b)", clause, flags=re.IGNORECASE):
+        left, right = clause[:m.start()], clause[m.end():]
+        a, b = _parse_clause(left, tags, clause, declared), _parse_clause(right, tags, clause, declared)
+        if "other" not in (a.family, b.family) and a.family != b.family and a.terms and b.terms:
+            return [left, right]
+    return [clause]
 
 
 def _readers(modalities: Sequence[str], experts: Mapping[str, Sequence[str]]) -> tuple[str, ...]:

@@ -182,3 +182,34 @@ def test_the_source_line_names_the_expert_as_a_clinician_sees_it():
     answer, _ = cite_results(parse_question("Is the heart size normal?", ["DX"], EXPERTS), "", [CXR],
                              titles={"cxr_classification": "Chest X-ray findings"})
     assert answer.endswith("Source: Chest X-ray findings result.") and "cxr_classification" not in answer
+
+
+def test_a_report_after_a_partial_run_asks_the_expert_for_the_whole_study_once():
+    from types import SimpleNamespace
+
+    from experts.registry import default_registry
+    from vlm.grounding import planned_call
+
+    experts = {"ct_segmentation": default_registry().get("ct_segmentation")}
+    intent = parse_question("give me a summary of the findings", ["CT"], EXPERTS)
+    organs_only = SimpleNamespace(name="ct_segmentation", arguments={"targets": "organs"}, result=object())
+    assert planned_call(intent, experts, []) == ("ct_segmentation", {})
+    assert planned_call(intent, experts, [organs_only]) == ("ct_segmentation", {"targets": "everything"})
+    whole = SimpleNamespace(name="ct_segmentation", arguments={}, result=object())
+    assert planned_call(intent, experts, [organs_only, whole]) is None
+    # a question naming its structure is not sent back for the whole study
+    assert planned_call(parse_question("liver volume?", ["CT"], EXPERTS), experts, [organs_only]) is None
+
+
+def test_a_result_another_result_of_the_turn_holds_is_said_once_in_a_report():
+    intent = parse_question("Draft a report for this CT.", ["CT"], EXPERTS)
+    organs = "CT segmentation: left kidney 150 mL; right kidney 121 mL."
+    whole = "CT segmentation: 2 kidney cysts (largest 14 mm, left); left kidney 150 mL; right kidney 121 mL."
+    answer, _ = cite_results(intent, "", [CT], [organs, whole])
+    assert whole in answer and organs not in answer
+
+
+def test_a_radiograph_finding_asked_by_size_is_answered_by_its_presence_and_says_no_size_is_given():
+    answer, _ = cite_results(parse_question("How big is the cardiomegaly?", ["DX"], EXPERTS), "Pneumothorax: absent.", [CXR])
+    assert "cardiomegaly" in answer.lower() and "0.87" in answer and "no size" in answer.lower()
+    assert "pneumothorax" not in answer.lower()

@@ -77,3 +77,29 @@ def test_whether_contrast_was_given_is_a_yes_no_on_contrast_and_which_phase_name
     assert parse_question("Was this scan acquired with intravenous contrast?", ["CT"], EXPERTS).family == "phase"
     assert parse_question("arterial or portal venous?", ["CT"], EXPERTS).answer_keys() == ("phase",)
     assert parse_question("Is the tumour small, medium or large?", ["MR"], EXPERTS).answer_keys() == ("tumor in this slice size", "whole tumor size")
+
+
+@pytest.mark.parametrize("modality, question, finding", [
+    ("DX", "Is the lung fully expanded?", "pneumothorax"),
+    ("DX", "are both lungs up?", "pneumothorax"),
+    ("DX", "costophrenic angles sharp?", "pleural effusion"),
+])
+def test_a_normal_state_asked_about_is_normality_as_to_its_finding(modality, question, finding):
+    intent = parse_question(question, [modality])
+    assert (intent.family, intent.terms) == ("normality", (finding,))
+
+
+def test_a_side_pair_before_one_organ_names_both_organs():
+    assert parse_question("left vs right kidney size", ["CT"]).terms == ("left kidney", "right kidney")
+    assert parse_question("compare the left and right lungs", ["CT"]).terms == ("left lung", "right lung")
+
+
+def test_two_kinds_of_question_joined_by_and_the_become_two_parts_but_one_kind_stays_one():
+    two = parse_question("What's the contrast phase and the liver volume?", ["CT"])
+    assert [(p.family, p.terms) for p in two.parts] == [("phase", ("contrast phase",)), ("volume", ("liver",))]
+    one = parse_question("What is the volume of the liver and the spleen?", ["CT"])
+    assert (one.family, one.terms, one.parts) == ("volume", ("liver", "spleen"), ())
+
+
+def test_write_this_up_asks_for_a_report():
+    assert parse_question("Can you write this up?", ["CT"]).family == "report"

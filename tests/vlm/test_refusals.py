@@ -71,3 +71,19 @@ def test_a_question_about_what_the_assistant_can_find_is_help_but_one_about_the_
     assert policy_kind("hey what organs can you segment") == "help"
     assert policy_kind("Hi, can you measure the liver?") == ""
     assert policy_kind("hi, is there an effusion?") == ""
+
+
+@pytest.mark.parametrize("question, kind", [
+    ("How long does this patient have to live?", "decision"),
+    ("Is this tumour operable?", "decision"),
+    ("can it be operated on", "decision"),
+    ("What can this assistant do with a chest X-ray?", "help"),
+    ("What kinds of questions can I ask?", "help"),
+])
+def test_survival_operability_and_what_the_assistant_does_are_answered_by_policy(question, kind):
+    assert policy_kind(question) == kind
+
+
+@pytest.mark.parametrize("question", ["How long is the liver?", "how long does the aorta measure"])
+def test_a_length_question_is_not_a_question_of_survival(question):
+    assert policy_kind(question) == ""
