@@ -56,19 +56,26 @@ def field_label(key: str) -> str:
     return key.rstrip("?")
 
 
-def field_sentence(key: str, value: str, lead: bool = False, wh: bool = False) -> str:
+def field_sentence(key: str, value: str, lead: bool = False, wh: bool = False, *, negated: bool = False,
+                   asks_abnormal: bool = False) -> str:
     """One result field as a sentence (see the module docstring); ``wh``: the question asks "what …?", not "is …?"
-    ("What abnormalities?" is answered "None: …", not "Yes, normal: …")."""
+    ("What abnormalities?" is answered "None: …", not "Yes, normal: …"); ``asks_abnormal``: a yes means abnormal
+    ("Anything abnormal?" → "Yes, abnormal: …"); ``negated``: the question is put negatively ("No pneumothorax?"),
+    where a bare yes / no is ambiguous: the finding's state leads instead."""
     value = value.strip().rstrip(".")
     yes = value.startswith("yes")
     detail = value[value.find("(") + 1:value.rfind(")")] if "(" in value else ""
     if wh and (key == "normal?" or key.endswith(" normal?")):
         return ("None (0 findings)" if yes else "Abnormal") + (f": {detail}" if detail else "") + "."
     if key == "normal?" or key.endswith(" normal?"):
+        if asks_abnormal:
+            return ("No, normal" if yes else "Yes, abnormal") + (f": {detail}" if detail else "") + "."
         return ("Yes, normal" if yes else "No, not normal") + (f": {detail}" if detail else "") + "."
     if not lead:
         label = field_label(key)
         return f"{label[:1].upper()}{label[1:]}: {value}."
+    if key.endswith("?") and value.startswith(("yes", "no")) and negated:  # "No pneumothorax?": the state, not yes / no
+        return _upper(field_label(key)) + (" present" if yes else " absent") + (f" ({detail})" if detail else "") + "."
     if key.endswith("?") and value.startswith(("yes", "no")):  # a closed question: yes / no first
         return ("Yes" if yes else "No") + f" ({field_label(key)}" + (f": {detail}" if detail else "") + ")."
     if re.fullmatch(r"(?:larger|smaller) (?:kidney|lung)", key):

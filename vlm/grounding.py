@@ -121,7 +121,8 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
         stated = not bare and "comparison" not in families and all(states(text, v, k) and not (intent.negated and field_label(k) not in text.lower()) for k, v in values.items())
         if not stated:
             lead_sentences = [compared + "."] if compared else []
-            lead_sentences += [field_sentence(k, v, lead=True, wh=intent.form == "wh") for k, v in values.items()
+            lead_sentences += [field_sentence(k, v, lead=True, wh=intent.form == "wh", negated=intent.negated,
+                                              asks_abnormal=not intent.asks_normal) for k, v in values.items()
                                if not (compared and k.endswith(" volume"))]
             text = " ".join(lead_sentences)
             flags.append("answer composed from the expert result")
@@ -275,4 +276,6 @@ def _first_verdict(intent: QuestionIntent, sources: Sequence[ToolResult | str]) 
     value, missing = resolve_references(value_reference(keys[0]), sources)
     if missing or not value.startswith(("yes", "no")):
         return None
+    if keys[0].endswith("normal?") and not intent.asks_normal:  # "anything abnormal?": yes means not normal
+        return not value.startswith("yes")
     return value.startswith("yes")

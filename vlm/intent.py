@@ -213,7 +213,8 @@ def _parse_clause(clause: str, tags: set[str], whole: str, declared: tuple[Term,
     # "is the cyst on the left or right?" and "small, medium or large?" read the slice on screen (the convention the
     # model was trained on); a field of the slice that does not resolve falls back to the whole study's (``answer_keys``)
     scope = "slice" if _on_screen(q) or asks_about_shown_slice(clause) else "study"
-    asks_normal = not re.search(r"\babnormal|\bpatholog|\bwrong\b|\bconcerning\b|\bsuspicious\b|\bworrying\b", q)
+    # "anything abnormal?": yes means abnormal; "nothing abnormal?", "free of disease?": yes means normal
+    asks_normal = not re.search(_ABNORMAL, q) or bool(re.search(rf"\b(?:nothing|no|not|without|free of|absence of)\b(?:\s+\w+){{0,2}}?\s*(?:{_ABNORMAL})", q))
     options = tuple(either) if either else ()
     return QuestionIntent(clause, family=family, form=form, terms=terms, side=side, options=options, scope=scope,
                           negated=negated, asks_normal=asks_normal, elsewhere=elsewhere)
@@ -251,13 +252,16 @@ def _corrected(q: str) -> str:
     return " ".join(words)
 
 
+_ABNORMAL = r"\babnormal|\bpatholog|\bwrong\b|\bconcerning\b|\bsuspicious\b|\bworrying\b"
+
 _WHICH_PART = re.compile(r"\b(?:lobe|lobes|zone|zones|organ|gyrus|territory)\b")
 
 # the cue words of the families read from a question's wording, in order of precedence
 _FAMILY_CUES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((family, re.compile(pattern)) for family, pattern in (
     ("normality", r"\bnormal\b|\bunremarkable\b|\bhealthy\b|\bwnl\b|\bwithin normal limits\b|\babnormal|\bpatholog|\bclear\b|"
                   r"\bclean\b|\bok(?:ay)?\b|\bfine\b|\bnegative (?:study|film|scan|exam)\b|\banything wrong\b|\bconcerning\b|"
-                  r"\bsignificant\b"),
+                  r"\bsignificant\b|\bnothing (?:wrong|acute|abnormal|concerning|suspicious)\b|\bno acute\b|\bfree of\b|\bnegative\b|"
+                  r"\bclear of\b"),
     ("likelihood", r"\bhow (?:likely|probable|sure|confident|certain)\b|\bprobabilit|\blikelihood\b|\bchance\b|\bodds\b|"
                    r"\bconfidence\b|\bpercent|%|\bscore\b|\bp\(|\blikely\b"),
     ("count", r"\bhow many\b|\bnumber of\b|\bcount\b|#|\bhow much (?:lesions|nodules|cysts)\b|\bsingle or multiple\b|"

@@ -213,3 +213,23 @@ def test_a_radiograph_finding_asked_by_size_is_answered_by_its_presence_and_says
     answer, _ = cite_results(parse_question("How big is the cardiomegaly?", ["DX"], EXPERTS), "Pneumothorax: absent.", [CXR])
     assert "cardiomegaly" in answer.lower() and "0.87" in answer and "no size" in answer.lower()
     assert "pneumothorax" not in answer.lower()
+
+
+def test_anything_abnormal_is_answered_yes_abnormal_and_a_model_no_against_it_is_corrected():
+    intent = parse_question("any abnormality?", ["DX"], EXPERTS)
+    answer, _ = cite_results(intent, "", [CXR])
+    assert answer.startswith("Yes, abnormal: cardiomegaly")
+    corrected, flags = cite_results(intent, "No, the film is normal.", [CXR])
+    assert corrected.startswith("Yes") and "answer corrected to the expert result" in flags
+
+
+def test_a_negatively_put_question_is_answered_by_the_findings_state_not_a_bare_yes_or_no():
+    assert cite_results(parse_question("No pneumothorax?", ["DX"], EXPERTS), "", [CXR])[0].startswith("Pneumothorax absent (probability 0.03)")
+    assert cite_results(parse_question("no cardiomegaly, right?", ["DX"], EXPERTS), "", [CXR])[0].startswith("Cardiomegaly present")
+
+
+def test_free_of_nothing_wrong_and_negative_ask_whether_it_is_normal():
+    assert cite_results(parse_question("Is the film negative for pneumothorax?", ["DX"], EXPERTS), "", [CXR])[0].startswith("Yes, normal")
+    for question in ("Is the liver free of lesions?", "nothing wrong with the kidneys?", "no acute findings?"):
+        intent = parse_question(question, ["CT"], EXPERTS)
+        assert (intent.family, intent.asks_normal) == ("normality", True), question
