@@ -441,13 +441,23 @@ def _clauses(text: str) -> list[str]:
     for piece in pieces:
         out += [p.strip(" ,") for p in re.split(
             r",?\s+(?:and|also|plus|&|then)\s+(?=(?:how|what|which|where|is|are|does|do|its|it's|their|give|tell|measure|"
-            r"report|count|also|whether)\b)|,\s+(?=(?:how|what|which|where)\b)", piece, flags=re.IGNORECASE) if p.strip(" ,")]
+            r"report|count|also|whether|if (?:so|yes|present|there is|there are|any))\b)|,\s+(?=(?:how|what|which|where)\b)", piece, flags=re.IGNORECASE) if p.strip(" ,")]
     return out or [text]
+
+
+_MEASURES = r"size|sizes|number|count|volume|volumes|side|sides|location|position|diameter|laterality"
 
 
 def _family_split(clause: str, tags: set[str], declared: tuple[Term, ...]) -> list[str]:
     """A clause joining two questions of different kinds by "and the" ("the contrast phase and the liver volume"), as
-    its two questions; otherwise the clause."""
+    its two questions; two measures asked of one subject ("size and number of the nodules") likewise; otherwise the
+    clause."""
+    pair = re.search(rf"\b({_MEASURES})\s+(?:and|&|\+|/)\s+(?:the\s+)?({_MEASURES})\b", clause, flags=re.IGNORECASE)
+    if pair:
+        one, two = (clause[:pair.start()] + pair.group(k) + clause[pair.end():] for k in (1, 2))
+        a, b = _parse_clause(one, tags, clause, declared), _parse_clause(two, tags, clause, declared)
+        if "other" not in (a.family, b.family) and a.family != b.family:
+            return [one, two]
     for m in re.finditer(r",?\s+and\s+(?=(?:the|its|their)\b)", clause, flags=re.IGNORECASE):
         left, right = clause[:m.start()], clause[m.end():]
         a, b = _parse_clause(left, tags, clause, declared), _parse_clause(right, tags, clause, declared)
