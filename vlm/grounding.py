@@ -172,7 +172,14 @@ def _answer_values(intent: QuestionIntent, sources: Sequence[ToolResult | str]) 
     """(key → value of the fields that answer the question, the experts reporting them)."""
     values: dict[str, str] = {}
     experts: list[str] = []
+    keys: list[str] = []
     for key in intent.answer_keys():
+        pair = re.fullmatch(r"(?:larger|smaller) (kidney|lung)", key)
+        if pair and resolve_references(value_reference(key), sources)[1]:  # each side measured by its own call
+            keys += [f"left {pair.group(1)} volume", f"right {pair.group(1)} volume"]
+        else:
+            keys.append(key)
+    for key in keys:
         value, missing = resolve_references(value_reference(key), sources)
         if not missing:
             values[key] = value

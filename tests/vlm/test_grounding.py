@@ -233,3 +233,10 @@ def test_free_of_nothing_wrong_and_negative_ask_whether_it_is_normal():
     for question in ("Is the liver free of lesions?", "nothing wrong with the kidneys?", "no acute findings?"):
         intent = parse_question(question, ["CT"], EXPERTS)
         assert (intent.family, intent.asks_normal) == ("normality", True), question
+
+
+def test_kidneys_measured_by_two_calls_are_still_compared_by_their_volumes():
+    left = format_tool_result(ToolResult("ct_segmentation", measurements=[Measurement("left kidney", "volume", 150.2, "mL")]))
+    right = format_tool_result(ToolResult("ct_segmentation", measurements=[Measurement("right kidney", "volume", 120.9, "mL")]))
+    answer, _ = cite_results(parse_question("Which kidney is bigger?", ["CT"], EXPERTS), "The aorta is 140 mL.", [right, left])
+    assert answer.startswith("The left kidney is larger than the right kidney (150.2 mL vs 120.9 mL).")
