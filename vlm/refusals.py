@@ -83,6 +83,19 @@ _HELP = re.compile(r"\b(?:what can you do|what do you do|what are you able to|wh
                    r"you (?:run|use|call|have)\b|\bwho (?:made|built|created|developed|trained|wrote) you\b|"
                    r"\b(?:approved|cleared|certified|validated|licensed) for (?:clinical|diagnostic) use\b|\bfor clinical use\b|"
                    r"\bfda\b|\bce[- ]marked?\b)", re.IGNORECASE)
+# a question about the assistant itself: it names the assistant and what it is, does or supports ("How accurate are
+# you?", "Which modalities do you support?", "list your functions")
+_ASSISTANT = re.compile(r"\b(?:you|your|yourself|this (?:thing|tool|app|assistant|system|ai|bot|program|software)|m3)\b|"
+                        r"^\W*(?:list|show|name) (?:the |your |all )?(?:functions|features|commands|experts|tools|models)\b", re.IGNORECASE)
+_ASSISTANT_TOPIC = re.compile(r"\b(?:work|works|purpose|support|supports|supported|handle|read|accurate|accuracy|reliable|"
+                              r"limitations?|functions?|features?|experts?|tools?|models?|modalit(?:y|ies)|types? of (?:scans?|studies|"
+                              r"images?|imaging)|overview|capable|capabilit(?:y|ies)|phrase|ask|upload|load|radiologist|doctor|ai|bot|"
+                              r"human|talking|trained|trust|validated|intended)\b", re.IGNORECASE)
+_HELP_ALONE = re.compile(r"^\W*(?:i need |need |please |can i get |get )?(?:some )?help(?: please| me| needed)?\W*$|"
+                         r"\bis (?:this|it) (?:an? )?(?:ai|bot|robot|human|person|real doctor|chatbot)\b|"
+                         r"\bhow (?:do|can|should|would) i (?:upload|load|open|add|import|phrase|word|ask|start)\b|"
+                         r"\bwho am i (?:talking|speaking|chatting) (?:to|with)\b|"
+                         r"^\W*what(?:'s| is) m3\W*$", re.IGNORECASE)
 _ABOUT_IMAGES = re.compile(r"\b(?:volume|size|measure|segment|lesion|tumou?r|mass|nodule|cyst|effusion|pneumothorax|"
                            r"consolidation|cardiomegaly|liver|spleen|kidney|lung|heart|aorta|spine|edema|oedema|"
                            r"hemisphere|phase|contrast|slice|report|findings?|normal|brain)\b", re.IGNORECASE)
@@ -93,7 +106,7 @@ _ABOUT_THIS_STUDY = re.compile(r"\b(?:the|this|these|that|those|his|her|its|thei
                                r"(?:liver|spleen|kidneys?|lungs?|heart|aorta|spine|brain|tumou?r|mass|lesions?|nodules?|cysts?|"
                                r"effusion|pneumothorax|consolidation|scan|study|film|image|slice|ct|mri|x-?ray|radiograph|"
                                r"volume|size|phase|report|findings?|patient)\b|\b(?:is|are) there\b|\bhow (?:big|large|many|much)\b|"
-                               r"^\W*(?:hi|hello|hey)?\W*(?:what(?:'s| is)|measure|segment|report|check|assess|is|are|does|do)\b(?!.*\byou\b)",
+                               r"^\W*(?:hi|hello|hey)?\W*(?:what(?:'s| is)|measure|segment|report|check|assess|is|are|does|do)\b(?!.*\byou(?:r|rs|rself)?\b)",
                                re.IGNORECASE)
 
 
@@ -125,6 +138,9 @@ def policy_kind(question: str) -> str:
     if _DECISION.search(q):
         return "decision"
     if (_GREETING.match(q) or _HELP.search(q)) and not (_ABOUT_IMAGES.search(q) and _ABOUT_THIS_STUDY.search(q)):
+        return "help"
+    if _HELP_ALONE.search(q) or (_ASSISTANT.search(q) and _ASSISTANT_TOPIC.search(q) and not _ABOUT_THIS_STUDY.search(q)
+                                and not _ABOUT_IMAGES.search(q)):
         return "help"
     return ""
 
