@@ -90,7 +90,7 @@ _ASSISTANT = re.compile(r"\b(?:you|your|yourself|this (?:thing|tool|app|assistan
 _ASSISTANT_TOPIC = re.compile(r"\b(?:work|works|purpose|support|supports|supported|handle|read|accurate|accuracy|reliable|"
                               r"limitations?|functions?|features?|experts?|tools?|models?|modalit(?:y|ies)|types? of (?:scans?|studies|"
                               r"images?|imaging)|overview|capable|capabilit(?:y|ies)|phrase|ask|upload|load|radiologist|doctor|ai|bot|"
-                              r"human|talking|trained|trust|validated|intended)\b", re.IGNORECASE)
+                              r"human|talking|trained|trust|validated|intended|name)\b", re.IGNORECASE)
 _HELP_ALONE = re.compile(r"^\W*(?:i need |need |please |can i get |get )?(?:some )?help(?: please| me| needed)?\W*$|"
                          r"\bis (?:this|it) (?:an? )?(?:ai|bot|robot|human|person|real doctor|chatbot)\b|"
                          r"\bhow (?:do|can|should|would) i (?:upload|load|open|add|import|phrase|word|ask|start)\b|"

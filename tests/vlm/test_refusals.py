@@ -87,3 +87,16 @@ def test_survival_operability_and_what_the_assistant_does_are_answered_by_policy
 @pytest.mark.parametrize("question", ["How long is the liver?", "how long does the aorta measure"])
 def test_a_length_question_is_not_a_question_of_survival(question):
     assert policy_kind(question) == ""
+
+
+@pytest.mark.parametrize("question", ["How accurate are you?", "Which modalities do you support?", "list your functions",
+                                      "what's your purpose", "I need help", "is this an AI?", "how do I upload a study",
+                                      "Which experts can you call?", "what is your name"])
+def test_questions_about_the_assistant_itself_in_other_words_get_the_help_answer(question):
+    assert policy_kind(question) == "help"
+
+
+@pytest.mark.parametrize("question", ["can you read this scan?", "Can you measure the liver?", "how confident are you about the pneumothorax?",
+                                      "do you see a nodule?", "is this a CT?"])
+def test_a_question_put_to_the_assistant_about_the_study_is_not_help(question):
+    assert policy_kind(question) == ""
