@@ -35,7 +35,9 @@ _IDENTITY = re.compile(
     r"\bhow old\b(?! (?:is|are) (?:the|this|that) (?:lesion|fracture|bleed|infarct|ha?emorrhage|clot|injury))|"
     r"\b(?:which|what) (?:hospital|institution|clinic|site|facility|scanner location)\b|\baccession\b|"
     r"\b(?:study|scan|exam|acquisition) (?:date|time)\b|\bwhen was (?:this|the) (?:scan|study|exam|image|film|x-?ray) "
-    r"(?:done|taken|acquired|performed|made)\b)", re.IGNORECASE)
+    r"(?:done|taken|acquired|performed|made)\b|^\W*(?:(?:full |first |last |sur)?name|age|dob|mrn|birth ?date|initials)\W*$|"
+    r"\bwhere does (?:the patient|the pt|he|she|this patient) live\b|\bwho (?:this|it|the (?:scan|study|film|images?)) belongs? to\b)",
+    re.IGNORECASE)
 _DECISION = re.compile(
     r"\b(?:should (?:we|i|he|she|they|the patient|the pt|this patient) (?:be )?(?:operate|operated|treat|treated|start|stop|"
     r"give|get|have|receive|go|be discharged|discharge|admit|admitted|biopsy|biopsied|resect|resected|refer|referred|send|sent|"
@@ -65,7 +67,12 @@ _DECISION = re.compile(
     r"\bshould (?:i|we) (?:call|consult|contact|page|involve|get|refer to) (?:the )?(?:surgeons?|surgery|oncology|"
     r"oncologists?|cardiology|neurosurgery|specialists?|icu|team)\b|\bwhat follow[- ]?up\b|"
     r"\brecommend\w* (?:a |any )?follow[- ]?up\b|\bfollow[- ]?up (?:imaging|scan|study|interval)\b.*\brecommend|"
-    r"\bsafe (?:to go|for) (?:home|discharge)\b|\bgo home\b)", re.IGNORECASE)
+    r"\bsafe (?:to go|for) (?:home|discharge)\b|\bgo home\b|"
+    r"\b(?:is|are) (?:a |an )?(?:biopsy|surgery|operation|(?:chest )?drain|treatment|admission|follow[- ]?up|repeat (?:scan|imaging|ct|mri))"
+    r"\b.*\b(?:needed|required|necessary|indicated|warranted)\b|\brefer(?:ral)? (?:to|for)\b|"
+    r"\bneeds? (?:a |an )?(?:chest (?:drain|tube)|drain|repeat (?:scan|imaging|ct|mri)|follow[- ]?up|operation|biopsy)\b|"
+    r"\bshould (?:we|i) (?:repeat|order|request|rescan|re-?image|book)\b|\bwhat would you do\b|\bwhat(?:'s| is) the plan\b|"
+    r"\b(?:go|get|return) back to (?:work|school|sport)\b|\bis (?:this|it) (?:an )?(?:emergency|urgent)\b)", re.IGNORECASE)
 _GREETING = re.compile(r"^\W*(?:hi|hello|hey|hiya|howdy|yo|greetings|good (?:morning|afternoon|evening|day)|thanks?|thank you|thx|ty|"
                        r"cheers|ok|okay|morning|evening|hallo|hola|bonjour|sup|what'?s up)\b[\w\s,!.']*\??$", re.IGNORECASE)
 _HELP = re.compile(r"\b(?:what can you do|what do you do|what are you able to|what are your (?:capabilities|functions|features)|"

@@ -100,3 +100,18 @@ def test_questions_about_the_assistant_itself_in_other_words_get_the_help_answer
                                       "do you see a nodule?", "is this a CT?"])
 def test_a_question_put_to_the_assistant_about_the_study_is_not_help(question):
     assert policy_kind(question) == ""
+
+
+@pytest.mark.parametrize("question, kind", [
+    ("name?", "identity"), ("Age?", "identity"), ("Where does the patient live?", "identity"),
+    ("tell me who this belongs to", "identity"), ("is a biopsy needed", "decision"), ("refer to oncology?", "decision"),
+    ("does she need a chest drain", "decision"), ("Should we repeat the scan?", "decision"), ("What would you do?", "decision"),
+    ("Can he go back to work?", "decision"), ("Is this an emergency?", "decision"), ("What's the plan?", "decision"),
+])
+def test_terse_identity_requests_and_plans_referrals_and_triage_are_answered_by_policy(question, kind):
+    assert policy_kind(question) == kind
+
+
+@pytest.mark.parametrize("question", ["volume?", "Is the nodule growing?", "which side is the cyst referred to"])
+def test_terse_measurement_and_finding_questions_are_not_policy(question):
+    assert policy_kind(question) == ""
