@@ -268,9 +268,10 @@ _FAMILY_CUES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((family, re.compil
               r"\bmultiple\b|\bmultifocal\b|\bsolitary\b|\bmore than one\b|\bseveral\b|\bnumerous\b|\bquantity of\b"),
     ("side", r"\bwhich side\b|\bwhat side\b|\blateral|\bwhich (?:lung|kidney|hemisphere|half)\b|\bwhere\b|\blocat|\bsided?\b|"
              r"\bhemisphere\b|\bleft or right\b|\bright or left\b|\bl or r\b|\br or l\b|\bl/r\b|\br/l\b|\bunilateral|\bbilateral"),
-    ("volume", r"\bvolume|\bvol\b|\bhow much\b|\bml\b|\bcc\b|\blit(?:er|re)s?\b|\bcapacity\b|\bburden\b|\bextent\b|"
+    ("volume", r"\bvolume|\bvol\b|\bhow much\b|\bml\b|\bcc\b|\blit(?:er|re)s?\b|\bcapacity\b|\bburden\b|"
+               r"(?<!max )(?<!maximum )(?<!greatest )(?<!largest )\bextent\b|"
                r"\bhow big is the (?:whole )?(?:tumor|mass|lesion) overall\b"),
-    ("size", r"\bhow (?:big|large|small|wide|long)\b|\bsize|\bdiameter|\bdimension|\bmeasure|\bmm\b|\bcm\b|\bsized\b|"
+    ("size", r"\bhow (?:big|large|small|wide|long)\b|\b(?:max|maximum|maximal|greatest|largest) (?:extent|length|width)\b|\bsize|\bdiameter|\bdimension|\bmeasure|\bmm\b|\bcm\b|\bsized\b|"
              r"\bsmall,? medium or large\b|\bmagnitude\b"),
 ))
 
@@ -302,6 +303,9 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
                                               r"\benhanced\b|\bunenhanced\b|\bcontrast (?:study|scan|given)\b", q) or \
             (either and all(o in _PHASES for o in either)):
         return "phase"
+    threshold = re.search(r"\b(?:bigger|larger|smaller|greater|more|less|over|under|above|below) (?:than )?\d+(?:\.\d+)?\s*(mm|cm|ml|cc|l)\b", q)
+    if threshold:  # "is the nodule bigger than 1 cm?": its size (or volume) against the number
+        return "size" if threshold.group(1) in ("mm", "cm") and lesions else "volume"
     paired = [t for t in organs if t in ("kidneys", "lungs") or TERMS[t].paired]
     measured = [t for t in terms if TERMS[t].kind != "phase"]
     if re.search(r"\b(?:bigger|larger|smaller|greater|compare|comparison|versus|vs\.?|asymmetr|symmetric|difference|"

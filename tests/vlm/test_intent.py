@@ -103,3 +103,10 @@ def test_two_kinds_of_question_joined_by_and_the_become_two_parts_but_one_kind_s
 
 def test_write_this_up_asks_for_a_report():
     assert parse_question("Can you write this up?", ["CT"]).family == "report"
+
+
+def test_a_size_against_a_number_is_a_size_question_and_a_maximal_extent_is_a_length():
+    assert parse_question("Is the lung nodule bigger than 1 cm?", ["CT"]).answer_keys() == ("lung nodule size",)
+    assert parse_question("is the liver larger than 2000 ml?", ["CT"]).answer_keys() == ("liver volume",)
+    assert parse_question("max extent of the lesion", ["MR"]).answer_keys() == ("whole tumor size",)
+    assert parse_question("extent of the edema", ["MR"]).answer_keys() == ("edema volume",)
