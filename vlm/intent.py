@@ -239,10 +239,16 @@ _REAL_WORDS = frozenset(("side", "sides", "were", "here", "there", "these", "tho
                          "delay", "enhance", "enhancing", "located", "locate", "portals", "arteries", "artery", "veins"))
 
 
+# common slips of short question words, too short for a one-typo match ("hwo many", "waht is")
+_SHORT_TYPOS = {"hwo": "how", "hoe": "how", "waht": "what", "whta": "what", "wht": "what", "wat": "what", "whats": "what's",
+                "wich": "which", "whcih": "which", "whihc": "which", "teh": "the", "hte": "the", "si": "is", "adn": "and",
+                "nad": "and", "fo": "of", "cna": "can", "ther": "there", "tehre": "there", "thier": "their", "eny": "any"}
+
+
 def _corrected(q: str) -> str:
     """``q`` with each word one typo from exactly one cue word read as it (lexicon terms are matched typo-tolerant
     by ``find_terms`` already; this reads the words that say what is asked)."""
-    words = q.split(" ")
+    words = [_SHORT_TYPOS.get(w, w) for w in q.split(" ")]
     for i, word in enumerate(words):
         if len(word) < 4 or word in _CUE_WORDS or word in _REAL_WORDS or not word.isalpha():
             continue

@@ -110,3 +110,8 @@ def test_a_size_against_a_number_is_a_size_question_and_a_maximal_extent_is_a_le
     assert parse_question("is the liver larger than 2000 ml?", ["CT"]).answer_keys() == ("liver volume",)
     assert parse_question("max extent of the lesion", ["MR"]).answer_keys() == ("whole tumor size",)
     assert parse_question("extent of the edema", ["MR"]).answer_keys() == ("edema volume",)
+
+
+def test_slips_of_short_question_words_are_read_through():
+    assert parse_question("hwo many nodules", ["CT"]).family == "count"
+    assert parse_question("waht is the liver volume", ["CT"]).answer_keys() == ("liver volume",)
