@@ -1,20 +1,20 @@
 # m3 — one container for a hospital network: the app, the embedded default bundle, no network at run time.
 #
-# CPU image (default):
+# CPU image (default; every package from requirements.lock, hash-checked, torch's CPU wheel included):
 #   docker build -t m3:cpu .
-# GPU image (CUDA runtime base; torch from the CUDA wheel index, no CPU constraint):
+# GPU image (CUDA runtime base; the same torch version from the CUDA wheel index first, then the lock):
 #   docker build -t m3:gpu \
 #     --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04 \
-#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 \
-#     --build-arg CONSTRAINTS=/dev/null .
+#     --build-arg TORCH_SPEC=torch==2.13.0 \
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .
 # Run lines, volumes and the config file: docs/deploy.md.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
-# torch is pinned here; CPU builds take the CPU wheel (constraints-cpu.txt), GPU builds the CUDA index.
-ARG TORCH_SPEC="torch==2.13.0"
+# requirements.lock pins torch with its CPU wheel's hash, found on TORCH_INDEX_URL; a GPU build names its
+# torch (TORCH_SPEC, the lock's version) to install from the CUDA index first, which then satisfies the lock.
+ARG TORCH_SPEC=""
 ARG TORCH_INDEX_URL="https://download.pytorch.org/whl/cpu"
-ARG CONSTRAINTS="constraints-cpu.txt"
 ARG M3_UID=10001
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -47,7 +47,7 @@ ENV VIRTUAL_ENV=/opt/m3/venv \
     M3_CONFIG=/etc/m3/m3.toml
 
 WORKDIR /opt/m3/src
-COPY pyproject.toml constraints-cpu.txt README.md* ./
+COPY pyproject.toml requirements.lock README.md* ./
 COPY data ./data
 COPY experts ./experts
 COPY vlm ./vlm
@@ -56,9 +56,12 @@ COPY docs/m3.toml /etc/m3/m3.toml
 
 RUN python3 -m venv "${VIRTUAL_ENV}"
 
-# The package with its embedded default bundle (package data) — no model is downloaded, now or later.
-RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" -c "${CONSTRAINTS}" "${TORCH_SPEC}" \
-    && pip install --no-cache-dir -c "${CONSTRAINTS}" . \
+# The locked dependencies (hash-checked), then the package with its embedded default bundle (package data)
+# without dependencies — no model is downloaded, now or later. (DL3013: a GPU build's TORCH_SPEC is the pinned torch==X.)
+# hadolint ignore=DL3013
+RUN if [ -n "${TORCH_SPEC}" ]; then pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"; fi \
+    && pip install --no-cache-dir --require-hashes --extra-index-url "${TORCH_INDEX_URL}" -r requirements.lock \
+    && pip install --no-cache-dir --no-deps --no-build-isolation . \
     && m3 --help > /dev/null \
     && python -m app.health --help > /dev/null
 
