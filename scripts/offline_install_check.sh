@@ -27,5 +27,6 @@ else
 fi
 cd "$clone"
 "${offline[@]}" make install-offline WHEELHOUSE="$wheelhouse"
-"${offline[@]}" .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# tests that run pip themselves (the image's install steps) also take only the wheelhouse
+PIP_NO_INDEX=1 PIP_FIND_LINKS="$wheelhouse" "${offline[@]}" .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 echo "offline install in $clone passed"
