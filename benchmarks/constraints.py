@@ -43,7 +43,8 @@ import vlm.generate as vlm_generate
 from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from vlm.backends.base import GenerationConfig
 from vlm.backends.hf_vlm import HFVLMBackend
-from vlm.constraints import DecodingConstraints, ReferenceConstraint, SideConstraint, token_index
+from vlm.constraints import AskedFacts, DecodingConstraints, ReferenceConstraint, SideConstraint, token_index
+from vlm.intent import parse_question
 from vlm.model import load_model
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -55,8 +56,9 @@ LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>"
 KEYS = ("left kidney volume", "left kidney", "right kidney volume", "right kidney", "liver volume", "liver", "liver tumor count",
         "liver tumor", "edema?", "edema volume", "hemisphere", "left hemisphere")
 QUESTION = "What is the volume of the left kidney?"
-CONSTRAINED = {"references": KEYS, "call_side": "left", "answer_side": "left", "question": QUESTION, "answer_keys": ("left kidney volume",),
-               "answer_form": "wh", "call_arguments": {"ct_segmentation": {"targets": ("left kidney",)}}}
+ASKED = AskedFacts.of(parse_question(QUESTION, ("CT",)))  # parsed once, as the agent does
+CONSTRAINED = {"references": KEYS, "call_side": "left", "answer_side": "left", "asked": ASKED, "answer_keys": ("left kidney volume",),
+               "call_arguments": {"ct_segmentation": {"targets": ("left kidney",)}}}
 SCRIPT = ('[[left kidney volume]]. The left kidney volume is [[left kidney volume]] and the liver volume is [[liver volume]]; '
           'liver tumors: [[liver tumor count]], the largest [[liver tumor]]. <tool_call>{"name": "ct_segmentation", '
           '"arguments": {"targets": "right kidney"}}</tool_call> The right kidney was not measured. The left hemisphere '
@@ -269,7 +271,7 @@ def per_token_cost(tokenizer, steps: int) -> dict:
         ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
         for name, make in (("first", PerVocabularyReference if state == "reference" else PerVocabularySide), ("now", None)):
             if state == "reference":
-                proc = (make or ReferenceConstraint)(tokenizer, KEYS, question=QUESTION)
+                proc = (make or ReferenceConstraint)(tokenizer, KEYS, asked=ASKED)
             else:
                 proc = (make or SideConstraint)(tokenizer, "left", in_answer=True)
             n = steps if make else 50 * steps

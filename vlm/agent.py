@@ -26,7 +26,7 @@ from experts.base import Expert, ExpertError, ExpertResult, tool_message, with_s
 from vlm.agent_context import AGENT_SYSTEM_PROMPT, agent_context, model_config_of
 from vlm.backends.base import ChatBackend, GenerationConfig
 from vlm.call_repair import repair_arguments, repair_expert
-from vlm.constraints import DecodingConstraints, call_choices
+from vlm.constraints import AskedFacts, DecodingConstraints, call_choices
 from vlm.conversation import AgentEvent, AgentTurn, Conversation, ToolCall
 from vlm.grounding import cite_results, header_answer, planned_call, question_arguments, relevant_doubts
 from vlm.intent import POLICY_FAMILIES, QuestionIntent, parse_question
@@ -195,13 +195,13 @@ class Agent:
     def _constraints(self, conversation: Conversation, intent: QuestionIntent, turn: AgentTurn,
                      offered: Mapping[str, Expert]) -> DecodingConstraints:
         """This round's decoding constraints: references only to fields the conversation's results hold, a reference
-        opening the answer to the fields that answer the question (read with its parsed form), calls on the side the
-        question names, to an ``offered`` expert, with argument choices narrowed to what the question names, the answer
-        on the side the turn's calls measured."""
+        opening the answer to the fields that answer the question (else to what the parsed question asks), calls on the
+        side the question names, to an ``offered`` expert, with argument choices narrowed to what the question names,
+        the answer on the side the turn's calls measured."""
         return DecodingConstraints(references=tuple(reference_keys(self._sources(conversation))), answer_keys=intent.answer_keys(),
-                                   call_side=intent.side, answer_side=measured_side(turn.tool_calls), question=turn.question,
-                                   answer_form=intent.form, call_arguments=call_choices({n: e.parameters for n, e in offered.items()},
-                                                                                       {n: question_arguments(e, intent) for n, e in offered.items()}))
+                                   call_side=intent.side, answer_side=measured_side(turn.tool_calls), asked=AskedFacts.of(intent),
+                                   call_arguments=call_choices({n: e.parameters for n, e in offered.items()},
+                                                               {n: question_arguments(e, intent) for n, e in offered.items()}))
 
     def _flag_constraints(self, turn: AgentTurn, constraints: DecodingConstraints | None) -> None:
         """Flag what the round's constraints could not do: steps a constraint failed on (decoded unconstrained), or a

@@ -27,13 +27,13 @@ from transformers import TextIteratorStreamer
 
 from data.errors import M3Error
 from vlm.backends.base import GenerationConfig
-from vlm.constraints import OTHER_SIDE, DecodingConstraints, ReferenceConstraint, SideConstraint, yes_no_question
+from vlm.constraints import OTHER_SIDE, DecodingConstraints, ReferenceConstraint, SideConstraint
 from vlm.constraints import token_texts as _token_texts  # noqa: F401  (older callers and tests)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PrefixCache", "CacheStore", "image_key", "stream_generate", "threaded_generate", "generation_kwargs", "token_keys", "GenerationError",
-           "DecodingConstraints", "ReferenceConstraint", "SideConstraint", "OTHER_SIDE", "yes_no_question"]
+           "DecodingConstraints", "ReferenceConstraint", "SideConstraint", "OTHER_SIDE"]
 
 
 class GenerationError(M3Error, RuntimeError):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vlm.constraints import (
+    AskedFacts,
     DecodingConstraints,
     ReferenceConstraint,
     SideConstraint,
@@ -17,6 +18,7 @@ from vlm.constraints import (
     token_texts,
 )
 from vlm.constraints.policy import CALL_RULES, REFERENCE_RULES, SIDE_RULES
+from vlm.intent import parse_question
 
 DEFAULT_LLM = Path(__file__).resolve().parents[2] / "vlm" / "weights" / "default" / "llm"
 CHEST = ("cardiomegaly?", "pleural effusion?", "nodule?", "pneumothorax?", "consolidation?")
@@ -33,9 +35,11 @@ def tok():
     return AutoTokenizer.from_pretrained(DEFAULT_LLM)
 
 
-def _reference(tok, keys, question="", answer_keys=(), answer_form="") -> ReferenceConstraint:
-    (processor,) = DecodingConstraints(references=tuple(keys), question=question, answer_keys=tuple(answer_keys),
-                                       answer_form=answer_form).processors(tok)
+def _reference(tok, keys, question=None, modality="CT", answer_keys=()) -> ReferenceConstraint:
+    """The reference processor of a round, built as the agent builds it: the question parsed once for a study of
+    ``modality`` (None: no question)."""
+    asked = AskedFacts.of(parse_question(question, (modality,))) if question is not None else None
+    (processor,) = DecodingConstraints(references=tuple(keys), asked=asked, answer_keys=tuple(answer_keys)).processors(tok)
     assert isinstance(processor, ReferenceConstraint)
     return processor
 
@@ -58,42 +62,42 @@ def _stopped(processor, tok, start: str, word: str) -> bool:
 # ---- references ------------------------------------------------------------------------------------------------
 def test_asked_how_large_the_liver_is_the_answer_opens_with_the_liver_volume_the_agent_chose(tok):
     keys = ("liver volume", "liver", "spleen volume", "liver tumor?")
-    chosen = _reference(tok, keys, "How large is the liver?", answer_keys=("liver volume",), answer_form="wh")
+    chosen = _reference(tok, keys, "How large is the liver?", answer_keys=("liver volume",))
     assert chosen.allowed("") == {"liver volume"}
-    assert _reference(tok, keys, "How large is the liver?", answer_form="wh").allowed("") == {"liver", "liver volume"}
+    assert _reference(tok, keys, "How large is the liver?").allowed("") == {"liver", "liver volume"}
 
 
 def test_asked_whether_this_slice_shows_a_kidney_cyst_the_answer_opens_with_the_slice_field(tok):
     keys = ("kidney cyst?", "kidney cyst in this slice?", "liver tumor?", "liver tumor in this slice?")
-    on_slice = _reference(tok, keys, "Is a kidney cyst shown in this slice?", answer_form="yes_no")
+    on_slice = _reference(tok, keys, "Is a kidney cyst shown in this slice?")
     assert on_slice.allowed("") == {"kidney cyst in this slice?"}
-    assert _reference(tok, keys, "Is there a kidney cyst?", answer_form="yes_no").allowed("") == {"kidney cyst?"}
+    assert _reference(tok, keys, "Is there a kidney cyst?").allowed("") == {"kidney cyst?"}
 
 
 def test_a_yes_no_question_about_a_pneumothorax_opens_its_answer_with_the_pneumothorax_field(tok):
     # "collapsed lung" is the lexicon's name for a pneumothorax
-    assert _reference(tok, CHEST, "Is there a collapsed lung?", answer_form="yes_no").allowed("") == {"pneumothorax?"}
-    assert _reference(tok, CHEST, "PTX?", answer_form="yes_no").allowed("") == {"pneumothorax?"}  # the abbreviation
+    assert _reference(tok, CHEST, "Is there a collapsed lung?", "DX").allowed("") == {"pneumothorax?"}
+    assert _reference(tok, CHEST, "PTX?", "DX").allowed("") == {"pneumothorax?"}  # the abbreviation
     # naming no finding, any finding's yes / no field may answer
-    assert _reference(tok, CHEST, "Is anything wrong?", answer_form="yes_no").allowed("") == set(CHEST)
+    assert _reference(tok, CHEST, "Is anything wrong?", "DX").allowed("") == set(CHEST)
 
 
 def test_asked_which_side_of_the_brain_holds_the_tumour_the_answer_opens_with_the_hemisphere(tok):
-    which = _reference(tok, BRAIN, "Which side of the brain holds the tumor?", answer_form="wh")
+    which = _reference(tok, BRAIN, "Which side of the brain holds the tumor?", "MR")
     assert which.allowed("") == {"hemisphere"}
-    assert _reference(tok, BRAIN, "How big is the tumor?", answer_form="wh").allowed("") == {"tumor", "tumor volume"}
+    assert _reference(tok, BRAIN, "How big is the tumor?", "MR").allowed("") == {"tumor", "tumor volume"}
 
 
 def test_asked_how_large_the_edema_is_the_answer_never_opens_with_the_edema_yes_no_field(tok):
     keys = ("edema", "edema?", "edema volume", "tumor volume")
-    assert _reference(tok, keys, "How large is the edema?", answer_form="wh").allowed("") == {"edema", "edema volume"}
-    assert _reference(tok, keys, "Describe the edema.", answer_form="command").allowed("") == {"edema", "edema?", "edema volume"}
+    assert _reference(tok, keys, "How large is the edema?", "MR").allowed("") == {"edema", "edema volume"}
+    assert _reference(tok, keys, "Describe the edema.", "MR").allowed("") == {"edema", "edema?", "edema volume"}
     # naming nothing the results hold: any field but a yes / no one
-    assert _reference(tok, BRAIN, "What do you see?", answer_form="wh").allowed("") == {"tumor", "tumor volume", "edema volume", "hemisphere"}
+    assert _reference(tok, BRAIN, "What do you see?", "MR").allowed("") == {"tumor", "tumor volume", "edema volume", "hemisphere"}
 
 
 def test_a_reference_names_the_structure_of_its_own_sentence_and_is_free_after_an_organ_no_result_measured(tok):
-    c = _reference(tok, ("left kidney volume", "right kidney volume", "liver volume"), "What are the kidney volumes?", answer_form="wh")
+    c = _reference(tok, ("left kidney volume", "right kidney volume", "liver volume"), "What are the kidney volumes?")
     assert c.allowed("The left kidney is 150 mL. The right kidney volume is ") == {"right kidney volume"}
     assert c.allowed("The spleen volume is ") == set()  # no result measured it: the agent shows "(not in the expert result)"
     kept = _kept_after(c, tok, "The right kidney volume is [[")
@@ -102,15 +106,31 @@ def test_a_reference_names_the_structure_of_its_own_sentence_and_is_free_after_a
 
 def test_asked_left_or_right_hemisphere_the_answer_does_not_open_with_one_sided_field(tok):
     keys = ("hemisphere", "left hemisphere", "right hemisphere")
-    assert _reference(tok, keys, "Is the tumor in the left or right hemisphere?", answer_form="either_or").allowed("") == {"hemisphere"}
+    assert _reference(tok, keys, "Is the tumor in the left or right hemisphere?", "MR").allowed("") == {"hemisphere"}
 
 
 def test_the_parsed_question_form_decides_a_yes_no_answer_not_the_wording(tok):
-    # "Pneumothorax?" has no auxiliary verb: only the parsed form says it asks yes or no
-    assert _reference(tok, CHEST, "Pneumothorax?", answer_form="yes_no").allowed("") == {"pneumothorax?"}
-    assert _reference(tok, CHEST, "Pneumothorax?").allowed("") == set()  # without the form the wording is read, as before
-    # and a question worded with an auxiliary is not read as yes / no when the parse says otherwise
-    assert _reference(tok, BRAIN, "Is it the left or the right hemisphere?", answer_form="either_or").allowed("") != {"left hemisphere?"}
+    # "Pneumothorax?" has no auxiliary verb: the parse reads it as yes / no
+    assert _reference(tok, CHEST, "Pneumothorax?", "DX").allowed("") == {"pneumothorax?"}
+    assert _reference(tok, CHEST).allowed("") == set()  # no question: an opening reference has no subject
+    # and a question worded with an auxiliary is not read as yes / no when it offers two sides
+    assert _reference(tok, BRAIN, "Is it the left or the right hemisphere?", "MR").allowed("") != {"left hemisphere?"}
+
+
+def test_the_parse_reads_what_the_wording_hid_british_spelling_lay_terms_and_the_screen(tok):
+    """Each of these was read wrong from the question's words alone (the text-reading version's answer in the comment):
+    the parse reads "which half" as a side question, a lay term or an abbreviation as its finding, "on screen" as the
+    slice shown."""
+    # "tumour" matched no field and "which half" no side pattern: any field but a yes / no one was allowed
+    assert _reference(tok, BRAIN, "Which half of the brain is the tumour in?", "MR").allowed("") == {"hemisphere"}
+    # "popped lung" is a pneumothorax: the wording had no auxiliary verb, so nothing was kept
+    assert _reference(tok, CHEST, "Popped lung?", "DX").allowed("") == {"pneumothorax?"}
+    assert _reference(tok, CHEST, "Any water on the lungs?", "DX").allowed("") == {"pleural effusion?"}  # was: nothing kept
+    # a renal cyst "on screen" is the slice's kidney cyst: nothing was kept
+    keys = ("kidney cyst?", "kidney cyst in this slice?", "liver tumor?", "liver tumor in this slice?")
+    assert _reference(tok, keys, "Any renal cyst on screen?").allowed("") == {"kidney cyst in this slice?"}
+    # asked how big the liver lesion is, the liver's own volume is not the answer (it was allowed beside the tumour)
+    assert _reference(tok, ("liver volume", "liver", "liver tumor", "liver tumor?"), "How big is the liver lesion?").allowed("") == {"liver tumor"}
 
 
 # ---- sides ------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from vlm.backends.base import GenerationConfig
 from vlm.constraints import (
     OTHER_SIDE,
+    AskedFacts,
     ReferenceConstraint,
     RunningText,
     SideConstraint,
@@ -20,6 +21,7 @@ from vlm.constraints import (
 )
 from vlm.constraints import DecodingConstraints
 from vlm.generate import generation_kwargs
+from vlm.intent import parse_question
 
 DEFAULT_LLM = Path(__file__).resolve().parents[2] / "vlm" / "weights" / "default" / "llm"
 KEYS = ["left kidney volume", "left kidney", "right kidney volume", "right kidney", "liver volume", "liver", "liver tumor count",
@@ -105,12 +107,18 @@ def _banned_step_by_step(processor, tokenizer, text: str, vocab: int):
         yield tokenizer.decode(ids[:n], skip_special_tokens=True), set(torch.nonzero(scores == -float("inf")).flatten().tolist())
 
 
+def _asked(question: str, modality: str) -> AskedFacts:
+    """What ``question`` asks of a study of ``modality``, parsed once as the agent parses it."""
+    return AskedFacts.of(parse_question(question, (modality,)))
+
+
 @pytest.mark.parametrize("question", ["", "Could you tell me: do you see edema?", "Which side of the brain holds the tumor?"])
 def test_reference_constraint_bans_exactly_what_the_per_token_rule_bans(default_tokenizer, question):
     pieces, vocab = token_texts(default_tokenizer), len(default_tokenizer) + 7  # model vocabularies are often padded
     masked_steps = 0
+    asked = _asked(question, "MR") if question else None
     for text in REFERENCE_TEXTS:
-        c = ReferenceConstraint(default_tokenizer, KEYS, question=question)
+        c = ReferenceConstraint(default_tokenizer, KEYS, asked=asked)
         for decoded, banned in _banned_step_by_step(c, default_tokenizer, text, vocab):
             assert banned == _plain_reference_banned(c, pieces, decoded, vocab), (text, decoded)
             masked_steps += bool(banned)
@@ -171,7 +179,8 @@ def test_an_answer_opening_with_a_reference_names_the_field_the_agent_chose(defa
     tok = default_tokenizer
     keys = ["liver volume", "liver", "spleen volume", "liver tumor?"]
     # asked "How large is the liver?", the agent answers from the liver volume: "[[" opening the answer spells it
-    c = ReferenceConstraint(tok, keys, question="How large is the liver?", answer_keys=("Liver  Volume",))
+    asked = _asked("How large is the liver?", "CT")
+    c = ReferenceConstraint(tok, keys, asked=asked, answer_keys=("Liver  Volume",))
     assert c.allowed("") == c.allowed(" ") == {"liver volume"}
     ids = tok("[[", add_special_tokens=False)["input_ids"]
     row = c(torch.tensor([ids]), torch.zeros(1, len(tok)))[0]
@@ -180,13 +189,14 @@ def test_an_answer_opening_with_a_reference_names_the_field_the_agent_chose(defa
     # a reference after words of the answer still follows its own sentence
     assert c.allowed("The spleen volume is ") == {"spleen volume"}
     # the agent's choice names no field of the results: the question decides, as without it
-    plain = ReferenceConstraint(tok, keys, question="How large is the liver?")
-    assert ReferenceConstraint(tok, keys, question="How large is the liver?", answer_keys=("heart volume",)).allowed("") == plain.allowed("")
+    plain = ReferenceConstraint(tok, keys, asked=asked)
+    assert ReferenceConstraint(tok, keys, asked=asked, answer_keys=("heart volume",)).allowed("") == plain.allowed("")
     assert plain.allowed("") == {"liver", "liver volume"}
 
 
 def test_the_agent_s_answer_fields_reach_the_reference_constraint(default_tokenizer):
-    constraints = DecodingConstraints(references=("liver volume", "spleen volume"), question="How big is it?", answer_keys=("spleen volume",))
+    constraints = DecodingConstraints(references=("liver volume", "spleen volume"), asked=_asked("How big is it?", "CT"),
+                                      answer_keys=("spleen volume",))
     (processor,) = generation_kwargs(default_tokenizer, GenerationConfig(), constraints=constraints)["logits_processor"]
     assert isinstance(processor, ReferenceConstraint) and processor.allowed("") == {"spleen volume"}
 
@@ -209,9 +219,9 @@ def test_a_failing_constraint_flags_the_turn_and_the_answer_goes_on(default_toke
 
 def test_constraints_of_one_generate_call_share_one_running_text_and_ban_as_they_would_alone(default_tokenizer):
     tok = default_tokenizer
-    config = DecodingConstraints(references=tuple(KEYS), call_side="left", answer_side="left", question="How big is the left kidney?")
+    config = DecodingConstraints(references=tuple(KEYS), call_side="left", answer_side="left", asked=_asked("How big is the left kidney?", "CT"))
     together = list(generation_kwargs(tok, GenerationConfig(), constraints=config)["logits_processor"])
-    alone = [ReferenceConstraint(tok, KEYS, question=config.question), SideConstraint(tok, "left"), SideConstraint(tok, "left", in_answer=True)]
+    alone = [ReferenceConstraint(tok, KEYS, asked=config.asked), SideConstraint(tok, "left"), SideConstraint(tok, "left", in_answer=True)]
     assert together[0]._texts is together[1]._texts is together[2]._texts
     ids = tok('<tool_call>{"targets": "right kidney"}</tool_call>The right kidney is [[right kidney volume]].', add_special_tokens=False)["input_ids"]
     for n in range(len(ids) + 1):

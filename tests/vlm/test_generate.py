@@ -13,6 +13,14 @@ IMG = np.random.default_rng(1).integers(0, 256, size=(64, 64), dtype=np.uint8)
 CFG = GenerationConfig(max_new_tokens=6)
 
 
+def _asked(question: str, modality: str):
+    """What ``question`` asks of a study of ``modality``, parsed once as the agent parses it."""
+    from vlm.constraints import AskedFacts
+    from vlm.intent import parse_question
+
+    return AskedFacts.of(parse_question(question, (modality,)))
+
+
 def _first_messages():
     return [{"role": "system", "content": "You are m3."}, {"role": "user", "content": "<image>\nWhat is the liver volume?"}]
 
@@ -114,43 +122,32 @@ def test_a_reference_opening_the_answer_names_what_the_question_names(m3_tokeniz
     tok = m3_tokenizer
     pieces = _token_texts(tok)
     keys = ["tumor", "tumor?", "edema", "edema?", "edema volume", "hemisphere", "left hemisphere"]
-    c = ReferenceConstraint(tok, keys, question="Could you tell me: do you see edema? Please answer yes or no.")
+    c = ReferenceConstraint(tok, keys, asked=_asked("Could you tell me: do you see edema? Please answer yes or no.", "MR"))
     assert c.allowed("") == c.allowed(" ") == {"edema?"}  # a yes / no question: the yes / no field of the finding it names
-    assert ReferenceConstraint(tok, keys, question="How large is the edema?").allowed("") == {"edema", "edema volume"}
+    assert ReferenceConstraint(tok, keys, asked=_asked("How large is the edema?", "MR")).allowed("") == {"edema", "edema volume"}
     row = _scores_after(c, tok, "[[")
     allowed = [pieces[i].lower() for i in range(len(pieces)) if row[i] == 0]
     assert allowed and not any(p.startswith("h") for p in allowed)  # never "hemisphere" for a yes / no question
     assert c.allowed("The tumor is in the ") == {"tumor", "tumor?"}  # words of its own: the answer's subject
-    side = ReferenceConstraint(tok, keys, question="Is the lesion in the left or the right hemisphere?")
+    side = ReferenceConstraint(tok, keys, asked=_asked("Is the lesion in the left or the right hemisphere?", "MR"))
     assert side.allowed("") == {"hemisphere"}  # a choice of sides asks for the side, not the "left hemisphere" finding
-    assert ReferenceConstraint(tok, keys, question="Is it abnormal?").allowed("") == {"tumor?", "edema?"}  # names none: any
+    assert ReferenceConstraint(tok, keys, asked=_asked("Is it abnormal?", "MR")).allowed("") == {"tumor?", "edema?"}  # names none: any
     brain = keys + ["necrosis", "necrosis?", "enhancing tumor", "enhancing tumor?"]
     for q, field in (("Please tell me: is there central necrosis?", "necrosis?"), ("Does the tumour enhance after contrast?", "enhancing tumor?"),
                      ("Is there surrounding oedema?", "edema?"), ("Is there a tumor in this study?", "tumor?"),
                      ("Does the mass enhance?", "enhancing tumor?")):
-        assert ReferenceConstraint(tok, brain, question=q).allowed("") == {field}, q
-    # a wh-question naming no field: any field but a yes / no one ("Which side…?" is never answered "yes")
-    assert ReferenceConstraint(tok, keys, question="Where is the mass?").allowed("") == {"tumor", "edema", "edema volume", "hemisphere", "left hemisphere"}
-    # which side: the side field, not the tumour it names ("present." was the answer)
+        assert ReferenceConstraint(tok, brain, asked=_asked(q, "MR")).allowed("") == {field}, q
+    # a wh-question naming no field: any field but a yes / no one
+    assert ReferenceConstraint(tok, keys, asked=_asked("What do you see?", "MR")).allowed("") == {"tumor", "edema", "edema volume", "hemisphere",
+                                                                                               "left hemisphere"}
+    # which side: the side field, not the tumour it names ("present." was the answer); "where" asks it of a brain too
     for q in ("Can you check: which side of the brain contains the lesion? Thanks.", "Could you tell me: which side of the brain contains the tumor?",
-              "Which hemisphere is the tumour in?"):
-        assert ReferenceConstraint(tok, keys, question=q).allowed("") == {"hemisphere"}, q
-    # neither a yes / no question nor a wh-question, naming no field: left to the model, as before
-    assert ReferenceConstraint(tok, keys, question="Tell me about the mass.").allowed("") == set()
+              "Which hemisphere is the tumour in?", "Where is the mass?"):
+        assert ReferenceConstraint(tok, keys, asked=_asked(q, "MR")).allowed("") == {"hemisphere"}, q
+    # a request about a named finding asks whether it is there (the agent answers it from ``tumor?`` too)
+    assert ReferenceConstraint(tok, keys, asked=_asked("Tell me about the mass.", "MR")).allowed("") == {"tumor?"}
+    # no question: an opening reference is left to the model
     assert torch.all(_scores_after(ReferenceConstraint(tok, keys), tok, "[[") == 0)
-
-
-def test_yes_no_questions_are_told_from_choices():
-    from vlm.generate import yes_no_question
-
-    for q in ("Is there a pneumothorax?", "Could you tell me: do you see edema? Please answer briefly.", "Mass: present or absent?",
-              "Can you check: collapsed lung: yes or no? Thanks.", "Was this scan acquired with contrast?",
-              "Looking at the image, does the patient have any tumour?"):
-        assert yes_no_question(q), q
-    for q in ("Is the lesion in the left or the right hemisphere?", "Is the nodule small, medium or large?", "Which hemisphere is it in?",
-              "What is the liver volume?", "Is this scan a CT or an MRI?", "Looking at it, which side is the effusion on?",
-              "Can you check: which side of the brain contains the lesion? Thanks.", "Could you tell me: what is the liver volume?"):
-        assert not yes_no_question(q), q
 
 
 def test_side_constraint_keeps_the_call_on_the_side_the_question_names(m3_tokenizer):
@@ -223,10 +220,10 @@ def test_a_question_about_the_slice_on_screen_is_answered_by_its_in_this_slice_f
                      ("Is there a kidney cyst anywhere in the scan?", {"kidney cyst?"}),
                      ("Does the patient have any cystic renal lesion in this study?", {"kidney cyst?"}),
                      ("Is there anything abnormal in this study?", {"kidney cyst?", "contrast?", "arterial phase?"})):
-        assert ReferenceConstraint(m3_tokenizer, keys, question=q).allowed("") == field, q
+        assert ReferenceConstraint(m3_tokenizer, keys, asked=_asked(q, "CT")).allowed("") == field, q
     # without slice fields (the result was not asked about the slice) the study's fields answer, as before
     study = [k for k in keys if "slice" not in k]
-    assert ReferenceConstraint(m3_tokenizer, study, question="Is a kidney cyst shown in this slice?").allowed("") == {"kidney cyst?"}
+    assert ReferenceConstraint(m3_tokenizer, study, asked=_asked("Is a kidney cyst shown in this slice?", "CT")).allowed("") == {"kidney cyst?"}
 
 
 def test_a_yes_no_question_naming_a_finding_by_a_synonym_reads_that_findings_field(m3_tokenizer):
@@ -239,4 +236,4 @@ def test_a_yes_no_question_naming_a_finding_by_a_synonym_reads_that_findings_fie
                            (chest, "Please tell me: does the patient have an enlarged heart? Thanks.", "cardiomegaly?"),
                            (chest, "Is there a pleural fluid collection?", "pleural effusion?"),
                            (chest, "Is there any nodular opacity?", "nodule?")):
-        assert ReferenceConstraint(m3_tokenizer, keys, question=q).allowed("") == {field}, q
+        assert ReferenceConstraint(m3_tokenizer, keys, asked=_asked(q, "MR" if keys is brain else "DX")).allowed("") == {field}, q

@@ -196,7 +196,8 @@ def test_asked_about_the_liver_the_shipped_model_cannot_call_for_lesions(constra
         assert written == ["lesions"]
         return
     assert backend.constraints[0].call_arguments["ct_segmentation"] == {"targets": ("liver",)}
-    assert backend.constraints[0].answer_form == "wh" and not backend.constraints[0].failures
+    asked = backend.constraints[0].asked  # the parsed question, not its words
+    assert asked is not None and (asked.form, asked.family, asked.terms) == ("wh", "volume", ("liver",)) and not backend.constraints[0].failures
     assert written == ["liver"]
     call = turn.tool_calls[0]
     assert call.arguments == {"targets": "liver"} and call.repairs == []  # the model's own call, nothing repaired

@@ -20,12 +20,11 @@ the turn — and logged.
 
 from vlm.constraints.decoding import DecodingConstraints
 from vlm.constraints.masking import Ban, ConstraintError, GuardedProcessor
-from vlm.constraints.policy import OTHER_SIDE, call_choices, yes_no_question
+from vlm.constraints.policy import OTHER_SIDE, AskedFacts, call_choices
 from vlm.constraints.references import ReferenceConstraint
 from vlm.constraints.sides import SideConstraint
 from vlm.constraints.tool_args import ToolCallConstraint
 from vlm.constraints.vocabulary import RunningText, SideSets, TokenIndex, token_index, token_texts
 
-__all__ = ["OTHER_SIDE", "Ban", "ConstraintError", "DecodingConstraints", "GuardedProcessor", "ReferenceConstraint", "RunningText",
-           "SideConstraint", "SideSets", "TokenIndex", "ToolCallConstraint", "call_choices", "token_index", "token_texts",
-           "yes_no_question"]
+__all__ = ["OTHER_SIDE", "AskedFacts", "Ban", "ConstraintError", "DecodingConstraints", "GuardedProcessor", "ReferenceConstraint", "RunningText",
+           "SideConstraint", "SideSets", "TokenIndex", "ToolCallConstraint", "call_choices", "token_index", "token_texts"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import LogitsProcessor
 
-from vlm.constraints.policy import SIDE_RULES
+from vlm.constraints.policy import SIDE_RULES, AskedFacts
 from vlm.constraints.references import ReferenceConstraint
 from vlm.constraints.sides import SideConstraint
 from vlm.constraints.tool_args import ToolCallConstraint
@@ -24,12 +24,11 @@ class DecodingConstraints:
 
     references: the result fields a ``[[key]]`` reference may name (``data.tool_text.reference_keys``);
     answer_keys: the fields that answer the question (the agent's choice): a reference opening the answer names one of
-    them that is in ``references``; question: the user's question, the subject of such a reference otherwise;
-    answer_form: the parsed question's form (``vlm.intent.QuestionIntent.form``: ``yes_no``, ``either_or``, ``wh``,
-    ``command``; "" reads it from ``question``); call_side: the one body side ("left" / "right") the question names:
-    no tool-call argument names the other; answer_side: the one side this turn's calls measured: no answer text names
-    the other; call_arguments: expert → argument → allowed values (``policy.call_choices``): a tool call names one of
-    these experts and gives each listed argument one of its values.
+    them that is in ``references``; asked: what the parsed question asks (``AskedFacts.of(intent)``: form, family,
+    scope, named terms, side), the subject of such a reference otherwise (None: no question); call_side: the one body
+    side ("left" / "right") the question names: no tool-call argument names the other; answer_side: the one side this
+    turn's calls measured: no answer text names the other; call_arguments: expert → argument → allowed values
+    (``policy.call_choices``): a tool call names one of these experts and gives each listed argument one of its values.
     failures: filled by the backend, one line per step a constraint failed on (that step went unconstrained).
     """
 
@@ -37,8 +36,7 @@ class DecodingConstraints:
     answer_keys: tuple[str, ...] = ()
     call_side: str = ""
     answer_side: str = ""
-    question: str = ""
-    answer_form: str = ""
+    asked: AskedFacts | None = None
     call_arguments: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
@@ -55,8 +53,7 @@ class DecodingConstraints:
         shared: dict[str, Any] = {"prompt_length": prompt_length, "running": running, "failures": self.failures}
         out: list[LogitsProcessor] = []
         if self.references:
-            out.append(ReferenceConstraint(tokenizer, self.references, question=self.question, answer_keys=self.answer_keys,
-                                           answer_form=self.answer_form, **shared))
+            out.append(ReferenceConstraint(tokenizer, self.references, asked=self.asked, answer_keys=self.answer_keys, **shared))
         for rule in SIDE_RULES:
             if rule.applies_when(self):
                 stop = rule.effect(self)

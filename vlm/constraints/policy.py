@@ -5,7 +5,9 @@ The processors (``ReferenceConstraint``, ``SideConstraint``, ``ToolCallConstrain
 ``applies_when`` holds decides (``first_rule``); each rule has a test in a clinician's words
 (``tests/vlm/test_constraint_policy.py``).
 
-- ``REFERENCE_RULES``: the result fields a ``[[key]]`` reference may name, given where it opens (``ReferenceContext``).
+- ``REFERENCE_RULES``: the result fields a ``[[key]]`` reference may name, given where it opens (``ReferenceContext``)
+  and what the parsed question asks (``AskedFacts``, read off ``vlm.intent.QuestionIntent``: the question text itself is
+  never read here).
 - ``SIDE_RULES``: which body side a tool call's arguments and the answer may not name (``SideStop``).
 - ``CALL_RULES``: the values a tool call's name and arguments may take (``CallSlot``); ``call_choices`` narrows an
   expert's schema choices to what the question names.
@@ -17,13 +19,16 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from data.lexicon import find_terms
-from data.slice_facts import IN_SLICE, asks_about_shown_slice
+from data.slice_facts import IN_SLICE
+
+if TYPE_CHECKING:
+    from vlm.intent import QuestionIntent
 
 __all__ = [
     "ARGUMENT_OBJECTS",
+    "AskedFacts",
     "CALL_RULES",
     "OTHER_SIDE",
     "REFERENCE_RULES",
@@ -37,7 +42,6 @@ __all__ = [
     "normal_key",
     "schema_choices",
     "stop_letters",
-    "yes_no_question",
 ]
 
 S = TypeVar("S")
@@ -63,32 +67,87 @@ def first_rule(rules: Sequence[Rule[S, E]], situation: S) -> Rule[S, E] | None:
 
 
 # ---- references -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AskedFacts:
+    """What the parsed question asks, as the reference rules read it (``AskedFacts.of`` a ``vlm.intent.QuestionIntent``).
+
+    form: ``yes_no``, ``either_or``, ``wh`` or ``command``; family: the intent family ("presence", "side", "size", …);
+    scope: ``slice`` (the picture on screen) or ``study``; terms: the lexicon keys of the structures and findings it
+    names (lay terms, abbreviations and typos already read: "collapsed lung" → ``pneumothorax``); side: the one body
+    side it names ("left" / "right"; "" for both or neither).
+    """
+
+    form: str
+    family: str = "other"
+    scope: str = "study"
+    terms: tuple[str, ...] = ()
+    side: str = ""
+
+    @classmethod
+    def of(cls, intent: QuestionIntent) -> AskedFacts:
+        """The facts of a parsed question (``vlm.intent.parse_question``)."""
+        return cls(intent.form, intent.family, intent.scope, tuple(intent.terms), intent.side)
+
+    @property
+    def yes_no(self) -> bool:
+        """Whether it asks for yes or no; a presence question put as a request ("Check the film for a pneumothorax.",
+        "Looking at the image, is there a mass?") asks it too."""
+        return self.form == "yes_no" or (self.form == "command" and self.family == "presence")
+
+    @property
+    def wh(self) -> bool:
+        return self.form == "wh"
+
+    @property
+    def which_side(self) -> bool:
+        """Whether it asks which side (of the body, of the brain) something is on."""
+        return self.family == "side"
+
+    @property
+    def on_slice(self) -> bool:
+        return self.scope == "slice"
+
+    @property
+    def offers_both_sides(self) -> bool:
+        """Whether it asks for a side without naming one ("left or right hemisphere?"): it names no one-sided field."""
+        return self.family == "side" and not self.side
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """The words of the named terms and of the named side."""
+        return tuple(re.findall(r"[a-z]+", " ".join((*self.terms, self.side)).lower()))
+
+
 class ReferenceContext:
     """Where a ``[[`` reference opens: the result fields it may name (``keys``, normalised, longest first), the answer
     text before it (``lead``) and that text's last phrase (``phrase``: since its last ``.``, ``;``, ``,`` or reference),
-    the user's ``question``, the agent's ``answer_keys`` (the fields that answer it) and ``answer_form`` (the parsed
-    question's form, ``vlm.intent.QuestionIntent.form``; "" when the caller parsed none)."""
+    what the parsed question asks (``asked``; None: no question, so an opening reference has no subject) and the agent's
+    ``answer_keys`` (the fields that answer it). A reference opening the answer takes its subject from ``asked``."""
 
-    def __init__(self, keys: Sequence[str], lead: str, phrase: str, question: str = "", answer_keys: Iterable[str] = (),
-                 answer_form: str = "", patterns: Sequence[tuple[str, re.Pattern[str]]] | None = None) -> None:
-        self.keys, self.lead, self.question, self.answer_form = tuple(keys), lead, question, answer_form
+    def __init__(self, keys: Sequence[str], lead: str, phrase: str, asked: AskedFacts | None = None, answer_keys: Iterable[str] = (),
+                 patterns: Sequence[tuple[str, re.Pattern[str]]] | None = None) -> None:
+        self.keys, self.lead, self.asked = tuple(keys), lead, asked
         self.answer_keys = frozenset(answer_keys)
         self.opens_answer = not _LETTER.search(lead)  # no words before it
-        self.from_question = self.opens_answer and bool(question)  # its subject is the question's
-        self.phrase = question.lower() if self.from_question else phrase
+        self.from_question = self.opens_answer and asked is not None  # its subject is the question's
+        self.phrase = phrase
         self._patterns = patterns if patterns is not None else key_patterns(self.keys)
 
-    @cached_property
+    @property
     def asks_yes_no(self) -> bool:
-        return self.answer_form == "yes_no" if self.answer_form else yes_no_question(self.question)
+        return self.asked is not None and self.asked.yes_no
 
-    @cached_property
+    @property
     def asks_wh(self) -> bool:
-        return bool(_WH_WORD.search(self.question.lower()))
+        return self.asked is not None and self.asked.wh
 
-    @cached_property
+    @property
     def asks_which_side(self) -> bool:
-        return bool(_WHICH_SIDE.search(self.question.lower()))
+        return self.asked is not None and self.asked.which_side
+
+    @property
+    def asks_about_slice(self) -> bool:
+        return self.asked is not None and self.asked.on_slice
 
     @cached_property
     def yes_no_fields(self) -> frozenset[str]:
@@ -106,20 +165,24 @@ class ReferenceContext:
 
     def findings_named(self, fields: frozenset[str]) -> frozenset[str]:
         """The fields of ``fields`` whose finding the question names; all of them when it names none."""
-        return named_findings(self.question, fields) or fields
+        return (named_findings(self.asked.words, fields) if self.asked is not None else frozenset()) or fields
 
     @cached_property
     def named_fields(self) -> frozenset[str]:
-        """The fields the phrase names (longest names first: "liver tumor" before "liver"; a name allows its yes / no
-        field and the fields it starts: "edema" → ``edema?``, ``edema volume``). A question offering both sides
-        ("left or right hemisphere?") asks for the side: it names no sided field."""
-        both_sides = self.from_question and len(set(re.findall(r"\b(left|right)\b", self.phrase))) > 1
+        """The fields the phrase names, or, opening the answer, the parsed question's terms (longest names first: "liver
+        tumor" before "liver"; a name allows its yes / no field and the fields it starts: "edema" → ``edema?``, ``edema
+        volume``). A question offering both sides ("left or right hemisphere?") asks for the side: it names no sided
+        field."""
+        if self.from_question and self.asked is not None:
+            names, both_sides = sorted(self.asked.terms, key=len, reverse=True), self.asked.offers_both_sides
+        else:
+            names, both_sides = [key for key, pattern in self._patterns if pattern.search(self.phrase)], False
         named: list[str] = []
-        for key, pattern in self._patterns:
-            if both_sides and re.search(r"\b(left|right)\b", key):
+        for name in names:
+            if both_sides and re.search(r"\b(left|right)\b", name):
                 continue
-            if pattern.search(self.phrase) and not any(key in longer for longer in named):
-                named.append(key)
+            if not any(name in longer for longer in named):
+                named.append(name)
         return frozenset(k for k in self.keys for n in named if k in (n, n + "?") or k.startswith(n + " "))
 
 
@@ -131,7 +194,7 @@ REFERENCE_RULES: tuple[Rule[ReferenceContext, frozenset[str]], ...] = (
     Rule("the reference opening the answer names a field the agent chose to answer with",
          lambda c: c.opens_answer and bool(c.answer_keys), lambda c: c.answer_keys),
     Rule("a yes / no question about the slice on screen opens its answer with an in-this-slice field",
-         lambda c: c.from_question and c.asks_yes_no and bool(c.slice_fields) and asks_about_shown_slice(c.question),
+         lambda c: c.from_question and c.asks_yes_no and bool(c.slice_fields) and c.asks_about_slice,
          lambda c: c.findings_named(c.slice_fields)),
     Rule("a yes / no question opens its answer with the yes / no field of the finding it names",
          lambda c: c.from_question and c.asks_yes_no, lambda c: c.findings_named(c.study_yes_no_fields)),
@@ -144,14 +207,21 @@ REFERENCE_RULES: tuple[Rule[ReferenceContext, frozenset[str]], ...] = (
 )
 
 
-def named_findings(question: str, fields: Iterable[str]) -> frozenset[str]:
-    """The yes / no ``fields`` whose finding ``question`` names, each word by its stem and by the clinical lexicon's
-    names ("Is there central necrosis?" → ``necrosis?``, "collapsed lung" → ``pneumothorax?``, "Does the tumour
-    enhance?" → ``enhancing tumor?``); a field inside a longer named one gives way to it; empty when it names none."""
-    text = " ".join(question.lower().split())
-    asked = re.findall(r"[a-z]+", " ".join([text, *(m.key for m in find_terms(question))]))
-    named = {k for k in fields if all(any(word[:4] in a for a in asked) for word in k[:-1].removesuffix(IN_SLICE).split())}
+def named_findings(asked: Sequence[str], fields: Iterable[str]) -> frozenset[str]:
+    """The yes / no ``fields`` whose finding the ``asked`` words name (``AskedFacts.words``: the question's lexicon terms
+    and side), each word of the field by its stem ("necrotic core" → ``necrosis?``, "enhancing tumor" → ``enhancing
+    tumor?``; "in this slice" and linking words such as "on the" need no match); a field inside a longer named one
+    gives way to it; empty when they name none."""
+    named = {k for k in fields if all(any(word[:4] in a for a in asked) for word in _finding_words(k))}
     return frozenset(k for k in named if not any(k != o and re.search(r"\b" + re.escape(k[:-1]) + r"\b", o) for o in named))
+
+
+def _finding_words(field: str) -> list[str]:
+    """The words a yes / no field's finding is named by ("kidney cyst on the left in this slice?" → kidney, cyst, left)."""
+    return [w for w in field[:-1].removesuffix(IN_SLICE).split() if w not in _LINKING_WORDS]
+
+
+_LINKING_WORDS = frozenset(("on", "the", "in", "of", "a", "an", "at"))
 
 
 def key_patterns(keys: Iterable[str]) -> list[tuple[str, re.Pattern[str]]]:
@@ -165,23 +235,6 @@ def normal_key(text: str) -> str:
 
 
 _LETTER = re.compile(r"[a-z]", re.IGNORECASE)
-_AUXILIARY = re.compile(r"(?:^|[:.,?!]\s*)(?:is|are|does|do|did|can|was|were|has|have)\b")
-_YES_NO_CHOICE = re.compile(r"\b(?:yes or no|present or absent)\b")
-_WH_WORD = re.compile(r"\b(?:which|what|where|how|when|who)\b")
-_WHICH_SIDE = re.compile(r"\b(?:which|what) (?:side|hemisphere)\b")
-
-
-def yes_no_question(question: str) -> bool:
-    """Whether ``question`` asks for yes or no, for callers that pass no parsed form (the agent passes
-    ``QuestionIntent.form``): a clause opening with an auxiliary verb ("Is there…", "Could you tell me: do you
-    see…") that offers no other choice ("left or right", "CT or MRI"), or one offering "yes or no" / "present or
-    absent"."""
-    q = " ".join(question.lower().split())
-    if _YES_NO_CHOICE.search(q):
-        return True
-    # "Can you check: which side…?": a polite lead-in's auxiliary does not make the question after it yes / no
-    asked = q.partition(":")[2].strip() or q
-    return bool(_AUXILIARY.search(asked)) and " or " not in asked
 
 
 # ---- sides ----------------------------------------------------------------------------------------------------

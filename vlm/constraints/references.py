@@ -1,5 +1,5 @@
 """``ReferenceConstraint``: an answer's ``[[key]]`` references kept on the result fields its own sentence (or the
-question) names, by the rules of ``policy.REFERENCE_RULES``, over the vocabulary's prefix index."""
+parsed question) names, by the rules of ``policy.REFERENCE_RULES``, over the vocabulary's prefix index."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from data.tool_text import REF_CLOSE, REF_OPEN, TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from vlm.constraints.masking import Ban, GuardedProcessor
 from vlm.constraints.policy import (
     REFERENCE_RULES,
+    AskedFacts,
     ReferenceContext,
     first_rule,
     key_patterns,
@@ -33,17 +34,17 @@ class ReferenceConstraint(GuardedProcessor):
     When the sentence names none of them (say, an organ no result measured) nothing is masked, so the
     agent still shows "(not in the expert result)" rather than another structure's value. Text outside
     references and inside tool calls is untouched. A reference that opens the answer takes its fields from
-    ``answer_keys`` or the ``question`` (read with ``answer_form``, the parsed question's form): the rules are
+    ``answer_keys`` or from what the parsed question asks (``asked``, ``policy.AskedFacts``): the rules are
     ``policy.REFERENCE_RULES``. ``input_ids`` are the generated tokens (pass ``prompt_length`` with a text prompt).
     """
 
     name = "reference constraint"
 
-    def __init__(self, tokenizer: Any, keys: Sequence[str], prompt_length: int = 0, question: str = "",
-                 answer_keys: Sequence[str] = (), *, answer_form: str = "", running: dict[int, RunningText] | None = None,
+    def __init__(self, tokenizer: Any, keys: Sequence[str], prompt_length: int = 0, *, asked: AskedFacts | None = None,
+                 answer_keys: Sequence[str] = (), running: dict[int, RunningText] | None = None,
                  failures: list[str] | None = None) -> None:
         super().__init__(tokenizer, prompt_length, running, failures)
-        self.question, self.answer_form = question, answer_form
+        self.asked = asked
         self.open, self.close = REF_OPEN, REF_CLOSE
         self.keys = sorted({normal_key(k) for k in keys}, key=len, reverse=True)
         self.answer_keys = {normal_key(k) for k in answer_keys} & set(self.keys)
@@ -62,7 +63,7 @@ class ReferenceConstraint(GuardedProcessor):
 
     def context(self, lead: str) -> ReferenceContext:
         """Where a reference after ``lead`` opens, as the policy reads it."""
-        context = ReferenceContext(self.keys, lead, "", self.question, self.answer_keys, self.answer_form, self._named)
+        context = ReferenceContext(self.keys, lead, "", self.asked, self.answer_keys, self._named)
         if not context.from_question:
             context.phrase = self._last_phrase(lead).lower()  # separators are caseless: the lead's last phrase, lower-cased
         return context
