@@ -29,6 +29,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -313,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "constraints", "ratios": ratios, "details": {
         "quick": args.quick, "threads": torch.get_num_threads(), "statistic": "tokens/s = steps / summed step time per run, median of interleaved runs",
         "models": {"default": "vlm/weights/default (shipped)", "128k": "VILA layout, random Llama 4x256, byte-level BPE 128,000 + 256 specials"},
-        "constraints": {k: list(v) if isinstance(v, tuple) else v for k, v in CONSTRAINED.items()}, **builds, **results}}
+        "constraints": {k: list(v) if isinstance(v, tuple) else asdict(v) if is_dataclass(v) else v for k, v in CONSTRAINED.items()},
+        **builds, **results}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "constraints.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     rows = ["| metric | default model | 128k-vocabulary VILA-layout model | target |", "|---|---|---|---|",
