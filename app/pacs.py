@@ -31,7 +31,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from app.config import AppConfig, PacsConfig
-from app.errors import PacsError, PacsTlsError, PacsUnavailableError, WritebackDisabledError
+from app.pacs_errors import PacsError, PacsTlsError, PacsUnavailableError, WritebackDisabledError
 from app.pacs_dicomweb import DicomwebTransport
 from app.pacs_dimse import DimseTransport
 from app.pacs_outbox import Outbox

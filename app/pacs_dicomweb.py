@@ -4,7 +4,7 @@ retrying ``requests`` session (``app.pacs.PacsClient`` picks it for ``[pacs] pro
 Login: HTTP basic (``[pacs] username`` + ``$M3_PACS_PASSWORD``) or a bearer token (``$M3_PACS_TOKEN``); TLS:
 ``ca_bundle`` (the hospital CA) and mutual TLS with ``client_cert`` + ``client_key``. GET requests (idempotent)
 and refused connections are retried with exponential backoff by urllib3; a POST that reached the PACS and a TLS
-handshake that failed are never repeated. Errors are ``app.errors.PacsError`` (TLS ones ``PacsTlsError``) naming
+handshake that failed are never repeated. Errors are ``app.pacs_errors.PacsError`` (TLS ones ``PacsTlsError``) naming
 the cause; no message carries a query value (they travel in URLs, which are never logged).
 """
 
@@ -22,7 +22,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from app.config import PacsConfig
-from app.errors import PacsError, PacsTlsError, PacsUnavailableError, action_phrase
+from app.pacs_errors import PacsError, PacsTlsError, PacsUnavailableError, action_phrase
 
 __all__ = ["DicomwebTransport", "STUDY_FIELDS"]
 

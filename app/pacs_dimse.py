@@ -7,7 +7,7 @@ A C-MOVE asks the PACS to send the study to ``move_ae_title`` (default ``ae_titl
 for that retrieve only, accepts images only from ``called_ae_title`` and only of the asked study, and writes them
 into the caller's private folder; one retrieve per port runs at a time in this process. An association that
 cannot be set up (refused, timed out) is tried again ``retries`` times with backoff, so nothing was sent yet;
-a request the PACS answered is never repeated. Errors are ``app.errors.PacsError`` naming the DIMSE status and
+a request the PACS answered is never repeated. Errors are ``app.pacs_errors.PacsError`` naming the DIMSE status and
 what to do; no message or log line carries a query value (pynetdicom's own log, which dumps identifiers, is off).
 """
 
@@ -29,7 +29,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as _
 from pynetdicom.status import QR_FIND_SERVICE_CLASS_STATUS, QR_MOVE_SERVICE_CLASS_STATUS, STORAGE_SERVICE_CLASS_STATUS
 
 from app.config import PacsConfig
-from app.errors import PacsError, PacsUnavailableError, action_phrase
+from app.pacs_errors import PacsError, PacsUnavailableError, action_phrase
 
 __all__ = ["DimseTransport"]
 
