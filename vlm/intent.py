@@ -108,6 +108,8 @@ def parse_question(question: str, modalities: Sequence[str] = (), experts: Mappi
         part = _parse_clause(clause, tags, text, declared)
         if not part.terms and part.family not in HEADER_FAMILIES + ("report", "segment_all", "run_expert", "other") and last_terms:
             part = replace(part, terms=last_terms)
+            if parts and parts[-1].family == "presence" and parts[-1].form == "command" and parts[-1].terms == last_terms:
+                parts.pop()  # "the cyst, which side is it on?": the first clause only names what the question is about
         if part.terms:
             last_terms = part.terms
         if part.family != "other" or not parts:
@@ -174,7 +176,8 @@ _COMMAND = re.compile(r"^(?:run|segment|measure|calculate|compute|quantify|estim
                       r"summari[sz]e|report|draft|write|generate|outline|contour|delineate|label|classify|check|look|assess|"
                       r"evaluate|eval|find|count|determine|get|provide|please|pls|plz|can you|could you|would you)\b")
 _POLITE = re.compile(r"^(?:please|pls|plz|kindly|hi|hello|hey|ok|okay|so|and|also|now|then|quick question|"
-                     r"(?:can|could|would|will) you(?: please)?(?: tell me| check| let me know| confirm| see)?|"
+                     r"(?:can|could|would|will) you(?: please)?(?: tell me| check| let me know| confirm| see)?(?: for me)?|"
+                     r"looking at (?:the|this) (?:\w+ )?(?:image|scan|study|film|picture|slice|ct|mri|x-?ray|radiograph)|"
                      r"i(?:'d| would) like to know|i want to know|do you know|tell me|let me know|"
                      r"i need(?: to know)?|help me(?: with)?)\b[\s,:]*")
 
@@ -240,7 +243,7 @@ _REAL_WORDS = frozenset(("side", "sides", "were", "here", "there", "these", "tho
 
 
 # common slips of short question words, too short for a one-typo match ("hwo many", "waht is")
-_SHORT_TYPOS = {"hwo": "how", "hoe": "how", "waht": "what", "whta": "what", "wht": "what", "wat": "what", "whats": "what's",
+_SHORT_TYPOS = {"sde": "side", "sdie": "side", "sied": "side", "hwo": "how", "hoe": "how", "waht": "what", "whta": "what", "wht": "what", "wat": "what", "whats": "what's",
                 "wich": "which", "whcih": "which", "whihc": "which", "teh": "the", "hte": "the", "si": "is", "adn": "and",
                 "nad": "and", "fo": "of", "cna": "can", "ther": "there", "tehre": "there", "thier": "their", "eny": "any"}
 
@@ -288,7 +291,7 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
     if re.search(r"\bmodalit|\b(?:what|which) (?:kind|type|sort) of (?:\w+ )?(?:scan|study|imaging|image|exam|examination|test|"
                  r"picture|acquisition)|\bscan type\b|\btype of (?:scan|study|imaging|exam)\b|\bwhat am i looking at\b|"
                  r"\bwhat is this (?:scan|image|study|exam)\b|\bimaging (?:technique|method)\b|\bis (?:this|it) (?:an? )?"
-                 r"(?:ct|mri?|x-?ray|radiograph|cxr|mr)(?: (?:scan|study|exam|image|film))?\s*(?:\?|$|\bor\b)|\b(?:ct|mri?|x-?ray) or (?:ct|mri?|x-?ray)\b|"
+                 r"(?:ct|mri?|x-?ray|radiograph|cxr|mr)(?: (?:scan|study|exam|image|film))?\s*(?:\?|$|\bor\b)|\b(?:ct|mri?|x-?ray)(?: scan)? or (?:an? )?(?:ct|mri?|x-?ray)\b|"
                  r"\bwhich (?:scanner|imaging)|\bimaging type\b|\bacquired on\b", q) and not lesions:
         return "modality"
     if re.search(r"\bseries\b|\bsequences?\b|\bacquisitions?\b|\bhow many (?:images|stacks|scans)\b|\bwhat (?:images|scans) "
@@ -430,6 +433,9 @@ def _either_or(q: str) -> list[str]:
 def _is_yes_no(core: str, q: str, asked: bool) -> bool:
     if re.search(r"\byes or no\b|\bpresent or absent\b|\by/n\b", q):
         return True
+    if re.search(r"\b(?:small|medium|large|mild|moderate|severe|tiny|big)\b(?: \w+)? or (?:\w+ )?(?:small|medium|large|mild|"
+                 r"moderate|severe|tiny|big)\b|\b(?:ct|mri?|x-?ray|radiograph)(?: scan)? or (?:an? )?(?:ct|mri?|x-?ray|radiograph)\b", q):
+        return False  # a choice among options ("small, medium or large?", "a CT or an MRI?") is not yes / no
     if _WH.match(core):
         return False
     if _YES_NO_START.match(core):

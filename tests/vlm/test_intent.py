@@ -115,3 +115,12 @@ def test_a_size_against_a_number_is_a_size_question_and_a_maximal_extent_is_a_le
 def test_slips_of_short_question_words_are_read_through():
     assert parse_question("hwo many nodules", ["CT"]).family == "count"
     assert parse_question("waht is the liver volume", ["CT"]).answer_keys() == ("liver volume",)
+
+
+def test_a_topic_then_its_question_is_one_question_and_a_choice_among_options_is_not_yes_no():
+    intent = parse_question("could you check for me: the cyst, which sde is it on?", ["CT"])
+    assert (intent.family, intent.terms, intent.parts) == ("side", ("kidney cyst",), ())
+    assert parse_question("Looking at the image, is there a cyst?", ["CT"]).form == "yes_no"
+    assert parse_question("Is the nodule small, medium or large?", ["CT"]).form != "yes_no"
+    scan = parse_question("Is this scan a CT or an MRI?", ["CT"])
+    assert scan.family == "modality" and scan.form != "yes_no"
