@@ -57,15 +57,19 @@ def field_label(key: str) -> str:
 
 
 def field_sentence(key: str, value: str, lead: bool = False, wh: bool = False, *, negated: bool = False,
-                   asks_abnormal: bool = False) -> str:
+                   asks_abnormal: bool = False, counts: bool = False) -> str:
     """One result field as a sentence (see the module docstring); ``wh``: the question asks "what …?", not "is …?"
-    ("What abnormalities?" is answered "None: …", not "Yes, normal: …"); ``asks_abnormal``: a yes means abnormal
+    ("What abnormalities?" is answered "None: …", not "Yes, normal: …"; ``counts``: "How many?", the number first);
+    ``asks_abnormal``: a yes means abnormal
     ("Anything abnormal?" → "Yes, abnormal: …"); ``negated``: the question is put negatively ("No pneumothorax?"),
     where a bare yes / no is ambiguous: the finding's state leads instead."""
     value = value.strip().rstrip(".")
     yes = value.startswith("yes")
     detail = value[value.find("(") + 1:value.rfind(")")] if "(" in value else ""
     if wh and (key == "normal?" or key.endswith(" normal?")):
+        if counts and not yes and detail:  # "How many abnormalities?": the number first
+            n = len(re.split(r",\s*(?![^()]*\))", detail))
+            return f"{n} abnormal finding{'' if n == 1 else 's'}: {detail}."
         return ("None (0 findings)" if yes else "Abnormal") + (f": {detail}" if detail else "") + "."
     if key == "normal?" or key.endswith(" normal?"):
         if asks_abnormal:

@@ -122,7 +122,8 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
         if not stated:
             lead_sentences = [compared + "."] if compared else []
             lead_sentences += [field_sentence(k, v, lead=True, wh=intent.form == "wh", negated=intent.negated,
-                                              asks_abnormal=not intent.asks_normal) for k, v in values.items()
+                                              asks_abnormal=not intent.asks_normal, counts=intent.asks_count)
+                               for k, v in values.items()
                                if not (compared and k.endswith(" volume"))]
             text = " ".join(lead_sentences)
             flags.append("answer composed from the expert result")

@@ -47,6 +47,7 @@ class QuestionIntent:
     scope: ``slice`` (the picture on screen) or ``study``.
     negated: asked in the negative ("No pneumothorax, right?").
     asks_normal: for ``normality``, whether "yes" means normal ("Is the heart normal?") or abnormal ("Anything abnormal?").
+    asks_count: it asks how many ("How many abnormalities?": a normality question answered with the number first).
     experts: experts that can answer it on this study, best first (those declaring a named term before the others).
     parts: the sub-questions of a multi-part question. elsewhere: terms it names that no expert of the study's
     modalities reports (a liver asked of a radiograph). declared: the experts' own terms the lexicon lacks.
@@ -61,6 +62,7 @@ class QuestionIntent:
     scope: str = "study"
     negated: bool = False
     asks_normal: bool = True
+    asks_count: bool = False
     experts: tuple[str, ...] = ()
     parts: tuple["QuestionIntent", ...] = field(default=(), repr=False)
     elsewhere: tuple[str, ...] = ()
@@ -219,8 +221,9 @@ def _parse_clause(clause: str, tags: set[str], whole: str, declared: tuple[Term,
     # "anything abnormal?": yes means abnormal; "nothing abnormal?", "free of disease?": yes means normal
     asks_normal = not re.search(_ABNORMAL, q) or bool(re.search(rf"\b(?:nothing|no|not|without|free of|absence of)\b(?:\s+\w+){{0,2}}?\s*(?:{_ABNORMAL})", q))
     options = tuple(either) if either else ()
+    asks_count = bool(re.search(r"\bhow many\b|\bnumber of\b|\bcount\b", q))
     return QuestionIntent(clause, family=family, form=form, terms=terms, side=side, options=options, scope=scope,
-                          negated=negated, asks_normal=asks_normal, elsewhere=elsewhere)
+                          negated=negated, asks_normal=asks_normal, asks_count=asks_count, elsewhere=elsewhere)
 
 
 # the words the family cues below are made of: a word one typo from one of them (and not a word in its own right) is read

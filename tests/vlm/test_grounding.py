@@ -240,3 +240,8 @@ def test_kidneys_measured_by_two_calls_are_still_compared_by_their_volumes():
     right = format_tool_result(ToolResult("ct_segmentation", measurements=[Measurement("right kidney", "volume", 120.9, "mL")]))
     answer, _ = cite_results(parse_question("Which kidney is bigger?", ["CT"], EXPERTS), "The aorta is 140 mL.", [right, left])
     assert answer.startswith("The left kidney is larger than the right kidney (150.2 mL vs 120.9 mL).")
+
+
+def test_how_many_abnormalities_is_answered_with_the_number_first():
+    answer, _ = cite_results(parse_question("What number of abnormal findings do you see?", ["DX"], EXPERTS), "", [CXR])
+    assert answer.startswith("1 abnormal finding: cardiomegaly")
