@@ -20,8 +20,9 @@ git clone -q "$repo" "$clone"
 unset PIP_FIND_LINKS PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_CONSTRAINT
 export PIP_CONFIG_FILE=/dev/null
 offline=()
-if unshare -n true 2>/dev/null; then
-    offline=(unshare -n)
+# a network namespace of its own with only the loopback interface up (the tests serve the app on 127.0.0.1)
+if unshare -n ip link set lo up 2>/dev/null; then
+    offline=(unshare -n sh -c 'ip link set lo up && exec "$@"' offline)
 else
     echo "note: unshare -n is not available; pip's --no-index is the only guard against the network" >&2
 fi
