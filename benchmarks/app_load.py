@@ -8,7 +8,9 @@ expert is the trained CT segmentation when its weights are present, else the thr
 
 Ratios (``benchmarks/results/app_load.json``): ``p95_vs_single`` — p95 latency of an operation (upload or
 question) with 8 sessions at once ÷ p95 with one session alone (target ≤ 3); ``errors`` — failed
-operations (target 0). Details: p50/p95 per phase, server memory (RSS) before and after each phase.
+operations (target 0). Details: p50/p95 per phase, server memory (RSS) before and after each phase, and the
+server's CPU time (user + system, its threads and child processes) per phase and per session (the sizing figures
+of docs/operations.md).
 
     python benchmarks/app_load.py --quick      # < 1 minute on 2 cores
 """
@@ -67,13 +69,17 @@ def _run(args: argparse.Namespace) -> int:
         topic = (work / "topic.txt").read_text().strip()
         proc = psutil.Process(server.pid)
         rss = {"start_mb": _rss_mb(proc)}
+        cpu, wall = {"start": _cpu_s(proc)}, {"start": time.perf_counter()}
         single_runs = 2 if args.quick else 4
         single = [_session(url, study_zip, topic) for _ in range(single_runs)]
         rss["after_single_mb"] = _rss_mb(proc)
+        cpu["after_single"], wall["after_single"] = _cpu_s(proc), time.perf_counter()
         concurrent = _concurrent(url, study_zip, topic, args.sessions)
         rss["after_concurrent_mb"] = _rss_mb(proc)
+        cpu["after_concurrent"], wall["after_concurrent"] = _cpu_s(proc), time.perf_counter()
         concurrent2 = [] if args.quick else _concurrent(url, study_zip, topic, args.sessions)
         rss["after_second_concurrent_mb"] = _rss_mb(proc)
+        cpu["after_second_concurrent"], wall["after_second_concurrent"] = _cpu_s(proc), time.perf_counter()
     finally:
         server.terminate()
         try:
@@ -92,7 +98,8 @@ def _run(args: argparse.Namespace) -> int:
         "single": _stats(single_ops), "concurrent": _stats(conc_ops),
         "per_op_p50_s": {op: {"single": _p(single, op, 50), "concurrent": _p(concurrent + concurrent2, op, 50)} for op in _op_names(single)},
         "per_op_p95_s": {op: {"single": _p(single, op, 95), "concurrent": _p(concurrent + concurrent2, op, 95)} for op in _op_names(single)},
-        "memory": rss, "error_messages": [e for s in single + concurrent + concurrent2 for e in s["errors"]][:10],
+        "memory": rss, "server_cpu": _cpu_phases(cpu, wall, single_runs, args.sessions, concurrent2_ran=bool(concurrent2)),
+        "error_messages": [e for s in single + concurrent + concurrent2 for e in s["errors"]][:10],
     }
     result = {"benchmark": "app_load",
               "ratios": {"p95_vs_single": {"value": round(ratio, 3), "target": 3.0, "better": "lower"},
@@ -213,6 +220,24 @@ def _rss_mb(proc) -> float:
     return proc.memory_info().rss / 2**20
 
 
+def _cpu_s(proc) -> float:
+    """CPU seconds (user + system) the server process and its children have used so far."""
+    t = proc.cpu_times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _cpu_phases(cpu: dict, wall: dict, single_runs: int, sessions: int, concurrent2_ran: bool) -> dict:
+    """Server CPU seconds per phase, per session, and the mean cores busy during the concurrent phase(s)."""
+    single_s = cpu["after_single"] - cpu["start"]
+    end = "after_second_concurrent" if concurrent2_ran else "after_concurrent"
+    conc_s = cpu[end] - cpu["after_single"]
+    conc_sessions = sessions * (2 if concurrent2_ran else 1)
+    return {"single_s": round(single_s, 2), "concurrent_s": round(conc_s, 2),
+            "per_session_single_s": round(single_s / single_runs, 2),
+            "per_session_concurrent_s": round(conc_s / conc_sessions, 2),
+            "cores_busy_concurrent": round(conc_s / (wall[end] - wall["after_single"]), 2)}
+
+
 def _stats(values: list[float]) -> dict:
     if not values:
         return {"n": 0, "p50_s": float("nan"), "p95_s": float("nan")}
@@ -240,7 +265,11 @@ def _markdown(result: dict) -> str:
     m = d["memory"]
     lines += ["", f"Server RSS: start {m['start_mb']:.0f} MB, after single sessions {m['after_single_mb']:.0f} MB, after "
               f"{d['sessions']} concurrent sessions {m['after_concurrent_mb']:.0f} MB"
-              + ("." if d["quick"] else f", after {d['sessions']} more {m['after_second_concurrent_mb']:.0f} MB."), ""]
+              + ("." if d["quick"] else f", after {d['sessions']} more {m['after_second_concurrent_mb']:.0f} MB.")]
+    c = d["server_cpu"]
+    lines += [f"Server CPU (user + system): {c['per_session_single_s']} s per session alone, "
+              f"{c['per_session_concurrent_s']} s per session with {d['sessions']} at once "
+              f"({c['cores_busy_concurrent']} cores busy on average while they ran).", ""]
     return "\n".join(lines)
 
 
