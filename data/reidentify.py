@@ -13,6 +13,7 @@ import copy
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 from collections import OrderedDict
@@ -29,6 +30,8 @@ _IDENTITY_KEPT = (  # attributes a write-back restores (stored in the Reidentifi
     "AccessionNumber", "StudyID", "ReferringPhysicianName", "StudyDate", "StudyTime", "StudyDescription",
     "InstitutionName",
 )
+# the attributes whose words name the patient (``ReidentificationKey.identity_words``)
+_IDENTITY_WORDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "ReferringPhysicianName")
 _KEYRING_SIZE = 256
 
 
@@ -93,6 +96,19 @@ class ReidentificationKey:
                         raise
                     except Exception:  # a malformed value cannot be written back either: not kept
                         continue
+
+    def identity_words(self) -> list[str]:
+        """The words (3+ characters) of the patient's name, IDs, birth date, accession number and referring
+        physician, longest first: what free text about this study must not carry (``data.deid_text``). For masking
+        only; never write them anywhere."""
+        words: set[str] = set()
+        with self._lock:
+            for keyword in _IDENTITY_WORDS:
+                elem = self._identity.get(keyword)
+                if elem is not None and elem.value:
+                    values = elem.value if elem.VM > 1 else [elem.value]
+                    words.update(w for v in values for w in re.split(r"[\^\s,=/]+", str(v)) if len(w) >= 3)
+        return sorted(words, key=len, reverse=True)
 
     def __repr__(self) -> str:
         return f"ReidentificationKey(study=…{self.study_uid[-8:]}, uids={len(self._uids)}, identity=<redacted>)"
