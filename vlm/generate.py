@@ -26,7 +26,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from data.errors import M3Error
-from vlm.backends.base import GenerationConfig
+from vlm.backends.base import GenerationConfig, TokenLogprobs
 from vlm.constraints import OTHER_SIDE, DecodingConstraints, ReferenceConstraint, SideConstraint
 from vlm.constraints import token_texts as _token_texts  # noqa: F401  (older callers and tests)
 
@@ -114,9 +114,10 @@ def stream_generate(
     cache: PrefixCache,
     eos_token_ids: Sequence[int] = (),
     constraints: DecodingConstraints | None = None,
+    logprobs: TokenLogprobs | None = None,
 ) -> Iterator[str]:
     """Stream the continuation of ``inputs_embeds`` ``(1, L, H)`` whose positions have ``keys``, decoded under
-    ``constraints`` (their failures recorded on them).
+    ``constraints`` (their failures recorded on them); ``logprobs`` gets the generated tokens' log-probabilities.
 
     Positions whose keys match the start of ``cache.keys`` are taken from ``cache.kv``; afterwards the
     cache holds the prompt and the generated tokens, ready for the next turn.
@@ -144,7 +145,7 @@ def stream_generate(
     kwargs[_cache_kwarg(llm)] = cache.kv
     result: dict[str, Any] = {}
     try:
-        yield from threaded_generate(llm, tokenizer, kwargs, result)
+        yield from threaded_generate(llm, tokenizer, kwargs, result, logprobs)
     except GenerationError:
         cache.kv, cache.keys = None, []
         raise
@@ -195,10 +196,14 @@ class _CoalescingStreamer(TextIteratorStreamer):
 STREAM_COALESCE_S = 0.02
 
 
-def threaded_generate(model: torch.nn.Module, tokenizer: Any, kwargs: dict[str, Any], result: dict[str, Any]) -> Iterator[str]:
+def threaded_generate(model: torch.nn.Module, tokenizer: Any, kwargs: dict[str, Any], result: dict[str, Any],
+                      logprobs: TokenLogprobs | None = None) -> Iterator[str]:
     """Run ``model.generate(**kwargs)`` in a thread and yield its decoded text as it comes
-    (``_CoalescingStreamer``); the output ids land in ``result["ids"]``."""
+    (``_CoalescingStreamer``); the output ids land in ``result["ids"]``. ``logprobs``: gets the log-probability of
+    each generated token under the model's own logits (before sampling settings and logits processors)."""
     streamer = _CoalescingStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    if logprobs is not None:
+        kwargs = {**kwargs, "return_dict_in_generate": True, "output_logits": True}
 
     def run() -> None:
         try:
@@ -216,6 +221,19 @@ def threaded_generate(model: torch.nn.Module, tokenizer: Any, kwargs: dict[str, 
         worker.join()
     if "error" in result:
         raise GenerationError(f"the language model failed while generating: {result['error']}") from result["error"]
+    if logprobs is not None:
+        result["ids"] = _record_logprobs(result["ids"], logprobs)
+
+
+def _record_logprobs(output: Any, logprobs: TokenLogprobs) -> torch.Tensor:
+    """The sequences of a ``generate`` output with ``output_logits``, after appending each generated token's
+    log-probability (log-softmax of its step's raw logits) to ``logprobs``."""
+    if not output.logits:
+        return output.sequences
+    steps = torch.stack(output.logits, dim=1)[0].float()  # (T, V): one row per generated token
+    chosen = output.sequences[0, -steps.shape[0]:].to(steps.device)  # (T,): the tail of the sequence is what was generated
+    logprobs.extend(torch.log_softmax(steps, dim=-1).gather(1, chosen[:, None])[:, 0].tolist())
+    return output.sequences
 
 
 def _cache_kwarg(llm: torch.nn.Module) -> str:

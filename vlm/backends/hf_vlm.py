@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from vlm.backends.base import BackendInfo, GenerationConfig
+from vlm.backends.base import BackendInfo, GenerationConfig, TokenLogprobs
 from vlm.constraints import DecodingConstraints
 from vlm.generate import CacheStore, PrefixCache, image_key, stream_generate, token_keys
 from vlm.model import M3Model, ModelLoadError, load_model
@@ -34,7 +34,8 @@ class HFVLMBackend:
         if self.tokenizer is None:
             raise ModelLoadError("HFVLMBackend needs the model's tokenizer (llm/ must hold one).")
         self.caches = CacheStore(max_conversations)
-        self.info = BackendInfo(name=name, version=model.config.version, takes_images=True, model_card=model_card)
+        self.info = BackendInfo(name=name, version=model.config.version, takes_images=True, model_card=model_card,
+                                token_logprobs=True)
         self._eos = _eos_ids(self.tokenizer, model.llm)
 
     @classmethod
@@ -84,8 +85,10 @@ class HFVLMBackend:
         config: GenerationConfig | None = None,
         cache_key: str | None = None,
         constraints: DecodingConstraints | None = None,
+        logprobs: TokenLogprobs | None = None,
     ) -> Iterator[str]:
-        """Stream the answer to ``messages``, decoded under ``constraints`` (their failures recorded on them)."""
+        """Stream the answer to ``messages``, decoded under ``constraints`` (their failures recorded on them);
+        ``logprobs`` gets the generated tokens' log-probabilities."""
         config = config or GenerationConfig()
         images = list(images or [])
         cache = self.caches.get(cache_key)
@@ -99,7 +102,7 @@ class HFVLMBackend:
         with torch.no_grad():
             embeds = self.model.embed(input_ids, feats)
         tkeys = token_keys(full, self.model.image_token_index, keys, self.model.tokens_per_image)
-        yield from stream_generate(self.model.llm, self.tokenizer, embeds, tkeys, config, cache, self._eos, constraints)
+        yield from stream_generate(self.model.llm, self.tokenizer, embeds, tkeys, config, cache, self._eos, constraints, logprobs)
 
 
 def _eos_ids(tokenizer: Any, llm: torch.nn.Module) -> list[int]:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlm.backends.base import BackendInfo, GenerationConfig
+from vlm.backends.base import BackendInfo, GenerationConfig, TokenLogprobs
 from vlm.constraints import DecodingConstraints
 from vlm.device import from_pretrained_kwargs, resolve_device
 from vlm.generate import generation_kwargs, threaded_generate
@@ -33,7 +33,7 @@ class ImageTextBackend:
         self.tokenizer = getattr(processor, "tokenizer", processor)
         template = getattr(processor, "chat_template", None) or getattr(self.tokenizer, "chat_template", None) or ""
         self._tool_role = "tool" in template
-        self.info = BackendInfo(name=name, version="", takes_images=True, model_card=model_card)
+        self.info = BackendInfo(name=name, version="", takes_images=True, model_card=model_card, token_logprobs=True)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = None,
@@ -63,8 +63,10 @@ class ImageTextBackend:
         config: GenerationConfig | None = None,
         cache_key: str | None = None,  # this adapter re-reads the prompt each call
         constraints: DecodingConstraints | None = None,
+        logprobs: TokenLogprobs | None = None,
     ) -> Iterator[str]:
-        """Stream the answer to ``messages``, decoded under ``constraints`` (their failures recorded on them)."""
+        """Stream the answer to ``messages``, decoded under ``constraints`` (their failures recorded on them);
+        ``logprobs`` gets the generated tokens' log-probabilities."""
         config = config or GenerationConfig()
         pictures = [Image.fromarray(_rgb(im)) for im in images or []]
         inputs = self.processor(text=self.render(messages, tools), images=pictures or None, return_tensors="pt")
@@ -76,7 +78,7 @@ class ImageTextBackend:
         kwargs = generation_kwargs(self.tokenizer, config, [t for t in [self.tokenizer.eos_token_id] if t is not None], constraints,
                                    prompt_length)
         kwargs.update(inputs)
-        yield from threaded_generate(self.model, self.tokenizer, kwargs, {})
+        yield from threaded_generate(self.model, self.tokenizer, kwargs, {}, logprobs)
 
 
 def to_content_parts(messages: list[dict[str, Any]], *, tool_role: bool) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ import requests
 
 from data.errors import M3Error
 from data.tool_text import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, format_tool_call
-from vlm.backends.base import BackendInfo, GenerationConfig
+from vlm.backends.base import BackendInfo, GenerationConfig, TokenLogprobs
 
 __all__ = ["OpenAIChatBackend", "RemoteBackendError", "connect", "image_data_url", "to_openai_messages", "tool_call_id",
            "IMAGE_PLACEHOLDER"]
@@ -75,7 +75,9 @@ class OpenAIChatBackend:
         self.session = session or requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
-        self.info = BackendInfo(name=model, version=f"remote {self.base_url}", takes_images=takes_images, remote=True)
+        self.info = BackendInfo(name=model, version=f"remote {self.base_url}", takes_images=takes_images, remote=True,
+                                token_logprobs=True)
+        self._refuses_logprobs = False  # the server answered 400 to ``logprobs`` once: not asked again
 
     def list_models(self) -> list[str]:
         """The model names the server offers (``GET /models``): a cheap reachability check."""
@@ -90,8 +92,11 @@ class OpenAIChatBackend:
         config: GenerationConfig | None = None,
         cache_key: str | None = None,  # the server keeps its own prefix cache (vLLM: automatic prefix caching)
         constraints: Any = None,  # decoding constraints cannot reach a remote model (``info.remote``): the agent says so
+        logprobs: TokenLogprobs | None = None,
     ) -> Iterator[str]:
-        """Yield the answer's text as the server streams it."""
+        """Yield the answer's text as the server streams it. ``logprobs``: the streamed tokens' log-probabilities (the
+        API's ``logprobs``); a server that refuses them (400, as ``m3 serve-lm`` does) is asked again without, once,
+        and ``logprobs.available`` is set False, as it is when a streamed piece comes without them."""
         config = config or GenerationConfig()
         payload: dict[str, Any] = {
             "model": self.model,
@@ -105,7 +110,19 @@ class OpenAIChatBackend:
             payload["stop"] = list(config.stop)
         if tools:
             payload["tools"] = tools
-        response = self._request("POST", "/chat/completions", json=payload, stream=True, headers={"Accept": "text/event-stream"})
+        if logprobs is not None and self._refuses_logprobs:
+            logprobs.available = False
+        elif logprobs is not None:
+            payload["logprobs"] = True
+        try:
+            response = self._request("POST", "/chat/completions", json=payload, stream=True, headers={"Accept": "text/event-stream"})
+        except RemoteBackendError as exc:
+            if not (payload.get("logprobs") and exc.status == 400 and "logprob" in str(exc)):
+                raise
+            log.info("the LM server at %s gives no token log-probabilities; the answers' confidence is not available", self.base_url)
+            self._refuses_logprobs, logprobs.available = True, False  # type: ignore[union-attr]
+            del payload["logprobs"]
+            response = self._request("POST", "/chat/completions", json=payload, stream=True, headers={"Accept": "text/event-stream"})
         calls: dict[int, dict[str, str]] = {}
         finish: dict[str, Any] = {}
         try:
@@ -114,6 +131,9 @@ class OpenAIChatBackend:
                     raise RemoteBackendError(f"the LM server at {self.base_url} stopped with an error: {_error_text(event)}")
                 for choice in event.get("choices", [])[:1]:
                     delta = choice.get("delta") or {}
+                    if logprobs is not None and payload.get("logprobs") and (delta.get("content") or delta.get("tool_calls")):
+                        tokens = (choice.get("logprobs") or {}).get("content") or [{"logprob": None}]  # missing: not available
+                        logprobs.extend(t.get("logprob") for t in tokens)
                     if delta.get("content"):
                         yield delta["content"]
                     for call in delta.get("tool_calls") or []:
