@@ -87,6 +87,7 @@ class AuditRecord:
     seconds: float = 0.0
     event: str = "answer"  # answer | expert_run | report_export | ingest
     session: str = ""  # random per-browser-session id (not a person)
+    routing: dict[str, Any] = field(default_factory=dict)  # which model answered and why (vlm.routing.RoutingDecision.to_json)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +105,7 @@ class AuditRecord:
             "answer": scrub_text(self.answer),
             "flags": list(self.flags),
             "seconds": round(float(self.seconds), 3),
+            **({"routing": dict(self.routing)} if self.routing else {}),
         }
 
 

@@ -97,8 +97,9 @@ class ChatEngine:
     log. ``stream`` is the only per-session entry point."""
 
     def __init__(self, backend: Any, registry: Any, audit: AuditLog, *, max_rounds: int = 3, model_slots: int = 1,
-                 expert_slots: int = 2) -> None:
+                 expert_slots: int = 2, router: Any = None) -> None:
         self.backend = SlottedBackend(backend, model_slots) if backend is not None else None
+        self.router = router  # vlm.routing.Router: ``backend`` answers first, the router's large model when needed
         self.registry = registry
         self.audit = audit
         self.max_rounds = max_rounds
@@ -124,7 +125,8 @@ class ChatEngine:
             return
         if state.chat is None:
             state.chat = StudyChat(self.backend, SessionRegistry(self.registry, state, self.expert_slots), state.study,
-                                   settings=TurnSettings(max_rounds=self.max_rounds), primary=series_name(state.study, state.series))
+                                   settings=TurnSettings(max_rounds=self.max_rounds), primary=series_name(state.study, state.series),
+                                   router=self.router)
         state.chat.look_at(view_slice, on_screen=on_screen)
         answer = ""
         steps: dict[int, int] = {}  # id(tool_call) → index of its step message in history
@@ -163,12 +165,16 @@ class ChatEngine:
                 shown = [f for f in turn.flags if not f.startswith(("refusal", "answered from the header", "answer composed from",
                                                                     "model text dropped"))]
                 text = answer + ("\n\nCheck: " + "; ".join(flag_text(f) for f in shown) + "." if shown else "")
+                if turn.routing is not None and turn.routing.line():  # which model answered (vlm.routing)
+                    text += "\n\n" + turn.routing.line()
                 history[-1] = _assistant(text)
                 self._audit(state, user, question, turn, time.perf_counter() - t0)
             yield list(history), changed
 
     def _audit(self, state: SessionState, user: str, question: str, turn: Any, seconds: float) -> None:
         info = self.backend.info
+        if turn.answered_by == "large":  # the model that wrote the answer is the large one
+            info = self.router.large.info
         self.audit.write(
             AuditRecord(
                 user=user,
@@ -183,6 +189,7 @@ class ChatEngine:
                 tool_calls=tool_call_records(turn.tool_calls),
                 flags=list(turn.flags),
                 seconds=seconds,
+                routing=turn.routing.to_json() if turn.routing is not None else {},
             )
         )
 

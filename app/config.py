@@ -31,6 +31,10 @@ Example file (every key optional)::
     max_upload_mb = 1024
     [audit]
     log_path = "/var/lib/m3/audit.jsonl"
+    [routing]                # the local model first, a large one when it is unsure (key from $M3_LARGE_LM_API_KEY)
+    large_lm_url = "http://gpu-node:8000/v1"
+    large_lm_model = "large-vlm"
+    min_token_confidence = 0.6
 
 Unknown sections, keys and ``M3_*`` variables stop the start, naming the closest valid one.
 """
@@ -51,6 +55,7 @@ from urllib.parse import urlparse
 
 from data.errors import M3Error
 from vlm.device import DeviceError, check_placement_names
+from vlm.routing.config import RoutingConfig, RoutingError
 
 __all__ = [
     "AppConfig",
@@ -60,6 +65,7 @@ __all__ = [
     "PacsConfig",
     "LimitsConfig",
     "AuditConfig",
+    "RoutingConfig",
     "ConfigError",
     "load_config",
     "env_variable_names",
@@ -72,7 +78,8 @@ __all__ = [
 CONFIG_ENV = "M3_CONFIG"  # path of the one config file
 ENV_PREFIX = "M3_"
 SECRET_ENV = {"pacs.password": "M3_PACS_PASSWORD", "models.lm_api_key": "M3_LM_API_KEY",
-              "auth.oidc_client_secret": "M3_OIDC_CLIENT_SECRET", "pacs.token": "M3_PACS_TOKEN"}  # environment only
+              "auth.oidc_client_secret": "M3_OIDC_CLIENT_SECRET", "pacs.token": "M3_PACS_TOKEN",
+              "routing.large_lm_api_key": "M3_LARGE_LM_API_KEY"}  # environment only
 # M3_* variables that are no setting: the config file, password logins (app.auth), the image's build argument for
 # its user id (set in the environment of the Dockerfile's RUN steps)
 OTHER_ENV = (CONFIG_ENV, "M3_USERS", "M3_UID")
@@ -278,6 +285,7 @@ class AppConfig:
     pacs: PacsConfig = field(default_factory=PacsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)  # local model first, a large one when needed (vlm.routing)
     source: str = "defaults"  # where the settings came from (file path and/or "env"), for the banner
 
     @property
@@ -346,6 +354,10 @@ class AppConfig:
         if self.limits.upload_cache_s < 60:
             raise ConfigError(f"limits.upload_cache_s must be >= 60 (longer than the slowest ingest), got "
                               f"{self.limits.upload_cache_s} (from {self.source}).")
+        try:
+            self.routing.check()
+        except RoutingError as exc:
+            raise ConfigError(f"{str(exc).rstrip('.')} (from {self.source}).") from None
         for path, what in ((self.models.model_dir, "models.model_dir"), (self.models.experts_dir, "models.experts_dir")):
             if path is not None and not path.is_dir():
                 raise ConfigError(f"{what} must be an existing folder, got {path}; mount it or unset it to use the embedded bundle.")

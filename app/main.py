@@ -24,7 +24,7 @@ COMMAND_MODULES = (
 )
 # Commands that run experts through ``experts.registry.default_registry()``: the front door points it at the
 # configured experts folder first (``m3 serve`` / ``demo`` build their own from the same setting).
-EXPERT_COMMANDS = frozenset({"chat", "ask", "eval", "experts"})
+EXPERT_COMMANDS = frozenset({"chat", "ask", "eval", "experts", "routing"})
 
 
 def build_parser() -> argparse.ArgumentParser:

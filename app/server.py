@@ -41,7 +41,7 @@ from app.session import close_session, live_sessions, new_session  # noqa: E402
 from app.viewer import PLANES, SLICE_KEYS_JS  # noqa: E402
 from app.webviewer import ROOT_HTML, SHOW_JS, VIEWER_HEAD, mount_viewer_routes  # noqa: E402
 
-__all__ = ["ServeOptions", "ModelStatus", "load_backend", "build_blocks", "build_app", "serve", "RunningServer",
+__all__ = ["ServeOptions", "ModelStatus", "load_backend", "load_router", "build_blocks", "build_app", "serve", "RunningServer",
            "embedded_model_dir"]
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,19 @@ def load_backend(config: AppConfig) -> ModelStatus:
         log.warning("embedded model not loaded: %s", exc)
         return ModelStatus(problem="the built-in language model could not be loaded",
                            admin_hint=f"{type(exc).__name__}: {exc} Reinstall m3 or set models.model_dir to a model folder.")
+
+
+def load_router(config: AppConfig) -> Any:
+    """The ``vlm.routing.Router`` of ``config.routing`` (the large model connected), or None when routing is off. A
+    large model server that refuses the key or does not serve ``routing.large_lm_model`` refuses the start; one not up
+    yet is logged, and escalated questions keep the local answer until it is (``vlm.routing.router``)."""
+    from vlm.backends.openai_api import RemoteBackendError
+    from vlm.routing import build_router
+
+    try:
+        return build_router(config.routing)
+    except RemoteBackendError as exc:
+        raise ConfigError(f"routing.large_lm_url was refused: {exc}") from exc
 
 
 def _shown(folder: Path | str) -> str:
@@ -275,10 +288,12 @@ def build_blocks(events: AppEvents, status: ModelStatus, expert_names: list[str]
     return blocks
 
 
-def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, options: ServeOptions | None = None) -> tuple[Any, gr.Blocks, ModelStatus]:
+def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, options: ServeOptions | None = None,
+              router: Any = None) -> tuple[Any, gr.Blocks, ModelStatus]:
     """(FastAPI app with the page at ``/`` and ``/healthz``, the Blocks, the model status).
 
-    backend: a ``ChatBackend`` to use instead of loading one (tests, an OpenAI-compatible server);
+    backend: a ``ChatBackend`` to use instead of loading one (tests, an OpenAI-compatible server); router: a
+    ``vlm.routing.Router`` to use instead of the one ``config.routing`` sets up (``load_router``);
     registry: an expert registry (default: ``experts.registry.registry_for`` on ``config.experts_source()``, the site
     folder, else an export's experts, else the embedded bundle).
     Raises ``ConfigError`` for a non-loopback bind without authentication, two login methods or a bad model folder.
@@ -297,13 +312,17 @@ def build_app(config: AppConfig, *, backend: Any = None, registry: Any = None, o
     if registry is None:
         registry = experts_registry(config)
     audit = AuditLog(config.audit.log_path, max_bytes=int(config.audit.max_mb * 2**20), keep_files=config.audit.keep_files)
+    router = router if router is not None else load_router(config)
     engine = ChatEngine(status.backend, registry, audit, max_rounds=options.max_rounds, model_slots=config.limits.concurrency,
-                        expert_slots=options.expert_concurrency)
+                        expert_slots=options.expert_concurrency, router=router)
     events = AppEvents(engine, audit, UploadLimits(config.limits.max_files, config.limits.max_upload_mb))
     pacs = PacsPanel(config.pacs, events) if config.pacs.enabled else None
     blocks = build_blocks(events, status, registry.names(), options, config.limits.concurrency, pacs,
                           experts_note=_experts_note(registry), upload_cache_s=config.limits.upload_cache_s)
-    record_service_start(audit, _settings(config), {"chat_model": _model_name(status), "experts": _expert_versions(registry)})
+    models = {"chat_model": _model_name(status), "experts": _expert_versions(registry)}
+    if router is not None and router.large is not None:
+        models["large_model"] = f"{router.large.info.name} {router.large.info.version}".strip()
+    record_service_start(audit, _settings(config), models)
     blocks.queue(default_concurrency_limit=8, max_size=256)
 
     api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)

@@ -93,17 +93,24 @@ class Agent:
             raise RuntimeError("the agent turn ended without a done event.")
         return turn
 
-    def stream_turn(self, conversation: Conversation, question: str) -> Iterator[AgentEvent]:
+    def parse(self, conversation: Conversation, question: str, experts: Mapping[str, Expert] | None = None) -> QuestionIntent:
+        """``question`` parsed (``vlm.intent.parse_question``) against the study's modalities, the experts' own metadata
+        (the modalities they read, the words of what they report; ``experts``: those that load) and the conversation's
+        earlier questions."""
+        experts = self._load_experts()[0] if experts is None else experts
+        return parse_question(question, conversation.modalities, {n: e.modalities for n, e in experts.items()},
+                              [t.intent for t in conversation.turns if t.intent is not None],
+                              {n: e.vocabulary for n, e in experts.items()}, {n: e.vocabulary_kinds for n, e in experts.items()})
+
+    def stream_turn(self, conversation: Conversation, question: str, intent: QuestionIntent | None = None) -> Iterator[AgentEvent]:
         """Events as they happen: answer text (``token``), ``tool_call``, ``tool_result``, ``error``,
-        and finally ``done`` with the ``AgentTurn``."""
+        and finally ``done`` with the ``AgentTurn``. intent: the question as ``parse`` read it, when the caller has
+        it already (``vlm.routing`` reads it before choosing the model)."""
         t0 = time.perf_counter()
         turn = AgentTurn(question=question, answer="")
         experts, unavailable = self._load_experts()
+        intent = self.parse(conversation, question, experts) if intent is None else intent
         self._add_user_message(conversation, question)
-        # the experts' own metadata: the modalities they read and the words of what they report
-        intent = parse_question(question, conversation.modalities, {n: e.modalities for n, e in experts.items()},
-                                [t.intent for t in conversation.turns if t.intent is not None],
-                                {n: e.vocabulary for n, e in experts.items()}, {n: e.vocabulary_kinds for n, e in experts.items()})
         turn.intent = intent
         declined = refusal_for(question, intent.family if intent.family in POLICY_FAMILIES else "")
         if declined is not None:  # identifiers, clinical decisions, greetings: answered by policy, no expert runs

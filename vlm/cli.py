@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["add_parsers", "add_placement_arguments", "chat", "ask"]
 
-_OTHER_COMMANDS = ("vlm.train.cli", "vlm.eval.cli", "vlm.compress.cli", "vlm.serve_lm")
+_OTHER_COMMANDS = ("vlm.train.cli", "vlm.eval.cli", "vlm.compress.cli", "vlm.serve_lm", "vlm.routing.cli")
 
 
 def add_parsers(sub: Any) -> None:

@@ -50,6 +50,18 @@ class AgentTurn:
     rounds: int = 0
     seconds: float = 0.0
     intent: Any = None  # the parsed question (``vlm.intent.QuestionIntent``)
+    routing: Any = None  # which model answered and why (``vlm.routing.RoutingDecision``); None when no routing is set up
+
+    @property
+    def answered_by(self) -> str:
+        """``local`` or ``large`` (the model whose turn this is, ``vlm.routing``); "" when no routing is set up or no
+        model wrote (a refusal, a header answer)."""
+        return self.routing.answered_by if self.routing is not None else ""
+
+    @property
+    def escalation_reason(self) -> str:
+        """Why the turn went to the large model, in words ("low confidence 0.41 < 0.60"); "" when it did not."""
+        return self.routing.reason_text() if self.routing is not None and self.routing.escalated else ""
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from vlm.agent import Agent
 from vlm.backends.base import ChatBackend, GenerationConfig
 from vlm.conversation import AgentEvent, AgentTurn, Conversation
+from vlm.routing import Router
 
 __all__ = ["TurnSettings", "StudyChat"]
 
@@ -41,18 +42,20 @@ class StudyChat:
     ``registry``; ``primary`` names the series on screen (``vlm.conversation.study_volumes`` names)."""
 
     def __init__(self, backend: ChatBackend, registry: Any, study: Any = None, *, settings: TurnSettings | None = None,
-                 primary: str | None = None) -> None:
+                 primary: str | None = None, router: Router | None = None) -> None:
         self.backend = backend
         self.registry = registry
         self.study = study
         self.settings = settings or TurnSettings()
         self.primary = primary
+        self.router = router  # ``vlm.routing.Router``: ``backend`` is the local model, the router's the large one
         self.conversation: Conversation | None = None
 
     @classmethod
-    def on_pictures(cls, backend: ChatBackend, registry: Any, images: list, *, settings: TurnSettings | None = None) -> "StudyChat":
+    def on_pictures(cls, backend: ChatBackend, registry: Any, images: list, *, settings: TurnSettings | None = None,
+                    router: Router | None = None) -> "StudyChat":
         """A chat about pictures alone (a public VQA set's image files): no volumes, so no expert can run."""
-        chat = cls(backend, registry, None, settings=settings)
+        chat = cls(backend, registry, None, settings=settings, router=router)
         chat.conversation = Conversation(images=list(images))
         return chat
 
@@ -71,11 +74,18 @@ class StudyChat:
         return conv
 
     def stream(self, question: str) -> Iterator[AgentEvent]:
-        """The agent's events for ``question`` (``vlm.agent.Agent.stream_turn``) on the slice in front of the model."""
+        """The agent's events for ``question`` (``vlm.agent.Agent.stream_turn``) on the slice in front of the model,
+        routed between the local and the large model when a ``router`` is set."""
         conversation = self.conversation or self.look_at()
-        agent = Agent(self.backend, self.registry, self.settings.max_rounds,
-                      generation=GenerationConfig(max_new_tokens=self.settings.max_new_tokens), plan_calls=self.settings.plan_calls)
-        yield from agent.stream_turn(conversation, question)
+        if self.router is not None:
+            yield from self.router.stream_turn(conversation, question, self.backend, self._agent)
+            return
+        yield from self._agent(self.backend).stream_turn(conversation, question)
+
+    def _agent(self, backend: ChatBackend) -> Agent:
+        """The agent on ``backend`` with this chat's turn settings and experts."""
+        return Agent(backend, self.registry, self.settings.max_rounds,
+                     generation=GenerationConfig(max_new_tokens=self.settings.max_new_tokens), plan_calls=self.settings.plan_calls)
 
     def ask(self, question: str) -> AgentTurn:
         """Answer ``question`` (the whole turn; see ``stream``)."""

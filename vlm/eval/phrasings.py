@@ -122,14 +122,15 @@ def load_phrasing_set(path: str | Path) -> list[dict[str, Any]]:
 
 
 def ask_phrasings(backend: Any, registry: Any, set_path: str | Path, seeds: Mapping[str, int] | int = 9001, *,
-                  progress: bool = True) -> list[dict[str, Any]]:
+                  progress: bool = True, router: Any = None) -> list[dict[str, Any]]:
     """Ask every phrasing of the set at ``set_path`` in a fresh ``StudyChat`` on a phantom study of its kind.
 
     Each study is built the app's way: ``data.phantoms.write_study`` → ``data.load_study`` of its DICOM files.
     "This slice" items look at the axial slice with the most of the target (the middle one when the study has
     none). seeds: phantom seed per kind, or one seed for all. Returns one record per item: ``item``, ``answer``,
     ``tool_calls`` ([{name, arguments, error}]), ``truth`` (the phantom truth + ``series``, ``identity`` and,
-    for slice items, ``slice``), ``seconds``.
+    for slice items, ``slice``), ``seconds``, and with a ``router`` (``vlm.routing.Router``) ``routing``: the turn's
+    ``RoutingDecision.to_json()``.
     """
     items = load_phrasing_set(set_path)
     seed_of = dict(seeds) if isinstance(seeds, Mapping) else {k: int(seeds) for k in STUDY_EXPERTS}
@@ -146,7 +147,7 @@ def ask_phrasings(backend: Any, registry: Any, set_path: str | Path, seeds: Mapp
             studies[kind] = (case, study, truth)
         for item in tqdm(items, desc="held-out phrasings", unit="question", disable=not progress):
             case, study, truth = studies[item["study"]]
-            chat = StudyChat(backend, registry, study)
+            chat = StudyChat(backend, registry, study, router=router)
             if item["intent"] in _SLICE_INTENTS and case.labels is not None:
                 k = _slice_through(case, item["target"])
                 chat.look_at(k)
@@ -157,6 +158,8 @@ def ask_phrasings(backend: Any, registry: Any, set_path: str | Path, seeds: Mapp
             turn = chat.ask(item["phrasing"])
             records.append({"item": item, "answer": turn.answer, "truth": truth, "seconds": round(time.perf_counter() - t0, 3),
                             "tool_calls": [{"name": c.name, "arguments": c.arguments, "error": c.error} for c in turn.tool_calls]})
+            if router is not None:
+                records[-1]["routing"] = turn.routing.to_json() if turn.routing is not None else None
     return records
 
 
