@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from data.lexicon import find_terms
+
 __all__ = ["Refusal", "refusal_for", "policy_kind", "CAPABILITIES"]
 
 CAPABILITIES = ("measure what the images show — organ and lesion volumes, lesion counts, sizes and sides and the contrast "
@@ -36,8 +38,19 @@ _IDENTITY = re.compile(
     r"\b(?:which|what) (?:hospital|institution|clinic|site|facility|scanner location)\b|\baccession\b|"
     r"\b(?:study|scan|exam|acquisition) (?:date|time)\b|\bwhen was (?:this|the) (?:scan|study|exam|image|film|x-?ray) "
     r"(?:done|taken|acquired|performed|made)\b|^\W*(?:(?:full |first |last |sur)?name|age|dob|mrn|birth ?date|initials)\W*$|"
-    r"\bwhere does (?:the patient|the pt|he|she|this patient) live\b|\bwho (?:this|it|the (?:scan|study|film|images?)) belongs? to\b)",
+    r"\bwhere does (?:the patient|the pt|he|she|this patient) live\b|\bwho (?:this|it|the (?:scan|study|film|images?)) belongs? to\b|"
+    r"\bwho(?:'s| is| was)? (?:the |this )?(?:scan|study|film|image|mri|ct|x-?ray|radiograph) (?:of|for)\b|^\W*(?:the )?(?:patient|pt)\W*$|"
+    r"\b(?:tell me|what do you know) about (?:the|this) (?:patient|pt)\b|\b(?:patient|pt)(?:'s)? (?:called|named)\b|"
+    r"\bwhat(?:'s| is) (?:the |this )?(?:patient|pt) called\b|\bwhich person\b|\bwho was (?:scanned|imaged|x-?rayed)\b|"
+    r"\b(?:read|show|print|dump|display|list)(?: out)? (?:me )?(?:the )?(?:dicom )?(?:header|tags)\b|\bheader\b.*\b(?:patient|name|identif)|"
+    r"\bpatient ?(?:name|id)\b (?:tag|field|attribute)|\bpatientname\b|\bpatientid\b|"
+    r"\bwhom? (?:does|did) (?:this|the) (?:scan|study|image|film|mri|ct|x-?ray|radiograph) belong to\b|"
+    r"\bnhs (?:no|number|#)\b|\b(?:post|zip) ?code\b|^\W*(?:full |first |last |sur)?name\b(?: (?:please|pls|plz))?\W*$|"
+    r"\blook up (?:the|this) (?:patient|pt)\b|\b(?:ehr|emr)\b)",
     re.IGNORECASE)
+# a person named in the question ("Is this John Smith's scan?", "Confirm the patient is Mrs Jones"): written with capitals
+_NAMED_PERSON = re.compile(r"\b(?:[Ii]s (?:this|it|the patient|this patient)|[Cc]onfirm (?:that )?(?:the patient|this|it|the scan) is|"
+                           r"[Bb]elongs? to|scan of|study of)\s+(?P<name>(?:Mr|Mrs|Ms|Miss|Dr)\.?\s+[A-Z][a-z]+|[A-Z][a-z]+\s+[A-Z][a-z]+)")
 _DECISION = re.compile(
     r"\b(?:should (?:we|i|he|she|they|the patient|the pt|this patient) (?:be )?(?:operate|operated|treat|treated|start|stop|"
     r"give|get|have|receive|go|be discharged|discharge|admit|admitted|biopsy|biopsied|resect|resected|refer|referred|send|sent|"
@@ -140,7 +153,8 @@ _ANSWERS = {
 def policy_kind(question: str) -> str:
     """``identity``, ``decision`` or ``help`` when ``question`` is answered by policy, else ""."""
     q = question.strip()
-    if _IDENTITY.search(q):
+    person = _NAMED_PERSON.search(q)
+    if _IDENTITY.search(q) or (person and not find_terms(person.group("name"))):  # "Is this Right Kidney enlarged?" names no one
         return "identity"
     if _DECISION.search(q):
         return "decision"

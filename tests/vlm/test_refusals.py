@@ -115,3 +115,16 @@ def test_terse_identity_requests_and_plans_referrals_and_triage_are_answered_by_
 @pytest.mark.parametrize("question", ["volume?", "Is the nodule growing?", "which side is the cyst referred to"])
 def test_terse_measurement_and_finding_questions_are_not_policy(question):
     assert policy_kind(question) == ""
+
+
+@pytest.mark.parametrize("question", ["Who's the scan of?", "Patient?", "What's the patient called?", "Is this John Smith's scan?",
+                                      "Confirm the patient is Mrs Jones", "Read out the header", "show me the PatientName tag",
+                                      "Whom does this CT belong to?", "what's the pt's nhs no", "full name pls",
+                                      "Can you look up this patient in the EHR?"])
+def test_identity_asked_about_the_person_the_header_or_a_named_person_is_declined(question):
+    assert policy_kind(question) == "identity"
+
+
+@pytest.mark.parametrize("question", ["Is this Right Kidney enlarged", "Is this Pleural Effusion?", "What does the header say about the series?"])
+def test_capitalised_anatomy_and_series_headers_are_not_identity(question):
+    assert policy_kind(question) == ""
