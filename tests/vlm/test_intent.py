@@ -124,3 +124,12 @@ def test_a_topic_then_its_question_is_one_question_and_a_choice_among_options_is
     assert parse_question("Is the nodule small, medium or large?", ["CT"]).form != "yes_no"
     scan = parse_question("Is this scan a CT or an MRI?", ["CT"])
     assert scan.family == "modality" and scan.form != "yes_no"
+
+
+@pytest.mark.parametrize("modality, question, term", [
+    ("DX", "hole in the lung?", "pneumothorax"), ("DX", "air leak around the lung?", "pneumothorax"),
+    ("CT", "water-filled sac on the kidney?", "kidney cyst"), ("CT", "kidney blister?", "kidney cyst"),
+    ("MR", "cancer in the brain?", "tumor"), ("MR", "bright part of the tumour after dye", "enhancing tumor"),
+])
+def test_lay_words_for_a_finding_name_it(modality, question, term):
+    assert parse_question(question, [modality]).terms == (term,)
