@@ -110,8 +110,13 @@ _ASSISTANT = re.compile(r"\b(?:you|your|yourself|this (?:thing|tool|app|assistan
 _ASSISTANT_TOPIC = re.compile(r"\b(?:work|works|purpose|support|supports|supported|handle|read|accurate|accuracy|reliable|"
                               r"limitations?|functions?|features?|experts?|tools?|models?|modalit(?:y|ies)|types? of (?:scans?|studies|"
                               r"images?|imaging)|overview|capable|capabilit(?:y|ies)|phrase|ask|upload|load|radiologist|doctor|ai|bot|"
-                              r"human|talking|trained|trust|validated|intended|name)\b", re.IGNORECASE)
+                              r"human|talking|trained|trust|validated|intended|name|job|role)\b", re.IGNORECASE)
 _HELP_ALONE = re.compile(r"^\W*(?:i need |need |please |can i get |get )?(?:some )?help(?: please| me| needed)?\W*$|"
+                         r"^\W*(?:how(?:'s| is) it going|are you (?:there|awake|on|working|online)|welcome|any tips|"
+                         r"what(?:'s| is) the point of (?:this|you|m3))\W*$|\bwhere do i (?:start|begin)\b|"
+                         r"\bwhat (?:can|does) m3 do\b|\bshow me what you can do\b|\bdescribe your (?:abilities|capabilities|skills|features)\b|"
+                         r"\bhow can (?:this|you|m3|it) help(?: me)?\b(?!.*\b(?:liver|lung|kidney|tumou?r|effusion|nodule|this (?:scan|study|film|case)))|"
+                         r"\bbefore using (?:this|you|m3)\b|\bis (?:this|it|m3) (?:tool |app |assistant )?safe to use\b|"
                          r"\bis (?:this|it) (?:an? )?(?:ai|bot|robot|human|person|real doctor|chatbot)\b|"
                          r"\bhow (?:do|can|should|would) i (?:upload|load|open|add|import|phrase|word|ask|start)\b|"
                          r"\bwho am i (?:talking|speaking|chatting) (?:to|with)\b|"

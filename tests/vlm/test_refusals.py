@@ -128,3 +128,14 @@ def test_identity_asked_about_the_person_the_header_or_a_named_person_is_decline
 @pytest.mark.parametrize("question", ["Is this Right Kidney enlarged", "Is this Pleural Effusion?", "What does the header say about the series?"])
 def test_capitalised_anatomy_and_series_headers_are_not_identity(question):
     assert policy_kind(question) == ""
+
+
+@pytest.mark.parametrize("question", ["how's it going", "I'm new here, where do I start?", "Are you there?", "what's your job",
+                                      "Hi — what can m3 do?", "How can this help me read scans?", "Describe your abilities",
+                                      "Is this tool safe to use?"])
+def test_small_talk_and_getting_started_questions_get_the_help_answer(question):
+    assert policy_kind(question) == "help"
+
+
+def test_asking_how_the_assistant_can_help_with_a_finding_goes_to_the_model():
+    assert policy_kind("how can you help me with this liver lesion") == ""
