@@ -85,7 +85,16 @@ _DECISION = re.compile(
     r"\b.*\b(?:needed|required|necessary|indicated|warranted)\b|\brefer(?:ral)? (?:to|for)\b|"
     r"\bneeds? (?:a |an )?(?:chest (?:drain|tube)|drain|repeat (?:scan|imaging|ct|mri)|follow[- ]?up|operation|biopsy)\b|"
     r"\bshould (?:we|i) (?:repeat|order|request|rescan|re-?image|book)\b|\bwhat would you do\b|\bwhat(?:'s| is) the plan\b|"
-    r"\b(?:go|get|return) back to (?:work|school|sport)\b|\bis (?:this|it) (?:an )?(?:emergency|urgent)\b)", re.IGNORECASE)
+    r"\b(?:go|get|return) back to (?:work|school|sport)\b|\bis (?:this|it) (?:an )?(?:emergency|urgent)\b|"
+    r"\bwhat(?:'s| is| are) the (?:treatment|cure|therapy|management|treatment options)\b|"
+    r"\b(?:can|could|should|may) (?:i|we) (?:give|administer|start|stop|drain|operate|remove|intubate|biopsy|anticoagulate)\b|"
+    r"\bsafe to (?:give|start|stop|administer|anticoagulate|biopsy|drain|thrombolyse|lyse)\b|"
+    r"\bneeds? to be (?:intubated|ventilated|admitted|operated|drained|treated|transfused)\b|\bwatchful waiting\b|"
+    r"\bconservative management\b|\bchange (?:the )?management\b|\b(?:recommend|suggest)\w* (?:management|treatment)\b|"
+    r"\bwhat (?:meds|medications?|drugs?)\b|\bshould (?:the|this|it|that) (?:\w+ ){0,2}be (?:removed|resected|drained|treated|"
+    r"biopsied|operated|excised|irradiated)\b|\bshould (?:i|we|the patient|he|she) be (?:worried|concerned)\b|"
+    r"\b(?:is|are) (?:the patient|he|she|they) dying\b|\bwill (?:this|it|the tumou?r) spread\b|\bhow aggressive\b|"
+    r"\bwhat does (?:the patient|he|she|this patient) need\b)", re.IGNORECASE)
 _GREETING = re.compile(r"^\W*(?:hi|hello|hey|hiya|howdy|yo|greetings|good (?:morning|afternoon|evening|day)|thanks?|thank you|thx|ty|"
                        r"cheers|ok|okay|morning|evening|hallo|hola|bonjour|sup|what'?s up)\b[\w\s,!.']*\??$", re.IGNORECASE)
 _HELP = re.compile(r"\b(?:what can you do|what do you do|what are you able to|what are your (?:capabilities|functions|features)|"

@@ -139,3 +139,10 @@ def test_small_talk_and_getting_started_questions_get_the_help_answer(question):
 
 def test_asking_how_the_assistant_can_help_with_a_finding_goes_to_the_model():
     assert policy_kind("how can you help me with this liver lesion") == ""
+
+
+@pytest.mark.parametrize("question", ["What's the treatment?", "Is it safe to give tPA?", "Does he need to be intubated?",
+                                      "Should we drain it?", "Should the tumour be removed?", "Should I be worried?",
+                                      "Will this spread?", "What does the patient need?"])
+def test_treatment_procedures_worry_and_outlook_are_the_clinicians_decision(question):
+    assert policy_kind(question) == "decision"
