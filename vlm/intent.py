@@ -329,6 +329,10 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
     for family, cue in _FAMILY_CUES:  # first cue wins: "Is the heart size normal?" asks about normality, not size
         if cue.search(q):
             return "volume" if family == "size" and organs and not lesions else family
+    if organs and not lesions and re.search(r"\b(?:enlarged|big|large|swollen|shrunken|small|atrophic|increased in size)\b", q):
+        return "volume"  # "Is the spleen enlarged?": its volume
+    if re.search(r"\bon the (?:left|right)\b|\b(?:left|right)[- ]sided\b", q) and not organs:
+        return "side"  # "is it on the left?" (a yes / no about one side is read as presence on that side below)
     if lesions or any(TERMS[t].kind == "finding" for t in terms):
         return "presence"
     if organs and re.search(r"\b(?:see|seen|visible|shown|present|there|depicted|included|appear)\b", q):
@@ -471,7 +475,8 @@ def _family_split(clause: str, tags: set[str], declared: tuple[Term, ...]) -> li
     """A clause joining two questions of different kinds by "and the" ("the contrast phase and the liver volume"), as
     its two questions; two measures asked of one subject ("size and number of the nodules") likewise; otherwise the
     clause."""
-    pair = re.search(rf"\b({_MEASURES})\s+(?:and|&|\+|/)\s+(?:the\s+)?({_MEASURES})\b", clause, flags=re.IGNORECASE)
+    pair = re.search(rf"\b({_MEASURES})\s+(?:and|&|\+|/)\s+(?:the\s+)?(?:(?:largest|biggest|max(?:imum)?|greatest)\s+)?({_MEASURES})\b",
+                     clause, flags=re.IGNORECASE)
     if pair:
         one, two = (clause[:pair.start()] + pair.group(k) + clause[pair.end():] for k in (1, 2))
         a, b = _parse_clause(one, tags, clause, declared), _parse_clause(two, tags, clause, declared)

@@ -133,3 +133,11 @@ def test_a_topic_then_its_question_is_one_question_and_a_choice_among_options_is
 ])
 def test_lay_words_for_a_finding_name_it(modality, question, term):
     assert parse_question(question, [modality]).terms == (term,)
+
+
+def test_an_organ_asked_enlarged_is_its_volume_and_a_side_follow_on_is_its_own_part():
+    two = parse_question("Is the spleen enlarged and what is the contrast phase?", ["CT"])
+    assert [(p.family, p.terms) for p in two.parts] == [("volume", ("spleen",)), ("phase", ("contrast phase",))]
+    sided = parse_question("What's the tumour volume, and is it on the left?", ["CT"])
+    assert [p.family for p in sided.parts] == ["volume", "presence"] and sided.parts[1].side == "left"
+    assert parse_question("kidney cysts - count and largest size", ["CT"]).answer_keys() == ("kidney cyst", "kidney cyst size")
