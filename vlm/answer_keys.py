@@ -59,15 +59,11 @@ def part_keys(part: Any) -> list[str]:
                 keys.append(f"tumor{IN_SLICE} size" if slice_ else "whole tumor size")
             else:
                 keys.append(f"{t}{IN_SLICE} size" if slice_ else f"{t} size")
-            if term.modality == "CR":  # a radiograph's finding may have no size: whether it is there, at least
-                keys.append(f"{finding}?")
         elif fam == "side" and term.kind != "organ":
             if term.modality == "MR":
                 keys.append("tumor side")
             else:
                 keys.append(f"{t}{IN_SLICE} side" if slice_ else f"{t} side")
-            if term.modality == "CR":  # a radiograph's finding may have no side: whether it is there, at least
-                keys.append(f"{finding}?")
         elif fam == "volume":
             keys.append(f"{_MRI_VOLUME[t]} volume" if term.modality == "MR" and t in _MRI_VOLUME else f"{t} volume")
         elif fam == "comparison":

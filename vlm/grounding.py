@@ -37,6 +37,10 @@ MODALITY_WORDS = {"CT": "CT (computed tomography)", "MR": "MRI (magnetic resonan
                   "SC": "secondary capture", "SEG": "segmentation"}
 
 
+_MODALITY_NAMES = {"CT": r"\bct\b|\bcomputed tomography\b|\bcat scan\b", "MR": r"\bmri?\b|\bmagnetic resonance\b",
+                   "CR": r"\bx-?ray\b|\bradiograph\b|\bcxr\b|\bplain film\b"}
+
+
 def header_answer(intent: QuestionIntent, volumes: Mapping[str, Any]) -> str | None:
     """The answer to a modality or series question from the loaded series' headers (``Volume.modality``,
     ``description``, ``sequence``); None for other questions."""
@@ -45,8 +49,18 @@ def header_answer(intent: QuestionIntent, volumes: Mapping[str, Any]) -> str | N
     series = list(volumes.values())
     kinds = list(dict.fromkeys(MODALITY_WORDS.get(v.modality, v.modality) for v in series))
     if intent.family == "modality":
-        return (f"This study is {' and '.join(_a(k) for k in kinds)}, read from the DICOM header "
-                f"({len(series)} series).")
+        said = f"his study is {' and '.join(_a(k) for k in kinds)}, read from the DICOM header ({len(series)} series)."
+        q = intent.text.lower()
+        named = {m: re.search(pattern, q) for m, pattern in _MODALITY_NAMES.items()}
+        named = {m: found.group(0) for m, found in named.items() if found}
+        have = {"CR" if v.modality == "DX" else v.modality for v in series}
+        if named and intent.form == "yes_no":  # "Is this a CT?": yes / no first
+            return ("Yes" if set(named) & have else "No") + ", t" + said
+        chosen = [word for m, word in named.items() if m in have]
+        if len(named) > 1 and chosen:  # "a CT or an MRI?": the option first, as the question wrote it
+            word = chosen[0]
+            return (word.upper() if len(word) <= 3 else word[:1].upper() + word[1:]) + " — t" + said
+        return "T" + said
     rows = []
     for v in series:
         name = v.sequence or v.description or v.modality
@@ -66,10 +80,12 @@ def planned_call(intent: QuestionIntent, experts: Mapping[str, Expert], done: Se
     expert = experts[name]
     arguments = question_arguments(expert, intent)
     ran = [call.arguments for call in done if call.name == name and call.result is not None]
-    if not arguments and _whole_study(intent):  # a report or a whole-study verdict needs the expert's whole run
+    if not arguments and _whole_study(intent):  # a report or a whole-study verdict needs every finding the expert reports
         props = dict(expert.parameters.get("properties", {}))
         arguments = {a: spec["default"] for a, spec in props.items() if isinstance(spec, dict) and "default" in spec}
-        if ran and any(_covers(expert, have, arguments) for have in ran):
+        findings = {a: [c for c in _choices(expert, a) if c in TERMS and TERMS[c].kind in ("lesion", "finding")] for a in props}
+        needed = {a: v for a, v in findings.items() if v} or arguments  # a lesions run covers a report; an organs run does not
+        if ran and any(_covers(expert, have, needed) for have in ran):
             return None
         return name, ({} if not ran else arguments)
     if ran and not arguments:  # the question names nothing of its own: the expert's run answers it
@@ -129,8 +145,11 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
             flags.append("answer composed from the expert result")
     for key in [k for k in intent.answer_keys() if k.endswith((" size", " side")) and k not in values]:
         subject, what = key.rsplit(" ", 1)
-        if f"{subject}?" in values and what not in text.lower():  # a finding the expert reports without a size or side
-            text = text.rstrip() + f" The expert gives no {what} for the {subject}."
+        presence, missing = resolve_references(value_reference(f"{subject}?"), sources)
+        named = {m.key for m in find_terms(text)}
+        if not missing and named and subject not in named:  # the model wrote about another finding: the asked one's state
+            text = field_sentence(f"{subject}?", presence, lead=True) + f" The expert gives no {what} for the {subject}."
+            flags.append("answer composed from the expert result")
     extra: list[str] = []
     # a result another of this turn's results holds in full (an organs run, then the whole run) is said once
     summaries = list(dict.fromkeys(summaries))

@@ -293,7 +293,7 @@ def _family(q: str, core: str, terms: tuple[str, ...], tags: set[str], either: l
     lesions = [t for t in terms if TERMS[t].kind != "organ" and TERMS[t].kind != "phase"]
     if re.search(r"\bmodalit|\b(?:what|which) (?:kind|type|sort) of (?:\w+ )?(?:scan|study|imaging|image|exam|examination|test|"
                  r"picture|acquisition)|\bscan type\b|\btype of (?:scan|study|imaging|exam)\b|\bwhat am i looking at\b|"
-                 r"\bwhat is this (?:scan|image|study|exam)\b|\bimaging (?:technique|method)\b|\bis (?:this|it) (?:an? )?"
+                 r"\bwhat is this (?:scan|image|study|exam)\b|\bimaging (?:technique|method)\b|\bis (?:this|it) (?:an? )?(?:chest |head |brain |abdominal |body )?"
                  r"(?:ct|mri?|x-?ray|radiograph|cxr|mr)(?: (?:scan|study|exam|image|film))?\s*(?:\?|$|\bor\b)|\b(?:ct|mri?|x-?ray)(?: scan)? or (?:an? )?(?:ct|mri?|x-?ray)\b|"
                  r"\bwhich (?:scanner|imaging)|\bimaging type\b|\bacquired on\b", q) and not lesions:
         return "modality"

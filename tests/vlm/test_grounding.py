@@ -184,7 +184,7 @@ def test_the_source_line_names_the_expert_as_a_clinician_sees_it():
     assert answer.endswith("Source: Chest X-ray findings result.") and "cxr_classification" not in answer
 
 
-def test_a_report_after_a_partial_run_asks_the_expert_for_the_whole_study_once():
+def test_a_report_after_a_run_without_the_lesions_asks_the_expert_for_the_whole_study_once():
     from types import SimpleNamespace
 
     from experts.registry import default_registry
@@ -197,6 +197,8 @@ def test_a_report_after_a_partial_run_asks_the_expert_for_the_whole_study_once()
     assert planned_call(intent, experts, [organs_only]) == ("ct_segmentation", {"targets": "everything"})
     whole = SimpleNamespace(name="ct_segmentation", arguments={}, result=object())
     assert planned_call(intent, experts, [organs_only, whole]) is None
+    lesions = SimpleNamespace(name="ct_segmentation", arguments={"targets": "lesions"}, result=object())
+    assert planned_call(intent, experts, [lesions]) is None  # every finding a report states is in a lesions run
     # a question naming its structure is not sent back for the whole study
     assert planned_call(parse_question("liver volume?", ["CT"], EXPERTS), experts, [organs_only]) is None
 
@@ -209,10 +211,12 @@ def test_a_result_another_result_of_the_turn_holds_is_said_once_in_a_report():
     assert whole in answer and organs not in answer
 
 
-def test_a_radiograph_finding_asked_by_size_is_answered_by_its_presence_and_says_no_size_is_given():
-    answer, _ = cite_results(parse_question("How big is the cardiomegaly?", ["DX"], EXPERTS), "Pneumothorax: absent.", [CXR])
+def test_a_radiograph_finding_asked_by_size_is_answered_by_its_presence_when_the_model_wrote_about_another():
+    intent = parse_question("How big is the cardiomegaly?", ["DX"], EXPERTS)
+    answer, _ = cite_results(intent, "Pneumothorax: absent.", [CXR])
     assert "cardiomegaly" in answer.lower() and "0.87" in answer and "no size" in answer.lower()
     assert "pneumothorax" not in answer.lower()
+    assert cite_results(intent, "Large.", [CXR])[0].startswith("Large.")  # the model's reading of the picture stands
 
 
 def test_anything_abnormal_is_answered_yes_abnormal_and_a_model_no_against_it_is_corrected():
@@ -245,3 +249,10 @@ def test_kidneys_measured_by_two_calls_are_still_compared_by_their_volumes():
 def test_how_many_abnormalities_is_answered_with_the_number_first():
     answer, _ = cite_results(parse_question("What number of abnormal findings do you see?", ["DX"], EXPERTS), "", [CXR])
     assert answer.startswith("1 abnormal finding: cardiomegaly")
+
+
+def test_a_modality_question_offering_options_is_answered_with_the_option_and_a_yes_no_one_with_yes_or_no():
+    ct = {"a": Volume(np.zeros((4, 4, 3)), np.eye(4), modality="CT")}
+    assert header_answer(parse_question("Is this image a CT or an MRI?", ["CT"]), ct).startswith("CT — this study is a CT")
+    assert header_answer(parse_question("Is this a CT?", ["CT"]), ct).startswith("Yes, this study is a CT")
+    assert header_answer(parse_question("is this a chest x-ray", ["CT"]), ct).startswith("No, this study is a CT")
