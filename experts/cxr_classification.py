@@ -107,7 +107,9 @@ class CXRClassificationExpert(Expert):
         probs = self.probabilities(volume)
         findings = [Finding(f, probs[f] >= self.thresholds[f], round(probs[f], 4), self.thresholds[f]) for f in self.config.findings]
         yes = [f.label for f in findings if f.present]
-        summary = "Chest X-ray: " + (", ".join(f"{f} ({probs[f]:.2f})" for f in yes) if yes else "no finding above threshold") + "."
+        # a normal film says how far below threshold each finding was, as a positive one says its probability
+        summary = "Chest X-ray: " + (", ".join(f"{f} ({probs[f]:.2f})" for f in yes) if yes else "no finding above threshold ("
+                                     + ", ".join(f"{f} {probs[f]:.2f}" for f in self.config.findings) + ")") + "."
         from experts.plausibility import cxr_saturation_reasons
 
         return ExpertResult(

@@ -294,10 +294,12 @@ class Agent:
         """The conversation's expert results, oldest first (their ``fields()`` fill and offer references)."""
         return [c.result for c in conversation.tool_calls if c.result is not None]
 
-    def _titles(self, turn: AgentTurn) -> dict[str, str]:
-        """What a clinician sees for each expert this turn ran (``Expert.title``), for the answer's source line."""
+    def _titles(self, turn: AgentTurn, conversation: Conversation | None = None) -> dict[str, str]:
+        """What a clinician sees for each expert this turn or the conversation ran (``Expert.title``), for the
+        answer's source line."""
         titles = {}
-        for name in {c.name for c in turn.tool_calls if c.result is not None}:
+        earlier = {getattr(r, "expert", "") for r in self._sources(conversation)} if conversation is not None else set()
+        for name in ({c.name for c in turn.tool_calls if c.result is not None} | earlier) - {""}:
             try:
                 titles[name] = self.registry.get(name).title or name
             except Exception:  # an expert the registry cannot give now: its name stands
@@ -327,11 +329,12 @@ class Agent:
             conversation.messages.append({"role": "assistant", "content": answer})  # as written: references unfilled
         answer, unresolved = resolve_references(answer, self._sources(conversation))
         turn.flags.extend(f"unresolved reference: {key}" for key in unresolved)
-        if intent is not None and self.cite and turn.tool_calls:
+        # a follow-up answered from an earlier turn's results is checked against them too ("How big is the right kidney?")
+        if intent is not None and self.cite and (turn.tool_calls or (intent.needs_expert and self._sources(conversation))):
             written = answer
             answer, flags = cite_results(intent, answer, self._sources(conversation),
                                          [c.result.summary for c in turn.tool_calls if c.result is not None and c.result.summary],
-                                         self._titles(turn))
+                                         self._titles(turn, conversation))
             turn.flags.extend(flags)
             reasons = list(dict.fromkeys(r for c in turn.tool_calls if c.result is not None for r in getattr(c.result, "uncertain", ())))
             reasons = relevant_doubts(intent, reasons)

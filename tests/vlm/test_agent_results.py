@@ -90,7 +90,7 @@ def test_constraints_travel_apart_from_the_sampling_settings(registry):
     first, second = backend.constraints
     assert (first.references, first.call_side, first.answer_side) == ((), "left", "")
     assert "left kidney volume" in second.references and second.answer_side == "left" and second.answer_keys == ("left kidney volume",)
-    assert second.question == "How big is the left kidney?" and turn.flags == []
+    assert (second.asked.family, second.asked.terms, second.asked.side) == ("volume", ("left kidney",), "left") and turn.flags == []
 
 
 def test_a_remote_model_cannot_be_constrained_and_the_turn_says_so_once(registry):
