@@ -104,3 +104,12 @@ def test_a_remote_model_cannot_be_constrained_and_the_turn_says_so_once(registry
     assert "checked only afterwards" in flag_text("constraints not applied (remote model)")
     plain = Scripted(["Hello."], remote=True)
     assert Agent(plain, registry, constrain_references=False).run_turn(_conversation(), "Left kidney?").flags == []
+
+
+def test_a_follow_up_answered_from_an_earlier_result_is_checked_against_it(registry):
+    backend = Scripted([format_tool_call("ct_segmentation", {"targets": "left kidney"}), "Done.", "The right lung volume; right lung volume."])
+    agent, conversation = Agent(backend, registry), _conversation()
+    agent.run_turn(conversation, "Measure the left kidney.")
+    turn = agent.run_turn(conversation, "How big is the left kidney again?")
+    assert turn.tool_calls == [] and turn.answer.startswith("150.2 mL — left kidney volume.")
+    assert "right lung" not in turn.answer and "answer composed from the expert result" in turn.flags
