@@ -18,7 +18,7 @@ LARGE_API_KEY_ENV = "M3_LARGE_LM_API_KEY"  # as routing.large_lm_api_key in the 
 _DEFAULTS = RoutingConfig()
 
 
-def calibrate(model: str | None, large_url: str, large_model: str, phrasings: str, out: str, *, seed: int = 9001,
+def calibrate(model: str | None, large_url: str, large_model: str, phrasings: str, out: str, *, seed: int = 77,
               thresholds: Sequence[float] = DEFAULT_THRESHOLDS, config: RoutingConfig | None = None, target_ratio: float = 0.98,
               device: str = "auto", dtype: str = "auto", local: Any = None, large: Any = None, registry: Any = None) -> dict[str, Any]:
     """``m3 routing calibrate``: load the local model (``model``, default the embedded one, on ``device`` in ``dtype``)
@@ -59,10 +59,12 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--large-url", required=True, help="the large model's OpenAI-compatible API root, e.g. "
                                                       "http://gpu-node:8000/v1 (key: $M3_LARGE_LM_API_KEY)")
     c.add_argument("--large-model", required=True, help="the model name served at --large-url")
-    c.add_argument("--phrasings", required=True, metavar="SET", help="the held-out phrasing set (JSON lines, "
-                                                                     "tests/data/heldout_phrasings.jsonl)")
+    c.add_argument("--phrasings", required=True, metavar="SET", help="a validation phrasing set (JSON lines in the "
+                                                                     "format of vlm/eval/phrasings.py); never the frozen "
+                                                                     "held-out set, which thresholds must not be tuned on")
     c.add_argument("--out", default="routing_calibration.json", help="the JSON report to write (default routing_calibration.json)")
-    c.add_argument("--seed", type=int, default=9001, help="phantom seed of the studies (default 9001)")
+    c.add_argument("--seed", type=int, default=77, help="phantom seed of the studies (default 77; the held-out "
+                                                          "evaluation uses 9001)")
     c.add_argument("--thresholds", type=_thresholds, help="comma-separated thresholds to try (default: 0 to 1 in steps of 0.05)")
     c.add_argument("--statistic", choices=STATISTICS, default=_DEFAULTS.confidence_statistic,
                    help="the turn's token probability: the mean over its tokens, or the least sure token's (default mean)")
