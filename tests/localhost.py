@@ -4,13 +4,26 @@ import socket
 import threading
 import time
 
-__all__ = ["free_port", "serve_in_thread", "cli_options", "cli_actions"]
+__all__ = ["free_port", "serve_in_thread", "stop_process", "cli_options", "cli_actions"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process(process, timeout: float = 15.0) -> None:
+    """SIGTERM ``process`` (a ``subprocess.Popen``), and SIGKILL it when it has not exited within ``timeout`` seconds."""
+    import signal
+    import subprocess
+
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
 
 
 def serve_in_thread(app, timeout: float = 20.0):

@@ -7,9 +7,9 @@ import time
 
 from scripted_backend import ThresholdExpert
 
-from experts.base import Expert
+from experts.base import Expert, ExpertResult, Measurement
 
-__all__ = ["SlowExpert", "BrokenExpert", "BROKEN_MESSAGE"]
+__all__ = ["SlowExpert", "BrokenExpert", "LiverCT", "BROKEN_MESSAGE"]
 
 BROKEN_MESSAGE = "the test expert always fails"
 
@@ -37,3 +37,18 @@ class BrokenExpert(Expert):
 
     def _run(self, volume, **_):
         raise RuntimeError(BROKEN_MESSAGE)
+
+
+class LiverCT(Expert):
+    """A CT "segmentation" that measures a 1523.4 mL liver and counts its own runs (``LiverCT.runs``)."""
+
+    name = "ct_segmentation"
+    description = "CT organ segmentation with volumes in mL."
+    modalities = ("CT",)
+    parameters = {"type": "object", "properties": {"targets": {"type": "string", "enum": ["everything", "liver"]}},
+                  "additionalProperties": False}
+    runs = 0
+
+    def _run(self, volume, **args):
+        LiverCT.runs += 1
+        return ExpertResult(expert=self.name, measurements=[Measurement("liver", "volume", 1523.4, "mL")], summary="Liver 1523.4 mL.")

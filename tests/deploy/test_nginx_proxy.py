@@ -12,7 +12,6 @@ import ipaddress
 import os
 import re
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from localhost import free_port
+from localhost import free_port, stop_process
 from oidc_provider import User, run_provider, sign_in_at_provider
 
 from app.audit import AuditLog
@@ -92,7 +91,7 @@ def m3_serve(state: Path, **env: str):
                   state / "serve.log")
         yield port
     finally:
-        _stop(server)
+        stop_process(server)
 
 
 @contextlib.contextmanager
@@ -129,7 +128,7 @@ def nginx(folder: Path, app_port: int, certificate: tuple[Path, Path], htpasswd:
                   folder / "error.log")
         yield https_port, http_port
     finally:
-        _stop(proxy)
+        stop_process(proxy)
 
 
 def _substitute(text: str, replacements: dict[str, str]) -> str:
@@ -151,15 +150,6 @@ def _wait_for(ready, process: subprocess.Popen, log: Path, timeout_s: float = 12
             pass
         time.sleep(0.3)
     raise AssertionError(f"not ready in {timeout_s} s: {log.read_text()[-3000:] if log.exists() else ''}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
 
 
 def _browser(certificate, **kwargs) -> httpx.Client:

@@ -11,7 +11,6 @@ import dataclasses
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from localhost import free_port
+from localhost import free_port, stop_process
 
 from app.auth import hash_password
 from app.config import AppConfig, ConfigError
@@ -70,12 +69,7 @@ def check_start_step(command: list[str], env: dict[str, str], cwd: Path, log: Pa
             assert http.post("/login", data={"username": "alice", "password": PASSWORD}).status_code == 200
             assert http.get("/config").status_code == 200  # the session cookie opens the page
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=5)
+        stop_process(server, timeout=15)
 
 
 def test_container_cmd_refuses_without_login_and_serves_with_one(dockerfile, tmp_path):

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from localhost import free_port
+from localhost import free_port, stop_process
 
 pytestmark = pytest.mark.browser
 TIMEOUT_MS = 120_000  # one expert run or one answer of the CPU model on a busy 2-core machine
@@ -63,12 +62,7 @@ def demo(tmp_path_factory):
         assert health.json()["checks"]["chat_model"]["ok"], health.json()
         yield url, folder
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=5)
+        stop_process(server, timeout=20)
 
 
 def test_the_readme_questions_are_the_ones_asked_here():

@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from data.study import Volume
-from experts.base import Expert, ExpertResult, Measurement
+from stand_in_experts import LiverCT
 from experts.registry import ExpertRegistry
 from vlm.agent import REMOTE_UNCONSTRAINED, Agent
 from vlm.backends.base import BackendInfo, GenerationConfig
@@ -25,17 +25,6 @@ VLLM = json.loads((Path(__file__).parent / "data" / "vllm_tool_call.json").read_
 CALL = '<tool_call>{"name": "ct_segmentation", "arguments": {"targets": "liver"}}</tool_call>'
 
 
-class FakeCT(Expert):
-    name = "ct_segmentation"
-    description = "CT organ segmentation with volumes in mL."
-    modalities = ("CT",)
-    parameters = {"type": "object", "properties": {"targets": {"type": "string", "enum": ["everything", "liver"]}},
-                  "additionalProperties": False}
-    runs = 0
-
-    def _run(self, volume, **args):
-        FakeCT.runs += 1
-        return ExpertResult(expert=self.name, measurements=[Measurement("liver", "volume", 1523.4, "mL")], summary="Liver 1523.4 mL.")
 
 
 class Replay:
@@ -80,15 +69,15 @@ class Replay:
 def test_the_agent_runs_the_expert_here_for_a_vllm_tool_call_and_answers_it_by_id():
     replay = Replay(VLLM["tool_call_stream"], VLLM["answer_stream"])
     registry = ExpertRegistry()
-    registry.register("ct_segmentation", FakeCT)
+    registry.register("ct_segmentation", LiverCT)
     conversation = Conversation(volumes={"CT": Volume(np.zeros((8, 8, 4), np.float32), np.eye(4), modality="CT")},
                                 images=[np.zeros((16, 16), np.uint8)])
-    runs = FakeCT.runs
+    runs = LiverCT.runs
     try:
         turn = Agent(OpenAIChatBackend(replay.url, VLLM["model"]), registry).run_turn(conversation, "What is the liver volume?")
     finally:
         replay.close()
-    assert FakeCT.runs == runs + 1  # the expert ran in this process
+    assert LiverCT.runs == runs + 1  # the expert ran in this process
     [call] = turn.tool_calls
     assert call.name == "ct_segmentation" and call.arguments == {"targets": "liver"} and call.result is not None
     assert "1523.4 mL" in turn.answer and REMOTE_UNCONSTRAINED in turn.flags

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data.study import Volume
-from experts.base import Expert, ExpertResult, Measurement
+from stand_in_experts import LiverCT
 from experts.registry import ExpertRegistry
 from vlm.agent import Agent
 from vlm.backends.base import BackendInfo, TokenLogprobs
@@ -21,17 +21,6 @@ from vlm.tools import format_tool_call
 CALL = format_tool_call("ct_segmentation", {"targets": "liver"})
 
 
-class FakeCT(Expert):
-    name = "ct_segmentation"
-    description = "CT organ segmentation with volumes in mL."
-    modalities = ("CT",)
-    parameters = {"type": "object", "properties": {"targets": {"type": "string", "enum": ["everything", "liver"]}},
-                  "additionalProperties": False}
-    runs = 0
-
-    def _run(self, volume, **args):
-        FakeCT.runs += 1
-        return ExpertResult(expert=self.name, measurements=[Measurement("liver", "volume", 1523.4, "mL")], summary="Liver 1523.4 mL.")
 
 
 class Scripted:
@@ -62,7 +51,7 @@ class Scripted:
 @pytest.fixture()
 def registry():
     reg = ExpertRegistry()
-    reg.register(FakeCT.name, FakeCT)
+    reg.register(LiverCT.name, LiverCT)
     return reg
 
 
