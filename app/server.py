@@ -464,6 +464,14 @@ def _settings(config: AppConfig) -> dict[str, Any]:
 
 def _chat_health(status: ModelStatus) -> tuple[bool, str]:
     """The ``/healthz`` chat check: failing (HTTP 503) when chat was meant to be on and the model was refused."""
+    if status.backend is not None and getattr(status.backend.info, "remote", False) and hasattr(status.backend, "list_models"):
+        try:  # a remote language model is checked where it runs: its server answers and still serves the model
+            served = status.backend.list_models()
+        except Exception as exc:  # noqa: BLE001 — any failure of the remote server is the check's answer
+            return False, f"remote language model unreachable: {exc}"
+        if status.backend.info.name not in served:
+            return False, f"the LM server no longer serves {status.backend.info.name} (it serves {', '.join(served) or 'nothing'})"
+        return True, f"{status.backend.info.name} ({status.backend.info.version})"
     if status.backend is not None:
         return True, status.backend.info.name
     return False, f"chat disabled: {status.problem or 'no language model'}"

@@ -92,3 +92,14 @@ def test_a_remote_lm_that_refuses_the_key_or_lacks_the_model_refuses_the_start(t
 def _text(message) -> str:
     content = message["content"]
     return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+
+
+def test_health_checks_the_remote_language_model_where_it_runs(tmp_path, lm_server):
+    from app.server import _chat_health, load_backend
+
+    url, _ = lm_server
+    ok, detail = _chat_health(load_backend(_config(tmp_path, url)))
+    assert ok and "m3-remote" in detail
+    down = load_backend(_config(tmp_path, f"http://127.0.0.1:{free_port()}/v1"))  # started while the LM server was down
+    ok, detail = _chat_health(down)
+    assert not ok and "unreachable" in detail
