@@ -355,6 +355,12 @@ class Agent:
             answer += note
         if limit:
             answer = limit + ("\n\n" + answer if answer else "")
+        if not answer.strip():  # nothing stood: say why rather than show an empty answer
+            failed = [c.error for c in turn.tool_calls if c.error]
+            answer = (("I could not answer this: " + " ".join(dict.fromkeys(failed)) + " Ask again, or run the expert from its "
+                       "button.") if failed else "I could not answer this from the study; please ask it another way.")
+            turn.flags.append("no answer")
+            yield AgentEvent("token", text=answer)
         turn.answer = answer
         turn.seconds = time.perf_counter() - t0
         conversation.turns.append(turn)

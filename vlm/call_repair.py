@@ -63,6 +63,11 @@ def repair_arguments(expert: Expert, arguments: Mapping[str, Any], question: str
     the parsed question names (``vlm.grounding``), used instead of reading ``question`` with the vocabulary."""
     out = dict(arguments)
     notes: list[str] = []
+    schema = dict(expert.parameters or {})
+    known = dict(schema.get("properties") or {})
+    if schema.get("additionalProperties") is False:  # an argument the expert does not take is dropped, not an error
+        for argument in [a for a in out if a not in known]:
+            notes.append(f"{argument} {out.pop(argument)!r} dropped ({expert.name} takes no such argument)")
     for argument, words in expert.vocabulary.items():
         if named_by is not None:
             value = named_by.get(argument)

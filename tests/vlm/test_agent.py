@@ -89,7 +89,7 @@ def _ct_conversation():
     return Conversation(volumes={"CT": _vol("CT")}, images=[np.zeros((16, 16), np.uint8)])
 
 
-def test_several_tool_rounds_then_a_grounded_answer(registry):
+def test_several_tool_rounds_then_a_grounded_answer_and_an_unknown_argument_is_dropped(registry):
     backend = ScriptedBackend([
         "Let me measure. " + format_tool_call("ct_segmentation", {"targets": "liver"}),
         format_tool_call("ct_segmentation", {"targets": "liver", "colour": "red"}),
@@ -102,14 +102,15 @@ def test_several_tool_rounds_then_a_grounded_answer(registry):
     assert turn.rounds == 3 and turn.flags == []
     ct, bad = turn.tool_calls
     assert ct.result.measurements[0].value == 1523.4 and ct.arguments == {"targets": "liver"}
-    assert bad.result is None and "invalid" in bad.error and "colour" in bad.error
-    assert len(turn.overlays) == 1 and turn.overlays[0].shape == (8, 8, 3)
+    # an argument the expert does not take is dropped (noted), not a failed call
+    assert bad.result is not None and bad.arguments == {"targets": "liver"} and "colour 'red' dropped" in bad.repairs[0]
+    assert len(turn.overlays) == 2 and turn.overlays[0].shape == (8, 8, 3)
     # what the model saw: tools every round, the slice first, then the overlay with the tool message
     second = backend.calls[1]
     assert [t["function"]["name"] for t in second["tools"]] == ["ct_segmentation"]  # the experts that read this CT
     assert second["messages"][-1] == {"role": "tool", "name": "ct_segmentation", "content": "<image>\n" + tool_message(ct.result)}
     assert len(second["images"]) == 2 and second["images"][1].shape == (8, 8, 3)
-    assert '"error"' in backend.calls[2]["messages"][-1]["content"]
+    assert '"error"' not in backend.calls[2]["messages"][-1]["content"]  # the repaired call's result, not an error
     assert "</tool_call>" in second["stop"] and all(c["cache_key"] == conv.cache_id for c in backend.calls)
     assert conv.messages[-1] == {"role": "assistant", "content": "Let me measure. The liver volume is 1523.4 mL."}
 

@@ -113,3 +113,9 @@ def test_a_follow_up_answered_from_an_earlier_result_is_checked_against_it(regis
     turn = agent.run_turn(conversation, "How big is the left kidney again?")
     assert turn.tool_calls == [] and turn.answer.startswith("150.2 mL — left kidney volume.")
     assert "right lung" not in turn.answer and "answer composed from the expert result" in turn.flags
+
+
+def test_a_turn_where_nothing_stands_says_why_instead_of_an_empty_answer(registry):
+    backend = Scripted([""])
+    turn = Agent(backend, registry, plan_calls=False).run_turn(_conversation(), "Tell me something.")
+    assert turn.answer.startswith("I could not answer this") and "no answer" in turn.flags

@@ -74,3 +74,11 @@ def registry_like():
                "cxr_classification": CXRClassificationExpert.__new__(CXRClassificationExpert)}
     volumes = {s: _volume("MR", s) for s in ("T1", "T1c", "T2", "FLAIR")}
     return experts, volumes
+
+
+def test_an_argument_the_expert_does_not_take_is_dropped_not_failed():
+    from experts.cxr_classification import CXRClassificationExpert
+
+    cxr = CXRClassificationExpert.__new__(CXRClassificationExpert)
+    arguments, notes = repair_arguments(cxr, {"targets": "aorta"}, "Is there a pneumothorax?")
+    assert arguments == {} and notes and "targets" in notes[0] and "dropped" in notes[0]

@@ -91,7 +91,8 @@ def test_any_model_output_parses_to_calls_or_tool_errors(text):
 
 
 @settings(max_examples=100, deadline=None, database=None, derandomize=True)
-@given(st.text(min_size=1, max_size=20), st.dictionaries(st.text(max_size=8), _JSON, max_size=5))
+# an expert's name never holds the call's own closing tag (no parser could tell where such a call ends)
+@given(st.text(min_size=1, max_size=20).filter(lambda n: "</tool_call>" not in n), st.dictionaries(st.text(max_size=8), _JSON, max_size=5))
 def test_a_well_formed_call_round_trips(name, arguments):
     (call,) = parse_tool_calls("Measuring. " + format_tool_call(name, arguments))[1]
     assert (call.name, call.arguments, call.error) == (name, arguments, None)
