@@ -134,7 +134,8 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
         compared = comparison_sentence(values) if "comparison" in families else ""
         bare = text.strip().rstrip(".").lower() in {v.lower() for v in values.values()}  # a value without what it is
         # a comparison is said by the fields: which side is larger is not left to the model's wording
-        stated = not bare and "comparison" not in families and all(states(text, v, k) and not (intent.negated and field_label(k) not in text.lower()) for k, v in values.items())
+        stated = not bare and "comparison" not in families and all(states(text, v, k) and not (intent.negated and field_label(k) not in text.lower())
+                                                                   and not (k.endswith("normal?") and not _VERDICT.search(text)) for k, v in values.items())
         if not stated:
             lead_sentences = [compared + "."] if compared else []
             lead_sentences += [field_sentence(k, v, lead=True, wh=intent.form == "wh", negated=intent.negated,
@@ -169,6 +170,10 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
         named = [(titles or {}).get(e) or e for e in experts]
         answer += "\n\nSource: " + ", ".join(named) + (" result." if len(named) == 1 else " results.")
     return answer, list(dict.fromkeys(flags))
+
+
+# a normality answer says normal or abnormal in words ("no (liver tumor, lung nodule)" copies the field, not a verdict)
+_VERDICT = re.compile(r"\b(?:ab)?normal\b|\bunremarkable\b|\bhealthy\b|\bnone\b|\bno (?:abnormalit|finding)", re.IGNORECASE)
 
 
 def relevant_doubts(intent: QuestionIntent, reasons: Sequence[str]) -> list[str]:

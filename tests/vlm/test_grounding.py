@@ -256,3 +256,9 @@ def test_a_modality_question_offering_options_is_answered_with_the_option_and_a_
     assert header_answer(parse_question("Is this image a CT or an MRI?", ["CT"]), ct).startswith("CT — this study is a CT")
     assert header_answer(parse_question("Is this a CT?", ["CT"]), ct).startswith("Yes, this study is a CT")
     assert header_answer(parse_question("is this a chest x-ray", ["CT"]), ct).startswith("No, this study is a CT")
+
+
+def test_a_normality_answer_that_only_copies_the_field_is_said_as_a_verdict():
+    intent = parse_question("Is the CT normal?", ["CT"], EXPERTS)
+    answer, flags = cite_results(intent, "no (kidney cyst, lung nodule) Organ volumes: none found.", [CT])
+    assert answer.startswith("No, not normal:") and "Organ volumes" not in answer
