@@ -173,7 +173,7 @@ def cite_results(intent: QuestionIntent, answer: str, sources: Sequence[ToolResu
 
 
 # a normality answer says normal or abnormal in words ("no (liver tumor, lung nodule)" copies the field, not a verdict)
-_VERDICT = re.compile(r"\b(?:ab)?normal\b|\bunremarkable\b|\bhealthy\b|\bnone\b|\bno (?:abnormalit|finding)", re.IGNORECASE)
+_VERDICT = re.compile(r"\b(?:ab)?normal\b|\bunremarkable\b|\bhealthy\b|^\s*none\b|\bno (?:abnormalit|finding)", re.IGNORECASE)
 
 
 def relevant_doubts(intent: QuestionIntent, reasons: Sequence[str]) -> list[str]:
